@@ -1,0 +1,159 @@
+# Shared by bin/cluster and bin/test: installing what is missing, and starting and stopping
+# throwaway Postgres, Redis and Nginx on loopback ports of our own. Sourced, not run.
+# It never touches a service it did not start: every server gets its own data folder and port.
+
+PG_VERSION_DIR=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+PG_BIN=${BOTFLEET_PG_BIN:-${PG_VERSION_DIR:-/usr/lib/postgresql/15/bin}}
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# Installs the Debian packages whose commands are missing.
+ensure_packages() {
+    local missing=()
+    [ -x "$PG_BIN/postgres" ] || missing+=(postgresql)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-cli >/dev/null || missing+=(redis-tools)
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v psql >/dev/null || missing+=(postgresql-client)
+    if [ ${#missing[@]} -gt 0 ]; then
+        [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}: install them (apt-get install ${missing[*]}) or run as root"
+        say "installing ${missing[*]} ..."
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || die "apt-get install ${missing[*]} failed"
+        PG_VERSION_DIR=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+        PG_BIN=${BOTFLEET_PG_BIN:-$PG_VERSION_DIR}
+    fi
+    # Debian's packages start their default instances; we never use (or stop) those.
+    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+}
+
+# Postgres refuses to run as root: run its tools as the postgres user then.
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# A folder the postgres user (and Nginx's workers) can reach, whatever the clone's permissions.
+make_data_dir() {
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/botfleet-$1.XXXXXX")
+    chmod 755 "$dir"
+    printf '%s' "$dir"
+}
+
+# A loopback TCP port nobody listens on, not handed out before in this run.
+USED_PORTS=" "
+free_port() {
+    local port
+    for _ in $(seq 1 200); do
+        port=$((20000 + RANDOM % 30000))
+        case "$USED_PORTS" in *" $port "*) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            USED_PORTS="$USED_PORTS$port "
+            printf '%s' "$port"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+not() { ! "$@"; }
+
+# Polls a command until it succeeds, for at most $1 seconds; says what it waited for on failure.
+wait_until() {
+    local seconds=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || { say "timed out after ${seconds}s waiting for $what"; return 1; }
+        sleep 0.1
+    done
+}
+
+# start_postgres_primary DIR PORT [extra postgres -c settings...]
+start_postgres_primary() {
+    local dir=$1 port=$2
+    shift 2
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+    as_postgres "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; die "initdb failed in $dir"; }
+    pg_start "$dir" "$port" "$@"
+}
+
+# start_postgres_replica PRIMARY_PORT DIR PORT [extra settings...]: a streaming replica.
+start_postgres_replica() {
+    local primary_port=$1 dir=$2 port=$3
+    shift 3
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+    as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$dir/data" -R -X stream -c fast \
+        >"$dir/basebackup.log" 2>&1 || { cat "$dir/basebackup.log" >&2; die "pg_basebackup failed"; }
+    pg_start "$dir" "$port" "$@"
+}
+
+pg_start() {
+    local dir=$1 port=$2
+    shift 2
+    local opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=300"
+    for extra in "$@"; do opts="$opts -c $extra"; done
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null \
+        || { tail -n 20 "$dir/postgres.log" >&2; die "postgres did not start on port $port"; }
+}
+
+stop_postgres() {
+    local dir=$1
+    [ -f "$dir/data/postmaster.pid" ] || return 0
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+}
+
+# start_redis DIR PORT [extra redis-server arguments...]
+start_redis() {
+    local dir=$1 port=$2
+    shift 2
+    mkdir -p "$dir"
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \
+        --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" || die "redis-server did not start"
+    wait_until 20 "redis on port $port" redis-cli -p "$port" ping || die "redis did not answer on port $port"
+}
+
+stop_redis() {
+    local dir=$1 port=$2
+    [ -f "$dir/redis.pid" ] || return 0
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    stop_pid_file "$dir/redis.pid"
+}
+
+# Whether a process runs: exists and is not a zombie (which kill -0 would still find).
+pid_alive() {
+    local state
+    state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
+# stop_pid_file FILE [GRACE_SECONDS]: SIGTERM, wait, then SIGKILL; removes the file.
+stop_pid_file() {
+    local file=$1 grace=${2:-30} pid
+    [ -f "$file" ] || return 0
+    pid=$(cat "$file")
+    if [ -n "$pid" ] && pid_alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        if ! wait_until "$grace" "process $pid to exit" not pid_alive "$pid"; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$file"
+}
+
+# render_nginx TEMPLATE OUT key=value...: replaces @KEY@ in the template.
+render_nginx() {
+    local template=$1 out=$2 text
+    shift 2
+    text=$(cat "$template")
+    for pair in "$@"; do
+        text=${text//@${pair%%=*}@/${pair#*=}}
+    done
+    printf '%s\n' "$text" >"$out"
+}

@@ -1,0 +1,152 @@
+//! `GET /api/feed` (newest first, keyset pagination) and `GET /api/posts/{id}`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Row;
+
+use super::ApiState;
+use super::cursor::Cursor;
+use super::reader::ReadError;
+use crate::http::json_error;
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 100;
+
+const POST_COLUMNS: &str = "p.id, p.bot_id, p.text, p.media_file_id IS NOT NULL AS has_media, p.published_at,
+     u.first_name, u.username";
+const VISIBLE: &str = "p.status = 'published' AND p.is_public AND NOT u.is_banned";
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Author {
+    pub first_name: String,
+    pub username: Option<String>,
+}
+
+/// A published post as the API serves it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PostView {
+    pub id: i64,
+    pub bot_id: i64,
+    pub text: String,
+    pub has_media: bool,
+    pub published_at: DateTime<Utc>,
+    pub author: Author,
+}
+
+impl PostView {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get("id"),
+            bot_id: row.get("bot_id"),
+            text: row.get("text"),
+            has_media: row.get("has_media"),
+            published_at: row.get("published_at"),
+            author: Author { first_name: row.get("first_name"), username: row.get("username") },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FeedPage {
+    pub posts: Vec<PostView>,
+    /// Pass as `cursor` to get the next (older) page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FeedQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+pub async fn page(State(state): State<ApiState>, Query(query): Query<FeedQuery>) -> Response {
+    let limit = match query.limit.as_deref().map(str::parse::<i64>) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
+        Some(_) => return json_error(StatusCode::BAD_REQUEST, "limit must be a whole number from 1 to 100"),
+    };
+    let cursor = match query.cursor.as_deref().map(Cursor::decode) {
+        None => None,
+        Some(Ok(cursor)) => Some(cursor),
+        Some(Err(_)) => return json_error(StatusCode::BAD_REQUEST, "invalid cursor"),
+    };
+    // One more row than asked tells whether there is a next page.
+    let fetch = limit + 1;
+    let rows = match cursor {
+        None => {
+            let sql = format!(
+                "SELECT {POST_COLUMNS} FROM posts p
+                 JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
+                 WHERE {VISIBLE}
+                 ORDER BY p.published_at DESC, p.id DESC LIMIT $1"
+            );
+            state.reader.query(&sql, &[&fetch]).await
+        }
+        Some(cursor) => {
+            let sql = format!(
+                "SELECT {POST_COLUMNS} FROM posts p
+                 JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
+                 WHERE {VISIBLE} AND (p.published_at, p.id) < ($1, $2)
+                 ORDER BY p.published_at DESC, p.id DESC LIMIT $3"
+            );
+            state.reader.query(&sql, &[&cursor.published_at, &cursor.id, &fetch]).await
+        }
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => return read_failed(e),
+    };
+    let mut posts: Vec<PostView> = rows.iter().map(PostView::from_row).collect();
+    let next_cursor = if posts.len() as i64 > limit {
+        posts.truncate(limit as usize);
+        posts.last().map(|last| Cursor { published_at: last.published_at, id: last.id }.encode())
+    } else {
+        None
+    };
+    let mut response = Json(FeedPage { posts, next_cursor: next_cursor.clone() }).into_response();
+    if let Some(next) = next_cursor {
+        // Cursors are base64url, so they need no escaping inside the URL.
+        let link = format!("</api/feed?limit={limit}&cursor={next}>; rel=\"next\"");
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    response
+}
+
+pub async fn post(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return json_error(StatusCode::BAD_REQUEST, "post id must be a whole number");
+    };
+    let sql = format!(
+        "SELECT {POST_COLUMNS} FROM posts p
+         JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
+         WHERE {VISIBLE} AND p.id = $1"
+    );
+    match state.reader.query(&sql, &[&id]).await {
+        Ok(rows) => match rows.first() {
+            Some(row) => Json(PostView::from_row(row)).into_response(),
+            None => json_error(StatusCode::NOT_FOUND, "no such post"),
+        },
+        Err(e) => read_failed(e),
+    }
+}
+
+fn read_failed(error: ReadError) -> Response {
+    match error {
+        ReadError::Unavailable(_) => {
+            tracing::warn!(error = %error, "feed read: no database reachable");
+            let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            response
+        }
+        ReadError::Query(_) => {
+            tracing::error!(error = %error, "feed read failed");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The API node: serves the public feed to browsers, read from replicas with the read-only role.
+//!
+//! It never writes to Postgres (its role cannot) and never holds a bot token in anything it
+//! serves.
+
+mod cursor;
+mod feed;
+mod reader;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Readiness};
+use crate::http::{self, Bound, json_error};
+use crate::metrics::Metrics;
+use crate::settings::ApiSettings;
+use crate::shutdown::CancellationToken;
+use crate::{db, kv};
+
+pub use cursor::Cursor;
+use reader::Reader;
+
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub reader: Arc<Reader>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// An API node with its listeners bound, ready to run.
+pub struct App {
+    main: Bound,
+    admin: Bound,
+    readiness: Readiness,
+    settings: ApiSettings,
+}
+
+impl App {
+    pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let primary = db::pool(&settings.database_url, settings.db_pool_size)?;
+        let replicas = settings
+            .replica_urls
+            .iter()
+            .map(|url| db::pool(url, settings.db_pool_size))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let redis = kv::pool(&settings.redis_url, 4)?;
+        let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
+        let state = ApiState { reader: reader.clone(), metrics: metrics.clone() };
+        let router = Router::new()
+            .route("/api/feed", get(feed::page))
+            .route("/api/posts/{id}", get(feed::post))
+            .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
+            .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+            .with_state(state);
+        let readiness = Readiness::new(move || {
+            let (reader, redis) = (reader.clone(), redis.clone());
+            async move {
+                let (db_ok, redis_ok) = tokio::join!(reader.any_reachable(), kv::ping(&redis));
+                vec![("postgres", db_ok), ("redis", redis_ok)]
+            }
+        });
+        let admin_router = admin::router(metrics, readiness.clone());
+        Ok(Self {
+            main: Bound::bind(settings.listen, router).await?,
+            admin: Bound::bind(settings.common.admin_listen, admin_router).await?,
+            readiness,
+            settings,
+        })
+    }
+
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.main.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = ?self.addr()?, admin = ?self.admin_addr()?, "api serving");
+        let grace = self.settings.common.shutdown_grace;
+        let tasks = TaskTracker::new();
+        http::run_with_admin(self.main, self.admin, self.readiness, shutdown, tasks, grace).await
+    }
+}
+
+/// Counts every answer by route template (bounded) and status.
+async fn count_requests(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    state.metrics.api_requests.with_label_values(&[route.as_str(), response.status().as_str()]).inc();
+    response
+}

@@ -1,0 +1,286 @@
+//! The fake Telegram: a Bot API double for tests, the local cluster and load tests.
+//!
+//! It answers the methods botfleet uses (`getMe`, `setWebhook`, `getWebhookInfo`,
+//! `deleteWebhook`, `sendMessage`, `sendPhoto`, `editMessageText`, `answerCallbackQuery`,
+//! `getFile` and file download) the way Telegram does, closely enough that teloxide's own client
+//! cannot tell the difference. It records every call for assertions (`GET /__fake/calls`) and,
+//! when asked, answers 429 with `retry_after` past Telegram's send limits.
+//!
+//! It accepts any well-formed token and never records one: calls are logged by bot id.
+
+mod limits;
+mod methods;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Readiness};
+use crate::http::{self, Bound};
+use crate::metrics::Metrics;
+use crate::settings::FakeTelegramSettings;
+use crate::shutdown::CancellationToken;
+
+pub use limits::Limits;
+use methods::Answer;
+
+/// Largest body the fake accepts (Telegram allows 10 MB photo uploads).
+const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
+
+/// One recorded Bot API call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Call {
+    /// Order of arrival, from 1.
+    pub seq: u64,
+    pub bot_id: i64,
+    pub method: String,
+    /// The call's parameters, as JSON (uploaded files appear as the file_id they were given).
+    pub params: Value,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The HTTP status the fake answered with.
+    pub status: u16,
+}
+
+/// The webhook a bot registered with `setWebhook`.
+#[derive(Debug, Clone, Default)]
+struct Webhook {
+    url: String,
+    max_connections: u64,
+    allowed_updates: Vec<Value>,
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: Vec<Call>,
+    next_message_id: i64,
+    next_file: u64,
+    /// file_id → (file_unique_id, bytes)
+    files: std::collections::HashMap<String, (String, Vec<u8>)>,
+    webhooks: std::collections::HashMap<i64, Webhook>,
+    limits: Limits,
+}
+
+/// The fake's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Fake {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Fake {
+    pub fn new(enforce_limits: bool) -> Self {
+        let inner = Inner { limits: Limits::new(enforce_limits), ..Inner::default() };
+        Self { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every call so far, oldest first.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// The Bot API routes plus the `/__fake/…` control routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/__fake/calls", get(calls))
+            .route("/__fake/reset", post(reset))
+            .route("/__fake/limits", post(set_limits))
+            .route("/file/{bot}/{*path}", get(download))
+            .route("/{bot}/{method}", any(bot_api))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
+            .with_state(self.clone())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The bot id of a path segment `bot<id>:<secret>`, if it is well formed.
+fn bot_id(segment: &str) -> Option<i64> {
+    let token = segment.strip_prefix("bot")?;
+    let (id, secret) = token.split_once(':')?;
+    let valid =
+        !secret.is_empty() && secret.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    id.parse().ok().filter(|id: &i64| *id > 0 && valid)
+}
+
+fn telegram_error(status: StatusCode, description: &str, parameters: Option<Value>) -> Response {
+    let mut body = json!({ "ok": false, "error_code": status.as_u16(), "description": description });
+    if let Some(parameters) = parameters {
+        body["parameters"] = parameters;
+    }
+    (status, Json(body)).into_response()
+}
+
+async fn bot_api(
+    State(fake): State<Fake>,
+    Path((segment, method)): Path<(String, String)>,
+    Query(query): Query<Map<String, Value>>,
+    request: Request,
+) -> Response {
+    let Some(bot_id) = bot_id(&segment) else {
+        return telegram_error(StatusCode::NOT_FOUND, "Not Found", None);
+    };
+    let mut params = query;
+    match read_params(&fake, request).await {
+        Ok(body) => params.extend(body),
+        Err(problem) => {
+            return telegram_error(StatusCode::BAD_REQUEST, &format!("Bad Request: {problem}"), None);
+        }
+    }
+    let params = Value::Object(params);
+    let method = methods::canonical(&method);
+    let mut inner = fake.lock();
+    let answer = methods::answer(&mut inner, bot_id, &method, &params, Instant::now());
+    let seq = inner.calls.len() as u64 + 1;
+    let status = answer.status();
+    inner.calls.push(Call { seq, bot_id, method, params, at_ms: now_ms(), status: status.as_u16() });
+    match answer {
+        Answer::Ok(result) => Json(json!({ "ok": true, "result": result })).into_response(),
+        Answer::Error { status, description, parameters } => telegram_error(status, &description, parameters),
+    }
+}
+
+/// The parameters of a call's body: JSON, or multipart with uploaded files stored and replaced
+/// by their new file_id. An empty body has no parameters.
+async fn read_params(fake: &Fake, request: Request) -> Result<Map<String, Value>, String> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| e.body_text())?;
+        let mut params = Map::new();
+        let mut uploads = Map::new();
+        while let Some(field) = multipart.next_field().await.map_err(|e| e.body_text())? {
+            let name = field.name().unwrap_or_default().to_owned();
+            let is_file = field.file_name().is_some();
+            let bytes = field.bytes().await.map_err(|e| e.body_text())?;
+            if is_file {
+                uploads.insert(name, Value::String(methods::store_file(&mut fake.lock(), bytes.to_vec())));
+                continue;
+            }
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            // Multipart carries nested values (reply_markup, allowed_updates) as JSON text.
+            let value = serde_json::from_str::<Value>(&text)
+                .ok()
+                .filter(|v| v.is_object() || v.is_array())
+                .unwrap_or(Value::String(text));
+            params.insert(name, value);
+        }
+        // A file goes in its own part, named by an `attach://<part>` parameter, or directly in
+        // the parameter's part; either way the parameter becomes the new file_id.
+        for value in params.values_mut() {
+            if let Some(file_id) =
+                value.as_str().and_then(|v| v.strip_prefix("attach://")).and_then(|p| uploads.remove(p))
+            {
+                *value = file_id;
+            }
+        }
+        params.extend(uploads);
+        return Ok(params);
+    }
+    let bytes = axum::body::to_bytes(request.into_body(), MAX_UPLOAD_BYTES)
+        .await
+        .map_err(|_| "request too large".to_owned())?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err("parameters must be a JSON object".to_owned()),
+    }
+}
+
+async fn download(State(fake): State<Fake>, Path((segment, path)): Path<(String, String)>) -> Response {
+    if bot_id(&segment).is_none() {
+        return telegram_error(StatusCode::NOT_FOUND, "Not Found", None);
+    }
+    let inner = fake.lock();
+    let file = path.strip_prefix("files/").and_then(|file_id| inner.files.get(file_id));
+    match file {
+        Some((_, bytes)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes.clone()).into_response()
+        }
+        None => telegram_error(StatusCode::NOT_FOUND, "Not Found", None),
+    }
+}
+
+#[derive(Deserialize)]
+struct CallsQuery {
+    method: Option<String>,
+}
+
+async fn calls(State(fake): State<Fake>, Query(query): Query<CallsQuery>) -> Json<Vec<Call>> {
+    let calls = fake.calls();
+    Json(match query.method {
+        Some(method) => calls.into_iter().filter(|c| c.method == method).collect(),
+        None => calls,
+    })
+}
+
+async fn reset(State(fake): State<Fake>) -> StatusCode {
+    let mut inner = fake.lock();
+    inner.calls.clear();
+    inner.limits.clear();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct LimitsBody {
+    enabled: bool,
+}
+
+async fn set_limits(State(fake): State<Fake>, Json(body): Json<LimitsBody>) -> StatusCode {
+    fake.lock().limits = Limits::new(body.enabled);
+    StatusCode::NO_CONTENT
+}
+
+/// The fake as a process, with its listeners bound.
+pub struct App {
+    main: Bound,
+    admin: Bound,
+    readiness: Readiness,
+    settings: FakeTelegramSettings,
+}
+
+impl App {
+    pub async fn build(settings: FakeTelegramSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let fake = Fake::new(settings.enforce_limits);
+        let readiness = Readiness::new(|| async { Vec::new() });
+        Ok(Self {
+            main: Bound::bind(settings.listen, fake.router()).await?,
+            admin: Bound::bind(settings.common.admin_listen, admin::router(metrics, readiness.clone()))
+                .await?,
+            readiness,
+            settings,
+        })
+    }
+
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.main.local_addr()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = ?self.addr()?, "fake telegram serving");
+        let grace = self.settings.common.shutdown_grace;
+        http::run_with_admin(self.main, self.admin, self.readiness, shutdown, TaskTracker::new(), grace).await
+    }
+}

@@ -1,0 +1,153 @@
+//! The `botfleet` binary: parses the command line and settings, sets up logging, builds the
+//! runtime and hands over to the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use botfleet::metrics::Metrics;
+use botfleet::settings::{
+    self, ApiSettings, FakeTelegramSettings, MigrateSettings, SettingsError, Source, WebhookSettings,
+    WorkerSettings,
+};
+use botfleet::shutdown::{self, CancellationToken};
+use botfleet::{api, db, fake_telegram, webhook, worker};
+
+const USAGE: &str = "usage: botfleet <command>
+
+commands:
+  worker                 serve the webhook (POST /webhook/{bot})
+  api                    serve the feed API
+  migrate                apply schema migrations and roles on the primary
+  webhook set|info|delete
+                         manage each bot's webhook with Telegram (a deploy step)
+  fake-telegram          run the Bot API double for tests and the local cluster
+
+Settings come from BOTFLEET_* environment variables (see the README).";
+
+/// Exit code for a command line that makes no sense (sysexits' EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        [] | ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        ["--version" | "-V"] => {
+            println!("botfleet {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        [command @ ("worker" | "api" | "fake-telegram" | "migrate")] => run(command, None),
+        ["webhook", sub] => match webhook::Command::parse(sub) {
+            Some(sub) => run("webhook", Some(sub)),
+            None => usage_error(&format!("unknown webhook command {sub:?}")),
+        },
+        _ => usage_error(&format!("unknown command {:?}", args.join(" "))),
+    }
+}
+
+fn usage_error(problem: &str) -> ExitCode {
+    eprintln!("botfleet: {problem}\n\n{USAGE}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn config_error(e: &SettingsError) -> ExitCode {
+    eprintln!("botfleet: {e}");
+    ExitCode::from(settings::EXIT_CONFIG as u8)
+}
+
+fn run(command: &str, webhook_command: Option<webhook::Command>) -> ExitCode {
+    let source = match Source::from_env() {
+        Ok(source) => source,
+        Err(e) => return config_error(&e),
+    };
+    // Settings are parsed before anything starts, so a bad value never half-starts a process.
+    let process = match Process::load(command, webhook_command, &source) {
+        Ok(process) => process,
+        Err(e) => return config_error(&e),
+    };
+    init_tracing(&source);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("botfleet: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(process.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{command} failed");
+            eprintln!("botfleet {command}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(source: &Source) {
+    let filter = tracing_subscriber::EnvFilter::try_new(source.get(settings::LOG).unwrap_or("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+enum Process {
+    Worker(WorkerSettings),
+    Api(ApiSettings),
+    FakeTelegram(FakeTelegramSettings),
+    Migrate(MigrateSettings),
+    Webhook(webhook::Command, WebhookSettings),
+}
+
+impl Process {
+    fn load(
+        command: &str,
+        webhook_command: Option<webhook::Command>,
+        source: &Source,
+    ) -> Result<Self, SettingsError> {
+        Ok(match (command, webhook_command) {
+            ("worker", _) => Self::Worker(WorkerSettings::load(source)?),
+            ("api", _) => Self::Api(ApiSettings::load(source)?),
+            ("fake-telegram", _) => Self::FakeTelegram(FakeTelegramSettings::load(source)?),
+            ("webhook", Some(sub)) => Self::Webhook(sub, WebhookSettings::load(source)?),
+            _ => Self::Migrate(MigrateSettings::load(source)?),
+        })
+    }
+
+    async fn run(self) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        match self {
+            Self::Worker(settings) => {
+                let app = worker::App::build(settings, Arc::new(Metrics::new("worker")?)).await?;
+                shutdown::cancel_on_signal(stop.clone());
+                app.run_until_stopped(stop).await
+            }
+            Self::Api(settings) => {
+                let app = api::App::build(settings, Arc::new(Metrics::new("api")?)).await?;
+                shutdown::cancel_on_signal(stop.clone());
+                app.run_until_stopped(stop).await
+            }
+            Self::FakeTelegram(settings) => {
+                let app =
+                    fake_telegram::App::build(settings, Arc::new(Metrics::new("fake-telegram")?)).await?;
+                shutdown::cancel_on_signal(stop.clone());
+                app.run_until_stopped(stop).await
+            }
+            Self::Migrate(settings) => {
+                let applied = db::migrations::apply(&settings).await?;
+                println!(
+                    "migrations applied: {applied:?}; roles {} and {} granted",
+                    settings.worker_role, settings.api_role
+                );
+                Ok(())
+            }
+            Self::Webhook(command, settings) => {
+                for line in webhook::run(command, &settings).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The one Prometheus registry of a process, created at start and passed down.
+//!
+//! Names follow Prometheus conventions (`botfleet_…_total`, `_seconds` in base units). Label
+//! values are bounded: bot names from the settings, routes, methods and status codes — never a
+//! chat or user id, never a token.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Webhook answers by bot and HTTP status.
+    pub webhook_requests: IntCounterVec,
+    /// Time from a parsed update to its answer, by update kind.
+    pub update_seconds: HistogramVec,
+    /// Updates answered 2xx without effect (unknown kind, not for us), by bot and kind.
+    pub updates_ignored: IntCounterVec,
+    /// Authenticated bodies that are not an update, by bot.
+    pub updates_unparseable: IntCounterVec,
+    /// Posts created, by bot.
+    pub posts_created: IntCounterVec,
+    /// API answers by route and status.
+    pub api_requests: IntCounterVec,
+    /// Feed queries by the database that served them (`replica` or `primary`).
+    pub feed_reads: IntCounterVec,
+    /// Bot API calls by method and result (`ok`, `retry_after`, `error`).
+    pub bot_api_calls: IntCounterVec,
+}
+
+impl Metrics {
+    /// A fresh registry for one process (`worker`, `api`, `fake-telegram`).
+    pub fn new(process: &str) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new("botfleet_build_info", "Build of this process; always 1"),
+            &["version", "process"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), process]).set(1);
+        registry.register(Box::new(build_info))?;
+        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+            let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let update_seconds = HistogramVec::new(
+            HistogramOpts::new("botfleet_update_handling_seconds", "Time to handle one update, by kind")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["kind"],
+        )?;
+        registry.register(Box::new(update_seconds.clone()))?;
+        Ok(Self {
+            webhook_requests: counter(
+                "botfleet_webhook_requests_total",
+                "Webhook requests answered, by bot and status",
+                &["bot", "status"],
+            )?,
+            update_seconds,
+            updates_ignored: counter(
+                "botfleet_updates_ignored_total",
+                "Updates acknowledged without effect, by bot and kind",
+                &["bot", "kind"],
+            )?,
+            updates_unparseable: counter(
+                "botfleet_updates_unparseable_total",
+                "Authenticated webhook bodies that are not a Telegram update",
+                &["bot"],
+            )?,
+            posts_created: counter("botfleet_posts_created_total", "Posts created, by bot", &["bot"])?,
+            api_requests: counter(
+                "botfleet_api_requests_total",
+                "API requests answered, by route and status",
+                &["route", "status"],
+            )?,
+            feed_reads: counter(
+                "botfleet_feed_reads_total",
+                "Feed database queries, by the database that answered",
+                &["source"],
+            )?,
+            bot_api_calls: counter(
+                "botfleet_bot_api_calls_total",
+                "Bot API calls, by method and result",
+                &["method", "result"],
+            )?,
+            registry,
+        })
+    }
+
+    /// The text exposition format of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec only fails on metric families that cannot exist here (empty names).
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

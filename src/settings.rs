@@ -1,0 +1,441 @@
+//! Typed settings, read once at start from the environment (optionally also from a file of
+//! `KEY=VALUE` lines named by `BOTFLEET_CONFIG_FILE`; the environment wins) and passed down.
+//!
+//! Every key is a constant here with its default, and is documented in the README's settings
+//! table. A bad or missing value is a [`SettingsError`] naming the key; `main` prints it and
+//! exits with [`EXIT_CONFIG`]. Nothing here is global: each process builds its own struct.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::domain::{BotName, WebhookSecret};
+
+/// Exit code for a bad or missing setting (`EX_USAGE` of sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+pub const CONFIG_FILE: &str = "BOTFLEET_CONFIG_FILE";
+pub const LOG: &str = "BOTFLEET_LOG";
+pub const LISTEN: &str = "BOTFLEET_LISTEN";
+pub const ADMIN_LISTEN: &str = "BOTFLEET_ADMIN_LISTEN";
+pub const SHUTDOWN_GRACE_SECS: &str = "BOTFLEET_SHUTDOWN_GRACE_SECS";
+pub const DATABASE_URL: &str = "BOTFLEET_DATABASE_URL";
+pub const REPLICA_URLS: &str = "BOTFLEET_REPLICA_URLS";
+pub const DB_POOL_SIZE: &str = "BOTFLEET_DB_POOL_SIZE";
+pub const REDIS_URL: &str = "BOTFLEET_REDIS_URL";
+pub const REDIS_PREFIX: &str = "BOTFLEET_REDIS_PREFIX";
+pub const BOTS: &str = "BOTFLEET_BOTS";
+pub const TELEGRAM_API_URL: &str = "BOTFLEET_TELEGRAM_API_URL";
+pub const MAX_BODY_BYTES: &str = "BOTFLEET_MAX_BODY_BYTES";
+pub const WORKER_ROLE: &str = "BOTFLEET_WORKER_ROLE";
+pub const API_ROLE: &str = "BOTFLEET_API_ROLE";
+pub const WEBHOOK_URL: &str = "BOTFLEET_WEBHOOK_URL";
+pub const WEBHOOK_MAX_CONNECTIONS: &str = "BOTFLEET_WEBHOOK_MAX_CONNECTIONS";
+pub const FAKE_LIMITS: &str = "BOTFLEET_FAKE_LIMITS";
+
+const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
+
+/// A configuration problem, always naming the key at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("setting {key}: {problem}")]
+pub struct SettingsError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl SettingsError {
+    fn new(key: &str, problem: impl Into<String>) -> Self {
+        Self { key: key.to_owned(), problem: problem.into() }
+    }
+}
+
+/// A value that must never be printed: tokens, secrets, URLs that may carry passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Where settings are read from: the environment over an optional file.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    vars: HashMap<String, String>,
+}
+
+impl Source {
+    /// The process environment, over the file named by `BOTFLEET_CONFIG_FILE` if set.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let mut vars = match env.get(CONFIG_FILE).filter(|path| !path.is_empty()) {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| SettingsError::new(CONFIG_FILE, format!("cannot read {path}: {e}")))?;
+                parse_env_file(&text).map_err(|problem| SettingsError::new(CONFIG_FILE, problem))?
+            }
+            None => HashMap::new(),
+        };
+        vars.extend(env);
+        Ok(Self { vars })
+    }
+
+    /// Settings from explicit pairs, for tests and embedding.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+
+    /// A value, with the empty string counting as unset.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, key: &str) -> Result<&str, SettingsError> {
+        self.get(key).ok_or_else(|| SettingsError::new(key, "is required but not set"))
+    }
+
+    fn parse_or<T>(&self, key: &str, default: T) -> Result<T, SettingsError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => {
+                raw.parse().map_err(|e| SettingsError::new(key, format!("cannot parse {raw:?}: {e}")))
+            }
+        }
+    }
+
+    fn database_url(&self, key: &str) -> Result<Secret, SettingsError> {
+        let raw = self.required(key)?;
+        tokio_postgres::Config::from_str(raw)
+            .map_err(|e| SettingsError::new(key, format!("not a valid postgres URL: {e}")))?;
+        Ok(Secret::new(raw))
+    }
+
+    fn redis_url(&self) -> Result<Secret, SettingsError> {
+        let raw = self.required(REDIS_URL)?;
+        redis::Client::open(raw)
+            .map_err(|e| SettingsError::new(REDIS_URL, format!("not a valid redis URL: {e}")))?;
+        Ok(Secret::new(raw))
+    }
+
+    fn url(&self, key: &str, default: Option<&str>) -> Result<Url, SettingsError> {
+        let raw = match (self.get(key), default) {
+            (Some(raw), _) | (None, Some(raw)) => raw,
+            (None, None) => return Err(SettingsError::new(key, "is required but not set")),
+        };
+        Url::parse(raw).map_err(|e| SettingsError::new(key, format!("not a valid URL: {e}")))
+    }
+
+    fn role(&self, key: &str, default: &str) -> Result<String, SettingsError> {
+        let role = self.get(key).unwrap_or(default);
+        let valid = role.len() <= 63
+            && role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && role.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if valid {
+            Ok(role.to_owned())
+        } else {
+            Err(SettingsError::new(key, format!("{role:?} is not a plain lower-case role name")))
+        }
+    }
+
+    /// The bots named by `BOTFLEET_BOTS` (comma-separated names), each with
+    /// `BOTFLEET_BOT_<NAME>_TOKEN` and `BOTFLEET_BOT_<NAME>_WEBHOOK_SECRET`.
+    fn bots(&self) -> Result<Vec<BotConfig>, SettingsError> {
+        let mut bots: Vec<BotConfig> = Vec::new();
+        for raw in self.required(BOTS)?.split(',').map(str::trim) {
+            let name = BotName::parse(raw).map_err(|e| SettingsError::new(BOTS, e.to_string()))?;
+            let token_key = format!("BOTFLEET_BOT_{}_TOKEN", raw.to_ascii_uppercase());
+            let secret_key = format!("BOTFLEET_BOT_{}_WEBHOOK_SECRET", raw.to_ascii_uppercase());
+            let token = self.required(&token_key)?;
+            let id = bot_id_of_token(token).ok_or_else(|| {
+                SettingsError::new(&token_key, "is not a bot token of the form <bot id>:<secret>")
+            })?;
+            let webhook_secret = WebhookSecret::parse(self.required(&secret_key)?)
+                .map_err(|e| SettingsError::new(&secret_key, e.to_string()))?;
+            if bots.iter().any(|b| b.name == name || b.id == id) {
+                return Err(SettingsError::new(BOTS, format!("bot {raw:?} is listed twice")));
+            }
+            bots.push(BotConfig { name, id, token: Secret::new(token), webhook_secret });
+        }
+        Ok(bots)
+    }
+}
+
+/// Parses `KEY=VALUE` lines; blank lines and `#` comments are skipped, values may be quoted.
+fn parse_env_file(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut vars = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| format!("line {} is not KEY=VALUE", n + 1))?;
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        vars.insert(key.trim().to_owned(), value.to_owned());
+    }
+    Ok(vars)
+}
+
+/// The bot's numeric id is the part of its token before the colon.
+fn bot_id_of_token(token: &str) -> Option<i64> {
+    let (id, rest) = token.split_once(':')?;
+    let valid_rest =
+        !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let id: i64 = id.parse().ok()?;
+    (id > 0 && valid_rest).then_some(id)
+}
+
+/// One bot served by this deployment.
+#[derive(Debug, Clone)]
+pub struct BotConfig {
+    /// The name in `BOTFLEET_BOTS` and in the webhook path `/webhook/{name}`.
+    pub name: BotName,
+    /// Telegram's id of the bot (its token's prefix); rows are namespaced by it.
+    pub id: i64,
+    pub token: Secret,
+    pub webhook_secret: WebhookSecret,
+}
+
+/// Settings every long-running process shares.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// `tracing` filter, e.g. `info` or `botfleet=debug,info`.
+    pub log: String,
+    /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_listen: SocketAddr,
+    /// How long a draining process may take to finish its work after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Common {
+    fn load(src: &Source, default_admin: &str) -> Result<Self, SettingsError> {
+        Ok(Self {
+            log: src.get(LOG).unwrap_or("info").to_owned(),
+            admin_listen: src.parse_or(ADMIN_LISTEN, parse_addr(default_admin))?,
+            shutdown_grace: Duration::from_secs(src.parse_or(SHUTDOWN_GRACE_SECS, 25)?),
+        })
+    }
+}
+
+fn parse_addr(addr: &str) -> SocketAddr {
+    // The defaults below are literal, valid socket addresses.
+    addr.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub common: Common,
+    pub listen: SocketAddr,
+    /// The primary, connected to as the worker role.
+    pub database_url: Secret,
+    pub db_pool_size: usize,
+    pub redis_url: Secret,
+    /// Prefix of every Redis key of this deployment; bots add their id below it.
+    pub redis_prefix: String,
+    pub bots: Vec<BotConfig>,
+    pub telegram_api_url: Url,
+    /// Largest webhook body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl WorkerSettings {
+    pub fn load(src: &Source) -> Result<Self, SettingsError> {
+        Ok(Self {
+            common: Common::load(src, "127.0.0.1:9091")?,
+            listen: src.parse_or(LISTEN, parse_addr("127.0.0.1:8081"))?,
+            database_url: src.database_url(DATABASE_URL)?,
+            db_pool_size: src.parse_or(DB_POOL_SIZE, 16)?,
+            redis_url: src.redis_url()?,
+            redis_prefix: src.get(REDIS_PREFIX).unwrap_or("botfleet").to_owned(),
+            bots: src.bots()?,
+            telegram_api_url: src.url(TELEGRAM_API_URL, Some(DEFAULT_TELEGRAM_API_URL))?,
+            max_body_bytes: src.parse_or(MAX_BODY_BYTES, 256 * 1024)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub common: Common,
+    pub listen: SocketAddr,
+    /// The primary, connected to as the read-only API role: the fallback when no replica is fit.
+    pub database_url: Secret,
+    /// Read replicas, tried in order, connected to as the read-only API role.
+    pub replica_urls: Vec<Secret>,
+    pub db_pool_size: usize,
+    pub redis_url: Secret,
+    pub redis_prefix: String,
+}
+
+impl ApiSettings {
+    pub fn load(src: &Source) -> Result<Self, SettingsError> {
+        let replica_urls = match src.get(REPLICA_URLS) {
+            None => Vec::new(),
+            Some(raw) => {
+                let one = |url: &str| Source::from_pairs([(REPLICA_URLS, url)]).database_url(REPLICA_URLS);
+                raw.split(',').map(str::trim).filter(|u| !u.is_empty()).map(one).collect::<Result<_, _>>()?
+            }
+        };
+        Ok(Self {
+            common: Common::load(src, "127.0.0.1:9092")?,
+            listen: src.parse_or(LISTEN, parse_addr("127.0.0.1:8082"))?,
+            database_url: src.database_url(DATABASE_URL)?,
+            replica_urls,
+            db_pool_size: src.parse_or(DB_POOL_SIZE, 16)?,
+            redis_url: src.redis_url()?,
+            redis_prefix: src.get(REDIS_PREFIX).unwrap_or("botfleet").to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrateSettings {
+    /// The primary, connected to as the owner of the schema.
+    pub database_url: Secret,
+    pub worker_role: String,
+    pub api_role: String,
+}
+
+impl MigrateSettings {
+    pub fn load(src: &Source) -> Result<Self, SettingsError> {
+        Ok(Self {
+            database_url: src.database_url(DATABASE_URL)?,
+            worker_role: src.role(WORKER_ROLE, "botfleet_worker")?,
+            api_role: src.role(API_ROLE, "botfleet_api")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub bots: Vec<BotConfig>,
+    pub telegram_api_url: Url,
+    /// Public base URL of the webhook; each bot's URL is `<base>/<bot name>`.
+    pub webhook_url: Option<Url>,
+    pub max_connections: u8,
+}
+
+impl WebhookSettings {
+    pub fn load(src: &Source) -> Result<Self, SettingsError> {
+        let webhook_url = match src.get(WEBHOOK_URL) {
+            Some(_) => Some(src.url(WEBHOOK_URL, None)?),
+            None => None,
+        };
+        let max_connections: u8 = src.parse_or(WEBHOOK_MAX_CONNECTIONS, 40)?;
+        if max_connections == 0 || max_connections > 100 {
+            return Err(SettingsError::new(WEBHOOK_MAX_CONNECTIONS, "must be 1 to 100, as Telegram allows"));
+        }
+        Ok(Self {
+            bots: src.bots()?,
+            telegram_api_url: src.url(TELEGRAM_API_URL, Some(DEFAULT_TELEGRAM_API_URL))?,
+            webhook_url,
+            max_connections,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeTelegramSettings {
+    pub common: Common,
+    pub listen: SocketAddr,
+    /// Answer 429 with `retry_after` past Telegram's rate limits.
+    pub enforce_limits: bool,
+}
+
+impl FakeTelegramSettings {
+    pub fn load(src: &Source) -> Result<Self, SettingsError> {
+        Ok(Self {
+            common: Common::load(src, "127.0.0.1:9093")?,
+            listen: src.parse_or(LISTEN, parse_addr("127.0.0.1:8083"))?,
+            enforce_limits: src.parse_or(FAKE_LIMITS, false)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker_source(extra: &[(&str, &str)]) -> Source {
+        let mut pairs = vec![
+            (DATABASE_URL, "postgres://u@127.0.0.1:5432/db"),
+            (REDIS_URL, "redis://127.0.0.1:6379"),
+            (BOTS, "main"),
+            ("BOTFLEET_BOT_MAIN_TOKEN", "123456:ABC-def_1"),
+            ("BOTFLEET_BOT_MAIN_WEBHOOK_SECRET", "s3cret_token"),
+        ];
+        pairs.extend_from_slice(extra);
+        Source::from_pairs(pairs)
+    }
+
+    #[test]
+    fn worker_settings_load_with_defaults() {
+        let settings = WorkerSettings::load(&worker_source(&[])).unwrap();
+        assert_eq!(settings.bots[0].id, 123456);
+        assert_eq!(settings.redis_prefix, "botfleet");
+        assert_eq!(settings.max_body_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let err = WorkerSettings::load(&worker_source(&[(DATABASE_URL, "")])).unwrap_err();
+        assert_eq!(err.key, DATABASE_URL);
+        let err = WorkerSettings::load(&worker_source(&[("BOTFLEET_BOT_MAIN_TOKEN", "")])).unwrap_err();
+        assert_eq!(err.key, "BOTFLEET_BOT_MAIN_TOKEN");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (key, value) in [
+            (LISTEN, "nowhere"),
+            (DB_POOL_SIZE, "many"),
+            ("BOTFLEET_BOT_MAIN_TOKEN", "no-colon"),
+            ("BOTFLEET_BOT_MAIN_WEBHOOK_SECRET", "has space"),
+            (BOTS, "Main Bot"),
+            (TELEGRAM_API_URL, "::"),
+        ] {
+            let err = WorkerSettings::load(&worker_source(&[(key, value)])).unwrap_err();
+            assert_eq!(err.key, key, "{key}={value} should be rejected naming {key}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let settings = WorkerSettings::load(&worker_source(&[])).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("ABC-def_1"), "token printed: {printed}");
+        assert!(!printed.contains("s3cret_token"), "secret printed: {printed}");
+    }
+
+    #[test]
+    fn env_file_lines() {
+        let vars = parse_env_file("# c\n\nA=1\nB=\"two words\"\nC='x=y'\n").unwrap();
+        assert_eq!(vars["A"], "1");
+        assert_eq!(vars["B"], "two words");
+        assert_eq!(vars["C"], "x=y");
+        assert!(parse_env_file("oops").is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! The fake Telegram as teloxide's own client sees it.
+
+use teloxide_core::RequestError;
+use teloxide_core::net::Download;
+use teloxide_core::payloads::{SendMessageSetters, SetWebhookSetters};
+use teloxide_core::prelude::Requester;
+use teloxide_core::types::{
+    CallbackQueryId, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, MessageId,
+};
+
+use crate::helpers::{MAIN_BOT, spawn_fake};
+
+fn client(url: &str) -> teloxide_core::Bot {
+    teloxide_core::Bot::new(MAIN_BOT.token).set_api_url(url.parse().unwrap())
+}
+
+#[tokio::test]
+async fn teloxide_client_round_trip() {
+    let (fake, url) = spawn_fake(false).await;
+    let bot = client(&url);
+
+    let me = bot.get_me().await.unwrap();
+    assert_eq!(me.id.0, MAIN_BOT.id() as u64);
+    assert!(me.user.is_bot);
+
+    bot.set_webhook("https://example.org/webhook/main".parse().unwrap())
+        .secret_token("s3cret".to_owned())
+        .max_connections(7)
+        .await
+        .unwrap();
+    let info = bot.get_webhook_info().await.unwrap();
+    assert_eq!(info.url.unwrap().as_str(), "https://example.org/webhook/main");
+    assert_eq!(info.max_connections, Some(7));
+    bot.delete_webhook().await.unwrap();
+    assert!(bot.get_webhook_info().await.unwrap().url.is_none());
+
+    let keyboard = InlineKeyboardMarkup::new([[InlineKeyboardButton::callback("Approve", "approve:1")]]);
+    let sent = bot.send_message(ChatId(42), "hello there").reply_markup(keyboard).await.unwrap();
+    assert_eq!(sent.text(), Some("hello there"));
+    assert_eq!(sent.chat.id, ChatId(42));
+    assert!(sent.reply_markup().is_some());
+    let edited = bot.edit_message_text(ChatId(42), sent.id, "hello again").await.unwrap();
+    assert_eq!((edited.id, edited.text()), (sent.id, Some("hello again")));
+
+    let photo = bot
+        .send_photo(ChatId(-100), InputFile::memory(b"fake jpeg bytes".to_vec()).file_name("p.jpg"))
+        .await
+        .unwrap();
+    let file_id = photo.photo().unwrap()[0].file.id.clone();
+    let file = bot.get_file(file_id).await.unwrap();
+    let mut downloaded = Vec::new();
+    bot.download_file(&file.path, &mut downloaded).await.unwrap();
+    assert_eq!(downloaded, b"fake jpeg bytes");
+
+    bot.answer_callback_query(CallbackQueryId("query-1".to_owned())).await.unwrap();
+    assert!(matches!(bot.edit_message_text(ChatId(42), MessageId(1), "").await, Err(RequestError::Api(_))));
+
+    let methods: Vec<String> = fake.calls().into_iter().map(|c| c.method).collect();
+    for method in [
+        "getMe",
+        "setWebhook",
+        "getWebhookInfo",
+        "deleteWebhook",
+        "sendMessage",
+        "editMessageText",
+        "sendPhoto",
+        "getFile",
+        "answerCallbackQuery",
+    ] {
+        assert!(methods.iter().any(|m| m == method), "{method} not in the call log {methods:?}");
+    }
+    let log = serde_json::to_string(&fake.calls()).unwrap();
+    assert!(!log.contains(MAIN_BOT.token), "the call log must not hold the token");
+}
+
+#[tokio::test]
+async fn fake_answers_429_with_retry_after_past_telegrams_limits() {
+    let (fake, url) = spawn_fake(true).await;
+    let bot = client(&url);
+    bot.send_message(ChatId(42), "first").await.unwrap();
+    match bot.send_message(ChatId(42), "second, too soon").await {
+        Err(RequestError::RetryAfter(seconds)) => assert_eq!(seconds.seconds(), 1),
+        other => panic!("expected 429 with retry_after, got {other:?}"),
+    }
+    // Other chats are fine until the bot's 30 per second are spent.
+    let mut refused = 0;
+    for chat in 1000..1040 {
+        if let Err(RequestError::RetryAfter(_)) = bot.send_message(ChatId(chat), "fan-out").await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 11, "30 sends a second: 1 + 29 admitted, 11 refused");
+    let statuses: Vec<u16> = fake.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 12);
+}

@@ -1,0 +1,293 @@
+//! What every integration test stands on: a fresh database per test (cloned from a migrated
+//! template), a Redis key prefix of its own, and the real processes on `127.0.0.1:0`.
+//!
+//! `bin/test` starts the servers and exports their URLs; a test run without them fails at once
+//! with a message that says so.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use botfleet::db::migrations;
+use botfleet::fake_telegram::Fake;
+use botfleet::metrics::Metrics;
+use botfleet::settings::{self, ApiSettings, MigrateSettings, Secret, Source, WorkerSettings};
+use botfleet::shutdown::CancellationToken;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use url::Url;
+
+pub const WORKER_ROLE: &str = "botfleet_worker";
+pub const API_ROLE: &str = "botfleet_api";
+const TEMPLATE: &str = "botfleet_template";
+
+pub fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set: run the tests with bin/test"))
+}
+
+/// Connects and drives the connection in the background.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A name no other test (or test process) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{}_{nanos}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A database of one test, on the primary and (through streaming replication) on the replica.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    /// A database with the whole schema and roles, cloned from the migrated template.
+    pub async fn fresh() -> Self {
+        let admin = connect(&env("BOTFLEET_TEST_PRIMARY_URL")).await;
+        ensure_template(&admin).await;
+        let name = unique("t");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .await
+            .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+        Self { name }
+    }
+
+    /// A database with nothing in it.
+    pub async fn empty() -> Self {
+        let admin = connect(&env("BOTFLEET_TEST_PRIMARY_URL")).await;
+        let name = unique("e");
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        Self { name }
+    }
+
+    /// URL of this database on the primary (or replica) as `role`.
+    pub fn url(&self, role: &str, replica: bool) -> String {
+        let base = env(if replica { "BOTFLEET_TEST_REPLICA_URL" } else { "BOTFLEET_TEST_PRIMARY_URL" });
+        let mut url = Url::parse(&base).unwrap();
+        url.set_username(role).unwrap();
+        url.set_path(&self.name);
+        url.to_string()
+    }
+
+    pub fn owner_url(&self) -> String {
+        self.url("postgres", false)
+    }
+
+    pub async fn owner(&self) -> Client {
+        connect(&self.owner_url()).await
+    }
+
+    /// Waits until the replica has this database, so tests can read it there.
+    pub async fn wait_for_replica(&self) {
+        let url = self.url("postgres", true);
+        eventually(Duration::from_secs(10), "the test database on the replica", || {
+            let url = url.clone();
+            async move { tokio_postgres::connect(&url, NoTls).await.ok().map(drop) }
+        })
+        .await;
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.owner().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    pub fn migrate_settings(&self) -> MigrateSettings {
+        MigrateSettings {
+            database_url: Secret::new(self.owner_url()),
+            worker_role: WORKER_ROLE.to_owned(),
+            api_role: API_ROLE.to_owned(),
+        }
+    }
+}
+
+/// Creates the migrated template database once per server; concurrent test processes wait
+/// on an advisory lock. It is built under another name and renamed when complete, so a
+/// half-made template never exists under the real name.
+async fn ensure_template(admin: &Client) {
+    admin.execute("SELECT pg_advisory_lock(4242)", &[]).await.unwrap();
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&TEMPLATE])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        let building = format!("{TEMPLATE}_building");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {building}")).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {building}")).await.unwrap();
+        let db = TestDb { name: building.clone() };
+        migrations::apply(&db.migrate_settings()).await.unwrap();
+        admin.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {TEMPLATE}")).await.unwrap();
+    }
+    admin.execute("SELECT pg_advisory_unlock(4242)", &[]).await.unwrap();
+}
+
+/// A bot of the test deployment.
+#[derive(Clone)]
+pub struct TestBot {
+    pub name: &'static str,
+    pub token: &'static str,
+    pub secret: &'static str,
+}
+
+pub const MAIN_BOT: TestBot =
+    TestBot { name: "main", token: "123456:TEST-token_do_not_leak", secret: "webhook_secret-1" };
+
+impl TestBot {
+    pub fn id(&self) -> i64 {
+        self.token.split(':').next().unwrap().parse().unwrap()
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        let upper = self.name.to_ascii_uppercase();
+        vec![
+            (format!("BOTFLEET_BOT_{upper}_TOKEN"), self.token.to_owned()),
+            (format!("BOTFLEET_BOT_{upper}_WEBHOOK_SECRET"), self.secret.to_owned()),
+        ]
+    }
+}
+
+/// A process of the cluster running inside the test.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub stop: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+}
+
+/// The fake Telegram, served on a port of its own.
+pub async fn spawn_fake(enforce_limits: bool) -> (Fake, String) {
+    let fake = Fake::new(enforce_limits);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = fake.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (fake, url)
+}
+
+fn base_settings(db: &TestDb, role: &str, redis_url: &str, redis_prefix: &str) -> Vec<(String, String)> {
+    vec![
+        (settings::LISTEN.into(), "127.0.0.1:0".into()),
+        (settings::ADMIN_LISTEN.into(), "127.0.0.1:0".into()),
+        (settings::DATABASE_URL.into(), db.url(role, false)),
+        (settings::REDIS_URL.into(), redis_url.into()),
+        (settings::REDIS_PREFIX.into(), redis_prefix.into()),
+        (settings::SHUTDOWN_GRACE_SECS.into(), "5".into()),
+    ]
+}
+
+pub async fn spawn_worker(db: &TestDb, redis_prefix: &str, telegram_url: &str, bots: &[TestBot]) -> Running {
+    spawn_worker_on(db, &env("BOTFLEET_TEST_REDIS_URL"), redis_prefix, telegram_url, bots).await
+}
+
+pub async fn spawn_worker_on(
+    db: &TestDb,
+    redis_url: &str,
+    redis_prefix: &str,
+    telegram_url: &str,
+    bots: &[TestBot],
+) -> Running {
+    let mut pairs = base_settings(db, WORKER_ROLE, redis_url, redis_prefix);
+    pairs.push((settings::TELEGRAM_API_URL.into(), telegram_url.into()));
+    pairs.push((settings::BOTS.into(), bots.iter().map(|b| b.name).collect::<Vec<_>>().join(",")));
+    pairs.push((settings::MAX_BODY_BYTES.into(), "65536".into()));
+    for bot in bots {
+        pairs.extend(bot.settings());
+    }
+    let settings = WorkerSettings::load(&Source::from_pairs(pairs)).unwrap();
+    let metrics = Arc::new(Metrics::new("worker").unwrap());
+    let app = botfleet::worker::App::build(settings, metrics.clone()).await.unwrap();
+    let (addr, admin) = (app.addr().unwrap(), app.admin_addr().unwrap());
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+    Running { addr, admin, metrics, stop, handle }
+}
+
+/// An API node reading the replica (when `replica`) with the primary as fallback.
+pub async fn spawn_api(db: &TestDb, redis_prefix: &str, replica: bool) -> Running {
+    let mut pairs = base_settings(db, API_ROLE, &env("BOTFLEET_TEST_REDIS_URL"), redis_prefix);
+    if replica {
+        db.wait_for_replica().await;
+        pairs.push((settings::REPLICA_URLS.into(), db.url(API_ROLE, true)));
+    }
+    let settings = ApiSettings::load(&Source::from_pairs(pairs)).unwrap();
+    let metrics = Arc::new(Metrics::new("api").unwrap());
+    let app = botfleet::api::App::build(settings, metrics.clone()).await.unwrap();
+    let (addr, admin) = (app.addr().unwrap(), app.admin_addr().unwrap());
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+    Running { addr, admin, metrics, stop, handle }
+}
+
+/// A private text message from user `user` (who is also the chat), as Telegram sends it.
+pub fn text_update(update_id: i64, user: i64, text: &str) -> Value {
+    json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id,
+            "date": 1_790_000_000,
+            "chat": { "id": user, "type": "private", "first_name": "Ada", "username": "ada" },
+            "from": { "id": user, "is_bot": false, "first_name": "Ada", "username": "ada", "language_code": "en" },
+            "text": text,
+        }
+    })
+}
+
+/// POSTs `body` to the worker's webhook for `bot` with `secret` (none when `None`).
+pub async fn deliver(
+    worker: &Running,
+    bot: &TestBot,
+    secret: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(worker.url(&format!("/webhook/{}", bot.name)))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(secret) = secret {
+        request = request.header("x-telegram-bot-api-secret-token", secret);
+    }
+    request.send().await.unwrap()
+}
+
+/// Delivers a JSON update with the bot's right secret.
+pub async fn deliver_update(worker: &Running, bot: &TestBot, update: &Value) -> reqwest::Response {
+    deliver(worker, bot, Some(bot.secret), update.to_string()).await
+}

@@ -1,0 +1,13 @@
+//! Integration tests: real Postgres (primary and streaming replica), Redis and Nginx, started
+//! by `bin/test`; the fake Telegram in place of Telegram. One binary, so it links once.
+
+// Test code panics on purpose: an unwrap is an assertion with the error in its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod cluster;
+mod fake_telegram;
+mod feed;
+mod helpers;
+mod schema;
+mod webhook;

@@ -1,0 +1,208 @@
+//! The webhook: authentication, bad input (invariant 10), a text becoming a post that is
+//! durable before the answer (invariant 1) and never duplicated (invariant 2).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::env;
+use crate::helpers::{
+    MAIN_BOT, TestDb, connect, deliver, deliver_update, eventually, spawn_api, spawn_fake, spawn_worker,
+    text_update, unique,
+};
+
+#[tokio::test]
+async fn wrong_or_missing_secret_is_401_and_writes_nothing() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
+    let update = text_update(1, 42, "a perfectly good post text").to_string();
+
+    for secret in [None, Some("wrong"), Some(""), Some("webhook_secret-"), Some("webhook_secret-12")] {
+        let response = deliver(&worker, &MAIN_BOT, secret, update.clone()).await;
+        assert_eq!(response.status(), 401, "secret {secret:?} must be refused");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("secret"), "{body}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 0, "a refused update wrote a post");
+    assert_eq!(db.count("SELECT count(*) FROM users").await, 0, "a refused update wrote a user");
+    assert!(fake.calls().is_empty(), "a refused update made Bot API calls: {:?}", fake.calls());
+
+    let response = deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), update).await;
+    assert_eq!(response.status(), 200, "the right secret must be accepted");
+}
+
+#[tokio::test]
+async fn unknown_bot_is_404() {
+    let db = TestDb::fresh().await;
+    let (_fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
+    let response = reqwest::Client::new()
+        .post(worker.url("/webhook/nobody"))
+        .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn too_short_text_writes_nothing_and_replies_why() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
+
+    let response = deliver_update(&worker, &MAIN_BOT, &text_update(7, 42, "too short")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 0);
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 1, "expected one reply, got {calls:?}");
+    assert_eq!(calls[0].method, "sendMessage");
+    assert_eq!(calls[0].params["chat_id"], json!(42));
+    let reply = calls[0].params["text"].as_str().unwrap();
+    assert!(
+        reply.contains("at least 10 characters") && reply.contains("has 9"),
+        "reply does not say why: {reply}"
+    );
+
+    let long = "ж".repeat(2001);
+    deliver_update(&worker, &MAIN_BOT, &text_update(8, 42, &long)).await;
+    let reply = fake.calls()[1].params["text"].as_str().unwrap().to_owned();
+    assert!(reply.contains("at most 2000"), "reply does not say why: {reply}");
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 0);
+}
+
+#[tokio::test]
+async fn text_becomes_a_post_that_is_durable_before_the_answer_and_readable_from_the_replica() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
+    let api = spawn_api(&db, &prefix, true).await;
+
+    let text = "Hello, feed! <b>not bold</b> & ünïcödé";
+    let response = deliver_update(&worker, &MAIN_BOT, &text_update(100, 42, text)).await;
+    assert_eq!(response.status(), 200);
+    // Durable on the primary at the moment of the answer.
+    let stored = db
+        .owner()
+        .await
+        .query_one("SELECT id, text, status, author_id FROM posts WHERE update_id = 100", &[])
+        .await
+        .expect("the post must be on the primary when the webhook answers");
+    let id: i64 = stored.get(0);
+    assert_eq!(stored.get::<_, String>(1), text);
+    assert_eq!(stored.get::<_, String>(2), "published");
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].params["text"], json!(format!("Published as post #{id}.")));
+
+    // Served by the API node from the replica.
+    let feed: Value = eventually(Duration::from_secs(1), "the post on the replica's feed", || async {
+        let feed: Value = reqwest::get(api.url("/api/feed")).await.ok()?.json().await.ok()?;
+        (feed["posts"].as_array()?.len() == 1).then_some(feed)
+    })
+    .await;
+    assert_eq!(feed["posts"][0]["id"], json!(id));
+    assert_eq!(feed["posts"][0]["text"], json!(text));
+    assert_eq!(feed["posts"][0]["author"]["first_name"], json!("Ada"));
+    assert!(
+        api.metrics.feed_reads.with_label_values(&["replica"]).get() >= 1
+            && api.metrics.feed_reads.with_label_values(&["primary"]).get() == 0,
+        "the feed must be read from the replica"
+    );
+    let post: Value = reqwest::get(api.url(&format!("/api/posts/{id}"))).await.unwrap().json().await.unwrap();
+    assert_eq!(post["text"], json!(text));
+}
+
+#[tokio::test]
+async fn redelivered_update_creates_one_post() {
+    let db = TestDb::fresh().await;
+    let (_fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
+    let update = text_update(5, 42, "the same update, twice over");
+    let (a, b) = tokio::join!(
+        deliver_update(&worker, &MAIN_BOT, &update),
+        deliver_update(&worker, &MAIN_BOT, &update)
+    );
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &update).await.status(), 200);
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 1, "one update_id must make one post");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer_and_is_counted() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
+
+    // Over the body limit (64 KiB in tests) → 413.
+    let huge = text_update(1, 42, &"x".repeat(70_000)).to_string();
+    assert_eq!(deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), huge).await.status(), 413);
+
+    // Authenticated but not an update → 400 with the reason, counted.
+    for body in ["not json", "[]", r#"{"message": {}}"#, "\u{0}"] {
+        let response = deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), body).await;
+        assert_eq!(response.status(), 400, "{body:?}");
+        let answer: Value = response.json().await.unwrap();
+        assert!(answer["error"].as_str().unwrap().starts_with("not a Telegram update"), "{answer}");
+    }
+    let invalid_utf8: Vec<u8> = vec![b'{', 0xff, 0xfe, b'}'];
+    assert_eq!(deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), invalid_utf8).await.status(), 400);
+    assert_eq!(worker.metrics.updates_unparseable.with_label_values(&["main"]).get(), 5);
+
+    // A kind we do not know → 200, ignored and counted.
+    let unknown = json!({ "update_id": 9, "new_kind_of_update": { "x": 1 } });
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &unknown).await.status(), 200);
+    assert_eq!(worker.metrics.updates_ignored.with_label_values(&["main", "unknown"]).get(), 1);
+
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 0);
+    assert!(fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn every_real_update_fixture_gets_a_clear_answer() {
+    let db = TestDb::fresh().await;
+    let (_fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/updates");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 60, "expected the shared update fixtures, found {}", files.len());
+    let mut failures = Vec::new();
+    for path in &files {
+        let body = std::fs::read_to_string(path).unwrap();
+        let status = deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), body).await.status();
+        // Every fixture is a real update: acknowledged, handled or ignored, never an error.
+        if status != 200 {
+            failures.push(format!("{}: {status}", path.file_name().unwrap().to_string_lossy()));
+        }
+    }
+    assert!(failures.is_empty(), "fixtures not acknowledged: {failures:#?}");
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_503_with_retry_after() {
+    let db = TestDb::fresh().await;
+    let (_fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
+    // The worker's database disappears under it, as when the primary is down.
+    let admin = connect(&env("BOTFLEET_TEST_PRIMARY_URL")).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';",
+            name = db.name
+        ))
+        .await
+        .unwrap();
+    let response =
+        deliver_update(&worker, &MAIN_BOT, &text_update(3, 42, "while the database is away")).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+}
