@@ -30,22 +30,35 @@ const EXIT_USAGE: u8 = 64;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
+    let command = match words.as_slice() {
         [] | ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
         ["--version" | "-V"] => {
             println!("botfleet {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
-        [command @ ("worker" | "api" | "fake-telegram" | "migrate")] => run(command, None),
+        ["worker"] => Command::Worker,
+        ["api"] => Command::Api,
+        ["fake-telegram"] => Command::FakeTelegram,
+        ["migrate"] => Command::Migrate,
         ["webhook", sub] => match webhook::Command::parse(sub) {
-            Some(sub) => run("webhook", Some(sub)),
-            None => usage_error(&format!("unknown webhook command {sub:?}")),
+            Some(sub) => Command::Webhook(sub),
+            None => return usage_error(&format!("unknown webhook command {sub:?}")),
         },
-        _ => usage_error(&format!("unknown command {:?}", args.join(" "))),
-    }
+        _ => return usage_error(&format!("unknown command {:?}", args.join(" "))),
+    };
+    run(command)
+}
+
+#[derive(Clone, Copy)]
+enum Command {
+    Worker,
+    Api,
+    FakeTelegram,
+    Migrate,
+    Webhook(webhook::Command),
 }
 
 fn usage_error(problem: &str) -> ExitCode {
@@ -58,13 +71,13 @@ fn config_error(e: &SettingsError) -> ExitCode {
     ExitCode::from(settings::EXIT_CONFIG as u8)
 }
 
-fn run(command: &str, webhook_command: Option<webhook::Command>) -> ExitCode {
+fn run(command: Command) -> ExitCode {
     let source = match Source::from_env() {
         Ok(source) => source,
         Err(e) => return config_error(&e),
     };
     // Settings are parsed before anything starts, so a bad value never half-starts a process.
-    let process = match Process::load(command, webhook_command, &source) {
+    let process = match Process::load(command, &source) {
         Ok(process) => process,
         Err(e) => return config_error(&e),
     };
@@ -79,8 +92,8 @@ fn run(command: &str, webhook_command: Option<webhook::Command>) -> ExitCode {
     match runtime.block_on(process.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "{command} failed");
-            eprintln!("botfleet {command}: {e:#}");
+            tracing::error!(error = format!("{e:#}"), "failed");
+            eprintln!("botfleet: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -101,17 +114,13 @@ enum Process {
 }
 
 impl Process {
-    fn load(
-        command: &str,
-        webhook_command: Option<webhook::Command>,
-        source: &Source,
-    ) -> Result<Self, SettingsError> {
-        Ok(match (command, webhook_command) {
-            ("worker", _) => Self::Worker(WorkerSettings::load(source)?),
-            ("api", _) => Self::Api(ApiSettings::load(source)?),
-            ("fake-telegram", _) => Self::FakeTelegram(FakeTelegramSettings::load(source)?),
-            ("webhook", Some(sub)) => Self::Webhook(sub, WebhookSettings::load(source)?),
-            _ => Self::Migrate(MigrateSettings::load(source)?),
+    fn load(command: Command, source: &Source) -> Result<Self, SettingsError> {
+        Ok(match command {
+            Command::Worker => Self::Worker(WorkerSettings::load(source)?),
+            Command::Api => Self::Api(ApiSettings::load(source)?),
+            Command::FakeTelegram => Self::FakeTelegram(FakeTelegramSettings::load(source)?),
+            Command::Migrate => Self::Migrate(MigrateSettings::load(source)?),
+            Command::Webhook(sub) => Self::Webhook(sub, WebhookSettings::load(source)?),
         })
     }
 

@@ -24,7 +24,7 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// Feed queries by the database that served them (`replica` or `primary`).
     pub feed_reads: IntCounterVec,
-    /// Bot API calls by method and result (`ok`, `retry_after`, `error`).
+    /// Bot API calls by method and result (`ok`, `retry_after`, `refused`, `error`).
     pub bot_api_calls: IntCounterVec,
 }
 

@@ -222,8 +222,6 @@ pub struct BotConfig {
 /// Settings every long-running process shares.
 #[derive(Debug, Clone)]
 pub struct Common {
-    /// `tracing` filter, e.g. `info` or `botfleet=debug,info`.
-    pub log: String,
     /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`).
     pub admin_listen: SocketAddr,
     /// How long a draining process may take to finish its work after SIGTERM.
@@ -233,7 +231,6 @@ pub struct Common {
 impl Common {
     fn load(src: &Source, default_admin: &str) -> Result<Self, SettingsError> {
         Ok(Self {
-            log: src.get(LOG).unwrap_or("info").to_owned(),
             admin_listen: src.parse_or(ADMIN_LISTEN, parse_addr(default_admin))?,
             shutdown_grace: Duration::from_secs(src.parse_or(SHUTDOWN_GRACE_SECS, 25)?),
         })

@@ -171,7 +171,15 @@ fn new_message(inner: &mut Inner, bot_id: i64, chat_id: i64, params: &Value) -> 
     message
 }
 
+/// Whether a send to `chat_id` may go out now: not blocked, and within the limits.
 fn admit(inner: &mut Inner, bot_id: i64, chat_id: i64, now: Instant) -> Result<(), Answer> {
+    if inner.blocked.contains(&chat_id) {
+        return Err(Answer::Error {
+            status: StatusCode::FORBIDDEN,
+            description: "Forbidden: bot was blocked by the user".to_owned(),
+            parameters: None,
+        });
+    }
     inner.limits.admit(bot_id, chat_id, now).map_err(Answer::too_many_requests)
 }
 

@@ -69,6 +69,8 @@ struct Inner {
     files: std::collections::HashMap<String, (String, Vec<u8>)>,
     webhooks: std::collections::HashMap<i64, Webhook>,
     limits: Limits,
+    /// Chats whose user blocked the bot: sends to them get 403.
+    blocked: std::collections::HashSet<i64>,
 }
 
 /// The fake's shared state. Cheap to clone.
@@ -99,6 +101,7 @@ impl Fake {
             .route("/__fake/calls", get(calls))
             .route("/__fake/reset", post(reset))
             .route("/__fake/limits", post(set_limits))
+            .route("/__fake/blocked", post(block_chat))
             .route("/file/{bot}/{*path}", get(download))
             .route("/{bot}/{method}", any(bot_api))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
@@ -240,6 +243,7 @@ async fn reset(State(fake): State<Fake>) -> StatusCode {
     let mut inner = fake.lock();
     inner.calls.clear();
     inner.limits.clear();
+    inner.blocked.clear();
     StatusCode::NO_CONTENT
 }
 
@@ -250,6 +254,17 @@ struct LimitsBody {
 
 async fn set_limits(State(fake): State<Fake>, Json(body): Json<LimitsBody>) -> StatusCode {
     fake.lock().limits = Limits::new(body.enabled);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct BlockBody {
+    chat_id: i64,
+}
+
+/// From now on the user of `chat_id` has blocked the bot.
+async fn block_chat(State(fake): State<Fake>, Json(body): Json<BlockBody>) -> StatusCode {
+    fake.lock().blocked.insert(body.chat_id);
     StatusCode::NO_CONTENT
 }
 

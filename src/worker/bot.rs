@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use teloxide_core::RequestError;
 use teloxide_core::prelude::Requester;
 use teloxide_core::types::{ChatId, Message, Update, UpdateKind};
 
@@ -94,17 +95,27 @@ async fn on_private_text(
     send(state, bot, chat, reply).await
 }
 
-/// Sends a message through the Bot API, counting the call.
+/// Sends a message through the Bot API, counting the call. A refusal by Telegram (blocked by
+/// the user, chat not found) cannot succeed on redelivery, so it is logged and the update is
+/// still acknowledged; a network error, 5xx or 429 asks Telegram to redeliver.
 async fn send(state: &WorkerState, bot: &BotRuntime, chat: ChatId, text: String) -> Result<(), HandleError> {
     let result = bot.api.send_message(chat, text).await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(teloxide_core::RequestError::RetryAfter(_)) => "retry_after",
+        Err(RequestError::RetryAfter(_)) => "retry_after",
+        Err(RequestError::Api(_)) => "refused",
         Err(_) => "error",
     };
     state.metrics.bot_api_calls.with_label_values(&["sendMessage", outcome]).inc();
-    result.map(drop).map_err(|e| {
-        let message = redact(&e.to_string(), &bot.config.token);
-        HandleError::Unavailable(anyhow::anyhow!("sendMessage failed: {message}"))
-    })
+    match result {
+        Ok(_) => Ok(()),
+        Err(RequestError::Api(e)) => {
+            tracing::warn!(error = %e, "Telegram refused the reply; not retrying");
+            Ok(())
+        }
+        Err(e) => {
+            let message = redact(&e.to_string(), &bot.config.token);
+            Err(HandleError::Unavailable(anyhow::anyhow!("sendMessage failed: {message}")))
+        }
+    }
 }

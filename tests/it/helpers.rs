@@ -194,8 +194,13 @@ impl Running {
 
 /// The fake Telegram, served on a port of its own.
 pub async fn spawn_fake(enforce_limits: bool) -> (Fake, String) {
+    spawn_fake_on("127.0.0.1:0", enforce_limits).await
+}
+
+/// The fake Telegram on a given address (to bring it back where a worker expects it).
+pub async fn spawn_fake_on(addr: &str, enforce_limits: bool) -> (Fake, String) {
     let fake = Fake::new(enforce_limits);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = fake.router();
     tokio::spawn(async move { axum::serve(listener, router).await });

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod cli;
 mod cluster;
 mod fake_telegram;
 mod feed;

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::env;
 use crate::helpers::{
-    MAIN_BOT, TestDb, connect, deliver, deliver_update, eventually, spawn_api, spawn_fake, spawn_worker,
-    text_update, unique,
+    MAIN_BOT, TestDb, connect, deliver, deliver_update, env, eventually, spawn_api, spawn_fake,
+    spawn_fake_on, spawn_worker, text_update, unique,
 };
 
 #[tokio::test]
@@ -205,4 +204,41 @@ async fn postgres_unreachable_is_503_with_retry_after() {
         deliver_update(&worker, &MAIN_BOT, &text_update(3, 42, "while the database is away")).await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "5");
+}
+
+#[tokio::test]
+async fn telegram_unreachable_is_503_and_the_redelivery_posts_once_and_replies() {
+    let db = TestDb::fresh().await;
+    // Telegram is down: nothing listens where the worker sends its replies.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let worker = spawn_worker(&db, &unique("r"), &format!("http://{addr}"), &[MAIN_BOT]).await;
+    let update = text_update(11, 42, "a post while telegram is away");
+    let response = deliver_update(&worker, &MAIN_BOT, &update).await;
+    assert_eq!(response.status(), 503, "a reply that could not be sent must make Telegram redeliver");
+    assert!(response.headers().contains_key("retry-after"));
+
+    let (fake, _) = spawn_fake_on(&addr.to_string(), false).await;
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &update).await.status(), 200);
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 1, "the redelivery must not post again");
+    let replies = fake.calls();
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].params["text"].as_str().unwrap().starts_with("Published as post #"));
+}
+
+#[tokio::test]
+async fn a_reply_telegram_refuses_is_not_retried() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
+    reqwest::Client::new()
+        .post(format!("{telegram}/__fake/blocked"))
+        .json(&json!({ "chat_id": 42 }))
+        .send()
+        .await
+        .unwrap();
+    let response = deliver_update(&worker, &MAIN_BOT, &text_update(12, 42, "posted, then blocked")).await;
+    assert_eq!(response.status(), 200, "a refusal cannot succeed later: acknowledge");
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);
+    assert_eq!(fake.calls()[0].status, 403);
+    assert_eq!(worker.metrics.bot_api_calls.with_label_values(&["sendMessage", "refused"]).get(), 1);
 }
