@@ -1,8 +1,11 @@
 //! HTTP pieces every server shares: JSON errors and serving with a bounded graceful drain.
 
 use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::Json;
 use axum::Router;
 use axum::http::StatusCode;
@@ -10,6 +13,9 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::settings::Common;
 use crate::shutdown::CancellationToken;
 
 /// A JSON error body: `{"error": "..."}`. The message is for the client; causes go to logs.
@@ -19,7 +25,7 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting, lets
 /// requests in flight and the `tasks` they started finish for at most `grace`, and returns.
-pub async fn serve(
+async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
@@ -50,50 +56,81 @@ pub async fn serve(
 }
 
 /// A bound listener with the router to serve on it.
-pub struct Bound {
-    pub listener: TcpListener,
-    pub router: Router,
+struct Bound {
+    listener: TcpListener,
+    router: Router,
 }
 
 impl Bound {
-    pub async fn bind(addr: std::net::SocketAddr, router: Router) -> anyhow::Result<Self> {
-        use anyhow::Context;
+    async fn bind(addr: SocketAddr, router: Router) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         Ok(Self { listener, router })
     }
-
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
-    }
 }
 
-/// Runs a process's main server and its admin server. On `shutdown`, `/readyz` starts failing
-/// at once, the main server drains (bounded by `grace`), and the admin server stops last so
-/// that probes see the drain.
-pub async fn run_with_admin(
+/// A long-running process's servers, bound and ready to run: its main router and the admin
+/// router (`/healthz`, `/readyz`, `/metrics`) on its own port.
+pub struct Server {
+    name: &'static str,
     main: Bound,
     admin: Bound,
-    readiness: crate::admin::Readiness,
-    shutdown: CancellationToken,
+    readiness: Readiness,
     tasks: TaskTracker,
     grace: Duration,
-) -> anyhow::Result<()> {
-    let admin_stop = CancellationToken::new();
-    let admin_server = tokio::spawn(
-        axum::serve(admin.listener, admin.router)
-            .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
-            .into_future(),
-    );
-    let draining = {
-        let (shutdown, readiness) = (shutdown.clone(), readiness.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            readiness.start_draining();
+}
+
+impl Server {
+    /// Binds both listeners (port 0 picks a free port, as tests do).
+    pub async fn bind(
+        name: &'static str,
+        listen: SocketAddr,
+        router: Router,
+        common: &Common,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+        tasks: TaskTracker,
+    ) -> anyhow::Result<Self> {
+        let admin_router = admin::router(metrics, readiness.clone());
+        Ok(Self {
+            name,
+            main: Bound::bind(listen, router).await?,
+            admin: Bound::bind(common.admin_listen, admin_router).await?,
+            readiness,
+            tasks,
+            grace: common.shutdown_grace,
         })
-    };
-    let served = serve(main.listener, main.router, shutdown, tasks, grace).await;
-    draining.abort();
-    admin_stop.cancel();
-    admin_server.await??;
-    served
+    }
+
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.main.listener.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.listener.local_addr()
+    }
+
+    /// Serves until `shutdown`; then `/readyz` fails at once, the main server drains (bounded by
+    /// the grace period) and the admin server stops last, so that probes see the drain.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = ?self.addr()?, admin = ?self.admin_addr()?, "{} serving", self.name);
+        let admin_stop = CancellationToken::new();
+        let admin_server = tokio::spawn(
+            axum::serve(self.admin.listener, self.admin.router)
+                .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        let draining = {
+            let (shutdown, readiness) = (shutdown.clone(), self.readiness.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                readiness.start_draining();
+            })
+        };
+        let served = serve(self.main.listener, self.main.router, shutdown, self.tasks, self.grace).await;
+        draining.abort();
+        admin_stop.cancel();
+        admin_server.await??;
+        tracing::info!("{} stopped", self.name);
+        served
+    }
 }

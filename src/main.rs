@@ -125,38 +125,28 @@ impl Process {
     }
 
     async fn run(self) -> anyhow::Result<()> {
-        let stop = CancellationToken::new();
-        match self {
-            Self::Worker(settings) => {
-                let app = worker::App::build(settings, Arc::new(Metrics::new("worker")?)).await?;
-                shutdown::cancel_on_signal(stop.clone());
-                app.run_until_stopped(stop).await
-            }
-            Self::Api(settings) => {
-                let app = api::App::build(settings, Arc::new(Metrics::new("api")?)).await?;
-                shutdown::cancel_on_signal(stop.clone());
-                app.run_until_stopped(stop).await
-            }
-            Self::FakeTelegram(settings) => {
-                let app =
-                    fake_telegram::App::build(settings, Arc::new(Metrics::new("fake-telegram")?)).await?;
-                shutdown::cancel_on_signal(stop.clone());
-                app.run_until_stopped(stop).await
-            }
+        let metrics = |process| Metrics::new(process).map(Arc::new);
+        let server = match self {
+            Self::Worker(settings) => worker::build(settings, metrics("worker")?).await?,
+            Self::Api(settings) => api::build(settings, metrics("api")?).await?,
+            Self::FakeTelegram(settings) => fake_telegram::build(settings, metrics("fake-telegram")?).await?,
             Self::Migrate(settings) => {
                 let applied = db::migrations::apply(&settings).await?;
                 println!(
                     "migrations applied: {applied:?}; roles {} and {} granted",
                     settings.worker_role, settings.api_role
                 );
-                Ok(())
+                return Ok(());
             }
             Self::Webhook(command, settings) => {
                 for line in webhook::run(command, &settings).await? {
                     println!("{line}");
                 }
-                Ok(())
+                return Ok(());
             }
-        }
+        };
+        let stop = CancellationToken::new();
+        shutdown::cancel_on_signal(stop.clone());
+        server.run_until_stopped(stop).await
     }
 }

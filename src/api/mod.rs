@@ -7,7 +7,6 @@ mod cursor;
 mod feed;
 mod reader;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -18,11 +17,10 @@ use axum::response::Response;
 use axum::routing::get;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Readiness};
-use crate::http::{self, Bound, json_error};
+use crate::admin::Readiness;
+use crate::http::{Server, json_error};
 use crate::metrics::Metrics;
 use crate::settings::ApiSettings;
-use crate::shutdown::CancellationToken;
 use crate::{db, kv};
 
 pub use cursor::Cursor;
@@ -34,61 +32,32 @@ pub(crate) struct ApiState {
     pub metrics: Arc<Metrics>,
 }
 
-/// An API node with its listeners bound, ready to run.
-pub struct App {
-    main: Bound,
-    admin: Bound,
-    readiness: Readiness,
-    settings: ApiSettings,
-}
-
-impl App {
-    pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let primary = db::pool(&settings.database_url, settings.db_pool_size)?;
-        let replicas = settings
-            .replica_urls
-            .iter()
-            .map(|url| db::pool(url, settings.db_pool_size))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let redis = kv::pool(&settings.redis_url, 4)?;
-        let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
-        let state = ApiState { reader: reader.clone(), metrics: metrics.clone() };
-        let router = Router::new()
-            .route("/api/feed", get(feed::page))
-            .route("/api/posts/{id}", get(feed::post))
-            .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
-            .layer(middleware::from_fn_with_state(state.clone(), count_requests))
-            .with_state(state);
-        let readiness = Readiness::new(move || {
-            let (reader, redis) = (reader.clone(), redis.clone());
-            async move {
-                let (db_ok, redis_ok) = tokio::join!(reader.any_reachable(), kv::ping(&redis));
-                vec![("postgres", db_ok), ("redis", redis_ok)]
-            }
-        });
-        let admin_router = admin::router(metrics, readiness.clone());
-        Ok(Self {
-            main: Bound::bind(settings.listen, router).await?,
-            admin: Bound::bind(settings.common.admin_listen, admin_router).await?,
-            readiness,
-            settings,
-        })
-    }
-
-    pub fn addr(&self) -> std::io::Result<SocketAddr> {
-        self.main.local_addr()
-    }
-
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin.local_addr()
-    }
-
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = ?self.addr()?, admin = ?self.admin_addr()?, "api serving");
-        let grace = self.settings.common.shutdown_grace;
-        let tasks = TaskTracker::new();
-        http::run_with_admin(self.main, self.admin, self.readiness, shutdown, tasks, grace).await
-    }
+/// Binds an API node's listeners; `run_until_stopped` on the result serves.
+pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Result<Server> {
+    let primary = db::pool(&settings.database_url, settings.db_pool_size)?;
+    let replicas = settings
+        .replica_urls
+        .iter()
+        .map(|url| db::pool(url, settings.db_pool_size))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let redis = kv::pool(&settings.redis_url, 4)?;
+    let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
+    let state = ApiState { reader: reader.clone(), metrics: metrics.clone() };
+    let router = Router::new()
+        .route("/api/feed", get(feed::page))
+        .route("/api/posts/{id}", get(feed::post))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state);
+    let readiness = Readiness::new(move || {
+        let (reader, redis) = (reader.clone(), redis.clone());
+        async move {
+            let (db_ok, redis_ok) = tokio::join!(reader.any_reachable(), kv::ping(&redis));
+            vec![("postgres", db_ok), ("redis", redis_ok)]
+        }
+    });
+    let tasks = TaskTracker::new();
+    Server::bind("api", settings.listen, router, &settings.common, metrics, readiness, tasks).await
 }
 
 /// Counts every answer by route template (bounded) and status.

@@ -11,7 +11,6 @@
 mod limits;
 mod methods;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,11 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Readiness};
-use crate::http::{self, Bound};
+use crate::admin::Readiness;
+use crate::http::Server;
 use crate::metrics::Metrics;
 use crate::settings::FakeTelegramSettings;
-use crate::shutdown::CancellationToken;
 
 pub use limits::Limits;
 use methods::Answer;
@@ -268,34 +266,11 @@ async fn block_chat(State(fake): State<Fake>, Json(body): Json<BlockBody>) -> St
     StatusCode::NO_CONTENT
 }
 
-/// The fake as a process, with its listeners bound.
-pub struct App {
-    main: Bound,
-    admin: Bound,
-    readiness: Readiness,
-    settings: FakeTelegramSettings,
-}
-
-impl App {
-    pub async fn build(settings: FakeTelegramSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let fake = Fake::new(settings.enforce_limits);
-        let readiness = Readiness::new(|| async { Vec::new() });
-        Ok(Self {
-            main: Bound::bind(settings.listen, fake.router()).await?,
-            admin: Bound::bind(settings.common.admin_listen, admin::router(metrics, readiness.clone()))
-                .await?,
-            readiness,
-            settings,
-        })
-    }
-
-    pub fn addr(&self) -> std::io::Result<SocketAddr> {
-        self.main.local_addr()
-    }
-
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = ?self.addr()?, "fake telegram serving");
-        let grace = self.settings.common.shutdown_grace;
-        http::run_with_admin(self.main, self.admin, self.readiness, shutdown, TaskTracker::new(), grace).await
-    }
+/// Binds the fake as a process; `run_until_stopped` on the result serves.
+pub async fn build(settings: FakeTelegramSettings, metrics: Arc<Metrics>) -> anyhow::Result<Server> {
+    let fake = Fake::new(settings.enforce_limits);
+    let readiness = Readiness::new(|| async { Vec::new() });
+    let tasks = TaskTracker::new();
+    Server::bind("fake telegram", settings.listen, fake.router(), &settings.common, metrics, readiness, tasks)
+        .await
 }

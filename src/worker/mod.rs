@@ -10,18 +10,16 @@ mod store;
 mod webhook;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::post;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Readiness};
-use crate::http::{self, Bound};
+use crate::admin::Readiness;
+use crate::http::Server;
 use crate::metrics::Metrics;
 use crate::settings::{BotConfig, WorkerSettings};
-use crate::shutdown::CancellationToken;
 use crate::{db, kv, telegram};
 
 /// One configured bot with its Bot API client.
@@ -42,62 +40,31 @@ pub(crate) struct WorkerState {
     pub max_body_bytes: usize,
 }
 
-/// A worker with its listeners bound, ready to run.
-pub struct App {
-    main: Bound,
-    admin: Bound,
-    readiness: Readiness,
-    tasks: TaskTracker,
-    settings: WorkerSettings,
-}
-
-impl App {
-    pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let db = db::pool(&settings.database_url, settings.db_pool_size)?;
-        let redis = kv::pool(&settings.redis_url, settings.db_pool_size)?;
-        let mut bots = HashMap::new();
-        for config in &settings.bots {
-            let api = telegram::bot(&config.token, &settings.telegram_api_url)?;
-            let runtime = BotRuntime { config: config.clone(), api };
-            bots.insert(config.name.as_str().to_owned(), Arc::new(runtime));
+/// Binds a worker's listeners; `run_until_stopped` on the result serves.
+pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::Result<Server> {
+    let db = db::pool(&settings.database_url, settings.db_pool_size)?;
+    let redis = kv::pool(&settings.redis_url, settings.db_pool_size)?;
+    let mut bots = HashMap::new();
+    for config in &settings.bots {
+        let api = telegram::bot(&config.token, &settings.telegram_api_url)?;
+        let runtime = BotRuntime { config: config.clone(), api };
+        bots.insert(config.name.as_str().to_owned(), Arc::new(runtime));
+    }
+    let tasks = TaskTracker::new();
+    let state = WorkerState {
+        bots: Arc::new(bots),
+        db: db.clone(),
+        metrics: metrics.clone(),
+        tasks: tasks.clone(),
+        max_body_bytes: settings.max_body_bytes,
+    };
+    let router = Router::new().route("/webhook/{bot}", post(webhook::receive)).with_state(state);
+    let readiness = Readiness::new(move || {
+        let (db, redis) = (db.clone(), redis.clone());
+        async move {
+            let (db_ok, redis_ok) = tokio::join!(db::ping(&db), kv::ping(&redis));
+            vec![("postgres", db_ok), ("redis", redis_ok)]
         }
-        let tasks = TaskTracker::new();
-        let state = WorkerState {
-            bots: Arc::new(bots),
-            db: db.clone(),
-            metrics: metrics.clone(),
-            tasks: tasks.clone(),
-            max_body_bytes: settings.max_body_bytes,
-        };
-        let router = Router::new().route("/webhook/{bot}", post(webhook::receive)).with_state(state);
-        let readiness = Readiness::new(move || {
-            let (db, redis) = (db.clone(), redis.clone());
-            async move {
-                let (db_ok, redis_ok) = tokio::join!(db::ping(&db), kv::ping(&redis));
-                vec![("postgres", db_ok), ("redis", redis_ok)]
-            }
-        });
-        let admin_router = admin::router(metrics, readiness.clone());
-        Ok(Self {
-            main: Bound::bind(settings.listen, router).await?,
-            admin: Bound::bind(settings.common.admin_listen, admin_router).await?,
-            readiness,
-            tasks,
-            settings,
-        })
-    }
-
-    pub fn addr(&self) -> std::io::Result<SocketAddr> {
-        self.main.local_addr()
-    }
-
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin.local_addr()
-    }
-
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = ?self.addr()?, admin = ?self.admin_addr()?, "worker serving");
-        let grace = self.settings.common.shutdown_grace;
-        http::run_with_admin(self.main, self.admin, self.readiness, shutdown, self.tasks, grace).await
-    }
+    });
+    Server::bind("worker", settings.listen, router, &settings.common, metrics, readiness, tasks).await
 }

@@ -238,7 +238,7 @@ pub async fn spawn_worker_on(
     }
     let settings = WorkerSettings::load(&Source::from_pairs(pairs)).unwrap();
     let metrics = Arc::new(Metrics::new("worker").unwrap());
-    let app = botfleet::worker::App::build(settings, metrics.clone()).await.unwrap();
+    let app = botfleet::worker::build(settings, metrics.clone()).await.unwrap();
     let (addr, admin) = (app.addr().unwrap(), app.admin_addr().unwrap());
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
@@ -254,7 +254,7 @@ pub async fn spawn_api(db: &TestDb, redis_prefix: &str, replica: bool) -> Runnin
     }
     let settings = ApiSettings::load(&Source::from_pairs(pairs)).unwrap();
     let metrics = Arc::new(Metrics::new("api").unwrap());
-    let app = botfleet::api::App::build(settings, metrics.clone()).await.unwrap();
+    let app = botfleet::api::build(settings, metrics.clone()).await.unwrap();
     let (addr, admin) = (app.addr().unwrap(), app.admin_addr().unwrap());
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
