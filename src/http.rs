@@ -77,6 +77,8 @@ pub struct Server {
     readiness: Readiness,
     tasks: TaskTracker,
     grace: Duration,
+    /// Background loops of the process, stopped once the servers have drained.
+    background: Vec<CancellationToken>,
 }
 
 impl Server {
@@ -98,7 +100,14 @@ impl Server {
             readiness,
             tasks,
             grace: common.shutdown_grace,
+            background: Vec::new(),
         })
+    }
+
+    /// Stops a background loop of the process (cancels `token`) after the drain.
+    pub fn cancel_on_stop(mut self, token: CancellationToken) -> Self {
+        self.background.push(token);
+        self
     }
 
     pub fn addr(&self) -> std::io::Result<SocketAddr> {
@@ -130,6 +139,7 @@ impl Server {
         draining.abort();
         admin_stop.cancel();
         admin_server.await??;
+        self.background.iter().for_each(CancellationToken::cancel);
         tracing::info!("{} stopped", self.name);
         served
     }

@@ -14,6 +14,7 @@
 //! - [`metrics`]: the one Prometheus registry of a process and its metric families.
 //! - [`telegram`]: the Bot API client (teloxide's) pointed at Telegram or the fake.
 //! - [`webhook`]: the deploy-time `botfleet webhook set/info/delete` commands.
+//! - [`feed`]: the feed's shared model (`PostView`) and publishing to it.
 //! - [`fake_telegram`]: the Bot API double used by tests, the local cluster and load tests.
 //! - [`shutdown`]: the shutdown signal every server and loop selects on.
 
@@ -22,6 +23,7 @@ pub mod api;
 pub mod db;
 pub mod domain;
 pub mod fake_telegram;
+pub mod feed;
 pub mod http;
 pub mod kv;
 pub mod metrics;

@@ -26,6 +26,18 @@ pub struct Metrics {
     pub feed_reads: IntCounterVec,
     /// Bot API calls by method and result (`ok`, `retry_after`, `refused`, `error`).
     pub bot_api_calls: IntCounterVec,
+    /// Updates found already handled (a redelivery or a duplicate), by bot.
+    pub dedup_hits: IntCounterVec,
+    /// Time spent waiting for a chat's turn, by bot.
+    pub lease_wait_seconds: HistogramVec,
+    /// Dialogue saves refused because the state had changed, by bot.
+    pub dialogue_conflicts: IntCounterVec,
+    /// User-cache lookups by result (`hit`, `miss`).
+    pub user_cache: IntCounterVec,
+    /// Updates moved to the dead-letter table, by bot.
+    pub dead_letters: IntCounterVec,
+    /// Posts published to the feed stream, by bot.
+    pub publishes: IntCounterVec,
 }
 
 impl Metrics {
@@ -43,12 +55,14 @@ impl Metrics {
             registry.register(Box::new(counter.clone()))?;
             Ok(counter)
         };
-        let update_seconds = HistogramVec::new(
-            HistogramOpts::new("botfleet_update_handling_seconds", "Time to handle one update, by kind")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
-            &["kind"],
-        )?;
-        registry.register(Box::new(update_seconds.clone()))?;
+        let histogram = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<HistogramVec> {
+            let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let histogram = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+            registry.register(Box::new(histogram.clone()))?;
+            Ok(histogram)
+        };
+        let update_seconds =
+            histogram("botfleet_update_handling_seconds", "Time to handle one update, by kind", &["kind"])?;
         Ok(Self {
             webhook_requests: counter(
                 "botfleet_webhook_requests_total",
@@ -82,6 +96,24 @@ impl Metrics {
                 "Bot API calls, by method and result",
                 &["method", "result"],
             )?,
+            dedup_hits: counter(
+                "botfleet_dedup_hits_total",
+                "Updates acknowledged because they were already handled, by bot",
+                &["bot"],
+            )?,
+            lease_wait_seconds: histogram(
+                "botfleet_chat_lease_wait_seconds",
+                "Time an update waited for its chat's turn, by bot",
+                &["bot"],
+            )?,
+            dialogue_conflicts: counter(
+                "botfleet_dialogue_cas_conflicts_total",
+                "Dialogue saves refused because the state changed, by bot",
+                &["bot"],
+            )?,
+            user_cache: counter("botfleet_user_cache_total", "User-cache lookups, by result", &["result"])?,
+            dead_letters: counter("botfleet_dead_letters_total", "Updates dead-lettered, by bot", &["bot"])?,
+            publishes: counter("botfleet_publishes_total", "Posts published to the feed, by bot", &["bot"])?,
             registry,
         })
     }

@@ -36,6 +36,12 @@ pub const API_ROLE: &str = "BOTFLEET_API_ROLE";
 pub const WEBHOOK_URL: &str = "BOTFLEET_WEBHOOK_URL";
 pub const WEBHOOK_MAX_CONNECTIONS: &str = "BOTFLEET_WEBHOOK_MAX_CONNECTIONS";
 pub const FAKE_LIMITS: &str = "BOTFLEET_FAKE_LIMITS";
+pub const CHAT_LEASE_MS: &str = "BOTFLEET_CHAT_LEASE_MS";
+pub const MAX_WAIT_MS: &str = "BOTFLEET_MAX_WAIT_MS";
+pub const MAX_ATTEMPTS: &str = "BOTFLEET_MAX_ATTEMPTS";
+pub const DIALOGUE_TTL_SECS: &str = "BOTFLEET_DIALOGUE_TTL_SECS";
+pub const USER_CACHE_TTL_SECS: &str = "BOTFLEET_USER_CACHE_TTL_SECS";
+pub const FEED_STREAM_LEN: &str = "BOTFLEET_FEED_STREAM_LEN";
 
 const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 
@@ -170,10 +176,35 @@ impl Source {
             })?;
             let webhook_secret = WebhookSecret::parse(self.required(&secret_key)?)
                 .map_err(|e| SettingsError::new(&secret_key, e.to_string()))?;
+            let moderator_key = format!("BOTFLEET_BOT_{}_MODERATOR_CHAT", raw.to_ascii_uppercase());
+            let moderator_chat = match self.get(&moderator_key) {
+                None => None,
+                Some(_) => Some(self.parse_or(&moderator_key, 0i64)?),
+            };
+            let admins_key = format!("BOTFLEET_BOT_{}_ADMINS", raw.to_ascii_uppercase());
+            let admins = self
+                .get(&admins_key)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(|id| {
+                    id.parse::<i64>().map_err(|_| {
+                        SettingsError::new(&admins_key, format!("{id:?} is not a Telegram user id"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             if bots.iter().any(|b| b.name == name || b.id == id) {
                 return Err(SettingsError::new(BOTS, format!("bot {raw:?} is listed twice")));
             }
-            bots.push(BotConfig { name, id, token: Secret::new(token), webhook_secret });
+            bots.push(BotConfig {
+                name,
+                id,
+                token: Secret::new(token),
+                webhook_secret,
+                moderator_chat,
+                admins,
+            });
         }
         Ok(bots)
     }
@@ -217,6 +248,10 @@ pub struct BotConfig {
     pub id: i64,
     pub token: Secret,
     pub webhook_secret: WebhookSecret,
+    /// With a moderator chat, new posts wait there for approval; without, they publish at once.
+    pub moderator_chat: Option<i64>,
+    /// User ids that may `/ban`, `/unban` and `/broadcast`.
+    pub admins: Vec<i64>,
 }
 
 /// Settings every long-running process shares.
@@ -256,6 +291,18 @@ pub struct WorkerSettings {
     pub telegram_api_url: Url,
     /// Largest webhook body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// A chat's turn (lease) length; renewed while an update is handled.
+    pub chat_lease: Duration,
+    /// Longest wait for a chat's turn before 503 + `Retry-After`.
+    pub max_wait: Duration,
+    /// Failed attempts at one update before it is dead-lettered and acknowledged.
+    pub max_attempts: u64,
+    /// An abandoned dialogue expires after this.
+    pub dialogue_ttl: Duration,
+    /// The Redis user cache's time to live.
+    pub user_cache_ttl: Duration,
+    /// Entries the feed stream keeps for SSE resumption (approximately).
+    pub feed_stream_len: u64,
 }
 
 impl WorkerSettings {
@@ -270,6 +317,12 @@ impl WorkerSettings {
             bots: src.bots()?,
             telegram_api_url: src.url(TELEGRAM_API_URL, Some(DEFAULT_TELEGRAM_API_URL))?,
             max_body_bytes: src.parse_or(MAX_BODY_BYTES, 256 * 1024)?,
+            chat_lease: Duration::from_millis(src.parse_or(CHAT_LEASE_MS, 15_000)?),
+            max_wait: Duration::from_millis(src.parse_or(MAX_WAIT_MS, 10_000)?),
+            max_attempts: src.parse_or(MAX_ATTEMPTS, 5)?,
+            dialogue_ttl: Duration::from_secs(src.parse_or(DIALOGUE_TTL_SECS, 24 * 3600)?),
+            user_cache_ttl: Duration::from_secs(src.parse_or(USER_CACHE_TTL_SECS, 300)?),
+            feed_stream_len: src.parse_or(FEED_STREAM_LEN, 10_000)?,
         })
     }
 }

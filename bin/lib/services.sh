@@ -45,10 +45,11 @@ make_data_dir() {
 
 # A loopback TCP port nobody listens on, not handed out before in this run.
 USED_PORTS=" "
+# Below the kernel's ephemeral range (32768+), where port-0 binds of parallel tests land.
 free_port() {
     local port
     for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 30000))
+        port=$((20000 + RANDOM % 12000))
         case "$USED_PORTS" in *" $port "*) continue ;; esac
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             USED_PORTS="$USED_PORTS$port "

@@ -4,13 +4,13 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
 use super::ApiState;
 use super::cursor::Cursor;
 use super::reader::ReadError;
+use crate::feed::{Author, PostView};
 use crate::http::json_error;
 
 pub const DEFAULT_LIMIT: i64 = 20;
@@ -20,33 +20,14 @@ const POST_COLUMNS: &str = "p.id, p.bot_id, p.text, p.media_file_id IS NOT NULL 
      u.first_name, u.username";
 const VISIBLE: &str = "p.status = 'published' AND p.is_public AND NOT u.is_banned";
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Author {
-    pub first_name: String,
-    pub username: Option<String>,
-}
-
-/// A published post as the API serves it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PostView {
-    pub id: i64,
-    pub bot_id: i64,
-    pub text: String,
-    pub has_media: bool,
-    pub published_at: DateTime<Utc>,
-    pub author: Author,
-}
-
-impl PostView {
-    fn from_row(row: &Row) -> Self {
-        Self {
-            id: row.get("id"),
-            bot_id: row.get("bot_id"),
-            text: row.get("text"),
-            has_media: row.get("has_media"),
-            published_at: row.get("published_at"),
-            author: Author { first_name: row.get("first_name"), username: row.get("username") },
-        }
+fn post_view(row: &Row) -> PostView {
+    PostView {
+        id: row.get("id"),
+        bot_id: row.get("bot_id"),
+        text: row.get("text"),
+        has_media: row.get("has_media"),
+        published_at: row.get("published_at"),
+        author: Author { first_name: row.get("first_name"), username: row.get("username") },
     }
 }
 
@@ -100,7 +81,7 @@ pub async fn page(State(state): State<ApiState>, Query(query): Query<FeedQuery>)
         Ok(rows) => rows,
         Err(e) => return read_failed(e),
     };
-    let mut posts: Vec<PostView> = rows.iter().map(PostView::from_row).collect();
+    let mut posts: Vec<PostView> = rows.iter().map(post_view).collect();
     let next_cursor = if posts.len() as i64 > limit {
         posts.truncate(limit as usize);
         posts.last().map(|last| Cursor { published_at: last.published_at, id: last.id }.encode())
@@ -129,7 +110,7 @@ pub async fn post(State(state): State<ApiState>, Path(id): Path<String>) -> Resp
     );
     match state.reader.query(&sql, &[&id]).await {
         Ok(rows) => match rows.first() {
-            Some(row) => Json(PostView::from_row(row)).into_response(),
+            Some(row) => Json(post_view(row)).into_response(),
             None => json_error(StatusCode::NOT_FOUND, "no such post"),
         },
         Err(e) => read_failed(e),

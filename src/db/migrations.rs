@@ -14,8 +14,10 @@ use crate::settings::MigrateSettings;
 const MIGRATION_LOCK: i64 = 0x626f_7466_6c65_6574; // "botfleet"
 
 /// The schema's history, oldest first. Never edit a released entry: add a new one.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") },
+    Migration { version: 2, name: "post_message", sql: include_str!("migrations/0002_post_message.sql") },
+];
 
 pub struct Migration {
     pub version: i32,

@@ -1,39 +1,61 @@
-//! The bot's behaviour: what each update does. Handlers are small and return once every
-//! effect is durable; the webhook answers Telegram only after that.
+//! The bot's behaviour: what each update does. This file dispatches updates and holds the
+//! replies; the posting flows (quick posts, the `/post` dialogue, `/my`, moderation) are in
+//! `posts.rs`. Handlers return once every effect is durable; the webhook answers after that.
 
 use std::sync::Arc;
 
 use teloxide_core::RequestError;
+use teloxide_core::payloads::{AnswerCallbackQuerySetters, SendMessageSetters};
 use teloxide_core::prelude::Requester;
-use teloxide_core::types::{ChatId, Message, Update, UpdateKind};
+use teloxide_core::types::{
+    CallbackQuery, ChatId, InlineKeyboardMarkup, Message, MessageId, Update, UpdateKind, User,
+};
 
-use super::store::{self, NewPost};
+use super::dialogue::{DialogueError, State, Stored};
+use super::intake::Turn;
+use super::posts;
+use super::store::{self, Profile, StoreError};
+use super::users::CachedUser;
 use super::{BotRuntime, WorkerState};
-use crate::domain::PostText;
+use crate::feed::{self, Author, PostView};
 use crate::telegram::redact;
 
 /// Why an update could not be handled now. Either way Telegram redelivers it.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// Postgres, Redis or Telegram is unreachable: answer 503 with `Retry-After`.
+    /// Postgres, Redis or Telegram is unreachable: answer 503 with `Retry-After`; this does
+    /// not count towards dead-lettering, since the update is not at fault.
     #[error("dependency unavailable: {0:#}")]
     Unavailable(anyhow::Error),
-    /// Anything else.
+    /// Anything else: counted, and dead-lettered after too many attempts.
     #[error("{0:#}")]
     Failed(anyhow::Error),
 }
 
-impl From<store::StoreError> for HandleError {
-    fn from(e: store::StoreError) -> Self {
+impl From<StoreError> for HandleError {
+    fn from(e: StoreError) -> Self {
         match e {
-            store::StoreError::Unavailable(e) => HandleError::Unavailable(e),
-            store::StoreError::Other(e) => HandleError::Failed(e),
+            StoreError::Unavailable(e) => HandleError::Unavailable(e),
+            StoreError::Other(e) => HandleError::Failed(e),
         }
     }
 }
 
-const HELP: &str = "Send me a text of 10 to 2000 characters and I will publish it on the public feed.\n\n\
-/start — welcome\n/help — this message";
+impl From<DialogueError> for HandleError {
+    fn from(e: DialogueError) -> Self {
+        match e {
+            DialogueError::Redis(e) => HandleError::Unavailable(e),
+            DialogueError::Conflict => HandleError::Failed(e.into()),
+        }
+    }
+}
+
+pub const HELP: &str = "Send me a text of 10 to 2000 characters and I will publish it on the public feed. \
+A photo with a caption becomes a photo post.\n\n\
+/post — write a post step by step, with an optional photo\n\
+/my — your posts, and delete one\n\
+/cancel — stop what you are doing\n\
+/help — this message";
 
 /// A bounded label for metrics: the update's kind as Telegram names it.
 pub fn kind_name(update: &Update) -> &'static str {
@@ -49,73 +71,238 @@ pub fn kind_name(update: &Update) -> &'static str {
     }
 }
 
-pub async fn handle(state: WorkerState, bot: Arc<BotRuntime>, update: Update) -> Result<(), HandleError> {
-    let update_id = i64::from(update.id.0);
+/// The key of the chat whose turn an update takes: updates of one chat are handled in order.
+pub fn turn_key(update: &Update) -> String {
     match &update.kind {
-        UpdateKind::Message(message) if message.chat.is_private() => {
-            if let Some(text) = message.text() {
-                return on_private_text(&state, &bot, update_id, message, text).await;
-            }
-        }
-        _ => {}
+        UpdateKind::Message(m) | UpdateKind::EditedMessage(m) => m.chat.id.0.to_string(),
+        UpdateKind::CallbackQuery(q) => match &q.message {
+            Some(message) => message.chat().id.0.to_string(),
+            None => format!("u{}", q.from.id.0),
+        },
+        // Nothing else we handle has an order to keep.
+        _ => format!("x{}", update.id.0),
     }
-    state.metrics.updates_ignored.with_label_values(&[bot.config.name.as_str(), kind_name(&update)]).inc();
-    Ok(())
 }
 
-#[tracing::instrument(skip_all, fields(bot = %bot.config.name, update_id))]
-async fn on_private_text(
+/// Everything a handler needs about the update in hand.
+pub struct Ctx<'a> {
+    pub state: &'a WorkerState,
+    pub bot: &'a BotRuntime,
+    pub turn: &'a Turn,
+    pub update_id: i64,
+}
+
+pub async fn handle(
     state: &WorkerState,
-    bot: &BotRuntime,
-    update_id: i64,
-    message: &Message,
-    text: &str,
+    bot: &Arc<BotRuntime>,
+    turn: &Turn,
+    update: &Update,
 ) -> Result<(), HandleError> {
-    let chat = message.chat.id;
-    let reply = if let Some(command) = text.strip_prefix('/') {
-        match command.split_whitespace().next().unwrap_or_default() {
-            "start" => format!("Welcome! {HELP}"),
-            "help" => HELP.to_owned(),
-            _ => "I do not know that command. /help lists what I can do.".to_owned(),
+    let ctx = Ctx { state, bot, turn, update_id: i64::from(update.id.0) };
+    match &update.kind {
+        UpdateKind::Message(message) if message.chat.is_private() => on_private_message(&ctx, message).await,
+        UpdateKind::EditedMessage(message) if message.chat.is_private() => {
+            posts::on_edit(&ctx, message).await
         }
-    } else {
-        match PostText::parse(text) {
-            Err(why) => format!("Not posted: {why}."),
-            Ok(text) => {
-                let Some(author) = message.from.as_ref() else {
-                    return Ok(());
-                };
-                let post = NewPost { bot_id: bot.config.id, update_id, chat_id: chat.0, author, text: &text };
-                let id = store::insert_published_post(&state.db, &post).await?;
-                state.metrics.posts_created.with_label_values(&[bot.config.name.as_str()]).inc();
-                format!("Published as post #{id}.")
-            }
-        }
-    };
-    send(state, bot, chat, reply).await
-}
-
-/// Sends a message through the Bot API, counting the call. A refusal by Telegram (blocked by
-/// the user, chat not found) cannot succeed on redelivery, so it is logged and the update is
-/// still acknowledged; a network error, 5xx or 429 asks Telegram to redeliver.
-async fn send(state: &WorkerState, bot: &BotRuntime, chat: ChatId, text: String) -> Result<(), HandleError> {
-    let result = bot.api.send_message(chat, text).await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(RequestError::RetryAfter(_)) => "retry_after",
-        Err(RequestError::Api(_)) => "refused",
-        Err(_) => "error",
-    };
-    state.metrics.bot_api_calls.with_label_values(&["sendMessage", outcome]).inc();
-    match result {
-        Ok(_) => Ok(()),
-        Err(RequestError::Api(e)) => {
-            tracing::warn!(error = %e, "Telegram refused the reply; not retrying");
+        UpdateKind::CallbackQuery(query) => on_callback(&ctx, query).await,
+        _ => {
+            ctx.state
+                .metrics
+                .updates_ignored
+                .with_label_values(&[bot.config.name.as_str(), kind_name(update)])
+                .inc();
             Ok(())
         }
-        Err(e) => {
-            let message = redact(&e.to_string(), &bot.config.token);
-            Err(HandleError::Unavailable(anyhow::anyhow!("sendMessage failed: {message}")))
+    }
+}
+
+/// `/name@bot args` → (`name`, `args`).
+fn command(text: &str) -> Option<(&str, &str)> {
+    let rest = text.strip_prefix('/')?;
+    let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let name = word.split('@').next().unwrap_or(word);
+    Some((name, args.trim()))
+}
+
+async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), HandleError> {
+    let Some(from) = message.from.as_ref() else {
+        return Ok(());
+    };
+    let user = ctx.touch_user(from).await?;
+    let chat = message.chat.id.0;
+    if user.is_banned {
+        return ctx.say(chat, "You are banned from posting here.").await;
+    }
+    let key = ctx.bot.keys.dialogue(chat);
+    let stored = ctx.state.dialogues.load(&key).await?;
+    let text = message.text().unwrap_or_default();
+    let next = match command(text) {
+        Some(("start", payload)) => {
+            let greeting = match payload {
+                "" => format!("Welcome, {}!\n\n{HELP}", from.first_name),
+                payload => {
+                    format!("Welcome, {}! You came here through “{payload}”.\n\n{HELP}", from.first_name)
+                }
+            };
+            ctx.say(chat, greeting).await?;
+            stored.state.clone()
+        }
+        Some(("help", _)) => {
+            ctx.say(chat, HELP).await?;
+            stored.state.clone()
+        }
+        Some(("cancel", _)) => {
+            let reply = if stored.state == State::Idle { "Nothing to cancel." } else { "Cancelled." };
+            ctx.say(chat, reply).await?;
+            State::Idle
+        }
+        Some(("ban", args)) => {
+            ctx.ban(chat, from, args, true).await?;
+            stored.state.clone()
+        }
+        Some(("unban", args)) => {
+            ctx.ban(chat, from, args, false).await?;
+            stored.state.clone()
+        }
+        Some(("my", _)) => {
+            posts::list_mine(ctx, chat, from).await?;
+            stored.state.clone()
+        }
+        _ => posts::on_message(ctx, message, from, &stored.state).await?,
+    };
+    ctx.save_dialogue(&key, &stored, &next).await
+}
+
+async fn on_callback(ctx: &Ctx<'_>, query: &CallbackQuery) -> Result<(), HandleError> {
+    let user = ctx.touch_user(&query.from).await?;
+    let data = query.data.as_deref().unwrap_or_default();
+    let answer = if user.is_banned {
+        "You are banned from posting here.".to_owned()
+    } else {
+        posts::on_button(ctx, query, data).await?
+    };
+    ctx.answer(query, &answer).await
+}
+
+impl Ctx<'_> {
+    fn bot_id(&self) -> i64 {
+        self.bot.config.id
+    }
+
+    fn is_admin(&self, user: &User) -> bool {
+        self.bot.config.admins.contains(&user_id(user))
+    }
+
+    /// Brings the user's row up to date through the cache; tells whether they are banned.
+    pub async fn touch_user(&self, user: &User) -> Result<CachedUser, HandleError> {
+        let profile = Profile {
+            first_name: user.first_name.clone(),
+            last_name: user.last_name.clone(),
+            username: user.username.clone(),
+            language_code: user.language_code.clone(),
+        };
+        Ok(self.state.users.touch(&self.bot.keys, self.bot_id(), user_id(user), profile).await?)
+    }
+
+    pub async fn save_dialogue(&self, key: &str, read: &Stored, next: &State) -> Result<(), HandleError> {
+        let saved = self.state.dialogues.save(key, read, next, self.turn).await;
+        if matches!(saved, Err(DialogueError::Conflict)) {
+            self.state.metrics.dialogue_conflicts.with_label_values(&[self.bot.config.name.as_str()]).inc();
+        }
+        Ok(saved?)
+    }
+
+    /// `/ban <user id>` and `/unban <user id>`, for the bot's admins.
+    async fn ban(&self, chat: i64, from: &User, args: &str, banned: bool) -> Result<(), HandleError> {
+        if !self.is_admin(from) {
+            return self.say(chat, "Only the bot's admins may do that.").await;
+        }
+        let Ok(target) = args.parse::<i64>() else {
+            let usage = if banned { "/ban <user id>" } else { "/unban <user id>" };
+            return self.say(chat, format!("Usage: {usage}")).await;
+        };
+        if !store::set_banned(&self.state.db, self.bot_id(), target, banned).await? {
+            return self.say(chat, format!("I have never seen user {target}.")).await;
+        }
+        self.state.users.invalidate(&self.bot.keys, target).await?;
+        // Their posts leave (or return to) every feed page at once.
+        feed::invalidate(&self.state.redis, &self.state.feed_keys).await.map_err(HandleError::Unavailable)?;
+        let done = if banned { "banned: their posts left the feed" } else { "unbanned" };
+        self.say(chat, format!("User {target} {done}.")).await
+    }
+
+    /// Publishes a committed, published post to the API nodes (once, however often called).
+    pub async fn publish(&self, post: &PostView) -> Result<(), HandleError> {
+        let published =
+            feed::publish(&self.state.redis, &self.state.feed_keys, post, self.state.feed_stream_len)
+                .await
+                .map_err(HandleError::Unavailable)?;
+        if published.is_some() {
+            self.state.metrics.publishes.with_label_values(&[self.bot.config.name.as_str()]).inc();
+        }
+        Ok(())
+    }
+
+    pub async fn say(&self, chat: i64, text: impl Into<String>) -> Result<(), HandleError> {
+        let result = self.bot.api.send_message(ChatId(chat), text.into()).await;
+        self.outcome("sendMessage", result).map(drop)
+    }
+
+    pub async fn say_with_buttons(
+        &self,
+        chat: i64,
+        text: impl Into<String>,
+        buttons: InlineKeyboardMarkup,
+    ) -> Result<(), HandleError> {
+        let result = self.bot.api.send_message(ChatId(chat), text.into()).reply_markup(buttons).await;
+        self.outcome("sendMessage", result).map(drop)
+    }
+
+    pub async fn edit(
+        &self,
+        chat: i64,
+        message: MessageId,
+        text: impl Into<String>,
+    ) -> Result<(), HandleError> {
+        let result = self.bot.api.edit_message_text(ChatId(chat), message, text.into()).await;
+        self.outcome("editMessageText", result).map(drop)
+    }
+
+    async fn answer(&self, query: &CallbackQuery, text: &str) -> Result<(), HandleError> {
+        let result = self.bot.api.answer_callback_query(query.id.clone()).text(text.to_owned()).await;
+        self.outcome("answerCallbackQuery", result).map(drop)
+    }
+
+    /// Counts a Bot API call. A refusal by Telegram (blocked by the user, chat not found) cannot
+    /// succeed on redelivery, so it is logged and the update still acknowledged; a network
+    /// error, 5xx or 429 asks Telegram to redeliver.
+    fn outcome<T>(&self, method: &str, result: Result<T, RequestError>) -> Result<Option<T>, HandleError> {
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(RequestError::RetryAfter(_)) => "retry_after",
+            Err(RequestError::Api(_)) => "refused",
+            Err(_) => "error",
+        };
+        self.state.metrics.bot_api_calls.with_label_values(&[method, label]).inc();
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(RequestError::Api(e)) => {
+                tracing::warn!(method, error = %e, "Telegram refused a call; not retrying");
+                Ok(None)
+            }
+            Err(e) => {
+                let message = redact(&e.to_string(), &self.bot.config.token);
+                Err(HandleError::Unavailable(anyhow::anyhow!("{method} failed: {message}")))
+            }
         }
     }
+}
+
+pub fn user_id(user: &User) -> i64 {
+    // Telegram's ids fit in 52 bits.
+    user.id.0 as i64
+}
+
+pub fn author_of(user: &User) -> Author {
+    Author { first_name: user.first_name.clone(), username: user.username.clone() }
 }

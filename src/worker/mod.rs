@@ -1,12 +1,16 @@
 //! The webhook worker: takes updates from Telegram (through Nginx), runs the bot's behaviour,
 //! writes to the primary and answers only once the effects are durable.
 //!
-//! A worker keeps no state of its own between requests: anything that must survive lives in
-//! Postgres (or, from later issues, Redis), so any worker can take any update and killing one
-//! loses nothing. It never calls setWebhook or deleteWebhook.
+//! A worker keeps no state of its own between requests: what must survive lives in Postgres
+//! (posts, users) or Redis (turns, dialogues, the user cache), so any worker can take any update
+//! and killing one loses nothing. It never calls setWebhook or deleteWebhook.
 
 mod bot;
+mod dialogue;
+mod intake;
+mod posts;
 mod store;
+mod users;
 mod webhook;
 
 use std::collections::HashMap;
@@ -18,14 +22,21 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Readiness;
 use crate::http::Server;
+use crate::kv::{BotKeys, FeedKeys};
 use crate::metrics::Metrics;
 use crate::settings::{BotConfig, WorkerSettings};
+use crate::shutdown::CancellationToken;
 use crate::{db, kv, telegram};
+use dialogue::Dialogues;
+use intake::{Intake, IntakeConfig, Waker};
+use users::Users;
 
-/// One configured bot with its Bot API client.
+/// One configured bot with its Bot API client and Redis keys.
 pub(crate) struct BotRuntime {
     pub config: BotConfig,
     pub api: teloxide_core::Bot,
+    pub keys: BotKeys,
+    pub intake: Intake,
 }
 
 /// What every request handler shares.
@@ -33,7 +44,14 @@ pub(crate) struct BotRuntime {
 pub(crate) struct WorkerState {
     pub bots: Arc<HashMap<String, Arc<BotRuntime>>>,
     pub db: deadpool_postgres::Pool,
+    pub redis: deadpool_redis::Pool,
     pub metrics: Arc<Metrics>,
+    pub users: Arc<Users>,
+    pub dialogues: Arc<Dialogues>,
+    pub feed_keys: FeedKeys,
+    pub feed_stream_len: u64,
+    /// Failed attempts at one update before it is dead-lettered.
+    pub max_attempts: u64,
     /// Update handling runs in tasks tracked here, so a caller that hangs up cannot cut the
     /// work in half and a draining process waits for it.
     pub tasks: TaskTracker,
@@ -43,28 +61,59 @@ pub(crate) struct WorkerState {
 /// Binds a worker's listeners; `run_until_stopped` on the result serves.
 pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::Result<Server> {
     let db = db::pool(&settings.database_url, settings.db_pool_size)?;
-    let redis = kv::pool(&settings.redis_url, settings.db_pool_size)?;
+    let redis = kv::pool(&settings.redis_url, settings.db_pool_size * 2)?;
+    let prefix = &settings.redis_prefix;
+    let waker = Arc::new(Waker::default());
+    let intake_config = IntakeConfig {
+        lease: settings.chat_lease,
+        max_wait: settings.max_wait,
+        remember: std::time::Duration::from_secs(24 * 3600),
+    };
     let mut bots = HashMap::new();
     for config in &settings.bots {
+        let keys = BotKeys::new(prefix, config.id);
+        let intake = Intake {
+            redis: redis.clone(),
+            keys: keys.clone(),
+            deployment: prefix.clone(),
+            config: intake_config,
+            waker: waker.clone(),
+        };
         let api = telegram::bot(&config.token, &settings.telegram_api_url)?;
-        let runtime = BotRuntime { config: config.clone(), api };
-        bots.insert(config.name.as_str().to_owned(), Arc::new(runtime));
+        bots.insert(
+            config.name.as_str().to_owned(),
+            Arc::new(BotRuntime { config: config.clone(), api, keys, intake }),
+        );
     }
     let tasks = TaskTracker::new();
     let state = WorkerState {
         bots: Arc::new(bots),
         db: db.clone(),
+        redis: redis.clone(),
         metrics: metrics.clone(),
+        users: Arc::new(Users::new(db.clone(), redis.clone(), settings.user_cache_ttl, metrics.clone())),
+        dialogues: Arc::new(Dialogues { redis: redis.clone(), ttl: settings.dialogue_ttl }),
+        feed_keys: FeedKeys::new(prefix),
+        feed_stream_len: settings.feed_stream_len,
+        max_attempts: settings.max_attempts,
         tasks: tasks.clone(),
         max_body_bytes: settings.max_body_bytes,
     };
     let router = Router::new().route("/webhook/{bot}", post(webhook::receive)).with_state(state);
-    let readiness = Readiness::new(move || {
-        let (db, redis) = (db.clone(), redis.clone());
-        async move {
-            let (db_ok, redis_ok) = tokio::join!(db::ping(&db), kv::ping(&redis));
-            vec![("postgres", db_ok), ("redis", redis_ok)]
+    let readiness = Readiness::new({
+        let redis = redis.clone();
+        move || {
+            let (db, redis) = (db.clone(), redis.clone());
+            async move {
+                let (db_ok, redis_ok) = tokio::join!(db::ping(&db), kv::ping(&redis));
+                vec![("postgres", db_ok), ("redis", redis_ok)]
+            }
         }
     });
-    Server::bind("worker", settings.listen, router, &settings.common, metrics, readiness, tasks).await
+    let background = CancellationToken::new();
+    let client = redis::Client::open(settings.redis_url.expose())?;
+    tokio::spawn(waker.run(client, prefix.clone(), background.clone()));
+    let server =
+        Server::bind("worker", settings.listen, router, &settings.common, metrics, readiness, tasks).await?;
+    Ok(server.cancel_on_stop(background))
 }

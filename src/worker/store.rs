@@ -1,10 +1,12 @@
-//! The worker's writes to the primary. Every write is idempotent per update: replaying an
-//! update never creates a second row.
+//! The worker's reads and writes on the primary. Every write is idempotent per update or
+//! guarded by its current state, so a redelivery or a second worker never applies it twice.
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use teloxide_core::types::User;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
-use crate::domain::PostText;
+use crate::feed::{Author, PostView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,64 +34,248 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
+/// Runs one prepared (and cached) statement.
+async fn query(db: &Pool, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    let client = db.get().await?;
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query(&statement, params).await?)
+}
+
+/// A user as Telegram describes them; the row is rewritten only when this changes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Profile {
+    pub first_name: String,
+    pub last_name: Option<String>,
+    pub username: Option<String>,
+    pub language_code: Option<String>,
+}
+
+/// Upserts the user only if the profile changed; returns whether they are banned.
+pub async fn upsert_user(db: &Pool, bot_id: i64, user_id: i64, p: &Profile) -> Result<bool, StoreError> {
+    let rows = query(
+        db,
+        "WITH changed AS (
+             INSERT INTO users (bot_id, user_id, first_name, last_name, username, language_code)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (bot_id, user_id) DO UPDATE
+             SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
+                 username = EXCLUDED.username, language_code = EXCLUDED.language_code, updated_at = now()
+             WHERE (users.first_name, users.last_name, users.username, users.language_code)
+                   IS DISTINCT FROM
+                   (EXCLUDED.first_name, EXCLUDED.last_name, EXCLUDED.username, EXCLUDED.language_code)
+             RETURNING is_banned
+         )
+         SELECT is_banned FROM changed
+         UNION ALL
+         SELECT is_banned FROM users WHERE bot_id = $1 AND user_id = $2 AND NOT EXISTS (SELECT 1 FROM changed)",
+        &[&bot_id, &user_id, &p.first_name, &p.last_name, &p.username, &p.language_code],
+    )
+    .await?;
+    Ok(rows.first().is_some_and(|row| row.get(0)))
+}
+
+/// Sets a user's ban; returns false if the bot has never seen that user.
+pub async fn set_banned(db: &Pool, bot_id: i64, user_id: i64, banned: bool) -> Result<bool, StoreError> {
+    let rows = query(
+        db,
+        "UPDATE users SET is_banned = $3, updated_at = now() WHERE bot_id = $1 AND user_id = $2 RETURNING 1",
+        &[&bot_id, &user_id, &banned],
+    )
+    .await?;
+    Ok(!rows.is_empty())
+}
+
 pub struct NewPost<'a> {
     pub bot_id: i64,
     pub update_id: i64,
     pub chat_id: i64,
-    pub author: &'a User,
-    pub text: &'a PostText,
+    pub message_id: Option<i64>,
+    pub author_id: i64,
+    pub text: &'a str,
+    pub photo: Option<(&'a str, &'a str)>,
+    /// Published at once, or pending a moderator's decision.
+    pub published: bool,
 }
 
-/// Upserts the author (only when the profile changed) and inserts the post as published, in
-/// one statement. Returns the post's id, also when the update was already handled before.
-pub async fn insert_published_post(db: &Pool, post: &NewPost<'_>) -> Result<i64, StoreError> {
-    let client = db.get().await?;
-    let insert = client
-        .prepare_cached(
-            "WITH author AS (
-                 INSERT INTO users (bot_id, user_id, first_name, last_name, username, language_code)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (bot_id, user_id) DO UPDATE
-                 SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
-                     username = EXCLUDED.username, language_code = EXCLUDED.language_code,
-                     updated_at = now()
-                 WHERE (users.first_name, users.last_name, users.username, users.language_code)
-                       IS DISTINCT FROM
-                       (EXCLUDED.first_name, EXCLUDED.last_name, EXCLUDED.username, EXCLUDED.language_code)
-             )
-             INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, status, published_at)
-             VALUES ($1, $2, $7, $8, $9, 'published', now())
-             ON CONFLICT ON CONSTRAINT posts_update_once DO NOTHING
-             RETURNING id",
-        )
-        .await?;
-    let author = post.author;
-    let author_id = i64::try_from(author.id.0).map_err(|e| StoreError::Other(e.into()))?;
-    let inserted = client
-        .query_opt(
-            &insert,
-            &[
-                &post.bot_id,
-                &author_id,
-                &author.first_name,
-                &author.last_name,
-                &author.username,
-                &author.language_code,
-                &post.chat_id,
-                &post.update_id,
-                &post.text.as_str(),
-            ],
-        )
-        .await?;
-    if let Some(row) = inserted {
-        return Ok(row.get(0));
+/// A stored post, as the worker needs it after a write.
+#[derive(Debug, Clone)]
+pub struct StoredPost {
+    pub id: i64,
+    pub chat_id: i64,
+    pub text: String,
+    pub has_media: bool,
+    pub status: String,
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+impl StoredPost {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get("id"),
+            chat_id: row.get("chat_id"),
+            text: row.get("text"),
+            has_media: row.get("has_media"),
+            status: row.get("status"),
+            published_at: row.get("published_at"),
+        }
     }
-    // The update was handled before (a redelivery): the post exists; answer as the first time.
-    let existing = client
-        .query_one(
-            "SELECT id FROM posts WHERE bot_id = $1 AND update_id = $2",
-            &[&post.bot_id, &post.update_id],
-        )
-        .await?;
-    Ok(existing.get(0))
+
+    /// The post as the feed shows it, if it is published.
+    pub fn view(&self, bot_id: i64, author: Author) -> Option<PostView> {
+        Some(PostView {
+            id: self.id,
+            bot_id,
+            text: self.text.clone(),
+            has_media: self.has_media,
+            published_at: self.published_at.filter(|_| self.status == "published")?,
+            author,
+        })
+    }
+}
+
+const POST_RETURNING: &str =
+    "id, chat_id, text, media_file_id IS NOT NULL AS has_media, status, published_at";
+
+/// Inserts the post of an update; a redelivered update gets the post it created the first time.
+pub async fn insert_post(db: &Pool, post: &NewPost<'_>) -> Result<StoredPost, StoreError> {
+    let (file_id, unique_id) = post.photo.unzip();
+    let status = if post.published { "published" } else { "pending" };
+    let inserted = query(
+        db,
+        &format!(
+            "INSERT INTO posts (bot_id, update_id, chat_id, message_id, author_id, text,
+                                media_file_id, media_unique_id, status, published_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9 = 'published' THEN now() END)
+             ON CONFLICT ON CONSTRAINT posts_update_once DO NOTHING
+             RETURNING {POST_RETURNING}"
+        ),
+        &[
+            &post.bot_id,
+            &post.update_id,
+            &post.chat_id,
+            &post.message_id,
+            &post.author_id,
+            &post.text,
+            &file_id,
+            &unique_id,
+            &status,
+        ],
+    )
+    .await?;
+    if let Some(row) = inserted.first() {
+        return Ok(StoredPost::from_row(row));
+    }
+    let existing = query(
+        db,
+        &format!("SELECT {POST_RETURNING} FROM posts WHERE bot_id = $1 AND update_id = $2"),
+        &[&post.bot_id, &post.update_id],
+    )
+    .await?;
+    existing
+        .first()
+        .map(StoredPost::from_row)
+        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("post of update {} vanished", post.update_id)))
+}
+
+/// A moderator's decision on a pending post. Only the first decision counts: returns the post
+/// and its author if this call decided it, `None` if it was decided before (another click,
+/// another worker).
+pub async fn decide(
+    db: &Pool,
+    bot_id: i64,
+    post_id: i64,
+    approve: bool,
+) -> Result<Option<(StoredPost, Author)>, StoreError> {
+    let rows = query(
+        db,
+        "UPDATE posts p
+         SET status = CASE WHEN $3 THEN 'published' ELSE 'rejected' END,
+             published_at = CASE WHEN $3 THEN now() END
+         FROM users u
+         WHERE p.bot_id = $1 AND p.id = $2 AND p.status = 'pending'
+           AND u.bot_id = p.bot_id AND u.user_id = p.author_id
+         RETURNING p.id, p.chat_id, p.text, p.media_file_id IS NOT NULL AS has_media,
+                   p.status, p.published_at, u.first_name, u.username",
+        &[&bot_id, &post_id, &approve],
+    )
+    .await?;
+    Ok(rows.first().map(|row| {
+        let author = Author { first_name: row.get("first_name"), username: row.get("username") };
+        (StoredPost::from_row(row), author)
+    }))
+}
+
+/// The author's latest posts, newest first.
+pub async fn posts_of(
+    db: &Pool,
+    bot_id: i64,
+    author_id: i64,
+    limit: i64,
+) -> Result<Vec<StoredPost>, StoreError> {
+    let rows = query(
+        db,
+        &format!(
+            "SELECT {POST_RETURNING} FROM posts
+             WHERE bot_id = $1 AND author_id = $2 AND status <> 'rejected'
+             ORDER BY id DESC LIMIT $3"
+        ),
+        &[&bot_id, &author_id, &limit],
+    )
+    .await?;
+    Ok(rows.iter().map(StoredPost::from_row).collect())
+}
+
+/// Deletes one of the author's own posts; returns it if it existed.
+pub async fn delete_post(
+    db: &Pool,
+    bot_id: i64,
+    author_id: i64,
+    post_id: i64,
+) -> Result<Option<StoredPost>, StoreError> {
+    let rows = query(
+        db,
+        &format!(
+            "DELETE FROM posts WHERE bot_id = $1 AND author_id = $2 AND id = $3 RETURNING {POST_RETURNING}"
+        ),
+        &[&bot_id, &author_id, &post_id],
+    )
+    .await?;
+    Ok(rows.first().map(StoredPost::from_row))
+}
+
+/// An edit of the message that created a post still pending updates the post's text.
+pub async fn edit_pending(
+    db: &Pool,
+    bot_id: i64,
+    chat_id: i64,
+    message_id: i64,
+    text: &str,
+) -> Result<bool, StoreError> {
+    let rows = query(
+        db,
+        "UPDATE posts SET text = $4
+         WHERE bot_id = $1 AND chat_id = $2 AND message_id = $3 AND status = 'pending' RETURNING 1",
+        &[&bot_id, &chat_id, &message_id, &text],
+    )
+    .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Keeps an update that kept failing, whole, with the last error.
+pub async fn dead_letter(
+    db: &Pool,
+    bot_id: i64,
+    update_id: i64,
+    payload: &str,
+    error: &str,
+    attempts: i32,
+) -> Result<(), StoreError> {
+    query(
+        db,
+        "INSERT INTO dead_letters (bot_id, update_id, payload, error, attempts) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (bot_id, update_id) DO UPDATE SET error = EXCLUDED.error, attempts = EXCLUDED.attempts",
+        &[&bot_id, &update_id, &payload, &error, &attempts],
+    )
+    .await?;
+    Ok(())
 }

@@ -1,26 +1,30 @@
-//! `POST /webhook/{bot}`: authenticate, read, parse, hand the update to the bot, and answer
-//! Telegram with a status it understands (invariants 1 and 10 of DESIGN.md).
+//! `POST /webhook/{bot}`: authenticate, read, parse, take the chat's turn, run the bot, and
+//! answer Telegram with a status it understands (invariants 1, 2, 3 and 10 of DESIGN.md).
 //!
-//! The answer is 2xx only after the update's effects are durable. The handling runs in its own
-//! task so that a caller that hangs up (axum then drops this handler's future) cannot stop it
-//! half way: the post would be stored but the reply never sent.
+//! The answer is 2xx only after the update's effects are durable, or after it was deliberately
+//! ignored or dead-lettered. All the work after parsing runs in its own task, so that a caller
+//! that hangs up (axum then drops this handler's future) cannot stop it half way — a post
+//! stored but never published or answered.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, to_bytes};
+use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use teloxide_core::types::Update;
 
 use super::bot::{self, HandleError};
-use super::{BotRuntime, WorkerState};
+use super::intake::{Begin, IntakeError};
+use super::{BotRuntime, WorkerState, store};
 use crate::http::json_error;
+use crate::telegram::redact;
 
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
-/// Seconds Telegram is asked to wait before redelivering when a dependency is down.
+/// Seconds Telegram is asked to wait before redelivering when a dependency is down or the
+/// chat is busy.
 const RETRY_AFTER_SECS: &str = "5";
 
 pub async fn receive(
@@ -66,23 +70,98 @@ async fn authenticated(
     };
     let started = Instant::now();
     let kind = bot::kind_name(&update);
-    let work = state.tasks.spawn(bot::handle(state.clone(), bot.clone(), update));
-    let outcome = match work.await {
-        Ok(outcome) => outcome,
-        Err(join_error) => Err(HandleError::Failed(anyhow::anyhow!("update handler panicked: {join_error}"))),
-    };
+    let work = state.tasks.spawn(process(state.clone(), bot.clone(), update, bytes));
+    let outcome =
+        work.await.unwrap_or_else(|panic| Outcome::Failed(format!("update handler panicked: {panic}")));
     state.metrics.update_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
-    match outcome {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(HandleError::Unavailable(e)) => {
-            tracing::warn!(bot = %bot.config.name, error = %e, "dependency unavailable; asking Telegram to retry");
-            let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-            response
+    outcome.response(bot)
+}
+
+/// How one delivery of an update ended.
+enum Outcome {
+    /// Handled now, handled before, ignored, or dead-lettered: acknowledge.
+    Acknowledged,
+    /// A dependency is down, or the chat stayed busy: Telegram should retry later.
+    RetryLater(String),
+    /// The handling failed; Telegram redelivers, up to the dead-letter bound.
+    Failed(String),
+}
+
+impl Outcome {
+    fn response(self, bot: &BotRuntime) -> Response {
+        match self {
+            Outcome::Acknowledged => StatusCode::OK.into_response(),
+            Outcome::RetryLater(why) => {
+                tracing::warn!(bot = %bot.config.name, reason = %redact(&why, &bot.config.token), "asking Telegram to retry");
+                let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+                response
+            }
+            Outcome::Failed(why) => {
+                tracing::error!(bot = %bot.config.name, error = %redact(&why, &bot.config.token), "update failed");
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
         }
-        Err(HandleError::Failed(e)) => {
-            tracing::error!(bot = %bot.config.name, error = %e, "update failed");
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+#[tracing::instrument(skip_all, fields(bot = %bot.config.name, update_id = update.id.0))]
+async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: Bytes) -> Outcome {
+    let update_id = i64::from(update.id.0);
+    let waiting = Instant::now();
+    let turn = match bot.intake.begin(update_id, &bot::turn_key(&update)).await {
+        Ok(Begin::Go(turn)) => turn,
+        Ok(Begin::Done) => {
+            state.metrics.dedup_hits.with_label_values(&[bot.config.name.as_str()]).inc();
+            return Outcome::Acknowledged;
         }
+        Err(e @ (IntakeError::TimedOut(_) | IntakeError::Unavailable(_))) => {
+            return Outcome::RetryLater(e.to_string());
+        }
+    };
+    state
+        .metrics
+        .lease_wait_seconds
+        .with_label_values(&[bot.config.name.as_str()])
+        .observe(waiting.elapsed().as_secs_f64());
+    let (handled, outcome) = match bot::handle(&state, &bot, &turn, &update).await {
+        Ok(()) => (true, Outcome::Acknowledged),
+        Err(HandleError::Unavailable(e)) => (false, Outcome::RetryLater(format!("{e:#}"))),
+        Err(HandleError::Failed(e)) => failed(&state, &bot, update_id, &raw, &format!("{e:#}")).await,
+    };
+    if let Err(e) = bot.intake.end(turn, handled).await {
+        // The effects are durable; at worst a redelivery finds them done in Postgres.
+        tracing::warn!(error = %e, "could not record the end of an update's turn");
+    }
+    outcome
+}
+
+/// Counts a failed attempt; after too many, keeps the update in the dead-letter table and
+/// acknowledges it, so that nothing is retried forever or dropped silently.
+async fn failed(
+    state: &WorkerState,
+    bot: &BotRuntime,
+    update_id: i64,
+    raw: &[u8],
+    error: &str,
+) -> (bool, Outcome) {
+    let attempts = match bot.intake.count_failure(update_id).await {
+        Ok(attempts) => attempts,
+        Err(e) => return (false, Outcome::RetryLater(e.to_string())),
+    };
+    if attempts < state.max_attempts {
+        return (false, Outcome::Failed(format!("attempt {attempts}: {error}")));
+    }
+    let payload = String::from_utf8_lossy(raw);
+    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+    match store::dead_letter(&state.db, bot.config.id, update_id, &payload, error, attempts).await {
+        Ok(()) => {
+            state.metrics.dead_letters.with_label_values(&[bot.config.name.as_str()]).inc();
+            tracing::error!(attempts, error = %redact(error, &bot.config.token), "update dead-lettered");
+            (true, Outcome::Acknowledged)
+        }
+        Err(e) => (false, Outcome::RetryLater(e.to_string())),
     }
 }

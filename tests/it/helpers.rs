@@ -173,6 +173,14 @@ impl TestBot {
     }
 }
 
+/// Logs of the processes under test go to the test's output (shown when it fails).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("botfleet=debug,info"))
+        .with_test_writer()
+        .try_init();
+}
+
 /// A process of the cluster running inside the test.
 pub struct Running {
     pub addr: SocketAddr,
@@ -236,6 +244,7 @@ pub async fn spawn_worker_on(
     for bot in bots {
         pairs.extend(bot.settings());
     }
+    init_logs();
     let settings = WorkerSettings::load(&Source::from_pairs(pairs)).unwrap();
     let metrics = Arc::new(Metrics::new("worker").unwrap());
     let app = botfleet::worker::build(settings, metrics.clone()).await.unwrap();

@@ -1,0 +1,56 @@
+//! The public feed's shared model, and publishing to it: what workers send and API nodes serve.
+
+use chrono::{DateTime, Utc};
+use deadpool_redis::Pool;
+use serde::{Deserialize, Serialize};
+
+use crate::kv::{FeedKeys, scripts};
+
+/// How long Redis remembers that a post went out, so a redelivery publishes nothing twice.
+const PUBLISHED_MEMORY_MS: u64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Author {
+    pub first_name: String,
+    pub username: Option<String>,
+}
+
+/// A published post as the API serves it, and as SSE events carry it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PostView {
+    pub id: i64,
+    pub bot_id: i64,
+    pub text: String,
+    pub has_media: bool,
+    pub published_at: DateTime<Utc>,
+    pub author: Author,
+}
+
+/// Publishes a committed post: stream entry, live message and page-cache generation, at once
+/// (`publish_post.lua`). Returns the stream offset, or `None` if it went out before.
+pub async fn publish(
+    redis: &Pool,
+    keys: &FeedKeys,
+    post: &PostView,
+    stream_len: u64,
+) -> anyhow::Result<Option<String>> {
+    let mut conn = redis.get().await?;
+    let offset: Option<String> = scripts::PUBLISH_POST
+        .key(&keys.stream)
+        .key(&keys.generation)
+        .key(keys.published(post.id))
+        .arg(&keys.channel)
+        .arg(serde_json::to_string(post)?)
+        .arg(stream_len)
+        .arg(PUBLISHED_MEMORY_MS)
+        .invoke_async(&mut conn)
+        .await?;
+    Ok(offset)
+}
+
+/// Posts left the feed (deleted, or their author banned or unbanned): every cached page is stale.
+pub async fn invalidate(redis: &Pool, keys: &FeedKeys) -> anyhow::Result<()> {
+    let mut conn = redis.get().await?;
+    redis::cmd("INCR").arg(&keys.generation).query_async::<i64>(&mut conn).await?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Redis: the connection pool. Keys of a deployment all start with its prefix
+//! (`BOTFLEET_REDIS_PREFIX`), then the bot's id, so deployments and bots never collide.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_redis::{Config, Pool, Runtime};
+
+use crate::settings::Secret;
+
+/// How long a request may wait for a Redis connection before Redis counts as unavailable.
+const POOL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A pool that connects lazily: building it never fails because Redis is down.
+pub fn pool(url: &Secret, size: usize) -> anyhow::Result<Pool> {
+    Config::from_url(url.expose())
+        .builder()
+        .context("configuring the redis pool")?
+        .max_size(size)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .context("building the redis pool")
+}
+
+/// Whether Redis answers PING.
+pub async fn ping(pool: &Pool) -> bool {
+    match pool.get().await {
+        Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The key prefix of one bot: `<deployment prefix>:<bot id>:`.
+pub fn bot_prefix(deployment: &str, bot_id: i64) -> String {
+    format!("{deployment}:{bot_id}:")
+}
+
+/// The Lua scripts, loaded once. `Script::invoke_async` runs EVALSHA and loads the script
+/// again if Redis has forgotten it (after a restart or `SCRIPT FLUSH`).
+pub mod scripts {
+    use std::sync::LazyLock;
+
+    use redis::Script;
+
+    macro_rules! script {
+        ($name:ident, $file:literal) => {
+            pub static $name: LazyLock<Script> =
+                LazyLock::new(|| Script::new(include_str!(concat!("../../lua/", $file))));
+        };
+    }
+
+    script!(INTAKE_BEGIN, "intake_begin.lua");
+    script!(INTAKE_END, "intake_end.lua");
+    script!(LEASE_RENEW, "lease_renew.lua");
+    script!(DIALOGUE_SAVE, "dialogue_save.lua");
+    script!(PUBLISH_POST, "publish_post.lua");
+}
+
+/// Key names of one bot, all under `<deployment prefix>:<bot id>:`.
+#[derive(Debug, Clone)]
+pub struct BotKeys {
+    prefix: String,
+}
+
+impl BotKeys {
+    pub fn new(deployment: &str, bot_id: i64) -> Self {
+        Self { prefix: bot_prefix(deployment, bot_id) }
+    }
+
+    /// "done" once the update was handled.
+    pub fn update(&self, update_id: i64) -> String {
+        format!("{}u:{update_id}", self.prefix)
+    }
+
+    /// How many attempts at the update failed.
+    pub fn attempts(&self, update_id: i64) -> String {
+        format!("{}att:{update_id}", self.prefix)
+    }
+
+    /// The chat's lease, waiting queue and waiter deadlines: the per-chat turn.
+    pub fn chat_turn(&self, chat: &str) -> [String; 3] {
+        let base = format!("{}c:{chat}", self.prefix);
+        [format!("{base}:lease"), format!("{base}:q"), format!("{base}:w")]
+    }
+
+    pub fn dialogue(&self, chat_id: i64) -> String {
+        format!("{}d:{chat_id}", self.prefix)
+    }
+
+    pub fn user(&self, user_id: i64) -> String {
+        format!("{}user:{user_id}", self.prefix)
+    }
+}
+
+/// Key names of the deployment's public feed (shared by all its bots).
+#[derive(Debug, Clone)]
+pub struct FeedKeys {
+    pub stream: String,
+    pub generation: String,
+    pub channel: String,
+    prefix: String,
+}
+
+impl FeedKeys {
+    pub fn new(deployment: &str) -> Self {
+        Self {
+            stream: format!("{deployment}:feed:stream"),
+            generation: format!("{deployment}:feed:gen"),
+            channel: format!("{deployment}:feed:live"),
+            prefix: deployment.to_owned(),
+        }
+    }
+
+    /// Marks a post as published to the stream, so that it goes out once.
+    pub fn published(&self, post_id: i64) -> String {
+        format!("{}:feed:pub:{post_id}", self.prefix)
+    }
+}
+
+/// The channel on which a released chat turn wakes the workers waiting for it.
+pub fn turns_channel(deployment: &str) -> String {
+    format!("{deployment}:chat-turns")
+}

@@ -1,0 +1,276 @@
+//! Exactly-once intake and per-chat order across the cluster (invariants 2 and 3).
+//!
+//! Before an update is handled, [`Intake::begin`] asks Redis (one Lua script) whether it was
+//! handled already and whether its chat's turn is free. Updates of one chat are handled one at
+//! a time by whichever worker holds the chat's lease; those waiting at the same moment go in
+//! `update_id` order. A waiting worker sleeps until the holder's release wakes it (Redis
+//! pub/sub) or a short poll interval passes, and gives up after `max_wait`, answering 503 with
+//! `Retry-After` so that Telegram redelivers later. The lease expires if its holder dies, and is
+//! renewed while a slow update is still being handled.
+//!
+//! Redis is the fast path only: the Postgres unique constraints are what make a redelivery
+//! after a Redis flush harmless.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use deadpool_redis::Pool;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::kv::{BotKeys, scripts, turns_channel};
+use crate::shutdown::CancellationToken;
+
+/// How a worker waits for a chat's turn.
+#[derive(Debug, Clone, Copy)]
+pub struct IntakeConfig {
+    /// Lease length; renewed every third of it while the update is handled.
+    pub lease: Duration,
+    /// Longest wait for a chat's turn before answering 503 (Telegram then redelivers).
+    pub max_wait: Duration,
+    /// How long a handled update is remembered in Redis.
+    pub remember: Duration,
+}
+
+/// Longest sleep between two asks for a turn when no wake-up arrives.
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("redis unavailable: {0}")]
+    Unavailable(#[from] anyhow::Error),
+    #[error("the chat's turn did not come within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl From<redis::RedisError> for IntakeError {
+    fn from(e: redis::RedisError) -> Self {
+        IntakeError::Unavailable(e.into())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for IntakeError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        IntakeError::Unavailable(e.into())
+    }
+}
+
+pub enum Begin {
+    /// Handled before: acknowledge without doing anything.
+    Done,
+    /// The chat's turn is ours until [`Turn::end`].
+    Go(Turn),
+}
+
+/// This worker's turn at one update of one chat.
+pub struct Turn {
+    token: String,
+    update_key: String,
+    lease_key: String,
+    renewal: JoinHandle<()>,
+}
+
+impl Turn {
+    /// The token that fences this attempt's writes (see `dialogue_save.lua`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn lease_key(&self) -> &str {
+        &self.lease_key
+    }
+}
+
+/// Wakes local waiters when a chat's turn is released anywhere in the cluster.
+#[derive(Default)]
+pub struct Waker {
+    waiting: Mutex<HashMap<String, Weak<Notify>>>,
+}
+
+impl Waker {
+    /// The notifier of a chat's lease key, shared by every local waiter of that chat.
+    fn listen(&self, lease_key: &str) -> Arc<Notify> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(notify) = waiting.get(lease_key).and_then(Weak::upgrade) {
+            return notify;
+        }
+        if waiting.len() > 1024 {
+            waiting.retain(|_, w| w.strong_count() > 0);
+        }
+        let notify = Arc::new(Notify::new());
+        waiting.insert(lease_key.to_owned(), Arc::downgrade(&notify));
+        notify
+    }
+
+    fn wake(&self, lease_key: &str) {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(notify) = waiting.get(lease_key).and_then(Weak::upgrade) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Subscribes to released turns until `shutdown`, reconnecting after errors. Missed
+    /// messages only cost a waiter one poll interval.
+    pub async fn run(
+        self: Arc<Self>,
+        client: redis::Client,
+        deployment: String,
+        shutdown: CancellationToken,
+    ) {
+        let channel = turns_channel(&deployment);
+        loop {
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    if let Ok(lease_key) = message.get_payload::<String>() {
+                        self.wake(&lease_key);
+                    }
+                }
+                Ok::<(), redis::RedisError>(())
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = subscribed => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "chat-turn subscription lost; resubscribing");
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+pub struct Intake {
+    pub redis: Pool,
+    pub keys: BotKeys,
+    pub deployment: String,
+    pub config: IntakeConfig,
+    pub waker: Arc<Waker>,
+}
+
+impl Intake {
+    /// Waits for `chat`'s turn at `update_id`, or finds the update already handled.
+    pub async fn begin(&self, update_id: i64, chat: &str) -> Result<Begin, IntakeError> {
+        let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
+        let update_key = self.keys.update(update_id);
+        let [lease_key, queue_key, waiters_key] = self.keys.chat_turn(chat);
+        let notify = self.waker.listen(&lease_key);
+        let started = Instant::now();
+        let mut poll = Duration::from_millis(2);
+        loop {
+            // Listen before asking, so that a release right after the answer is not missed.
+            let mut woken = pin!(notify.notified());
+            woken.as_mut().enable();
+            let mut conn = self.redis.get().await?;
+            let answer: String = scripts::INTAKE_BEGIN
+                .key(&update_key)
+                .key(&lease_key)
+                .key(&queue_key)
+                .key(&waiters_key)
+                .arg(update_id)
+                .arg(&token)
+                .arg(self.config.lease.as_millis() as u64)
+                .arg((MAX_POLL * 5).as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            drop(conn);
+            match answer.as_str() {
+                "done" => return Ok(Begin::Done),
+                "go" => {
+                    let renewal = tokio::spawn(renew(
+                        self.redis.clone(),
+                        lease_key.clone(),
+                        token.clone(),
+                        self.config.lease,
+                    ));
+                    return Ok(Begin::Go(Turn { token, update_key, lease_key, renewal }));
+                }
+                _ => {}
+            }
+            let waited = started.elapsed();
+            if waited >= self.config.max_wait {
+                return Err(IntakeError::TimedOut(self.config.max_wait));
+            }
+            let nap = poll.min(self.config.max_wait - waited);
+            tokio::select! {
+                () = woken => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+            poll = (poll * 2).min(MAX_POLL);
+        }
+    }
+
+    /// Ends the turn: `handled` marks the update done (never handled again); otherwise it is
+    /// left for Telegram's redelivery. Either way the chat's next update may go.
+    pub async fn end(&self, turn: Turn, handled: bool) -> Result<(), IntakeError> {
+        turn.renewal.abort();
+        let mut conn = self.redis.get().await?;
+        let held: i64 = scripts::INTAKE_END
+            .key(&turn.update_key)
+            .key(&turn.lease_key)
+            .arg(&turn.token)
+            .arg(if handled { "done" } else { "retry" })
+            .arg(self.config.remember.as_millis() as u64)
+            .arg(turns_channel(&self.deployment))
+            .arg(&turn.lease_key)
+            .invoke_async(&mut conn)
+            .await?;
+        if held == 0 {
+            tracing::warn!(lease = %turn.lease_key, "a chat's turn expired while its update was handled");
+        }
+        Ok(())
+    }
+
+    /// Counts a failed attempt at `update_id`; returns how many there were.
+    pub async fn count_failure(&self, update_id: i64) -> Result<u64, IntakeError> {
+        let mut conn = self.redis.get().await?;
+        let key = self.keys.attempts(update_id);
+        let (attempts,): (u64,) = redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .pexpire(&key, self.config.remember.as_millis() as i64)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(attempts)
+    }
+}
+
+/// Keeps the lease while the update is handled; ends when aborted or when the lease is lost.
+async fn renew(redis: Pool, lease_key: String, token: String, lease: Duration) {
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let renewed: Result<i64, IntakeError> = async {
+            let mut conn = redis.get().await?;
+            Ok(scripts::LEASE_RENEW
+                .key(&lease_key)
+                .arg(&token)
+                .arg(lease.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?)
+        }
+        .await;
+        match renewed {
+            Ok(1) => {}
+            Ok(_) => return,
+            Err(e) => tracing::warn!(error = %e, "renewing a chat's turn failed"),
+        }
+    }
+}
+
+/// A random number for tokens: unique per attempt, not a secret.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish()
+}

@@ -1,0 +1,275 @@
+//! The posting flows: quick posts from a text or a captioned photo, the guided `/post`
+//! dialogue, `/my` with deleting, edits of pending posts, and moderation.
+
+use teloxide_core::types::{CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, User};
+
+use super::bot::{Ctx, HandleError, author_of, user_id};
+use super::dialogue::{Photo, State};
+use super::store::{self, NewPost, StoredPost};
+use crate::domain::PostText;
+use crate::feed;
+
+/// How many of their posts `/my` shows.
+const MY_POSTS: i64 = 10;
+
+fn photo_of(message: &Message) -> Option<Photo> {
+    let largest = message.photo()?.last()?;
+    Some(Photo { file_id: largest.file.id.0.clone(), unique_id: largest.file.unique_id.0.clone() })
+}
+
+fn buttons(row: Vec<(String, String)>) -> InlineKeyboardMarkup {
+    InlineKeyboardMarkup::new([row
+        .into_iter()
+        .map(|(label, data)| InlineKeyboardButton::callback(label, data))])
+}
+
+/// A private message that is not a command handled elsewhere; returns the next dialogue state.
+pub async fn on_message(
+    ctx: &Ctx<'_>,
+    message: &Message,
+    from: &User,
+    state: &State,
+) -> Result<State, HandleError> {
+    let chat = message.chat.id.0;
+    let text = message.text().or(message.caption()).unwrap_or_default();
+    let photo = photo_of(message);
+    if message.text().is_some_and(|t| t.starts_with('/')) {
+        return on_command(ctx, chat, text, state).await;
+    }
+    match state {
+        State::Idle if photo.is_none() && message.text().is_none() => {
+            ctx.say(chat, "Send me a text, or a photo with a caption. /help says more.").await?;
+            Ok(State::Idle)
+        }
+        State::Idle => {
+            quick_post(ctx, message, from, text, photo).await?;
+            Ok(State::Idle)
+        }
+        State::AwaitText => match (PostText::parse(text), &photo) {
+            (_, Some(_)) => {
+                ctx.say(chat, "Send the text first; the photo comes next.").await?;
+                Ok(State::AwaitText)
+            }
+            (Ok(text), None) => {
+                ctx.say(chat, "Now send a photo for your post, or /skip.").await?;
+                Ok(State::AwaitPhoto { text: text.as_str().to_owned() })
+            }
+            (Err(why), None) => {
+                ctx.say(chat, format!("That text is {why}. Send another, or /cancel.")).await?;
+                Ok(State::AwaitText)
+            }
+        },
+        State::AwaitPhoto { text } => match photo {
+            Some(photo) => preview(ctx, chat, text, Some(photo)).await,
+            None => {
+                ctx.say(chat, "Send a photo, or /skip to post without one.").await?;
+                Ok(state.clone())
+            }
+        },
+        State::Confirm { .. } => {
+            ctx.say(chat, "Use the buttons under the preview: Publish or Cancel.").await?;
+            Ok(state.clone())
+        }
+    }
+}
+
+async fn on_command(ctx: &Ctx<'_>, chat: i64, text: &str, state: &State) -> Result<State, HandleError> {
+    let name =
+        text.trim_start_matches('/').split(|c: char| c.is_whitespace() || c == '@').next().unwrap_or("");
+    match (name, state) {
+        ("post", _) => {
+            ctx.say(chat, "Send the text of your post (10 to 2000 characters), or /cancel.").await?;
+            Ok(State::AwaitText)
+        }
+        ("skip", State::AwaitPhoto { text }) => preview(ctx, chat, text, None).await,
+        _ => {
+            ctx.say(chat, format!("I do not know /{name} here. /help lists what I can do.")).await?;
+            Ok(state.clone())
+        }
+    }
+}
+
+async fn preview(ctx: &Ctx<'_>, chat: i64, text: &str, photo: Option<Photo>) -> Result<State, HandleError> {
+    let with_photo = if photo.is_some() { " (with your photo)" } else { "" };
+    let keyboard = buttons(vec![
+        ("Publish".to_owned(), "post:publish".to_owned()),
+        ("Cancel".to_owned(), "post:cancel".to_owned()),
+    ]);
+    ctx.say_with_buttons(chat, format!("Your post{with_photo}:\n\n{text}"), keyboard).await?;
+    Ok(State::Confirm { text: text.to_owned(), photo })
+}
+
+async fn quick_post(
+    ctx: &Ctx<'_>,
+    message: &Message,
+    from: &User,
+    text: &str,
+    photo: Option<Photo>,
+) -> Result<(), HandleError> {
+    let chat = message.chat.id.0;
+    let text = match PostText::parse(text) {
+        Ok(text) => text,
+        Err(why) if photo.is_some() => {
+            return ctx.say(chat, format!("Not posted: the caption is {why}.")).await;
+        }
+        Err(why) => return ctx.say(chat, format!("Not posted: {why}.")).await,
+    };
+    let post = create(ctx, chat, Some(i64::from(message.id.0)), from, text.as_str(), photo.as_ref()).await?;
+    announce(ctx, &post, from).await
+}
+
+/// Stores a new post of this update: published at once, or pending with a moderator chat.
+async fn create(
+    ctx: &Ctx<'_>,
+    chat: i64,
+    message_id: Option<i64>,
+    from: &User,
+    text: &str,
+    photo: Option<&Photo>,
+) -> Result<StoredPost, HandleError> {
+    let post = NewPost {
+        bot_id: ctx.bot.config.id,
+        update_id: ctx.update_id,
+        chat_id: chat,
+        message_id,
+        author_id: user_id(from),
+        text,
+        photo: photo.map(|p| (p.file_id.as_str(), p.unique_id.as_str())),
+        published: ctx.bot.config.moderator_chat.is_none(),
+    };
+    let stored = store::insert_post(&ctx.state.db, &post).await?;
+    ctx.state.metrics.posts_created.with_label_values(&[ctx.bot.config.name.as_str()]).inc();
+    Ok(stored)
+}
+
+/// After the commit: publish and tell the author, or send the post to the moderators.
+async fn announce(ctx: &Ctx<'_>, post: &StoredPost, from: &User) -> Result<(), HandleError> {
+    if let Some(view) = post.view(ctx.bot.config.id, author_of(from)) {
+        ctx.publish(&view).await?;
+        return ctx.say(post.chat_id, format!("Published as post #{}.", post.id)).await;
+    }
+    if let Some(moderators) = ctx.bot.config.moderator_chat {
+        let media = if post.has_media { " (with a photo)" } else { "" };
+        let keyboard = buttons(vec![
+            ("Approve".to_owned(), format!("mod:ok:{}", post.id)),
+            ("Reject".to_owned(), format!("mod:no:{}", post.id)),
+        ]);
+        let text = format!("New post #{} by {}{media}:\n\n{}", post.id, from.first_name, post.text);
+        ctx.say_with_buttons(moderators, text, keyboard).await?;
+    }
+    ctx.say(post.chat_id, format!("Thanks! Post #{} is waiting for a moderator.", post.id)).await
+}
+
+/// An inline button was pressed; returns the short answer shown to whoever pressed it.
+pub async fn on_button(ctx: &Ctx<'_>, query: &CallbackQuery, data: &str) -> Result<String, HandleError> {
+    let from = &query.from;
+    let parts: Vec<&str> = data.split(':').collect();
+    match parts.as_slice() {
+        ["post", choice @ ("publish" | "cancel")] => confirm(ctx, from, *choice == "publish").await,
+        ["del", id] => match id.parse() {
+            Ok(id) => delete(ctx, from, id).await,
+            Err(_) => Ok("Unknown button.".to_owned()),
+        },
+        ["mod", verdict @ ("ok" | "no"), id] => {
+            let in_moderator_chat =
+                query.message.as_ref().is_some_and(|m| Some(m.chat().id.0) == ctx.bot.config.moderator_chat);
+            match (in_moderator_chat, id.parse()) {
+                (true, Ok(id)) => moderate(ctx, query, from, id, *verdict == "ok").await,
+                _ => Ok("Only moderators may do that.".to_owned()),
+            }
+        }
+        _ => Ok("Unknown button.".to_owned()),
+    }
+}
+
+/// Publish or Cancel under a `/post` preview.
+async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, HandleError> {
+    let chat = user_id(from);
+    let key = ctx.bot.keys.dialogue(chat);
+    let stored = ctx.state.dialogues.load(&key).await?;
+    let State::Confirm { text, photo } = &stored.state else {
+        return Ok("Nothing to confirm.".to_owned());
+    };
+    let answer = if publish {
+        let post = create(ctx, chat, None, from, text, photo.as_ref()).await?;
+        announce(ctx, &post, from).await?;
+        "Done."
+    } else {
+        ctx.say(chat, "Cancelled.").await?;
+        "Cancelled."
+    };
+    ctx.save_dialogue(&key, &stored, &State::Idle).await?;
+    Ok(answer.to_owned())
+}
+
+/// `/my`: the author's latest posts, each with a Delete button.
+pub async fn list_mine(ctx: &Ctx<'_>, chat: i64, from: &User) -> Result<(), HandleError> {
+    let posts = store::posts_of(&ctx.state.db, ctx.bot.config.id, user_id(from), MY_POSTS).await?;
+    if posts.is_empty() {
+        return ctx.say(chat, "You have no posts yet.").await;
+    }
+    let mut text = String::from("Your latest posts:\n");
+    for post in &posts {
+        let excerpt: String = post.text.chars().take(60).collect();
+        text.push_str(&format!("\n#{} ({}) {excerpt}", post.id, post.status));
+    }
+    let rows = posts.iter().map(|post| {
+        vec![InlineKeyboardButton::callback(format!("Delete #{}", post.id), format!("del:{}", post.id))]
+    });
+    ctx.say_with_buttons(chat, text, InlineKeyboardMarkup::new(rows)).await
+}
+
+async fn delete(ctx: &Ctx<'_>, from: &User, id: i64) -> Result<String, HandleError> {
+    let Some(post) = store::delete_post(&ctx.state.db, ctx.bot.config.id, user_id(from), id).await? else {
+        return Ok("That post is gone already.".to_owned());
+    };
+    if post.status == "published" {
+        feed::invalidate(&ctx.state.redis, &ctx.state.feed_keys).await.map_err(HandleError::Unavailable)?;
+    }
+    ctx.say(user_id(from), format!("Post #{id} deleted.")).await?;
+    Ok("Deleted.".to_owned())
+}
+
+/// Approve or Reject in the moderator chat. The first decision wins; a second click, by another
+/// moderator or through another worker, changes nothing and notifies nobody.
+async fn moderate(
+    ctx: &Ctx<'_>,
+    query: &CallbackQuery,
+    moderator: &User,
+    id: i64,
+    approve: bool,
+) -> Result<String, HandleError> {
+    let Some((post, author)) = store::decide(&ctx.state.db, ctx.bot.config.id, id, approve).await? else {
+        return Ok("Already decided.".to_owned());
+    };
+    let (verdict, notice) = if approve {
+        ("approved", format!("Your post #{id} was published."))
+    } else {
+        ("rejected", format!("Your post #{id} was not accepted."))
+    };
+    if let Some(view) = post.view(ctx.bot.config.id, author) {
+        ctx.publish(&view).await?;
+    }
+    ctx.say(post.chat_id, notice).await?;
+    if let Some(message) = &query.message {
+        let text = format!("Post #{id}: {verdict} by {}.\n\n{}", moderator.first_name, post.text);
+        ctx.edit(message.chat().id.0, message.id(), text).await?;
+    }
+    Ok(format!("Post #{id} {verdict}."))
+}
+
+/// An edited message updates the post it created while that post is still pending.
+pub async fn on_edit(ctx: &Ctx<'_>, message: &Message) -> Result<(), HandleError> {
+    let Some(text) = message.text().or(message.caption()) else {
+        return Ok(());
+    };
+    let chat = message.chat.id.0;
+    let Ok(text) = PostText::parse(text) else {
+        return Ok(());
+    };
+    let message_id = i64::from(message.id.0);
+    if store::edit_pending(&ctx.state.db, ctx.bot.config.id, chat, message_id, text.as_str()).await? {
+        ctx.say(chat, "Your pending post was updated.").await?;
+    }
+    Ok(())
+}

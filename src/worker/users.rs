@@ -1,0 +1,101 @@
+//! The user cache (invariant 5): Redis, five-minute TTL, refreshed from the primary on a miss.
+//!
+//! Every update from a user passes here. A hit with an unchanged profile costs one Redis GET; a
+//! miss, or a changed profile, upserts the row (only when it changed) and refills the cache.
+//! Inside a process, concurrent misses for one user make one database call (single-flight).
+//! A ban deletes the entry, so every worker sees it on the very next update.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use deadpool_redis::Pool as RedisPool;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::store::{self, Profile, StoreError};
+use crate::kv::BotKeys;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedUser {
+    pub profile: Profile,
+    pub is_banned: bool,
+}
+
+pub struct Users {
+    pub db: Pool,
+    pub redis: RedisPool,
+    pub ttl: Duration,
+    pub metrics: Arc<Metrics>,
+    flights: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+fn unavailable(e: impl Into<anyhow::Error>) -> StoreError {
+    StoreError::Unavailable(e.into())
+}
+
+impl Users {
+    pub fn new(db: Pool, redis: RedisPool, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { db, redis, ttl, metrics, flights: Mutex::default() }
+    }
+
+    /// The user as stored, with their row brought up to date; tells whether they are banned.
+    pub async fn touch(
+        &self,
+        keys: &BotKeys,
+        bot_id: i64,
+        user_id: i64,
+        profile: Profile,
+    ) -> Result<CachedUser, StoreError> {
+        let key = keys.user(user_id);
+        if let Some(user) = self.cached(&key, &profile).await? {
+            self.metrics.user_cache.with_label_values(&["hit"]).inc();
+            return Ok(user);
+        }
+        let flight = self.flight(&key);
+        let _only_one = flight.lock().await;
+        // Whoever held the flight before us may have filled the cache.
+        if let Some(user) = self.cached(&key, &profile).await? {
+            self.metrics.user_cache.with_label_values(&["hit"]).inc();
+            return Ok(user);
+        }
+        self.metrics.user_cache.with_label_values(&["miss"]).inc();
+        let is_banned = store::upsert_user(&self.db, bot_id, user_id, &profile).await?;
+        let user = CachedUser { profile, is_banned };
+        let json = serde_json::to_string(&user).map_err(|e| StoreError::Other(e.into()))?;
+        let mut conn = self.redis.get().await.map_err(unavailable)?;
+        let () = conn.set_ex(&key, json, self.ttl.as_secs()).await.map_err(unavailable)?;
+        Ok(user)
+    }
+
+    /// Forgets the cached user at once (after a ban, an unban or a profile change).
+    pub async fn invalidate(&self, keys: &BotKeys, user_id: i64) -> Result<(), StoreError> {
+        let mut conn = self.redis.get().await.map_err(unavailable)?;
+        let () = conn.del(keys.user(user_id)).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The cached user, if present and their profile is still `profile`.
+    async fn cached(&self, key: &str, profile: &Profile) -> Result<Option<CachedUser>, StoreError> {
+        let mut conn = self.redis.get().await.map_err(unavailable)?;
+        let json: Option<String> = conn.get(key).await.map_err(unavailable)?;
+        Ok(json
+            .and_then(|json| serde_json::from_str::<CachedUser>(&json).ok())
+            .filter(|user| user.profile == *profile))
+    }
+
+    fn flight(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = flights.get(key).and_then(Weak::upgrade) {
+            return flight;
+        }
+        if flights.len() > 1024 {
+            flights.retain(|_, f| f.strong_count() > 0);
+        }
+        let flight = Arc::new(tokio::sync::Mutex::new(()));
+        flights.insert(key.to_owned(), Arc::downgrade(&flight));
+        flight
+    }
+}
