@@ -1,7 +1,7 @@
 //! The admin port: /healthz, /readyz (failing while draining) and /metrics.
 
 use crate::helpers::{
-    MAIN_BOT, TestDb, deliver_update, spawn_fake, spawn_worker, spawn_worker_on, text_update, unique,
+    MAIN_BOT, TestDb, deliver_update, spawn_fake, spawn_worker, spawn_worker_with, text_update, unique,
 };
 
 #[tokio::test]
@@ -40,7 +40,8 @@ async fn readyz_fails_when_redis_is_unreachable() {
     // A port nothing listens on: bind one, then drop it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let redis_url = format!("redis://127.0.0.1:{port}");
-    let worker = spawn_worker_on(&db, &redis_url, &unique("r"), &telegram, &[MAIN_BOT]).await;
+    let extra = [("BOTFLEET_REDIS_URL", redis_url.as_str())];
+    let worker = spawn_worker_with(&db, &unique("r"), &telegram, &[MAIN_BOT], &extra).await;
     let ready = reqwest::get(worker.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.text().await.unwrap(), "postgres: ok\nredis: unreachable\n");

@@ -215,35 +215,37 @@ pub async fn spawn_fake_on(addr: &str, enforce_limits: bool) -> (Fake, String) {
     (fake, url)
 }
 
-fn base_settings(db: &TestDb, role: &str, redis_url: &str, redis_prefix: &str) -> Vec<(String, String)> {
+fn base_settings(db: &TestDb, role: &str, redis_prefix: &str) -> Vec<(String, String)> {
     vec![
         (settings::LISTEN.into(), "127.0.0.1:0".into()),
         (settings::ADMIN_LISTEN.into(), "127.0.0.1:0".into()),
         (settings::DATABASE_URL.into(), db.url(role, false)),
-        (settings::REDIS_URL.into(), redis_url.into()),
+        (settings::REDIS_URL.into(), env("BOTFLEET_TEST_REDIS_URL")),
         (settings::REDIS_PREFIX.into(), redis_prefix.into()),
         (settings::SHUTDOWN_GRACE_SECS.into(), "5".into()),
     ]
 }
 
 pub async fn spawn_worker(db: &TestDb, redis_prefix: &str, telegram_url: &str, bots: &[TestBot]) -> Running {
-    spawn_worker_on(db, &env("BOTFLEET_TEST_REDIS_URL"), redis_prefix, telegram_url, bots).await
+    spawn_worker_with(db, redis_prefix, telegram_url, bots, &[]).await
 }
 
-pub async fn spawn_worker_on(
+/// A worker with extra settings (`BOTFLEET_REDIS_URL` among them overrides the test Redis).
+pub async fn spawn_worker_with(
     db: &TestDb,
-    redis_url: &str,
     redis_prefix: &str,
     telegram_url: &str,
     bots: &[TestBot],
+    extra: &[(&str, &str)],
 ) -> Running {
-    let mut pairs = base_settings(db, WORKER_ROLE, redis_url, redis_prefix);
+    let mut pairs = base_settings(db, WORKER_ROLE, redis_prefix);
     pairs.push((settings::TELEGRAM_API_URL.into(), telegram_url.into()));
     pairs.push((settings::BOTS.into(), bots.iter().map(|b| b.name).collect::<Vec<_>>().join(",")));
     pairs.push((settings::MAX_BODY_BYTES.into(), "65536".into()));
     for bot in bots {
         pairs.extend(bot.settings());
     }
+    pairs.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     init_logs();
     let settings = WorkerSettings::load(&Source::from_pairs(pairs)).unwrap();
     let metrics = Arc::new(Metrics::new("worker").unwrap());
@@ -256,7 +258,7 @@ pub async fn spawn_worker_on(
 
 /// An API node reading the replica (when `replica`) with the primary as fallback.
 pub async fn spawn_api(db: &TestDb, redis_prefix: &str, replica: bool) -> Running {
-    let mut pairs = base_settings(db, API_ROLE, &env("BOTFLEET_TEST_REDIS_URL"), redis_prefix);
+    let mut pairs = base_settings(db, API_ROLE, redis_prefix);
     if replica {
         db.wait_for_replica().await;
         pairs.push((settings::REPLICA_URLS.into(), db.url(API_ROLE, true)));
@@ -280,6 +282,42 @@ pub fn text_update(update_id: i64, user: i64, text: &str) -> Value {
             "chat": { "id": user, "type": "private", "first_name": "Ada", "username": "ada" },
             "from": { "id": user, "is_bot": false, "first_name": "Ada", "username": "ada", "language_code": "en" },
             "text": text,
+        }
+    })
+}
+
+/// A private photo with a caption from user `user`.
+pub fn photo_update(update_id: i64, user: i64, caption: &str) -> Value {
+    let mut update = text_update(update_id, user, "");
+    let message = update["message"].as_object_mut().unwrap();
+    message.remove("text");
+    message.insert("caption".into(), json!(caption));
+    message.insert(
+        "photo".into(),
+        json!([
+            { "file_id": "small-id", "file_unique_id": "small-u", "width": 90, "height": 90 },
+            { "file_id": format!("photo-{update_id}"), "file_unique_id": format!("u-{update_id}"), "width": 800, "height": 600 }
+        ]),
+    );
+    update
+}
+
+/// A press of an inline button with `data`, by `user`, under a message in `chat`.
+pub fn callback_update(update_id: i64, user: i64, chat: i64, data: &str) -> Value {
+    json!({
+        "update_id": update_id,
+        "callback_query": {
+            "id": format!("cb-{update_id}"),
+            "from": { "id": user, "is_bot": false, "first_name": format!("User{user}") },
+            "chat_instance": "1",
+            "data": data,
+            "message": {
+                "message_id": 500,
+                "date": 1_790_000_000,
+                "chat": if chat > 0 { json!({ "id": chat, "type": "private", "first_name": "Ada" }) }
+                        else { json!({ "id": chat, "type": "supergroup", "title": "Moderators" }) },
+                "text": "buttons",
+            }
         }
     })
 }

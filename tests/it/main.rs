@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod bot;
 mod cli;
 mod cluster;
 mod fake_telegram;
 mod feed;
 mod helpers;
+mod lua;
 mod schema;
 mod webhook;
