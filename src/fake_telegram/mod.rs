@@ -12,7 +12,7 @@ mod limits;
 mod methods;
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
@@ -69,6 +69,8 @@ struct Inner {
     limits: Limits,
     /// Chats whose user blocked the bot: sends to them get 403.
     blocked: std::collections::HashSet<i64>,
+    /// Calls of this method are answered only after this long (a slow Telegram).
+    delay: Option<(String, Duration)>,
 }
 
 /// The fake's shared state. Cheap to clone.
@@ -88,6 +90,11 @@ impl Fake {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Answers calls of `method` only after `delay` from now on; `None` makes it fast again.
+    pub fn set_delay(&self, delay: Option<(&str, Duration)>) {
+        self.lock().delay = delay.map(|(method, d)| (method.to_owned(), d));
+    }
+
     /// Every call so far, oldest first.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
@@ -100,6 +107,7 @@ impl Fake {
             .route("/__fake/reset", post(reset))
             .route("/__fake/limits", post(set_limits))
             .route("/__fake/blocked", post(block_chat))
+            .route("/__fake/delay", post(set_delay))
             .route("/file/{bot}/{*path}", get(download))
             .route("/{bot}/{method}", any(bot_api))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
@@ -146,6 +154,10 @@ async fn bot_api(
     }
     let params = Value::Object(params);
     let method = methods::canonical(&method);
+    let delay = fake.lock().delay.clone().filter(|(slow, _)| *slow == method);
+    if let Some((_, delay)) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut inner = fake.lock();
     let answer = methods::answer(&mut inner, bot_id, &method, &params, Instant::now());
     let seq = inner.calls.len() as u64 + 1;
@@ -252,6 +264,19 @@ struct LimitsBody {
 
 async fn set_limits(State(fake): State<Fake>, Json(body): Json<LimitsBody>) -> StatusCode {
     fake.lock().limits = Limits::new(body.enabled);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct DelayBody {
+    method: String,
+    /// 0 makes the method fast again.
+    ms: u64,
+}
+
+async fn set_delay(State(fake): State<Fake>, Json(body): Json<DelayBody>) -> StatusCode {
+    let delay = (body.ms > 0).then(|| Duration::from_millis(body.ms));
+    fake.set_delay(delay.map(|d| (body.method.as_str(), d)));
     StatusCode::NO_CONTENT
 }
 

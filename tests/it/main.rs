@@ -8,6 +8,7 @@ mod admin;
 mod bot;
 mod cli;
 mod cluster;
+mod crash;
 mod fake_telegram;
 mod feed;
 mod helpers;

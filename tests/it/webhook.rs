@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     MAIN_BOT, TestDb, connect, deliver, deliver_update, env, eventually, spawn_api, spawn_fake,
-    spawn_fake_on, spawn_worker, text_update, unique,
+    spawn_fake_on, spawn_worker, spawn_worker_with, text_update, unique,
 };
 
 #[tokio::test]
@@ -186,24 +186,38 @@ async fn every_real_update_fixture_gets_a_clear_answer() {
 }
 
 #[tokio::test]
-async fn postgres_unreachable_is_503_with_retry_after() {
+async fn postgres_down_is_503_with_retry_after_and_the_redelivery_succeeds_once_back() {
     let db = TestDb::fresh().await;
-    let (_fake, telegram) = spawn_fake(false).await;
+    let (fake, telegram) = spawn_fake(false).await;
     let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
     // The worker's database disappears under it, as when the primary is down.
     let admin = connect(&env("BOTFLEET_TEST_PRIMARY_URL")).await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';",
-            name = db.name
-        ))
-        .await
-        .unwrap();
-    let response =
-        deliver_update(&worker, &MAIN_BOT, &text_update(3, 42, "while the database is away")).await;
+    let set_reachable = async |reachable: bool| {
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} ALLOW_CONNECTIONS {reachable};
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';",
+                name = db.name
+            ))
+            .await
+            .unwrap();
+    };
+    set_reachable(false).await;
+    let update = text_update(3, 42, "while the database is away");
+    let response = deliver_update(&worker, &MAIN_BOT, &update).await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "5");
+    let ready = reqwest::get(worker.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "/readyz must report the database");
+
+    set_reachable(true).await;
+    assert_eq!(
+        deliver_update(&worker, &MAIN_BOT, &update).await.status(),
+        200,
+        "the redelivery must succeed"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);
+    assert_eq!(fake.calls().len(), 1, "one reply, after the recovery");
 }
 
 #[tokio::test]
@@ -241,4 +255,19 @@ async fn a_reply_telegram_refuses_is_not_retried() {
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);
     assert_eq!(fake.calls()[0].status, 403);
     assert_eq!(worker.metrics.bot_api_calls.with_label_values(&["sendMessage", "refused"]).get(), 1);
+}
+
+#[tokio::test]
+async fn redis_down_is_503_with_retry_after_and_writes_nothing() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    let extra = [("BOTFLEET_REDIS_URL", redis_url.as_str())];
+    let worker = spawn_worker_with(&db, &unique("r"), &telegram, &[MAIN_BOT], &extra).await;
+    let response = deliver_update(&worker, &MAIN_BOT, &text_update(4, 42, "while redis is away")).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 0);
+    assert!(fake.calls().is_empty());
 }

@@ -1,0 +1,145 @@
+//! Losing a worker or a caller mid-update loses nothing and duplicates nothing (invariant 1),
+//! and the token never reaches a log line (invariant 9).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use botfleet::kv::FeedKeys;
+use serde_json::json;
+
+use crate::helpers::{
+    MAIN_BOT, TestDb, WORKER_ROLE, deliver_update, env, eventually, spawn_fake, spawn_worker, text_update,
+    unique,
+};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A worker as its own process (so it can be SIGKILLed), logging at debug level to `log`.
+struct WorkerProcess {
+    child: tokio::process::Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+async fn start_worker_process(db: &TestDb, prefix: &str, telegram: &str) -> WorkerProcess {
+    let (port, admin) = (free_port(), free_port());
+    let log = std::env::temp_dir().join(unique("worker-log"));
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_botfleet"))
+        .arg("worker")
+        .env_clear()
+        .envs([
+            ("BOTFLEET_LISTEN", format!("127.0.0.1:{port}")),
+            ("BOTFLEET_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+            ("BOTFLEET_DATABASE_URL", db.url(WORKER_ROLE, false)),
+            ("BOTFLEET_REDIS_URL", env("BOTFLEET_TEST_REDIS_URL")),
+            ("BOTFLEET_REDIS_PREFIX", prefix.to_owned()),
+            ("BOTFLEET_TELEGRAM_API_URL", telegram.to_owned()),
+            ("BOTFLEET_BOTS", "main".to_owned()),
+            ("BOTFLEET_BOT_MAIN_TOKEN", MAIN_BOT.token.to_owned()),
+            ("BOTFLEET_BOT_MAIN_WEBHOOK_SECRET", MAIN_BOT.secret.to_owned()),
+            ("BOTFLEET_CHAT_LEASE_MS", "1000".to_owned()),
+            ("BOTFLEET_LOG", "debug".to_owned()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    eventually(Duration::from_secs(10), "the worker process to be ready", || async {
+        reqwest::get(&ready).await.ok().filter(|r| r.status() == 200).map(drop)
+    })
+    .await;
+    WorkerProcess { child, url: format!("http://127.0.0.1:{port}"), log }
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_update_loses_nothing_and_duplicates_nothing() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    let mut doomed = start_worker_process(&db, &prefix, &telegram).await;
+    let survivor = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
+
+    // Telegram is slow to take the reply: the doomed worker has stored and published the post
+    // and is waiting on sendMessage when it dies.
+    fake.set_delay(Some(("sendMessage", Duration::from_secs(30))));
+    let update = text_update(31, 42, "a post whose worker is killed");
+    let url = format!("{}/webhook/main", doomed.url);
+    let body = update.to_string();
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
+            .body(body)
+            .send()
+            .await
+    });
+    eventually(Duration::from_secs(10), "the post to be committed", || async {
+        (db.count("SELECT count(*) FROM posts").await == 1).then_some(())
+    })
+    .await;
+    doomed.child.kill().await.unwrap();
+    assert!(in_flight.await.unwrap().is_err(), "Telegram must not have got an answer from the killed worker");
+
+    // Telegram redelivers; another worker waits out the dead one's lease and finishes the job.
+    fake.set_delay(None);
+    let response = deliver_update(&survivor, &MAIN_BOT, &update).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 1, "exactly one post");
+    let mut conn = redis::Client::open(env("BOTFLEET_TEST_REDIS_URL"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let published: i64 =
+        redis::cmd("XLEN").arg(FeedKeys::new(&prefix).stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(published, 1, "published exactly once");
+    let replied = fake.calls().iter().filter(|c| c.method == "sendMessage" && c.status == 200).count();
+    assert!(replied >= 1, "the author must get the reply");
+
+    let log = std::fs::read_to_string(&doomed.log).unwrap();
+    assert!(log.contains("DEBUG"), "the worker should have logged at debug level");
+    assert!(!log.contains(MAIN_BOT.token), "the bot token leaked into the worker's log");
+    assert!(
+        !log.contains(MAIN_BOT.token.split(':').nth(1).unwrap()),
+        "the token's secret leaked into the log"
+    );
+    std::fs::remove_file(&doomed.log).ok();
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_does_not_cut_the_work_in_half() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
+    fake.set_delay(Some(("sendMessage", Duration::from_millis(500))));
+    let update = text_update(41, 42, "the caller will not wait for this");
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+    let hung_up = impatient
+        .post(worker.url("/webhook/main"))
+        .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
+        .body(update.to_string())
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the caller must have given up before the answer");
+    // The work still runs to its end: stored, published, replied to, marked done.
+    eventually(Duration::from_secs(5), "the reply of the abandoned request", || async {
+        fake.calls()
+            .iter()
+            .any(|c| c.method == "sendMessage" && c.params["chat_id"] == json!(42))
+            .then_some(())
+    })
+    .await;
+    fake.set_delay(None);
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &update).await.status(), 200);
+    assert_eq!(
+        worker.metrics.dedup_hits.with_label_values(&["main"]).get(),
+        1,
+        "the redelivery finds it done"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);
+}
