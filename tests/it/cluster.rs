@@ -97,6 +97,21 @@ async fn cluster_up_twice_serves_a_post_end_to_end_then_down_is_clean() {
             .await
             .unwrap();
     assert_eq!(calls[0]["params"]["chat_id"], json!(4242), "the reply must be in the call log: {calls}");
+    // The same update twice at once through Nginx, landing on two worker processes: one post.
+    let deliver = || {
+        client
+            .post(&env["BOTFLEET_WEBHOOK_URL"])
+            .header("x-telegram-bot-api-secret-token", &env["BOTFLEET_WEBHOOK_SECRET"])
+            .header("content-type", "application/json")
+            .body(text_update(2, 4343, "one update, delivered twice at once").to_string())
+            .send()
+    };
+    let (a, b) = tokio::join!(deliver(), deliver());
+    assert_eq!((a.unwrap().status().as_u16(), b.unwrap().status().as_u16()), (200, 200));
+    let primary = crate::helpers::connect(&env["BOTFLEET_PRIMARY_URL"]).await;
+    let posts: i64 =
+        primary.query_one("SELECT count(*) FROM posts WHERE update_id = 2", &[]).await.unwrap().get(0);
+    assert_eq!(posts, 1, "a duplicate delivery through the cluster must make one post");
     let mut replica_reads = 0;
     for url in env["BOTFLEET_METRICS_URLS"].split(',') {
         let text = reqwest::get(url).await.unwrap().text().await.unwrap();
