@@ -1,10 +1,9 @@
 //! The public feed's shared model, and publishing to it: what workers send and API nodes serve.
 
 use chrono::{DateTime, Utc};
-use deadpool_redis::Pool;
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{FeedKeys, scripts};
+use crate::kv::{Conn, FeedKeys, scripts};
 
 /// How long Redis remembers that a post went out, so a redelivery publishes nothing twice.
 const PUBLISHED_MEMORY_MS: u64 = 24 * 3600 * 1000;
@@ -29,12 +28,11 @@ pub struct PostView {
 /// Publishes a committed post: stream entry, live message and page-cache generation, at once
 /// (`publish_post.lua`). Returns the stream offset, or `None` if it went out before.
 pub async fn publish(
-    redis: &Pool,
+    conn: &mut Conn,
     keys: &FeedKeys,
     post: &PostView,
     stream_len: u64,
 ) -> anyhow::Result<Option<String>> {
-    let mut conn = redis.get().await?;
     let offset: Option<String> = scripts::PUBLISH_POST
         .key(&keys.stream)
         .key(&keys.generation)
@@ -43,14 +41,13 @@ pub async fn publish(
         .arg(serde_json::to_string(post)?)
         .arg(stream_len)
         .arg(PUBLISHED_MEMORY_MS)
-        .invoke_async(&mut conn)
+        .invoke_async(conn)
         .await?;
     Ok(offset)
 }
 
 /// Posts left the feed (deleted, or their author banned or unbanned): every cached page is stale.
-pub async fn invalidate(redis: &Pool, keys: &FeedKeys) -> anyhow::Result<()> {
-    let mut conn = redis.get().await?;
-    redis::cmd("INCR").arg(&keys.generation).query_async::<i64>(&mut conn).await?;
+pub async fn invalidate(conn: &mut Conn, keys: &FeedKeys) -> anyhow::Result<()> {
+    redis::cmd("INCR").arg(&keys.generation).query_async::<i64>(conn).await?;
     Ok(())
 }

@@ -11,6 +11,16 @@ use crate::settings::Secret;
 /// How long a request may wait for a Redis connection before Redis counts as unavailable.
 const POOL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A connection every task of an update shares: commands of concurrent tasks are pipelined on
+/// it. Taken from the pool once per update (the pool checks it with a PING on the way out), then
+/// cloned freely.
+pub type Conn = redis::aio::MultiplexedConnection;
+
+/// A live connection from the pool, detached from it (the pool keeps its own handle).
+pub async fn conn(pool: &Pool) -> Result<Conn, deadpool_redis::PoolError> {
+    Ok((*pool.get().await?).clone())
+}
+
 /// A pool that connects lazily: building it never fails because Redis is down.
 pub fn pool(url: &Secret, size: usize) -> anyhow::Result<Pool> {
     Config::from_url(url.expose())

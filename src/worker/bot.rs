@@ -18,6 +18,7 @@ use super::store::{self, Profile, StoreError};
 use super::users::CachedUser;
 use super::{BotRuntime, WorkerState};
 use crate::feed::{self, Author, PostView};
+use crate::kv::Conn;
 use crate::telegram::redact;
 
 /// Why an update could not be handled now. Either way Telegram redelivers it.
@@ -87,6 +88,8 @@ pub fn turn_key(update: &Update) -> String {
 /// Everything a handler needs about the update in hand.
 pub struct Ctx<'a> {
     pub state: &'a WorkerState,
+    /// The update's Redis connection (multiplexed: clones share it).
+    pub redis: Conn,
     pub bot: &'a BotRuntime,
     pub turn: &'a Turn,
     pub update_id: i64,
@@ -94,11 +97,12 @@ pub struct Ctx<'a> {
 
 pub async fn handle(
     state: &WorkerState,
+    redis: &Conn,
     bot: &Arc<BotRuntime>,
     turn: &Turn,
     update: &Update,
 ) -> Result<(), HandleError> {
-    let ctx = Ctx { state, bot, turn, update_id: i64::from(update.id.0) };
+    let ctx = Ctx { state, redis: redis.clone(), bot, turn, update_id: i64::from(update.id.0) };
     match &update.kind {
         UpdateKind::Message(message) if message.chat.is_private() => on_private_message(&ctx, message).await,
         UpdateKind::EditedMessage(message) if message.chat.is_private() => {
@@ -134,7 +138,7 @@ async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), Hand
         return ctx.say(chat, "You are banned from posting here.").await;
     }
     let key = ctx.bot.keys.dialogue(chat);
-    let stored = ctx.state.dialogues.load(&key).await?;
+    let stored = ctx.state.dialogues.load(&mut ctx.conn(), &key).await?;
     let text = message.text().unwrap_or_default();
     let next = match command(text) {
         Some(("start", payload)) => {
@@ -185,6 +189,10 @@ async fn on_callback(ctx: &Ctx<'_>, query: &CallbackQuery) -> Result<(), HandleE
 }
 
 impl Ctx<'_> {
+    pub fn conn(&self) -> Conn {
+        self.redis.clone()
+    }
+
     fn bot_id(&self) -> i64 {
         self.bot.config.id
     }
@@ -201,11 +209,15 @@ impl Ctx<'_> {
             username: user.username.clone(),
             language_code: user.language_code.clone(),
         };
-        Ok(self.state.users.touch(&self.bot.keys, self.bot_id(), user_id(user), profile).await?)
+        Ok(self
+            .state
+            .users
+            .touch(&mut self.conn(), &self.bot.keys, self.bot_id(), user_id(user), profile)
+            .await?)
     }
 
     pub async fn save_dialogue(&self, key: &str, read: &Stored, next: &State) -> Result<(), HandleError> {
-        let saved = self.state.dialogues.save(key, read, next, self.turn).await;
+        let saved = self.state.dialogues.save(&mut self.conn(), key, read, next, self.turn).await;
         if matches!(saved, Err(DialogueError::Conflict)) {
             self.state.metrics.dialogue_conflicts.with_label_values(&[self.bot.config.name.as_str()]).inc();
         }
@@ -224,9 +236,9 @@ impl Ctx<'_> {
         if !store::set_banned(&self.state.db, self.bot_id(), target, banned).await? {
             return self.say(chat, format!("I have never seen user {target}.")).await;
         }
-        self.state.users.invalidate(&self.bot.keys, target).await?;
+        self.state.users.invalidate(&mut self.conn(), &self.bot.keys, target).await?;
         // Their posts leave (or return to) every feed page at once.
-        feed::invalidate(&self.state.redis, &self.state.feed_keys).await.map_err(HandleError::Unavailable)?;
+        feed::invalidate(&mut self.conn(), &self.state.feed_keys).await.map_err(HandleError::Unavailable)?;
         let done = if banned { "banned: their posts left the feed" } else { "unbanned" };
         self.say(chat, format!("User {target} {done}.")).await
     }
@@ -234,7 +246,7 @@ impl Ctx<'_> {
     /// Publishes a committed, published post to the API nodes (once, however often called).
     pub async fn publish(&self, post: &PostView) -> Result<(), HandleError> {
         let published =
-            feed::publish(&self.state.redis, &self.state.feed_keys, post, self.state.feed_stream_len)
+            feed::publish(&mut self.conn(), &self.state.feed_keys, post, self.state.feed_stream_len)
                 .await
                 .map_err(HandleError::Unavailable)?;
         if published.is_some() {

@@ -6,11 +6,10 @@
 
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use serde::{Deserialize, Serialize};
 
 use super::intake::Turn;
-use crate::kv::scripts;
+use crate::kv::{Conn, scripts};
 
 /// Where a chat is in the guided `/post` dialogue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,19 +48,17 @@ pub enum DialogueError {
 }
 
 pub struct Dialogues {
-    pub redis: Pool,
     pub ttl: Duration,
 }
 
 impl Dialogues {
     /// The chat's state; a state this version cannot read counts as no dialogue.
-    pub async fn load(&self, key: &str) -> Result<Stored, DialogueError> {
-        let mut conn = self.redis.get().await.map_err(anyhow::Error::from)?;
+    pub async fn load(&self, conn: &mut Conn, key: &str) -> Result<Stored, DialogueError> {
         let (version, state): (Option<i64>, Option<String>) = redis::cmd("HMGET")
             .arg(key)
             .arg("v")
             .arg("s")
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .map_err(anyhow::Error::from)?;
         let state = state.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
@@ -71,6 +68,7 @@ impl Dialogues {
     /// Saves `next` if nothing changed since `read`; `Idle` ends the dialogue.
     pub async fn save(
         &self,
+        conn: &mut Conn,
         key: &str,
         read: &Stored,
         next: &State,
@@ -83,7 +81,6 @@ impl Dialogues {
             State::Idle => String::new(),
             state => serde_json::to_string(state).map_err(anyhow::Error::from)?,
         };
-        let mut conn = self.redis.get().await.map_err(anyhow::Error::from)?;
         let version: i64 = scripts::DIALOGUE_SAVE
             .key(key)
             .key(turn.lease_key())
@@ -91,7 +88,7 @@ impl Dialogues {
             .arg(json)
             .arg(turn.token())
             .arg(self.ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
+            .invoke_async(conn)
             .await
             .map_err(anyhow::Error::from)?;
         if version < 0 { Err(DialogueError::Conflict) } else { Ok(()) }

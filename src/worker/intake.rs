@@ -16,12 +16,11 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Pool;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::kv::{BotKeys, scripts, turns_channel};
+use crate::kv::{BotKeys, Conn, scripts, turns_channel};
 use crate::shutdown::CancellationToken;
 
 /// How a worker waits for a chat's turn.
@@ -48,12 +47,6 @@ pub enum IntakeError {
 
 impl From<redis::RedisError> for IntakeError {
     fn from(e: redis::RedisError) -> Self {
-        IntakeError::Unavailable(e.into())
-    }
-}
-
-impl From<deadpool_redis::PoolError> for IntakeError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
         IntakeError::Unavailable(e.into())
     }
 }
@@ -150,7 +143,6 @@ impl Waker {
 }
 
 pub struct Intake {
-    pub redis: Pool,
     pub keys: BotKeys,
     pub deployment: String,
     pub config: IntakeConfig,
@@ -159,7 +151,7 @@ pub struct Intake {
 
 impl Intake {
     /// Waits for `chat`'s turn at `update_id`, or finds the update already handled.
-    pub async fn begin(&self, update_id: i64, chat: &str) -> Result<Begin, IntakeError> {
+    pub async fn begin(&self, conn: &mut Conn, update_id: i64, chat: &str) -> Result<Begin, IntakeError> {
         let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
         let update_key = self.keys.update(update_id);
         let [lease_key, queue_key, waiters_key] = self.keys.chat_turn(chat);
@@ -170,7 +162,6 @@ impl Intake {
             // Listen before asking, so that a release right after the answer is not missed.
             let mut woken = pin!(notify.notified());
             woken.as_mut().enable();
-            let mut conn = self.redis.get().await?;
             let answer: String = scripts::INTAKE_BEGIN
                 .key(&update_key)
                 .key(&lease_key)
@@ -180,14 +171,13 @@ impl Intake {
                 .arg(&token)
                 .arg(self.config.lease.as_millis() as u64)
                 .arg((MAX_POLL * 5).as_millis() as u64)
-                .invoke_async(&mut conn)
+                .invoke_async(conn)
                 .await?;
-            drop(conn);
             match answer.as_str() {
                 "done" => return Ok(Begin::Done),
                 "go" => {
                     let renewal = tokio::spawn(renew(
-                        self.redis.clone(),
+                        conn.clone(),
                         lease_key.clone(),
                         token.clone(),
                         self.config.lease,
@@ -211,9 +201,8 @@ impl Intake {
 
     /// Ends the turn: `handled` marks the update done (never handled again); otherwise it is
     /// left for Telegram's redelivery. Either way the chat's next update may go.
-    pub async fn end(&self, turn: Turn, handled: bool) -> Result<(), IntakeError> {
+    pub async fn end(&self, conn: &mut Conn, turn: Turn, handled: bool) -> Result<(), IntakeError> {
         turn.renewal.abort();
-        let mut conn = self.redis.get().await?;
         let held: i64 = scripts::INTAKE_END
             .key(&turn.update_key)
             .key(&turn.lease_key)
@@ -222,7 +211,7 @@ impl Intake {
             .arg(self.config.remember.as_millis() as u64)
             .arg(turns_channel(&self.deployment))
             .arg(&turn.lease_key)
-            .invoke_async(&mut conn)
+            .invoke_async(conn)
             .await?;
         if held == 0 {
             tracing::warn!(lease = %turn.lease_key, "a chat's turn expired while its update was handled");
@@ -231,34 +220,29 @@ impl Intake {
     }
 
     /// Counts a failed attempt at `update_id`; returns how many there were.
-    pub async fn count_failure(&self, update_id: i64) -> Result<u64, IntakeError> {
-        let mut conn = self.redis.get().await?;
+    pub async fn count_failure(&self, conn: &mut Conn, update_id: i64) -> Result<u64, IntakeError> {
         let key = self.keys.attempts(update_id);
         let (attempts,): (u64,) = redis::pipe()
             .atomic()
             .incr(&key, 1)
             .pexpire(&key, self.config.remember.as_millis() as i64)
             .ignore()
-            .query_async(&mut conn)
+            .query_async(conn)
             .await?;
         Ok(attempts)
     }
 }
 
 /// Keeps the lease while the update is handled; ends when aborted or when the lease is lost.
-async fn renew(redis: Pool, lease_key: String, token: String, lease: Duration) {
+async fn renew(mut conn: Conn, lease_key: String, token: String, lease: Duration) {
     loop {
         tokio::time::sleep(lease / 3).await;
-        let renewed: Result<i64, IntakeError> = async {
-            let mut conn = redis.get().await?;
-            Ok(scripts::LEASE_RENEW
-                .key(&lease_key)
-                .arg(&token)
-                .arg(lease.as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await?)
-        }
-        .await;
+        let renewed: Result<i64, _> = scripts::LEASE_RENEW
+            .key(&lease_key)
+            .arg(&token)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
         match renewed {
             Ok(1) => {}
             Ok(_) => return,

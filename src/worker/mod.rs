@@ -73,7 +73,6 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
     for config in &settings.bots {
         let keys = BotKeys::new(prefix, config.id);
         let intake = Intake {
-            redis: redis.clone(),
             keys: keys.clone(),
             deployment: prefix.clone(),
             config: intake_config,
@@ -91,8 +90,8 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         db: db.clone(),
         redis: redis.clone(),
         metrics: metrics.clone(),
-        users: Arc::new(Users::new(db.clone(), redis.clone(), settings.user_cache_ttl, metrics.clone())),
-        dialogues: Arc::new(Dialogues { redis: redis.clone(), ttl: settings.dialogue_ttl }),
+        users: Arc::new(Users::new(db.clone(), settings.user_cache_ttl, metrics.clone())),
+        dialogues: Arc::new(Dialogues { ttl: settings.dialogue_ttl }),
         feed_keys: FeedKeys::new(prefix),
         feed_stream_len: settings.feed_stream_len,
         max_attempts: settings.max_attempts,

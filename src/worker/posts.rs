@@ -186,7 +186,7 @@ pub async fn on_button(ctx: &Ctx<'_>, query: &CallbackQuery, data: &str) -> Resu
 async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, HandleError> {
     let chat = user_id(from);
     let key = ctx.bot.keys.dialogue(chat);
-    let stored = ctx.state.dialogues.load(&key).await?;
+    let stored = ctx.state.dialogues.load(&mut ctx.conn(), &key).await?;
     let State::Confirm { text, photo } = &stored.state else {
         return Ok("Nothing to confirm.".to_owned());
     };
@@ -224,7 +224,7 @@ async fn delete(ctx: &Ctx<'_>, from: &User, id: i64) -> Result<String, HandleErr
         return Ok("That post is gone already.".to_owned());
     };
     if post.status == "published" {
-        feed::invalidate(&ctx.state.redis, &ctx.state.feed_keys).await.map_err(HandleError::Unavailable)?;
+        feed::invalidate(&mut ctx.conn(), &ctx.state.feed_keys).await.map_err(HandleError::Unavailable)?;
     }
     ctx.say(user_id(from), format!("Post #{id} deleted.")).await?;
     Ok("Deleted.".to_owned())

@@ -10,12 +10,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use deadpool_redis::Pool as RedisPool;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::store::{self, Profile, StoreError};
-use crate::kv::BotKeys;
+use crate::kv::{BotKeys, Conn};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +25,6 @@ pub struct CachedUser {
 
 pub struct Users {
     pub db: Pool,
-    pub redis: RedisPool,
     pub ttl: Duration,
     pub metrics: Arc<Metrics>,
     flights: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
@@ -37,27 +35,28 @@ fn unavailable(e: impl Into<anyhow::Error>) -> StoreError {
 }
 
 impl Users {
-    pub fn new(db: Pool, redis: RedisPool, ttl: Duration, metrics: Arc<Metrics>) -> Self {
-        Self { db, redis, ttl, metrics, flights: Mutex::default() }
+    pub fn new(db: Pool, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { db, ttl, metrics, flights: Mutex::default() }
     }
 
     /// The user as stored, with their row brought up to date; tells whether they are banned.
     pub async fn touch(
         &self,
+        conn: &mut Conn,
         keys: &BotKeys,
         bot_id: i64,
         user_id: i64,
         profile: Profile,
     ) -> Result<CachedUser, StoreError> {
         let key = keys.user(user_id);
-        if let Some(user) = self.cached(&key, &profile).await? {
+        if let Some(user) = self.cached(conn, &key, &profile).await? {
             self.metrics.user_cache.with_label_values(&["hit"]).inc();
             return Ok(user);
         }
         let flight = self.flight(&key);
         let _only_one = flight.lock().await;
         // Whoever held the flight before us may have filled the cache.
-        if let Some(user) = self.cached(&key, &profile).await? {
+        if let Some(user) = self.cached(conn, &key, &profile).await? {
             self.metrics.user_cache.with_label_values(&["hit"]).inc();
             return Ok(user);
         }
@@ -65,21 +64,23 @@ impl Users {
         let is_banned = store::upsert_user(&self.db, bot_id, user_id, &profile).await?;
         let user = CachedUser { profile, is_banned };
         let json = serde_json::to_string(&user).map_err(|e| StoreError::Other(e.into()))?;
-        let mut conn = self.redis.get().await.map_err(unavailable)?;
         let () = conn.set_ex(&key, json, self.ttl.as_secs()).await.map_err(unavailable)?;
         Ok(user)
     }
 
     /// Forgets the cached user at once (after a ban, an unban or a profile change).
-    pub async fn invalidate(&self, keys: &BotKeys, user_id: i64) -> Result<(), StoreError> {
-        let mut conn = self.redis.get().await.map_err(unavailable)?;
+    pub async fn invalidate(&self, conn: &mut Conn, keys: &BotKeys, user_id: i64) -> Result<(), StoreError> {
         let () = conn.del(keys.user(user_id)).await.map_err(unavailable)?;
         Ok(())
     }
 
     /// The cached user, if present and their profile is still `profile`.
-    async fn cached(&self, key: &str, profile: &Profile) -> Result<Option<CachedUser>, StoreError> {
-        let mut conn = self.redis.get().await.map_err(unavailable)?;
+    async fn cached(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        profile: &Profile,
+    ) -> Result<Option<CachedUser>, StoreError> {
         let json: Option<String> = conn.get(key).await.map_err(unavailable)?;
         Ok(json
             .and_then(|json| serde_json::from_str::<CachedUser>(&json).ok())

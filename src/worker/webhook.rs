@@ -19,6 +19,7 @@ use super::bot::{self, HandleError};
 use super::intake::{Begin, IntakeError};
 use super::{BotRuntime, WorkerState, store};
 use crate::http::json_error;
+use crate::kv::{self, Conn};
 use crate::telegram::redact;
 
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
@@ -110,8 +111,12 @@ impl Outcome {
 #[tracing::instrument(skip_all, fields(bot = %bot.config.name, update_id = update.id.0))]
 async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: Bytes) -> Outcome {
     let update_id = i64::from(update.id.0);
+    let mut redis = match kv::conn(&state.redis).await {
+        Ok(conn) => conn,
+        Err(e) => return Outcome::RetryLater(format!("redis unavailable: {e}")),
+    };
     let waiting = Instant::now();
-    let turn = match bot.intake.begin(update_id, &bot::turn_key(&update)).await {
+    let turn = match bot.intake.begin(&mut redis, update_id, &bot::turn_key(&update)).await {
         Ok(Begin::Go(turn)) => turn,
         Ok(Begin::Done) => {
             state.metrics.dedup_hits.with_label_values(&[bot.config.name.as_str()]).inc();
@@ -126,12 +131,14 @@ async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: 
         .lease_wait_seconds
         .with_label_values(&[bot.config.name.as_str()])
         .observe(waiting.elapsed().as_secs_f64());
-    let (handled, outcome) = match bot::handle(&state, &bot, &turn, &update).await {
+    let (handled, outcome) = match bot::handle(&state, &redis, &bot, &turn, &update).await {
         Ok(()) => (true, Outcome::Acknowledged),
         Err(HandleError::Unavailable(e)) => (false, Outcome::RetryLater(format!("{e:#}"))),
-        Err(HandleError::Failed(e)) => failed(&state, &bot, update_id, &raw, &format!("{e:#}")).await,
+        Err(HandleError::Failed(e)) => {
+            failed(&state, &mut redis, &bot, update_id, &raw, &format!("{e:#}")).await
+        }
     };
-    if let Err(e) = bot.intake.end(turn, handled).await {
+    if let Err(e) = bot.intake.end(&mut redis, turn, handled).await {
         // The effects are durable; at worst a redelivery finds them done in Postgres.
         tracing::warn!(error = %e, "could not record the end of an update's turn");
     }
@@ -142,12 +149,13 @@ async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: 
 /// acknowledges it, so that nothing is retried forever or dropped silently.
 async fn failed(
     state: &WorkerState,
+    redis: &mut Conn,
     bot: &BotRuntime,
     update_id: i64,
     raw: &[u8],
     error: &str,
 ) -> (bool, Outcome) {
-    let attempts = match bot.intake.count_failure(update_id).await {
+    let attempts = match bot.intake.count_failure(redis, update_id).await {
         Ok(attempts) => attempts,
         Err(e) => return (false, Outcome::RetryLater(e.to_string())),
     };

@@ -1,0 +1,242 @@
+//! `loadtest w1`: workload W1 of `shared/WORKLOADS.md` — private text messages to the webhook
+//! through Nginx — closed-loop at a fixed concurrency or open-loop at a fixed arrival rate.
+//!
+//! Senders are 10,000 user ids drawn with a Zipf skew (s = 1.1), partitioned over the lanes so
+//! that a chat never has two updates in flight, as with Telegram. In open-loop mode latency is
+//! measured from each update's intended send time, so a stalled server shows up as latency
+//! instead of hiding as fewer requests (no coordinated omission). Prints one JSON object.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+const USERS: usize = 10_000;
+const ZIPF_S: f64 = 1.1;
+
+struct Options {
+    env: HashMap<String, String>,
+    concurrency: usize,
+    seconds: u64,
+    /// Updates per second (open loop); none for closed loop.
+    rate: Option<f64>,
+    first_update_id: i64,
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("w1") {
+        bail!(
+            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]"
+        );
+    }
+    let mut env_file = ".cluster/cluster.env".to_owned();
+    let (mut concurrency, mut seconds, mut rate, mut first_update_id) = (64, 20, None, 1);
+    let mut rest = args[1..].iter();
+    while let Some(flag) = rest.next() {
+        let value = rest.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--env" => env_file = value.clone(),
+            "--concurrency" => concurrency = value.parse()?,
+            "--seconds" => seconds = value.parse()?,
+            "--rate" => rate = Some(value.parse()?),
+            "--first-update-id" => first_update_id = value.parse()?,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    let text = std::fs::read_to_string(&env_file).with_context(|| format!("reading {env_file}"))?;
+    let env =
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    Ok(Options { env, concurrency, seconds, rate, first_update_id })
+}
+
+/// xorshift64*: fast, seedable, plenty for picking senders and texts.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The users a lane owns, with the cumulative Zipf weights of their ranks.
+struct Senders {
+    users: Vec<i64>,
+    cdf: Vec<f64>,
+}
+
+impl Senders {
+    fn for_lane(lane: usize, lanes: usize) -> Self {
+        let users: Vec<i64> =
+            (1..=USERS).filter(|rank| (rank - 1) % lanes == lane).map(|r| r as i64).collect();
+        let mut total = 0.0;
+        let cdf = users
+            .iter()
+            .map(|rank| {
+                total += 1.0 / (*rank as f64).powf(ZIPF_S);
+                total
+            })
+            .collect();
+        Self { users, cdf }
+    }
+
+    fn pick(&self, rng: &mut Rng) -> i64 {
+        let total = self.cdf.last().copied().unwrap_or(1.0);
+        let at = rng.unit() * total;
+        let index = self.cdf.partition_point(|c| *c < at).min(self.users.len() - 1);
+        self.users[index]
+    }
+}
+
+const WORDS: &[&str] = &[
+    "botfleet", "feed", "posts", "scale", "telegram", "webhook", "replica", "latency", "cluster", "order",
+    "durable", "redis", "postgres", "nginx", "stream", "reader", "writer", "hello", "world", "today",
+];
+
+fn update(update_id: i64, user: i64, rng: &mut Rng) -> String {
+    let target = 20 + (rng.next() % 281) as usize;
+    let mut text = String::with_capacity(target + 16);
+    while text.len() < target {
+        text.push_str(WORDS[(rng.next() % WORDS.len() as u64) as usize]);
+        text.push(' ');
+    }
+    let text = text.trim_end();
+    json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id,
+            "from": { "id": user, "is_bot": false, "first_name": format!("User {user}"),
+                      "username": format!("user{user}"), "language_code": "en" },
+            "chat": { "id": user, "type": "private", "first_name": format!("User {user}"),
+                      "username": format!("user{user}") },
+            "date": 1_790_000_000,
+            "text": text,
+        }
+    })
+    .to_string()
+}
+
+#[derive(Default)]
+struct LaneResult {
+    latencies: Vec<Duration>,
+    ok: u64,
+    non_2xx: u64,
+    errors: u64,
+}
+
+struct Target {
+    client: reqwest::Client,
+    url: String,
+    secret: String,
+    next_id: AtomicI64,
+}
+
+impl Target {
+    async fn send(&self, body: String, result: &mut LaneResult) {
+        let response = self
+            .client
+            .post(&self.url)
+            .header("x-telegram-bot-api-secret-token", &self.secret)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => result.ok += 1,
+            Ok(_) => result.non_2xx += 1,
+            Err(_) => result.errors += 1,
+        }
+    }
+}
+
+async fn lane(target: Arc<Target>, lane: usize, options: Arc<Options>, started: Instant) -> LaneResult {
+    let senders = Senders::for_lane(lane, options.concurrency);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (lane as u64 + 1).wrapping_mul(0x1000_0000_01b3));
+    let mut result = LaneResult::default();
+    let end = started + Duration::from_secs(options.seconds);
+    let mut k = 0u64;
+    loop {
+        // Open loop: this lane's k-th arrival is due at a fixed time, whether or not we are late.
+        let due = match options.rate {
+            Some(rate) => {
+                started
+                    + Duration::from_secs_f64((k * options.concurrency as u64 + lane as u64) as f64 / rate)
+            }
+            None => Instant::now(),
+        };
+        if due >= end {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let id = target.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = update(id, senders.pick(&mut rng), &mut rng);
+        target.send(body, &mut result).await;
+        result.latencies.push(due.elapsed());
+        k += 1;
+    }
+    result
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = Arc::new(parse_args()?);
+    let get =
+        |key: &str| options.env.get(key).cloned().with_context(|| format!("{key} missing from the env file"));
+    let target = Arc::new(Target {
+        client: reqwest::Client::builder().pool_max_idle_per_host(options.concurrency).build()?,
+        url: get("BOTFLEET_WEBHOOK_URL")?,
+        secret: get("BOTFLEET_WEBHOOK_SECRET")?,
+        next_id: AtomicI64::new(options.first_update_id),
+    });
+    let started = Instant::now();
+    let lanes: Vec<_> = (0..options.concurrency)
+        .map(|n| tokio::spawn(lane(target.clone(), n, options.clone(), started)))
+        .collect();
+    let mut all = LaneResult::default();
+    for lane in lanes {
+        let result = lane.await?;
+        all.latencies.extend(result.latencies);
+        all.ok += result.ok;
+        all.non_2xx += result.non_2xx;
+        all.errors += result.errors;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.latencies.sort();
+    let summary = json!({
+        "workload": "W1",
+        "mode": if options.rate.is_some() { "open" } else { "closed" },
+        "concurrency": options.concurrency,
+        "rate": options.rate,
+        "seconds": elapsed,
+        "sent": all.latencies.len(),
+        "ok": all.ok,
+        "non_2xx": all.non_2xx,
+        "errors": all.errors,
+        "throughput": all.ok as f64 / elapsed,
+        "p50_ms": percentile(&all.latencies, 0.50),
+        "p99_ms": percentile(&all.latencies, 0.99),
+        "p999_ms": percentile(&all.latencies, 0.999),
+        "first_update_id": options.first_update_id,
+        "last_update_id": target.next_id.load(Ordering::Relaxed) - 1,
+    });
+    println!("{summary}");
+    Ok(())
+}
