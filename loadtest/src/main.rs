@@ -47,6 +47,9 @@ fn parse_args() -> anyhow::Result<Options> {
             _ => bail!("unknown flag {flag}"),
         }
     }
+    if concurrency == 0 || concurrency > USERS {
+        bail!("--concurrency must be 1 to {USERS}, so that every lane owns senders");
+    }
     let text = std::fs::read_to_string(&env_file).with_context(|| format!("reading {env_file}"))?;
     let env =
         text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
