@@ -251,10 +251,18 @@ async fn renew(mut conn: Conn, lease_key: String, token: String, lease: Duration
     }
 }
 
-/// A random number for tokens: unique per attempt, not a secret.
+/// A random number for tokens: unique per attempt, not a secret. Every `RandomState` is seeded
+/// afresh from the process's random keys, so hashing nothing still gives a new number each time.
 fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos());
-    hasher.finish()
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_do_not_repeat() {
+        let tokens: std::collections::HashSet<u64> = (0..10_000).map(|_| super::rand_u64()).collect();
+        assert_eq!(tokens.len(), 10_000);
+    }
 }
