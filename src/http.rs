@@ -79,6 +79,8 @@ pub struct Server {
     grace: Duration,
     /// Background loops of the process, stopped once the servers have drained.
     background: Vec<CancellationToken>,
+    /// Cancelled as soon as the drain starts (long-lived responses end then).
+    on_drain: Vec<CancellationToken>,
 }
 
 impl Server {
@@ -101,7 +103,14 @@ impl Server {
             tasks,
             grace: common.shutdown_grace,
             background: Vec::new(),
+            on_drain: Vec::new(),
         })
+    }
+
+    /// Cancels `token` as soon as the drain starts: for responses that never end by themselves.
+    pub fn cancel_on_drain(mut self, token: CancellationToken) -> Self {
+        self.on_drain.push(token);
+        self
     }
 
     /// Stops a background loop of the process (cancels `token`) after the drain.
@@ -129,10 +138,11 @@ impl Server {
                 .into_future(),
         );
         let draining = {
-            let (shutdown, readiness) = (shutdown.clone(), self.readiness.clone());
+            let (shutdown, readiness, on_drain) = (shutdown.clone(), self.readiness.clone(), self.on_drain);
             tokio::spawn(async move {
                 shutdown.cancelled().await;
                 readiness.start_draining();
+                on_drain.iter().for_each(CancellationToken::cancel);
             })
         };
         let served = serve(self.main.listener, self.main.router, shutdown, self.tasks, self.grace).await;

@@ -5,7 +5,8 @@
 //! chat or user id, never a token.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -38,6 +39,18 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Posts published to the feed stream, by bot.
     pub publishes: IntCounterVec,
+    /// Open SSE streams on this node.
+    pub sse_clients: IntGauge,
+    /// SSE events written to clients (live and replayed).
+    pub sse_events: IntCounter,
+    /// SSE clients dropped for falling too far behind.
+    pub sse_dropped: IntCounter,
+    /// SSE reconnections with `Last-Event-ID`.
+    pub sse_resumes: IntCounter,
+    /// SSE resumptions told to reload because the stream no longer reached back.
+    pub sse_resyncs: IntCounter,
+    /// SSE connections refused at the node's limit.
+    pub sse_rejected: IntCounter,
 }
 
 impl Metrics {
@@ -61,6 +74,13 @@ impl Metrics {
             registry.register(Box::new(histogram.clone()))?;
             Ok(histogram)
         };
+        let plain = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let counter = IntCounter::new(name, help)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let sse_clients = IntGauge::new("botfleet_sse_clients", "Open SSE streams on this node")?;
+        registry.register(Box::new(sse_clients.clone()))?;
         let update_seconds =
             histogram("botfleet_update_handling_seconds", "Time to handle one update, by kind", &["kind"])?;
         Ok(Self {
@@ -114,6 +134,15 @@ impl Metrics {
             user_cache: counter("botfleet_user_cache_total", "User-cache lookups, by result", &["result"])?,
             dead_letters: counter("botfleet_dead_letters_total", "Updates dead-lettered, by bot", &["bot"])?,
             publishes: counter("botfleet_publishes_total", "Posts published to the feed, by bot", &["bot"])?,
+            sse_clients,
+            sse_events: plain("botfleet_sse_events_total", "SSE events written to clients")?,
+            sse_dropped: plain("botfleet_sse_dropped_total", "SSE clients dropped for falling behind")?,
+            sse_resumes: plain("botfleet_sse_resumes_total", "SSE reconnections with Last-Event-ID")?,
+            sse_resyncs: plain("botfleet_sse_resyncs_total", "SSE resumptions told to reload page 1")?,
+            sse_rejected: plain(
+                "botfleet_sse_rejected_total",
+                "SSE connections refused at the node's limit",
+            )?,
             registry,
         })
     }

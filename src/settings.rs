@@ -42,6 +42,8 @@ pub const MAX_ATTEMPTS: &str = "BOTFLEET_MAX_ATTEMPTS";
 pub const DIALOGUE_TTL_SECS: &str = "BOTFLEET_DIALOGUE_TTL_SECS";
 pub const USER_CACHE_TTL_SECS: &str = "BOTFLEET_USER_CACHE_TTL_SECS";
 pub const FEED_STREAM_LEN: &str = "BOTFLEET_FEED_STREAM_LEN";
+pub const SSE_MAX_CLIENTS: &str = "BOTFLEET_SSE_MAX_CLIENTS";
+pub const SSE_HEARTBEAT_SECS: &str = "BOTFLEET_SSE_HEARTBEAT_SECS";
 
 const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 
@@ -338,6 +340,10 @@ pub struct ApiSettings {
     pub db_pool_size: usize,
     pub redis_url: Secret,
     pub redis_prefix: String,
+    /// Open SSE streams one node accepts; more get 503.
+    pub sse_max_clients: usize,
+    /// Comment lines keep idle SSE streams open through proxies this often.
+    pub sse_heartbeat: Duration,
 }
 
 impl ApiSettings {
@@ -357,6 +363,8 @@ impl ApiSettings {
             db_pool_size: src.parse_or(DB_POOL_SIZE, 16)?,
             redis_url: src.redis_url()?,
             redis_prefix: src.get(REDIS_PREFIX).unwrap_or("botfleet").to_owned(),
+            sse_max_clients: src.parse_or(SSE_MAX_CLIENTS, 10_000)?,
+            sse_heartbeat: Duration::from_secs(src.parse_or(SSE_HEARTBEAT_SECS, 15)?),
         })
     }
 }

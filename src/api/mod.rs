@@ -6,6 +6,7 @@
 mod cursor;
 mod feed;
 mod reader;
+mod stream;
 
 use std::sync::Arc;
 
@@ -19,17 +20,21 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Readiness;
 use crate::http::{Server, json_error};
+use crate::kv::FeedKeys;
 use crate::metrics::Metrics;
 use crate::settings::ApiSettings;
+use crate::shutdown::CancellationToken;
 use crate::{db, kv};
 
 pub use cursor::Cursor;
 use reader::Reader;
+use stream::Hub;
 
 #[derive(Clone)]
 pub(crate) struct ApiState {
     pub reader: Arc<Reader>,
     pub metrics: Arc<Metrics>,
+    pub hub: Arc<Hub>,
 }
 
 /// Binds an API node's listeners; `run_until_stopped` on the result serves.
@@ -40,11 +45,14 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .iter()
         .map(|url| db::pool(url, settings.db_pool_size))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let redis = kv::pool(&settings.redis_url, 4)?;
+    let redis = kv::pool(&settings.redis_url, 8)?;
     let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
-    let state = ApiState { reader: reader.clone(), metrics: metrics.clone() };
+    let keys = FeedKeys::new(&settings.redis_prefix);
+    let hub = Hub::new(keys, redis.clone(), settings.sse_max_clients, settings.sse_heartbeat);
+    let state = ApiState { reader: reader.clone(), metrics: metrics.clone(), hub: hub.clone() };
     let router = Router::new()
         .route("/api/feed", get(feed::page))
+        .route("/api/feed/stream", get(stream::stream))
         .route("/api/posts/{id}", get(feed::post))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -56,8 +64,13 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
             vec![("postgres", db_ok), ("redis", redis_ok)]
         }
     });
+    let background = CancellationToken::new();
+    let client = redis::Client::open(settings.redis_url.expose())?;
+    tokio::spawn(hub.clone().run(client, background.clone()));
     let tasks = TaskTracker::new();
-    Server::bind("api", settings.listen, router, &settings.common, metrics, readiness, tasks).await
+    let server =
+        Server::bind("api", settings.listen, router, &settings.common, metrics, readiness, tasks).await?;
+    Ok(server.cancel_on_drain(hub.closing.clone()).cancel_on_stop(background))
 }
 
 /// Counts every answer by route template (bounded) and status.

@@ -258,7 +258,17 @@ pub async fn spawn_worker_with(
 
 /// An API node reading the replica (when `replica`) with the primary as fallback.
 pub async fn spawn_api(db: &TestDb, redis_prefix: &str, replica: bool) -> Running {
+    spawn_api_with(db, redis_prefix, replica, &[]).await
+}
+
+pub async fn spawn_api_with(
+    db: &TestDb,
+    redis_prefix: &str,
+    replica: bool,
+    extra: &[(&str, &str)],
+) -> Running {
     let mut pairs = base_settings(db, API_ROLE, redis_prefix);
+    pairs.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     if replica {
         db.wait_for_replica().await;
         pairs.push((settings::REPLICA_URLS.into(), db.url(API_ROLE, true)));

@@ -14,4 +14,5 @@ mod feed;
 mod helpers;
 mod lua;
 mod schema;
+mod stream;
 mod webhook;
