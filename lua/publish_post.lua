@@ -3,10 +3,12 @@
 -- KEYS[1]  feed stream       <prefix>:feed:stream   capped stream; its entry ids are the offsets
 -- KEYS[2]  page generation   <prefix>:feed:gen      bumped so every cached page is stale
 -- KEYS[3]  published marker  <prefix>:feed:pub:<post id>
+-- KEYS[4]  newest post       <prefix>:feed:newest   the post a fresh replica must already have
 -- ARGV[1]  channel           <prefix>:feed:live     PUBLISHed "<offset> <post JSON>"
 -- ARGV[2]  the rendered post as JSON
 -- ARGV[3]  how many entries the stream keeps (approximately)
 -- ARGV[4]  how long to remember that the post went out, in ms
+-- ARGV[5]  the post's id
 --
 -- Returns the stream offset of the post, or false if it had already been published (a
 -- redelivered update publishes nothing twice).
@@ -15,5 +17,6 @@ if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[4]) then
 end
 local offset = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'post', ARGV[2])
 redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[4], ARGV[5])
 redis.call('PUBLISH', ARGV[1], offset .. ' ' .. ARGV[2])
 return offset

@@ -37,10 +37,12 @@ pub async fn publish(
         .key(&keys.stream)
         .key(&keys.generation)
         .key(keys.published(post.id))
+        .key(&keys.newest)
         .arg(&keys.channel)
         .arg(serde_json::to_string(post)?)
         .arg(stream_len)
         .arg(PUBLISHED_MEMORY_MS)
+        .arg(post.id)
         .invoke_async(conn)
         .await?;
     Ok(offset)

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub sse_resyncs: IntCounter,
     /// SSE connections refused at the node's limit.
     pub sse_rejected: IntCounter,
+    /// Feed page lookups by result (`local_hit`, `redis_hit`, `miss`).
+    pub page_cache: IntCounterVec,
+    /// Feed reads that skipped a replica because it had not replayed the newest post.
+    pub replica_lagging: IntCounter,
 }
 
 impl Metrics {
@@ -142,6 +146,11 @@ impl Metrics {
             sse_rejected: plain(
                 "botfleet_sse_rejected_total",
                 "SSE connections refused at the node's limit",
+            )?,
+            page_cache: counter("botfleet_page_cache_total", "Feed page lookups, by result", &["result"])?,
+            replica_lagging: plain(
+                "botfleet_replica_lagging_total",
+                "Feed reads that skipped a replica lagging behind the newest post",
             )?,
             registry,
         })

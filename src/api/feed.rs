@@ -2,12 +2,15 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
+use std::sync::Arc;
+
 use super::ApiState;
+use super::cache::Page;
 use super::cursor::Cursor;
 use super::reader::ReadError;
 use crate::feed::{Author, PostView};
@@ -44,7 +47,11 @@ pub struct FeedQuery {
     cursor: Option<String>,
 }
 
-pub async fn page(State(state): State<ApiState>, Query(query): Query<FeedQuery>) -> Response {
+pub async fn page(
+    State(state): State<ApiState>,
+    Query(query): Query<FeedQuery>,
+    headers: HeaderMap,
+) -> Response {
     let limit = match query.limit.as_deref().map(str::parse::<i64>) {
         None => DEFAULT_LIMIT,
         Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
@@ -55,6 +62,25 @@ pub async fn page(State(state): State<ApiState>, Query(query): Query<FeedQuery>)
         Some(Ok(cursor)) => Some(cursor),
         Some(Err(_)) => return json_error(StatusCode::BAD_REQUEST, "invalid cursor"),
     };
+    let name = format!("{limit}:{}", query.cursor.as_deref().unwrap_or("first"));
+    let page = match state.cache.state().await {
+        Some(feed) => state.cache.get(feed, &name, || load_page(&state, limit, cursor, feed.newest)).await,
+        // Redis cannot say what is current: serve straight from the database, uncached.
+        None => load_page(&state, limit, cursor, None).await.map(Arc::new),
+    };
+    match page {
+        Ok(page) => respond(&page, &headers),
+        Err(e) => read_failed(e),
+    }
+}
+
+/// Reads one page from the database; `newest` guards against lagging replicas.
+async fn load_page(
+    state: &ApiState,
+    limit: i64,
+    cursor: Option<Cursor>,
+    newest: Option<i64>,
+) -> Result<Page, ReadError> {
     // One more row than asked tells whether there is a next page.
     let fetch = limit + 1;
     let rows = match cursor {
@@ -65,7 +91,7 @@ pub async fn page(State(state): State<ApiState>, Query(query): Query<FeedQuery>)
                  WHERE {VISIBLE}
                  ORDER BY p.published_at DESC, p.id DESC LIMIT $1"
             );
-            state.reader.query(&sql, &[&fetch]).await
+            state.reader.query(&sql, &[&fetch], newest).await?
         }
         Some(cursor) => {
             let sql = format!(
@@ -74,12 +100,8 @@ pub async fn page(State(state): State<ApiState>, Query(query): Query<FeedQuery>)
                  WHERE {VISIBLE} AND (p.published_at, p.id) < ($1, $2)
                  ORDER BY p.published_at DESC, p.id DESC LIMIT $3"
             );
-            state.reader.query(&sql, &[&cursor.published_at, &cursor.id, &fetch]).await
+            state.reader.query(&sql, &[&cursor.published_at, &cursor.id, &fetch], newest).await?
         }
-    };
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(e) => return read_failed(e),
     };
     let mut posts: Vec<PostView> = rows.iter().map(post_view).collect();
     let next_cursor = if posts.len() as i64 > limit {
@@ -88,13 +110,35 @@ pub async fn page(State(state): State<ApiState>, Query(query): Query<FeedQuery>)
     } else {
         None
     };
-    let mut response = Json(FeedPage { posts, next_cursor: next_cursor.clone() }).into_response();
-    if let Some(next) = next_cursor {
-        // Cursors are base64url, so they need no escaping inside the URL.
-        let link = format!("</api/feed?limit={limit}&cursor={next}>; rel=\"next\"");
-        if let Ok(value) = HeaderValue::from_str(&link) {
-            response.headers_mut().insert(header::LINK, value);
-        }
+    // Cursors are base64url, so they need no escaping inside the URL.
+    let link =
+        next_cursor.as_ref().map(|next| format!("</api/feed?limit={limit}&cursor={next}>; rel=\"next\""));
+    let body = serde_json::to_vec(&FeedPage { posts, next_cursor })
+        .map_err(|e| ReadError::Unavailable(format!("encoding a page: {e}")))?;
+    Ok(Page::new(body, link))
+}
+
+/// 304 when the client has this very page, else the page; either way fit for shared caches
+/// for a second (a new post must show within one).
+fn respond(page: &Page, headers: &HeaderMap) -> Response {
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == page.etag || tag.trim() == "*"));
+    let mut response = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], page.body.clone()).into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
+    if let Ok(etag) = HeaderValue::from_str(&page.etag) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Some(link) = page.link.as_deref().and_then(|l| HeaderValue::from_str(l).ok())
+        && !fresh
+    {
+        headers.insert(header::LINK, link);
     }
     response
 }
@@ -108,7 +152,7 @@ pub async fn post(State(state): State<ApiState>, Path(id): Path<String>) -> Resp
          JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
          WHERE {VISIBLE} AND p.id = $1"
     );
-    match state.reader.query(&sql, &[&id]).await {
+    match state.reader.query(&sql, &[&id], None).await {
         Ok(rows) => match rows.first() {
             Some(row) => Json(post_view(row)).into_response(),
             None => json_error(StatusCode::NOT_FOUND, "no such post"),

@@ -3,6 +3,7 @@
 //! It never writes to Postgres (its role cannot) and never holds a bot token in anything it
 //! serves.
 
+mod cache;
 mod cursor;
 mod feed;
 mod reader;
@@ -26,6 +27,7 @@ use crate::settings::ApiSettings;
 use crate::shutdown::CancellationToken;
 use crate::{db, kv};
 
+use cache::PageCache;
 pub use cursor::Cursor;
 use reader::Reader;
 use stream::Hub;
@@ -35,6 +37,7 @@ pub(crate) struct ApiState {
     pub reader: Arc<Reader>,
     pub metrics: Arc<Metrics>,
     pub hub: Arc<Hub>,
+    pub cache: Arc<PageCache>,
 }
 
 /// Binds an API node's listeners; `run_until_stopped` on the result serves.
@@ -48,8 +51,9 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
     let redis = kv::pool(&settings.redis_url, 8)?;
     let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
     let keys = FeedKeys::new(&settings.redis_prefix);
+    let cache = Arc::new(PageCache::new(redis.clone(), keys.clone(), metrics.clone()));
     let hub = Hub::new(keys, redis.clone(), settings.sse_max_clients, settings.sse_heartbeat);
-    let state = ApiState { reader: reader.clone(), metrics: metrics.clone(), hub: hub.clone() };
+    let state = ApiState { reader: reader.clone(), metrics: metrics.clone(), hub: hub.clone(), cache };
     let router = Router::new()
         .route("/api/feed", get(feed::page))
         .route("/api/feed/stream", get(stream::stream))

@@ -1,5 +1,5 @@
-//! Where feed reads go: the first replica that answers, else the primary. All connections use
-//! the read-only API role. (Lag-aware routing and health checks come with the feed-cache work.)
+//! Where feed reads go: the first replica that answers and is current enough, else the primary.
+//! All connections use the read-only API role.
 
 use std::sync::Arc;
 
@@ -29,8 +29,15 @@ impl Reader {
         Self { primary, replicas, metrics }
     }
 
-    /// Runs a read-only query on the first database that can answer it.
-    pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, ReadError> {
+    /// Runs a read-only query on the first database that can answer it. With `newest`, a
+    /// replica that has not yet replayed that post lags and is skipped: whatever it would answer
+    /// could be cached stale (the replica-lag guard). The primary is always current.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        newest: Option<i64>,
+    ) -> Result<Vec<Row>, ReadError> {
         let sources = self.replicas.iter().map(|pool| (pool, "replica")).chain([(&self.primary, "primary")]);
         let mut last_problem = String::new();
         for (pool, source) in sources {
@@ -42,6 +49,20 @@ impl Reader {
                     continue;
                 }
             };
+            if let (Some(newest), "replica") = (newest, source) {
+                match client.query_opt("SELECT 1 FROM posts WHERE id = $1", &[&newest]).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        self.metrics.replica_lagging.inc();
+                        tracing::debug!(newest, "replica lags behind the newest post; skipping it");
+                        continue;
+                    }
+                    Err(e) => {
+                        last_problem = e.to_string();
+                        continue;
+                    }
+                }
+            }
             let result = match client.prepare_cached(sql).await {
                 Ok(statement) => client.query(&statement, params).await,
                 Err(e) => Err(e),

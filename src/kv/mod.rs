@@ -110,6 +110,8 @@ impl BotKeys {
 pub struct FeedKeys {
     pub stream: String,
     pub generation: String,
+    /// The id of the newest published post: a replica that lacks it lags.
+    pub newest: String,
     pub channel: String,
     prefix: String,
 }
@@ -119,9 +121,15 @@ impl FeedKeys {
         Self {
             stream: format!("{deployment}:feed:stream"),
             generation: format!("{deployment}:feed:gen"),
+            newest: format!("{deployment}:feed:newest"),
             channel: format!("{deployment}:feed:live"),
             prefix: deployment.to_owned(),
         }
+    }
+
+    /// A cached feed page of one generation.
+    pub fn page(&self, generation: i64, page: &str) -> String {
+        format!("{}:feed:page:{generation}:{page}", self.prefix)
     }
 
     /// Marks a post as published to the stream, so that it goes out once.

@@ -112,6 +112,20 @@ async fn cluster_up_twice_serves_a_post_end_to_end_then_down_is_clean() {
     let posts: i64 =
         primary.query_one("SELECT count(*) FROM posts WHERE update_id = 2", &[]).await.unwrap().get(0);
     assert_eq!(posts, 1, "a duplicate delivery through the cluster must make one post");
+    // Once the replica has replayed the posts, a page nobody asked for yet is read from it.
+    let replica = crate::helpers::connect(env["BOTFLEET_REPLICA_URLS"].split(',').next().unwrap()).await;
+    eventually(Duration::from_secs(5), "the replica to replay the posts", || async {
+        let n: i64 = replica.query_one("SELECT count(*) FROM posts", &[]).await.ok()?.get(0);
+        (n == 2).then_some(())
+    })
+    .await;
+    let page: Value = reqwest::get(format!("{}/api/feed?limit=7", env["BOTFLEET_URL"]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["posts"].as_array().unwrap().len(), 2);
     let mut replica_reads = 0;
     for url in env["BOTFLEET_METRICS_URLS"].split(',') {
         let text = reqwest::get(url).await.unwrap().text().await.unwrap();

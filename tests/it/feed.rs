@@ -1,8 +1,14 @@
-//! The feed API: keyset pages with opaque cursors and a Link header, clear 4xx for bad input.
+//! The feed API: keyset pages with opaque cursors and a Link header, clear 4xx for bad input,
+//! the page cache (single-flight, ETag, generation) and the replica-lag guard (invariant 6).
+
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{TestDb, spawn_api, unique};
+use crate::helpers::{
+    MAIN_BOT, TestDb, deliver_update, eventually, spawn_api, spawn_api_with, spawn_fake, spawn_worker,
+    text_update, unique,
+};
 
 /// Inserts `n` published posts directly, oldest first, each a millisecond apart.
 async fn seed_posts(db: &TestDb, n: i64) {
@@ -76,4 +82,98 @@ async fn feed_rejects_bad_limits_and_cursors_with_json_errors() {
         let body: Value = response.json().await.unwrap();
         assert!(body["error"].is_string(), "{path}: {body}");
     }
+}
+
+#[tokio::test]
+async fn a_burst_of_cold_requests_for_one_page_costs_one_query() {
+    let db = TestDb::fresh().await;
+    seed_posts(&db, 30).await;
+    let api = spawn_api(&db, &unique("r"), false).await;
+    let client = reqwest::Client::new();
+    let burst = (0..100).map(|_| {
+        let client = client.clone();
+        let url = api.url("/api/feed?limit=20");
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    });
+    let bodies = futures_util::future::join_all(burst).await;
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "every request must get the same page");
+    let queries: u64 =
+        ["replica", "primary"].iter().map(|s| api.metrics.feed_reads.with_label_values(&[s]).get()).sum();
+    assert_eq!(queries, 1, "100 identical cold requests must cost one database query");
+    assert_eq!(api.metrics.page_cache.with_label_values(&["miss"]).get(), 1);
+}
+
+#[tokio::test]
+async fn pages_carry_an_etag_and_answer_304_when_unchanged() {
+    let db = TestDb::fresh().await;
+    seed_posts(&db, 3).await;
+    let api = spawn_api(&db, &unique("r"), false).await;
+    let first = reqwest::get(api.url("/api/feed")).await.unwrap();
+    assert_eq!(first.headers()["cache-control"], "public, max-age=1");
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let again =
+        reqwest::Client::new().get(api.url("/api/feed")).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    assert!(again.bytes().await.unwrap().is_empty());
+    let other = reqwest::Client::new()
+        .get(api.url("/api/feed"))
+        .header("if-none-match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+}
+
+#[tokio::test]
+async fn a_new_post_is_on_page_one_at_once_although_the_page_was_cached() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (_fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
+    let api = spawn_api(&db, &prefix, true).await;
+    deliver_update(&worker, &MAIN_BOT, &text_update(1, 42, "the first post of the feed")).await;
+    let page = |api: &crate::helpers::Running| reqwest::get(api.url("/api/feed"));
+    eventually(Duration::from_secs(1), "the first post on page 1", || async {
+        let feed: Value = page(&api).await.ok()?.json().await.ok()?;
+        (feed["posts"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    // Page 1 is now cached, in the process and in Redis.
+    let _: Value = page(&api).await.unwrap().json().await.unwrap();
+    assert!(api.metrics.page_cache.with_label_values(&["local_hit"]).get() >= 1);
+    deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, "the second post of the feed")).await;
+    eventually(Duration::from_secs(1), "the new post on page 1", || async {
+        let feed: Value = page(&api).await.ok()?.json().await.ok()?;
+        (feed["posts"][0]["text"] == "the second post of the feed").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_that_lacks_the_newest_post_is_skipped_for_the_primary() {
+    let db = TestDb::fresh().await;
+    seed_posts(&db, 2).await;
+    // A database without the posts stands in for a replica that has not replayed them yet.
+    let stale = TestDb::fresh().await;
+    let prefix = unique("r");
+    let newest: i64 = db.count("SELECT max(id) FROM posts WHERE bot_id = 1 AND author_id = 2").await;
+    let mut conn = redis::Client::open(crate::helpers::env("BOTFLEET_TEST_REDIS_URL"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(botfleet::kv::FeedKeys::new(&prefix).newest)
+        .arg(newest)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let replica = stale.url(crate::helpers::API_ROLE, false);
+    let api = spawn_api_with(&db, &prefix, false, &[("BOTFLEET_REPLICA_URLS", replica.as_str())]).await;
+    let feed: Value = reqwest::get(api.url("/api/feed")).await.unwrap().json().await.unwrap();
+    assert_eq!(feed["posts"].as_array().unwrap().len(), 2, "the page must come from the primary");
+    assert_eq!(api.metrics.replica_lagging.get(), 1);
+    assert_eq!(api.metrics.feed_reads.with_label_values(&["replica"]).get(), 0);
+    assert_eq!(api.metrics.feed_reads.with_label_values(&["primary"]).get(), 1);
 }

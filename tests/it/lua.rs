@@ -156,10 +156,12 @@ async fn publish_post_goes_out_once_atomically() {
             .key(&keys.stream)
             .key(&keys.generation)
             .key(keys.published(post_id))
+            .key(&keys.newest)
             .arg(&keys.channel)
             .arg(json)
             .arg(100)
             .arg(60_000)
+            .arg(post_id)
             .invoke_async(conn)
             .await
             .unwrap()
@@ -170,6 +172,8 @@ async fn publish_post_goes_out_once_atomically() {
     assert_eq!(again, None, "publishing the same post twice must do nothing");
     let generation: i64 = redis::cmd("GET").arg(&keys.generation).query_async(&mut conn).await.unwrap();
     assert_eq!(generation, 1);
+    let newest: i64 = redis::cmd("GET").arg(&keys.newest).query_async(&mut conn).await.unwrap();
+    assert_eq!(newest, 1, "the newest published post is recorded for the replica-lag guard");
     let length: i64 = redis::cmd("XLEN").arg(&keys.stream).query_async(&mut conn).await.unwrap();
     assert_eq!(length, 1);
     let message: String = pubsub.on_message().next().await.unwrap().get_payload().unwrap();

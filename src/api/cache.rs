@@ -1,0 +1,170 @@
+//! The feed page cache: in-process for the hottest pages, then Redis, then the database.
+//!
+//! Keys carry the feed's generation, which `publish_post.lua` (and any removal) bumps, so one
+//! INCR makes every cached page stale on every node — never `KEYS`, never a delete. Concurrent
+//! misses of one page on one node make one database query (single-flight). A page is only
+//! cached from a database that has the newest published post (see `Reader::query`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use redis::AsyncCommands;
+use tokio::sync::OnceCell;
+
+use crate::kv::{self, FeedKeys};
+use crate::metrics::Metrics;
+
+/// Pages kept in process per generation: the first pages of the common limits.
+const LOCAL_PAGES: usize = 64;
+/// How long Redis keeps a page (a new generation makes it unreachable long before).
+const REDIS_TTL: Duration = Duration::from_secs(60);
+
+/// A rendered page: the JSON body, its entity tag and the `Link` to the next page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub body: Bytes,
+    pub etag: String,
+    pub link: Option<String>,
+}
+
+impl Page {
+    pub fn new(body: Vec<u8>, link: Option<String>) -> Self {
+        // DefaultHasher::new() has fixed keys: the same body gets the same tag on every node.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut hasher);
+        Self { etag: format!("\"{:016x}\"", hasher.finish()), body: Bytes::from(body), link }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = format!("{}\n{}\n", self.etag, self.link.as_deref().unwrap_or("")).into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Option<Self> {
+        let mut parts = raw.splitn(3, |b| *b == b'\n');
+        let etag = String::from_utf8(parts.next()?.to_vec()).ok()?;
+        let link = String::from_utf8(parts.next()?.to_vec()).ok()?;
+        let body = Bytes::copy_from_slice(parts.next()?);
+        Some(Self { etag, link: (!link.is_empty()).then_some(link), body })
+    }
+}
+
+/// What the cache needs to know about the feed right now.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedState {
+    pub generation: i64,
+    /// The newest published post, which a replica must have to be read from.
+    pub newest: Option<i64>,
+}
+
+#[derive(Default)]
+struct Local {
+    generation: i64,
+    pages: HashMap<String, Arc<Page>>,
+}
+
+pub struct PageCache {
+    redis: deadpool_redis::Pool,
+    keys: FeedKeys,
+    metrics: Arc<Metrics>,
+    local: Mutex<Local>,
+    flights: Mutex<HashMap<String, Arc<OnceCell<Arc<Page>>>>>,
+}
+
+impl PageCache {
+    pub fn new(redis: deadpool_redis::Pool, keys: FeedKeys, metrics: Arc<Metrics>) -> Self {
+        Self { redis, keys, metrics, local: Mutex::default(), flights: Mutex::default() }
+    }
+
+    /// The feed's generation and newest post, or `None` if Redis cannot tell (then pages are
+    /// served uncached).
+    pub async fn state(&self) -> Option<FeedState> {
+        let mut conn = kv::conn(&self.redis).await.ok()?;
+        let (generation, newest): (Option<i64>, Option<i64>) =
+            conn.mget(&[&self.keys.generation, &self.keys.newest]).await.ok()?;
+        Some(FeedState { generation: generation.unwrap_or(0), newest })
+    }
+
+    /// The page `name` of generation `state`, loading it with `load` on a miss.
+    pub async fn get<E, F, Fut>(&self, state: FeedState, name: &str, load: F) -> Result<Arc<Page>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Page, E>>,
+    {
+        if let Some(page) = self.local_get(state.generation, name) {
+            self.metrics.page_cache.with_label_values(&["local_hit"]).inc();
+            return Ok(page);
+        }
+        let key = self.keys.page(state.generation, name);
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            flights.entry(key.clone()).or_default().clone()
+        };
+        let page = flight
+            .get_or_try_init(|| async {
+                if let Some(page) = self.redis_get(&key).await {
+                    self.metrics.page_cache.with_label_values(&["redis_hit"]).inc();
+                    return Ok(Arc::new(page));
+                }
+                self.metrics.page_cache.with_label_values(&["miss"]).inc();
+                let page = load().await?;
+                self.redis_set(&key, &page).await;
+                Ok(Arc::new(page))
+            })
+            .await
+            .cloned();
+        self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        if let Ok(page) = &page {
+            self.local_put(state.generation, name, page.clone());
+        }
+        page
+    }
+
+    fn local_get(&self, generation: i64, name: &str) -> Option<Arc<Page>> {
+        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        (local.generation == generation).then(|| local.pages.get(name).cloned()).flatten()
+    }
+
+    fn local_put(&self, generation: i64, name: &str, page: Arc<Page>) {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if generation > local.generation {
+            *local = Local { generation, pages: HashMap::new() };
+        }
+        if generation == local.generation && local.pages.len() < LOCAL_PAGES {
+            local.pages.insert(name.to_owned(), page);
+        }
+    }
+
+    async fn redis_get(&self, key: &str) -> Option<Page> {
+        let mut conn = kv::conn(&self.redis).await.ok()?;
+        let raw: Option<Vec<u8>> = conn.get(key).await.ok()?;
+        raw.and_then(|raw| Page::decode(&raw))
+    }
+
+    async fn redis_set(&self, key: &str, page: &Page) {
+        // A page that could not be cached is still served.
+        if let Ok(mut conn) = kv::conn(&self.redis).await {
+            let _: Result<(), _> = conn.set_ex(key, page.encode(), REDIS_TTL.as_secs()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_round_trip_through_their_redis_form() {
+        let page = Page::new(b"{\"posts\":[]}\n".to_vec(), Some("</api/feed?cursor=x>; rel=\"next\"".into()));
+        let back = Page::decode(&page.encode()).unwrap();
+        assert_eq!((back.etag, back.link, back.body), (page.etag.clone(), page.link, page.body));
+        assert_eq!(Page::new(b"same".to_vec(), None).etag, Page::new(b"same".to_vec(), None).etag);
+        assert_ne!(Page::new(b"one".to_vec(), None).etag, Page::new(b"two".to_vec(), None).etag);
+        assert!(Page::decode(b"no newline").is_none());
+    }
+}
