@@ -16,7 +16,31 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
-type CheckFuture = Pin<Box<dyn Future<Output = Vec<(&'static str, bool)>> + Send>>;
+/// The state of one dependency, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// Partly down, but the process can still do its work (a replica down: the primary serves).
+    Degraded,
+    /// Down: the process cannot work, and `/readyz` fails.
+    Unreachable,
+}
+
+impl Health {
+    pub fn of(up: bool) -> Self {
+        if up { Health::Ok } else { Health::Unreachable }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Degraded => "degraded",
+            Health::Unreachable => "unreachable",
+        }
+    }
+}
+
+type CheckFuture = Pin<Box<dyn Future<Output = Vec<(&'static str, Health)>> + Send>>;
 
 /// What `/readyz` reports: whether the process drains, and a check of its dependencies that
 /// returns each dependency's name and whether it answered.
@@ -30,7 +54,7 @@ impl Readiness {
     pub fn new<F, Fut>(check: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<(&'static str, bool)>> + Send + 'static,
+        Fut: Future<Output = Vec<(&'static str, Health)>> + Send + 'static,
     {
         Self { draining: Arc::new(AtomicBool::new(false)), check: Arc::new(move || Box::pin(check())) }
     }
@@ -64,12 +88,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());
     }
     let checks = (state.readiness.check)().await;
-    let body: String = checks
-        .iter()
-        .map(|(name, ok)| format!("{name}: {}\n", if *ok { "ok" } else { "unreachable" }))
-        .collect();
-    let status =
-        if checks.iter().all(|(_, ok)| *ok) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body: String = checks.iter().map(|(name, health)| format!("{name}: {}\n", health.as_str())).collect();
+    let up = checks.iter().all(|(_, health)| *health != Health::Unreachable);
+    let status = if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, body)
 }
 

@@ -44,6 +44,7 @@ pub const USER_CACHE_TTL_SECS: &str = "BOTFLEET_USER_CACHE_TTL_SECS";
 pub const FEED_STREAM_LEN: &str = "BOTFLEET_FEED_STREAM_LEN";
 pub const SSE_MAX_CLIENTS: &str = "BOTFLEET_SSE_MAX_CLIENTS";
 pub const SSE_HEARTBEAT_SECS: &str = "BOTFLEET_SSE_HEARTBEAT_SECS";
+pub const CORS_ORIGINS: &str = "BOTFLEET_CORS_ORIGINS";
 
 const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 
@@ -162,6 +163,22 @@ impl Source {
         } else {
             Err(SettingsError::new(key, format!("{role:?} is not a plain lower-case role name")))
         }
+    }
+
+    /// `BOTFLEET_CORS_ORIGINS`: comma-separated `scheme://host[:port]` origins.
+    fn origins(&self) -> Result<Vec<String>, SettingsError> {
+        let raw = self.get(CORS_ORIGINS).unwrap_or_default();
+        raw.split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|origin| match Url::parse(origin) {
+                Ok(url) if url.origin().ascii_serialization() == origin => Ok(origin.to_owned()),
+                _ => Err(SettingsError::new(
+                    CORS_ORIGINS,
+                    format!("{origin:?} is not an origin like https://example.org"),
+                )),
+            })
+            .collect()
     }
 
     /// The bots named by `BOTFLEET_BOTS` (comma-separated names), each with
@@ -344,6 +361,8 @@ pub struct ApiSettings {
     pub sse_max_clients: usize,
     /// Comment lines keep idle SSE streams open through proxies this often.
     pub sse_heartbeat: Duration,
+    /// Origins (`https://example.org`) whose pages may call the API from a browser.
+    pub cors_origins: Vec<String>,
 }
 
 impl ApiSettings {
@@ -365,6 +384,7 @@ impl ApiSettings {
             redis_prefix: src.get(REDIS_PREFIX).unwrap_or("botfleet").to_owned(),
             sse_max_clients: src.parse_or(SSE_MAX_CLIENTS, 10_000)?,
             sse_heartbeat: Duration::from_secs(src.parse_or(SSE_HEARTBEAT_SECS, 15)?),
+            cors_origins: src.origins()?,
         })
     }
 }

@@ -45,6 +45,20 @@ pub struct FeedPage {
 pub struct FeedQuery {
     limit: Option<String>,
     cursor: Option<String>,
+    /// 1-based page number, for the seed's old clients; bounded, so never a long OFFSET scan.
+    page: Option<String>,
+}
+
+/// Deepest post an old-style `page=` request may reach; cursors go anywhere.
+pub const MAX_PAGE_DEPTH: i64 = 1000;
+
+/// Where a page starts.
+#[derive(Clone, Copy)]
+enum Start {
+    Newest,
+    After(Cursor),
+    /// Rows to skip (from `page=`), at most `MAX_PAGE_DEPTH`.
+    Skip(i64),
 }
 
 pub async fn page(
@@ -57,16 +71,36 @@ pub async fn page(
         Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
         Some(_) => return json_error(StatusCode::BAD_REQUEST, "limit must be a whole number from 1 to 100"),
     };
-    let cursor = match query.cursor.as_deref().map(Cursor::decode) {
-        None => None,
-        Some(Ok(cursor)) => Some(cursor),
-        Some(Err(_)) => return json_error(StatusCode::BAD_REQUEST, "invalid cursor"),
+    let start = match (query.cursor.as_deref(), query.page.as_deref()) {
+        (Some(_), Some(_)) => {
+            return json_error(StatusCode::BAD_REQUEST, "use either cursor or page, not both");
+        }
+        (Some(cursor), None) => match Cursor::decode(cursor) {
+            Ok(cursor) => Start::After(cursor),
+            Err(_) => return json_error(StatusCode::BAD_REQUEST, "invalid cursor"),
+        },
+        (None, Some(page)) => match page.parse::<i64>() {
+            Ok(page) if page >= 1 && (page - 1).saturating_mul(limit) < MAX_PAGE_DEPTH => {
+                Start::Skip((page - 1) * limit)
+            }
+            _ => {
+                let message = format!(
+                    "page must be a whole number from 1, within the newest {MAX_PAGE_DEPTH} posts; use cursor beyond"
+                );
+                return json_error(StatusCode::BAD_REQUEST, &message);
+            }
+        },
+        (None, None) => Start::Newest,
     };
-    let name = format!("{limit}:{}", query.cursor.as_deref().unwrap_or("first"));
+    let name = match start {
+        Start::Newest => format!("{limit}:first"),
+        Start::After(cursor) => format!("{limit}:{}", cursor.encode()),
+        Start::Skip(skip) => format!("{limit}:skip{skip}"),
+    };
     let page = match state.cache.state().await {
-        Some(feed) => state.cache.get(feed, &name, || load_page(&state, limit, cursor, feed.newest)).await,
+        Some(feed) => state.cache.get(feed, &name, || load_page(&state, limit, start, feed.newest)).await,
         // Redis cannot say what is current: serve straight from the database, uncached.
-        None => load_page(&state, limit, cursor, None).await.map(Arc::new),
+        None => load_page(&state, limit, start, None).await.map(Arc::new),
     };
     match page {
         Ok(page) => respond(&page, &headers),
@@ -78,29 +112,28 @@ pub async fn page(
 async fn load_page(
     state: &ApiState,
     limit: i64,
-    cursor: Option<Cursor>,
+    start: Start,
     newest: Option<i64>,
 ) -> Result<Page, ReadError> {
     // One more row than asked tells whether there is a next page.
     let fetch = limit + 1;
-    let rows = match cursor {
-        None => {
-            let sql = format!(
-                "SELECT {POST_COLUMNS} FROM posts p
-                 JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
-                 WHERE {VISIBLE}
-                 ORDER BY p.published_at DESC, p.id DESC LIMIT $1"
-            );
+    let from = format!(
+        "SELECT {POST_COLUMNS} FROM posts p JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id"
+    );
+    let order = "ORDER BY p.published_at DESC, p.id DESC";
+    let rows = match start {
+        Start::Newest => {
+            let sql = format!("{from} WHERE {VISIBLE} {order} LIMIT $1");
             state.reader.query(&sql, &[&fetch], newest).await?
         }
-        Some(cursor) => {
-            let sql = format!(
-                "SELECT {POST_COLUMNS} FROM posts p
-                 JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
-                 WHERE {VISIBLE} AND (p.published_at, p.id) < ($1, $2)
-                 ORDER BY p.published_at DESC, p.id DESC LIMIT $3"
-            );
+        Start::After(cursor) => {
+            let sql =
+                format!("{from} WHERE {VISIBLE} AND (p.published_at, p.id) < ($1, $2) {order} LIMIT $3");
             state.reader.query(&sql, &[&cursor.published_at, &cursor.id, &fetch], newest).await?
+        }
+        Start::Skip(skip) => {
+            let sql = format!("{from} WHERE {VISIBLE} {order} LIMIT $1 OFFSET $2");
+            state.reader.query(&sql, &[&fetch, &skip], newest).await?
         }
     };
     let mut posts: Vec<PostView> = rows.iter().map(post_view).collect();

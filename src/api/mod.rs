@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Readiness;
+use crate::admin::{Health, Readiness};
 use crate::http::{Server, json_error};
 use crate::kv::FeedKeys;
 use crate::metrics::Metrics;
@@ -58,14 +58,16 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .route("/api/feed", get(feed::page))
         .route("/api/feed/stream", get(stream::stream))
         .route("/api/posts/{id}", get(feed::post))
+        .route("/", get(live_page))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(Arc::new(settings.cors_origins.clone()), cors))
         .with_state(state);
     let readiness = Readiness::new(move || {
         let (reader, redis) = (reader.clone(), redis.clone());
         async move {
-            let (db_ok, redis_ok) = tokio::join!(reader.any_reachable(), kv::ping(&redis));
-            vec![("postgres", db_ok), ("redis", redis_ok)]
+            let (db, redis_ok) = tokio::join!(reader.health(), kv::ping(&redis));
+            vec![("postgres", db), ("redis", Health::of(redis_ok))]
         }
     });
     let background = CancellationToken::new();
@@ -75,6 +77,45 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
     let server =
         Server::bind("api", settings.listen, router, &settings.common, metrics, readiness, tasks).await?;
     Ok(server.cancel_on_drain(hub.closing.clone()).cancel_on_stop(background))
+}
+
+/// The live feed page: plain HTML and JavaScript, no build step.
+async fn live_page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=60")],
+        include_str!("page.html"),
+    )
+}
+
+/// CORS for the configured origins only: other origins get no CORS headers, so browsers keep
+/// their pages out. Preflights from allowed origins are answered here.
+async fn cors(State(allowed): State<Arc<Vec<String>>>, request: Request, next: Next) -> Response {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| allowed.iter().any(|a| a == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = match (&origin, preflight) {
+        (Some(_), true) => StatusCode::NO_CONTENT.into_response(),
+        _ => next.run(request).await,
+    };
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("ETag, Link"));
+        if preflight {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, OPTIONS"));
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("If-None-Match, Last-Event-ID"),
+            );
+            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        }
+    }
+    response
 }
 
 /// Counts every answer by route template (bounded) and status.

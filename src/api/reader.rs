@@ -7,6 +7,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use crate::admin::Health;
 use crate::db;
 use crate::metrics::Metrics;
 
@@ -83,13 +84,18 @@ impl Reader {
         Err(ReadError::Unavailable(last_problem))
     }
 
-    /// Whether at least one database (replica or primary) answers.
-    pub async fn any_reachable(&self) -> bool {
-        for pool in self.replicas.iter().chain([&self.primary]) {
-            if db::ping(pool).await {
-                return true;
-            }
+    /// Ok when every database answers; degraded when some do not but reads can still be
+    /// served; unreachable when none answers.
+    pub async fn health(&self) -> Health {
+        let (primary, replicas) = tokio::join!(
+            db::ping(&self.primary),
+            futures_util::future::join_all(self.replicas.iter().map(db::ping))
+        );
+        let replicas_up = replicas.iter().filter(|up| **up).count();
+        match (primary, replicas_up) {
+            (true, n) if n == self.replicas.len() => Health::Ok,
+            (false, 0) => Health::Unreachable,
+            _ => Health::Degraded,
         }
-        false
     }
 }

@@ -20,7 +20,7 @@ use axum::Router;
 use axum::routing::post;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Readiness;
+use crate::admin::{Health, Readiness};
 use crate::http::Server;
 use crate::kv::{BotKeys, FeedKeys};
 use crate::metrics::Metrics;
@@ -105,7 +105,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
             let (db, redis) = (db.clone(), redis.clone());
             async move {
                 let (db_ok, redis_ok) = tokio::join!(db::ping(&db), kv::ping(&redis));
-                vec![("postgres", db_ok), ("redis", redis_ok)]
+                vec![("postgres", Health::of(db_ok)), ("redis", Health::of(redis_ok))]
             }
         }
     });

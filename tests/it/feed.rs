@@ -177,3 +177,74 @@ async fn a_replica_that_lacks_the_newest_post_is_skipped_for_the_primary() {
     assert_eq!(api.metrics.feed_reads.with_label_values(&["replica"]).get(), 0);
     assert_eq!(api.metrics.feed_reads.with_label_values(&["primary"]).get(), 1);
 }
+
+#[tokio::test]
+async fn old_clients_page_numbers_work_but_only_near_the_top() {
+    let db = TestDb::fresh().await;
+    seed_posts(&db, 25).await;
+    let api = spawn_api(&db, &unique("r"), false).await;
+    let page2: Value =
+        reqwest::get(api.url("/api/feed?limit=10&page=2")).await.unwrap().json().await.unwrap();
+    let texts: Vec<&str> =
+        page2["posts"].as_array().unwrap().iter().map(|p| p["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.first(), Some(&"post number 15"));
+    assert_eq!(texts.len(), 10);
+    for query in ["page=0", "page=-1", "page=x", "limit=100&page=11", "page=2&cursor=abc"] {
+        let response = reqwest::get(api.url(&format!("/api/feed?{query}"))).await.unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn cors_answers_configured_origins_only() {
+    let db = TestDb::fresh().await;
+    let api =
+        spawn_api_with(&db, &unique("r"), false, &[("BOTFLEET_CORS_ORIGINS", "https://feed.example.org")])
+            .await;
+    let client = reqwest::Client::new();
+    let allowed =
+        client.get(api.url("/api/feed")).header("origin", "https://feed.example.org").send().await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://feed.example.org");
+    assert_eq!(allowed.headers()["vary"], "Origin");
+    let other =
+        client.get(api.url("/api/feed")).header("origin", "https://evil.example").send().await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, api.url("/api/feed"))
+        .header("origin", "https://feed.example.org")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert!(preflight.headers()["access-control-allow-methods"].to_str().unwrap().contains("GET"));
+}
+
+#[tokio::test]
+async fn the_live_page_is_served_and_shows_user_text_as_text() {
+    let db = TestDb::fresh().await;
+    let api = spawn_api(&db, &unique("r"), false).await;
+    let response = reqwest::get(api.url("/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8");
+    let html = response.text().await.unwrap();
+    assert!(html.contains("new EventSource(\"/api/feed/stream\")"));
+    assert!(html.contains("textContent = post.text"));
+    for unsafe_sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"] {
+        assert!(!html.contains(unsafe_sink), "the page must never parse user text as HTML ({unsafe_sink})");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_replica_leaves_the_feed_served_and_readiness_degraded() {
+    let db = TestDb::fresh().await;
+    seed_posts(&db, 1).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = format!("postgres://botfleet_api@127.0.0.1:{port}/nowhere");
+    let api = spawn_api_with(&db, &unique("r"), false, &[("BOTFLEET_REPLICA_URLS", dead.as_str())]).await;
+    let feed: Value = reqwest::get(api.url("/api/feed")).await.unwrap().json().await.unwrap();
+    assert_eq!(feed["posts"].as_array().unwrap().len(), 1, "the primary must serve");
+    let ready = reqwest::get(api.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "a node without its replica can still serve");
+    assert_eq!(ready.text().await.unwrap(), "postgres: degraded\nredis: ok\n");
+}
