@@ -363,6 +363,9 @@ pub struct ApiSettings {
     pub sse_heartbeat: Duration,
     /// Origins (`https://example.org`) whose pages may call the API from a browser.
     pub cors_origins: Vec<String>,
+    /// The bots whose photos the media proxy may fetch (optional: without them, no media).
+    pub bots: Vec<BotConfig>,
+    pub telegram_api_url: Url,
 }
 
 impl ApiSettings {
@@ -385,6 +388,8 @@ impl ApiSettings {
             sse_max_clients: src.parse_or(SSE_MAX_CLIENTS, 10_000)?,
             sse_heartbeat: Duration::from_secs(src.parse_or(SSE_HEARTBEAT_SECS, 15)?),
             cors_origins: src.origins()?,
+            bots: if src.get(BOTS).is_some() { src.bots()? } else { Vec::new() },
+            telegram_api_url: src.url(TELEGRAM_API_URL, Some(DEFAULT_TELEGRAM_API_URL))?,
         })
     }
 }

@@ -8,9 +8,11 @@ PG_BIN=${BOTFLEET_PG_BIN:-${PG_VERSION_DIR:-/usr/lib/postgresql/15/bin}}
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-# Installs the Debian packages whose commands are missing.
+# Installs the Debian packages whose commands are missing; `ensure_packages browser` also
+# installs Chromium for the browser tests.
 ensure_packages() {
     local missing=()
+    if [ "${1:-}" = browser ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
     [ -x "$PG_BIN/postgres" ] || missing+=(postgresql)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v redis-cli >/dev/null || missing+=(redis-tools)

@@ -6,6 +6,7 @@
 mod cache;
 mod cursor;
 mod feed;
+mod media;
 mod reader;
 mod stream;
 
@@ -29,6 +30,7 @@ use crate::{db, kv};
 
 use cache::PageCache;
 pub use cursor::Cursor;
+use media::MediaBots;
 use reader::Reader;
 use stream::Hub;
 
@@ -38,6 +40,7 @@ pub(crate) struct ApiState {
     pub metrics: Arc<Metrics>,
     pub hub: Arc<Hub>,
     pub cache: Arc<PageCache>,
+    pub media: Arc<MediaBots>,
 }
 
 /// Binds an API node's listeners; `run_until_stopped` on the result serves.
@@ -51,13 +54,15 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
     let redis = kv::pool(&settings.redis_url, 8)?;
     let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
     let keys = FeedKeys::new(&settings.redis_prefix);
+    let media = MediaBots::new(&settings.bots, &settings.telegram_api_url)?;
     let cache = Arc::new(PageCache::new(redis.clone(), keys.clone(), metrics.clone()));
     let hub = Hub::new(keys, redis.clone(), settings.sse_max_clients, settings.sse_heartbeat);
-    let state = ApiState { reader: reader.clone(), metrics: metrics.clone(), hub: hub.clone(), cache };
+    let state = ApiState { reader: reader.clone(), metrics: metrics.clone(), hub: hub.clone(), cache, media };
     let router = Router::new()
         .route("/api/feed", get(feed::page))
         .route("/api/feed/stream", get(stream::stream))
         .route("/api/posts/{id}", get(feed::post))
+        .route("/api/media/{id}", get(media::media))
         .route("/", get(live_page))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))

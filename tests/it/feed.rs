@@ -248,3 +248,43 @@ async fn a_dead_replica_leaves_the_feed_served_and_readiness_degraded() {
     assert_eq!(ready.status(), 200, "a node without its replica can still serve");
     assert_eq!(ready.text().await.unwrap(), "postgres: degraded\nredis: ok\n");
 }
+
+#[tokio::test]
+async fn media_is_proxied_without_the_token_reaching_the_browser() {
+    use teloxide_core::prelude::Requester;
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (_fake, telegram) = spawn_fake(false).await;
+    // A photo Telegram knows, as a user would have sent it.
+    let bot = teloxide_core::Bot::new(MAIN_BOT.token).set_api_url(telegram.parse().unwrap());
+    let upload = teloxide_core::types::InputFile::memory(b"\xff\xd8 jpeg bytes".to_vec()).file_name("p.jpg");
+    let sent = bot.send_photo(teloxide_core::types::ChatId(42), upload).await.unwrap();
+    let file_id = sent.photo().unwrap()[0].file.id.0.clone();
+    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
+    let mut update = crate::helpers::photo_update(1, 42, "a photo through the proxy");
+    update["message"]["photo"][1]["file_id"] = serde_json::json!(file_id);
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &update).await.status(), 200);
+    deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, "a post without any photo")).await;
+    let settings = [
+        ("BOTFLEET_BOTS", "main"),
+        ("BOTFLEET_BOT_MAIN_TOKEN", MAIN_BOT.token),
+        ("BOTFLEET_BOT_MAIN_WEBHOOK_SECRET", MAIN_BOT.secret),
+        ("BOTFLEET_TELEGRAM_API_URL", telegram.as_str()),
+    ];
+    let api = spawn_api_with(&db, &prefix, false, &settings).await;
+    let with_photo: i64 = db.count("SELECT id FROM posts WHERE media_file_id IS NOT NULL").await;
+    let without: i64 = db.count("SELECT id FROM posts WHERE media_file_id IS NULL").await;
+    let feed = reqwest::get(api.url("/api/feed")).await.unwrap().text().await.unwrap();
+    assert!(
+        !feed.contains(MAIN_BOT.token) && !feed.contains(&file_id),
+        "the feed must not expose files or tokens"
+    );
+    let media = reqwest::get(api.url(&format!("/api/media/{with_photo}"))).await.unwrap();
+    assert_eq!(media.status(), 200);
+    assert!(media.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    let headers = format!("{:?}", media.headers());
+    assert_eq!(media.bytes().await.unwrap().as_ref(), b"\xff\xd8 jpeg bytes");
+    assert!(!headers.contains(MAIN_BOT.token), "the token leaked into the media response's headers");
+    assert_eq!(reqwest::get(api.url(&format!("/api/media/{without}"))).await.unwrap().status(), 404);
+    assert_eq!(reqwest::get(api.url("/api/media/x")).await.unwrap().status(), 400);
+}

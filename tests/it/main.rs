@@ -6,6 +6,7 @@
 
 mod admin;
 mod bot;
+mod browser;
 mod cli;
 mod cluster;
 mod crash;

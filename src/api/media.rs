@@ -1,0 +1,92 @@
+//! `GET /api/media/{post_id}`: a post's photo, fetched through the Bot API and streamed on.
+//!
+//! Telegram's file URLs carry the bot token, so browsers never see one: this proxy resolves the
+//! post's `file_id` with `getFile`, downloads the file with the token on the server side and
+//! streams the bytes. The answer is immutable for a given post, so CDNs may keep it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use teloxide_core::net::Download;
+use teloxide_core::prelude::Requester;
+use teloxide_core::types::FileId;
+
+use super::ApiState;
+use super::reader::ReadError;
+use crate::http::json_error;
+use crate::settings::BotConfig;
+use crate::telegram::{self, redact};
+
+/// The Bot API clients of the bots whose media this node may fetch, by bot id.
+pub struct MediaBots {
+    bots: HashMap<i64, (teloxide_core::Bot, BotConfig)>,
+}
+
+impl MediaBots {
+    pub fn new(configs: &[BotConfig], api_url: &url::Url) -> anyhow::Result<Arc<Self>> {
+        let mut bots = HashMap::new();
+        for config in configs {
+            bots.insert(config.id, (telegram::bot(&config.token, api_url)?, config.clone()));
+        }
+        Ok(Arc::new(Self { bots }))
+    }
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        Some("mp4") => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}
+
+pub async fn media(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return json_error(StatusCode::BAD_REQUEST, "post id must be a whole number");
+    };
+    let sql = "SELECT p.bot_id, p.media_file_id FROM posts p
+               JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
+               WHERE p.id = $1 AND p.status = 'published' AND p.is_public AND NOT u.is_banned
+                 AND p.media_file_id IS NOT NULL";
+    let rows = match state.reader.query(sql, &[&id], None).await {
+        Ok(rows) => rows,
+        Err(ReadError::Unavailable(_)) => {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "media lookup failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    let Some(row) = rows.first() else {
+        return json_error(StatusCode::NOT_FOUND, "no such post with media");
+    };
+    let (bot_id, file_id): (i64, String) = (row.get(0), row.get(1));
+    let Some((bot, config)) = state.media.bots.get(&bot_id) else {
+        return json_error(StatusCode::NOT_FOUND, "media of this bot is not served here");
+    };
+    let file = match bot.get_file(FileId(file_id)).await {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(post = id, error = %redact(&e.to_string(), &config.token), "getFile failed");
+            return json_error(StatusCode::BAD_GATEWAY, "media unavailable");
+        }
+    };
+    let token = config.token.clone();
+    let bytes = bot
+        .download_file_stream(&file.path)
+        .map(move |chunk| chunk.map_err(|e| std::io::Error::other(redact(&e.to_string(), &token))));
+    let mut response = Body::from_stream(bytes).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&file.path)));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400, immutable"));
+    response
+}
