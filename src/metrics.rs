@@ -5,8 +5,8 @@
 //! chat or user id, never a token.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -55,6 +55,10 @@ pub struct Metrics {
     pub page_cache: IntCounterVec,
     /// Feed reads that skipped a replica because it had not replayed the newest post.
     pub replica_lagging: IntCounter,
+    /// Seconds each replica's replay is behind the primary (0 when caught up), by replica.
+    pub replica_lag_seconds: GaugeVec,
+    /// Whether each replica answers (1) or not (0), by replica.
+    pub replica_up: IntGaugeVec,
 }
 
 impl Metrics {
@@ -83,6 +87,17 @@ impl Metrics {
             registry.register(Box::new(counter.clone()))?;
             Ok(counter)
         };
+        let replica_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "botfleet_replica_lag_seconds",
+                "Seconds a replica's replay is behind (0 when caught up)",
+            ),
+            &["replica"],
+        )?;
+        registry.register(Box::new(replica_lag_seconds.clone()))?;
+        let replica_up =
+            IntGaugeVec::new(Opts::new("botfleet_replica_up", "Whether a replica answers"), &["replica"])?;
+        registry.register(Box::new(replica_up.clone()))?;
         let sse_clients = IntGauge::new("botfleet_sse_clients", "Open SSE streams on this node")?;
         registry.register(Box::new(sse_clients.clone()))?;
         let update_seconds =
@@ -152,6 +167,8 @@ impl Metrics {
                 "botfleet_replica_lagging_total",
                 "Feed reads that skipped a replica lagging behind the newest post",
             )?,
+            replica_lag_seconds,
+            replica_up,
             registry,
         })
     }

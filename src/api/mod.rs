@@ -64,10 +64,13 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .route("/api/posts/{id}", get(feed::post))
         .route("/api/media/{id}", get(media::media))
         .route("/", get(live_page))
+        .route("/api/openapi.json", get(openapi))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(middleware::from_fn_with_state(Arc::new(settings.cors_origins.clone()), cors))
         .with_state(state);
+    let background = CancellationToken::new();
+    tokio::spawn(reader.clone().watch_lag(std::time::Duration::from_secs(5), background.clone()));
     let readiness = Readiness::new(move || {
         let (reader, redis) = (reader.clone(), redis.clone());
         async move {
@@ -75,7 +78,6 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
             vec![("postgres", db), ("redis", Health::of(redis_ok))]
         }
     });
-    let background = CancellationToken::new();
     let client = redis::Client::open(settings.redis_url.expose())?;
     tokio::spawn(hub.clone().run(client, background.clone()));
     let tasks = TaskTracker::new();
@@ -90,6 +92,11 @@ async fn live_page() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=60")],
         include_str!("page.html"),
     )
+}
+
+/// The OpenAPI document of these endpoints (tested against their real answers).
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
 }
 
 /// CORS for the configured origins only: other origins get no CORS headers, so browsers keep

@@ -84,6 +84,38 @@ impl Reader {
         Err(ReadError::Unavailable(last_problem))
     }
 
+    /// Measures every replica's replay lag every `every` until `shutdown`, into the metrics
+    /// (`botfleet_replica_lag_seconds`, `botfleet_replica_up`, labelled by replica number).
+    pub async fn watch_lag(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        shutdown: crate::shutdown::CancellationToken,
+    ) {
+        // Caught up when everything received is replayed; else the age of the last replayed commit.
+        const LAG: &str =
+            "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8
+                                ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END";
+        loop {
+            for (n, pool) in self.replicas.iter().enumerate() {
+                let label = (n + 1).to_string();
+                let lag = match pool.get().await {
+                    Ok(client) => {
+                        client.query_one(LAG, &[]).await.ok().and_then(|row| row.get::<_, Option<f64>>(0))
+                    }
+                    Err(_) => None,
+                };
+                self.metrics.replica_up.with_label_values(&[&label]).set(i64::from(lag.is_some()));
+                if let Some(lag) = lag {
+                    self.metrics.replica_lag_seconds.with_label_values(&[&label]).set(lag);
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     /// Ok when every database answers; degraded when some do not but reads can still be
     /// served; unreachable when none answers.
     pub async fn health(&self) -> Health {

@@ -247,6 +247,23 @@ async fn a_dead_replica_leaves_the_feed_served_and_readiness_degraded() {
     let ready = reqwest::get(api.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200, "a node without its replica can still serve");
     assert_eq!(ready.text().await.unwrap(), "postgres: degraded\nredis: ok\n");
+    eventually(Duration::from_secs(5), "the dead replica to be measured", || async {
+        let metrics = reqwest::get(api.admin_url("/metrics")).await.ok()?.text().await.ok()?;
+        metrics.contains("botfleet_replica_up{replica=\"1\"} 0").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replica_lag_is_measured() {
+    let db = TestDb::fresh().await;
+    let api = spawn_api(&db, &unique("r"), true).await;
+    eventually(Duration::from_secs(5), "the replica's lag to be measured", || async {
+        (api.metrics.replica_up.with_label_values(&["1"]).get() == 1).then_some(())
+    })
+    .await;
+    let lag = api.metrics.replica_lag_seconds.with_label_values(&["1"]).get();
+    assert!((0.0..60.0).contains(&lag), "a live replica on loopback lags little, got {lag} s");
 }
 
 #[tokio::test]

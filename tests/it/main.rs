@@ -14,6 +14,7 @@ mod fake_telegram;
 mod feed;
 mod helpers;
 mod lua;
+mod openapi;
 mod schema;
 mod stream;
 mod webhook;
