@@ -305,3 +305,56 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
     assert_eq!(reqwest::get(api.url(&format!("/api/media/{without}"))).await.unwrap().status(), 404);
     assert_eq!(reqwest::get(api.url("/api/media/x")).await.unwrap().status(), 400);
 }
+
+/// Resumes WAL replay on the shared test replica when dropped, even if the test fails.
+struct ReplayPaused;
+
+impl Drop for ReplayPaused {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .arg(crate::helpers::env("BOTFLEET_TEST_REPLICA_URL"))
+            .args(["-XAtqc", "SELECT pg_wal_replay_resume()"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_paused_replica_is_skipped_and_no_stale_page_is_cached() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (_fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
+    let api = spawn_api(&db, &prefix, true).await;
+    let first_page = || async {
+        let feed: Value = reqwest::get(api.url("/api/feed")).await.ok()?.json().await.ok()?;
+        feed["posts"][0]["text"].as_str().map(str::to_owned)
+    };
+    deliver_update(&worker, &MAIN_BOT, &text_update(1, 42, "replayed everywhere already")).await;
+    eventually(Duration::from_secs(1), "the first post on page 1", || async {
+        (first_page().await? == "replayed everywhere already").then_some(())
+    })
+    .await;
+
+    // The replica stops replaying (kept short: other tests share it).
+    let replica = crate::helpers::connect(&crate::helpers::env("BOTFLEET_TEST_REPLICA_URL")).await;
+    replica.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
+    let paused = ReplayPaused;
+    deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, "published while the replica is paused")).await;
+    eventually(Duration::from_secs(1), "the new post on page 1 despite the paused replica", || async {
+        (first_page().await? == "published while the replica is paused").then_some(())
+    })
+    .await;
+    assert!(api.metrics.replica_lagging.get() >= 1, "the lagging replica must have been skipped");
+    drop(paused);
+
+    // Replay resumes: page 1 never goes back to the stale version.
+    let on_replica = crate::helpers::connect(&db.url("postgres", true)).await;
+    eventually(Duration::from_secs(5), "the replica to catch up", || async {
+        let n: i64 = on_replica.query_one("SELECT count(*) FROM posts", &[]).await.ok()?.get(0);
+        (n == 2).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(first_page().await.as_deref(), Some("published while the replica is paused"));
+    }
+}
