@@ -1,5 +1,9 @@
-//! `loadtest w1`: workload W1 of `shared/WORKLOADS.md` — private text messages to the webhook
-//! through Nginx — closed-loop at a fixed concurrency or open-loop at a fixed arrival rate.
+//! The load generator of the standard workloads (`shared/WORKLOADS.md`).
+//!
+//! `loadtest w1`: private text messages to the webhook through Nginx, closed-loop at a fixed
+//! concurrency or open-loop at a fixed arrival rate. `loadtest w2`: cached feed reads through
+//! Nginx (80% page 1, 15% a next page by cursor, 5% one post), with `If-None-Match` as browsers
+//! send it; `--static PATH` reads one static file instead, for the Nginx baseline.
 //!
 //! Senders are 10,000 user ids drawn with a Zipf skew (s = 1.1), partitioned over the lanes so
 //! that a chat never has two updates in flight, as with Telegram. In open-loop mode latency is
@@ -17,8 +21,17 @@ use serde_json::json;
 const USERS: usize = 10_000;
 const ZIPF_S: f64 = 1.1;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    W1,
+    W2,
+}
+
 struct Options {
+    workload: Workload,
     env: HashMap<String, String>,
+    /// W2 only: request this path for every request instead (the static-file baseline).
+    static_path: Option<String>,
     concurrency: usize,
     seconds: u64,
     /// Updates per second (open loop); none for closed loop.
@@ -28,11 +41,14 @@ struct Options {
 
 fn parse_args() -> anyhow::Result<Options> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("w1") {
-        bail!(
-            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]"
-        );
-    }
+    let workload = match args.first().map(String::as_str) {
+        Some("w1") => Workload::W1,
+        Some("w2") => Workload::W2,
+        _ => bail!(
+            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path]"
+        ),
+    };
+    let mut static_path = None;
     let mut env_file = ".cluster/cluster.env".to_owned();
     let (mut concurrency, mut seconds, mut rate, mut first_update_id) = (64, 20, None, 1);
     let mut rest = args[1..].iter();
@@ -44,6 +60,7 @@ fn parse_args() -> anyhow::Result<Options> {
             "--seconds" => seconds = value.parse()?,
             "--rate" => rate = Some(value.parse()?),
             "--first-update-id" => first_update_id = value.parse()?,
+            "--static" => static_path = Some(value.clone()),
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -53,7 +70,7 @@ fn parse_args() -> anyhow::Result<Options> {
     let text = std::fs::read_to_string(&env_file).with_context(|| format!("reading {env_file}"))?;
     let env =
         text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-    Ok(Options { env, concurrency, seconds, rate, first_update_id })
+    Ok(Options { workload, env, static_path, concurrency, seconds, rate, first_update_id })
 }
 
 /// xorshift64*: fast, seedable, plenty for picking senders and texts.
@@ -133,6 +150,8 @@ fn update(update_id: i64, user: i64, rng: &mut Rng) -> String {
 struct LaneResult {
     latencies: Vec<Duration>,
     ok: u64,
+    /// W2: answers 304 Not Modified (counted in `ok` too).
+    not_modified: u64,
     non_2xx: u64,
     errors: u64,
 }
@@ -190,6 +209,87 @@ async fn lane(target: Arc<Target>, lane: usize, options: Arc<Options>, started: 
     result
 }
 
+/// What a W2 lane reads: page-1 URLs, next pages by cursor, single posts.
+struct Reads {
+    base: String,
+    cursors: Vec<String>,
+    max_post_id: i64,
+}
+
+/// Pages 2..=11 of the feed (their cursors), and the newest post id, read once at the start.
+async fn discover(client: &reqwest::Client, base: &str) -> anyhow::Result<Reads> {
+    let mut cursors = Vec::new();
+    let mut url = format!("{base}/api/feed?limit=20");
+    let mut max_post_id = 1;
+    for _ in 0..11 {
+        let page: serde_json::Value = serde_json::from_slice(&client.get(&url).send().await?.bytes().await?)?;
+        if let Some(id) = page["posts"][0]["id"].as_i64() {
+            max_post_id = max_post_id.max(id);
+        }
+        let Some(next) = page["next_cursor"].as_str() else { break };
+        cursors.push(next.to_owned());
+        url = format!("{base}/api/feed?limit=20&cursor={next}");
+    }
+    Ok(Reads { base: base.to_owned(), cursors, max_post_id })
+}
+
+async fn w2_lane(
+    client: reqwest::Client,
+    reads: Arc<Reads>,
+    lane: usize,
+    options: Arc<Options>,
+    started: Instant,
+) -> LaneResult {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (lane as u64 + 1).wrapping_mul(0x9e37_79b9));
+    let mut etags: HashMap<String, String> = HashMap::new();
+    let mut result = LaneResult::default();
+    let end = started + Duration::from_secs(options.seconds);
+    while Instant::now() < end {
+        // 80% page 1, 15% a next page by cursor, 5% one post (as WORKLOADS.md says).
+        let path = match (&options.static_path, rng.unit()) {
+            (Some(path), _) => path.clone(),
+            (None, r) if r < 0.80 || reads.cursors.is_empty() => "/api/feed?limit=20".to_owned(),
+            (None, r) if r < 0.95 => {
+                let cursor = &reads.cursors[(rng.next() % reads.cursors.len() as u64) as usize];
+                format!("/api/feed?limit=20&cursor={cursor}")
+            }
+            (None, _) => format!("/api/posts/{}", 1 + (rng.next() % reads.max_post_id as u64)),
+        };
+        let mut request = client.get(format!("{}{path}", reads.base));
+        if let Some(etag) = etags.get(&path) {
+            request = request.header("if-none-match", etag);
+        }
+        let sent = Instant::now();
+        match request.send().await {
+            Ok(response) if response.status() == reqwest::StatusCode::NOT_MODIFIED => {
+                result.ok += 1;
+                result.not_modified += 1;
+            }
+            Ok(response) if response.status().is_success() => {
+                if let Some(etag) = response.headers().get("etag").and_then(|e| e.to_str().ok()) {
+                    etags.insert(path, etag.to_owned());
+                }
+                // Read the whole body, as a browser would.
+                if response.bytes().await.is_ok() {
+                    result.ok += 1;
+                } else {
+                    result.errors += 1;
+                }
+            }
+            Ok(response)
+                if response.status() == reqwest::StatusCode::NOT_FOUND && path.starts_with("/api/posts/") =>
+            {
+                // A post id that is not public: a real answer, counted as served.
+                result.ok += 1;
+            }
+            Ok(_) => result.non_2xx += 1,
+            Err(_) => result.errors += 1,
+        }
+        result.latencies.push(sent.elapsed());
+    }
+    result
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -210,21 +310,36 @@ async fn main() -> anyhow::Result<()> {
         next_id: AtomicI64::new(options.first_update_id),
     });
     let started = Instant::now();
-    let lanes: Vec<_> = (0..options.concurrency)
-        .map(|n| tokio::spawn(lane(target.clone(), n, options.clone(), started)))
-        .collect();
+    let lanes: Vec<_> = match options.workload {
+        Workload::W1 => (0..options.concurrency)
+            .map(|n| tokio::spawn(lane(target.clone(), n, options.clone(), started)))
+            .collect(),
+        Workload::W2 => {
+            let base = get("BOTFLEET_URL")?;
+            let reads = Arc::new(discover(&target.client, &base).await?);
+            let started = Instant::now();
+            (0..options.concurrency)
+                .map(|n| {
+                    tokio::spawn(w2_lane(target.client.clone(), reads.clone(), n, options.clone(), started))
+                })
+                .collect()
+        }
+    };
     let mut all = LaneResult::default();
     for lane in lanes {
         let result = lane.await?;
         all.latencies.extend(result.latencies);
         all.ok += result.ok;
+        all.not_modified += result.not_modified;
         all.non_2xx += result.non_2xx;
         all.errors += result.errors;
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.latencies.sort();
     let summary = json!({
-        "workload": "W1",
+        "workload": if options.workload == Workload::W1 { "W1" } else { "W2" },
+        "static": options.static_path,
+        "not_modified": all.not_modified,
         "mode": if options.rate.is_some() { "open" } else { "closed" },
         "concurrency": options.concurrency,
         "rate": options.rate,
