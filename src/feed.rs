@@ -48,8 +48,16 @@ pub async fn publish(
     Ok(offset)
 }
 
-/// Posts left the feed (deleted, or their author banned or unbanned): every cached page is stale.
-pub async fn invalidate(conn: &mut Conn, keys: &FeedKeys) -> anyhow::Result<()> {
-    redis::cmd("INCR").arg(&keys.generation).query_async::<i64>(conn).await?;
+/// Posts left the feed (deleted, or their author banned or unbanned): every cached page is stale,
+/// those after a cursor too (`feed_removed.lua`). `wal_position` is the primary's WAL position
+/// after the removal committed: replicas that have not replayed that far are not read from.
+pub async fn invalidate(conn: &mut Conn, keys: &FeedKeys, wal_position: i64) -> anyhow::Result<()> {
+    scripts::FEED_REMOVED
+        .key(&keys.generation)
+        .key(&keys.removals)
+        .key(&keys.removal_lsn)
+        .arg(wal_position)
+        .invoke_async::<i64>(conn)
+        .await?;
     Ok(())
 }

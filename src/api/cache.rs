@@ -1,7 +1,10 @@
 //! The feed page cache: in-process for the hottest pages, then Redis, then the database.
 //!
-//! Keys carry the feed's generation, which `publish_post.lua` (and any removal) bumps, so one
-//! INCR makes every cached page stale on every node — never `KEYS`, never a delete. Concurrent
+//! Keys carry a version of the feed, so one INCR makes cached pages stale on every node — never
+//! `KEYS`, never a delete. Two versions: the generation, which every publish and removal bumps,
+//! for pages that start at the newest post; and the removal count, which only removals (a
+//! deleted post, a banned author) bump, for pages after a cursor — a new post never changes
+//! what comes after a given post, so those pages stay cached while the feed grows. Concurrent
 //! misses of one page on one node make one database query (single-flight). A page is only
 //! cached from a database that has the newest published post (see `Reader::query`).
 
@@ -15,10 +18,11 @@ use axum::body::Bytes;
 use redis::AsyncCommands;
 use tokio::sync::OnceCell;
 
+use super::reader::Freshness;
 use crate::kv::{self, FeedKeys};
 use crate::metrics::Metrics;
 
-/// Pages kept in process per generation: the first pages of the common limits.
+/// Pages kept in process (of the current versions; all are dropped when full).
 const LOCAL_PAGES: usize = 64;
 /// How long Redis keeps a page (a new generation makes it unreachable long before).
 const REDIS_TTL: Duration = Duration::from_secs(60);
@@ -57,22 +61,20 @@ impl Page {
 /// What the cache needs to know about the feed right now.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedState {
+    /// Bumped by every publish and removal.
     pub generation: i64,
-    /// The newest published post, which a replica must have to be read from.
-    pub newest: Option<i64>,
-}
-
-#[derive(Default)]
-struct Local {
-    generation: i64,
-    pages: HashMap<String, Arc<Page>>,
+    /// Bumped by removals only.
+    pub removals: i64,
+    /// What a replica must have replayed to be read from.
+    pub fresh: Freshness,
 }
 
 pub struct PageCache {
     redis: deadpool_redis::Pool,
     keys: FeedKeys,
     metrics: Arc<Metrics>,
-    local: Mutex<Local>,
+    /// Cache key → page; keys carry their version, so stale entries are never found.
+    local: Mutex<HashMap<String, Arc<Page>>>,
     flights: Mutex<HashMap<String, Arc<OnceCell<Arc<Page>>>>>,
 }
 
@@ -85,22 +87,31 @@ impl PageCache {
     /// served uncached).
     pub async fn state(&self) -> Option<FeedState> {
         let mut conn = kv::conn(&self.redis).await.ok()?;
-        let (generation, newest): (Option<i64>, Option<i64>) =
-            conn.mget(&[&self.keys.generation, &self.keys.newest]).await.ok()?;
-        Some(FeedState { generation: generation.unwrap_or(0), newest })
+        let keys = [&self.keys.generation, &self.keys.removals, &self.keys.newest, &self.keys.removal_lsn];
+        let (generation, removals, newest_post, wal_position): (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        ) = conn.mget(&keys).await.ok()?;
+        Some(FeedState {
+            generation: generation.unwrap_or(0),
+            removals: removals.unwrap_or(0),
+            fresh: Freshness { newest_post, wal_position },
+        })
     }
 
-    /// The page `name` of generation `state`, loading it with `load` on a miss.
-    pub async fn get<E, F, Fut>(&self, state: FeedState, name: &str, load: F) -> Result<Arc<Page>, E>
+    /// The page `name` as of feed `version`, loading it with `load` on a miss.
+    pub async fn get<E, F, Fut>(&self, version: i64, name: &str, load: F) -> Result<Arc<Page>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Page, E>>,
     {
-        if let Some(page) = self.local_get(state.generation, name) {
+        let key = self.keys.page(version, name);
+        if let Some(page) = self.local_get(&key) {
             self.metrics.page_cache.with_label_values(&["local_hit"]).inc();
             return Ok(page);
         }
-        let key = self.keys.page(state.generation, name);
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             flights.entry(key.clone()).or_default().clone()
@@ -120,24 +131,22 @@ impl PageCache {
             .cloned();
         self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         if let Ok(page) = &page {
-            self.local_put(state.generation, name, page.clone());
+            self.local_put(&key, page.clone());
         }
         page
     }
 
-    fn local_get(&self, generation: i64, name: &str) -> Option<Arc<Page>> {
-        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        (local.generation == generation).then(|| local.pages.get(name).cloned()).flatten()
+    fn local_get(&self, key: &str) -> Option<Arc<Page>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
-    fn local_put(&self, generation: i64, name: &str, page: Arc<Page>) {
+    fn local_put(&self, key: &str, page: Arc<Page>) {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        if generation > local.generation {
-            *local = Local { generation, pages: HashMap::new() };
+        if local.len() >= LOCAL_PAGES {
+            // Mostly stale versions by then: start afresh rather than track ages.
+            local.clear();
         }
-        if generation == local.generation && local.pages.len() < LOCAL_PAGES {
-            local.pages.insert(name.to_owned(), page);
-        }
+        local.insert(key.to_owned(), page);
     }
 
     async fn redis_get(&self, key: &str) -> Option<Page> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::ApiState;
 use super::cache::Page;
 use super::cursor::Cursor;
-use super::reader::ReadError;
+use super::reader::{Freshness, ReadError};
 use crate::feed::{Author, PostView};
 use crate::http::json_error;
 
@@ -98,9 +98,18 @@ pub async fn page(
         Start::Skip(skip) => format!("{limit}:skip{skip}"),
     };
     let page = match state.cache.state().await {
-        Some(feed) => state.cache.get(feed, &name, || load_page(&state, limit, start, feed.newest)).await,
+        Some(feed) => {
+            // Only pages after a cursor keep their content while new posts arrive.
+            let version = match start {
+                Start::After(_) => feed.removals,
+                Start::Newest | Start::Skip(_) => feed.generation,
+            };
+            let kind = if matches!(start, Start::After(_)) { "after" } else { "top" };
+            let name = format!("{kind}:{name}");
+            state.cache.get(version, &name, || load_page(&state, limit, start, feed.fresh)).await
+        }
         // Redis cannot say what is current: serve straight from the database, uncached.
-        None => load_page(&state, limit, start, None).await.map(Arc::new),
+        None => load_page(&state, limit, start, Freshness::default()).await.map(Arc::new),
     };
     match page {
         Ok(page) => respond(&page, &headers),
@@ -109,12 +118,7 @@ pub async fn page(
 }
 
 /// Reads one page from the database; `newest` guards against lagging replicas.
-async fn load_page(
-    state: &ApiState,
-    limit: i64,
-    start: Start,
-    newest: Option<i64>,
-) -> Result<Page, ReadError> {
+async fn load_page(state: &ApiState, limit: i64, start: Start, fresh: Freshness) -> Result<Page, ReadError> {
     // One more row than asked tells whether there is a next page.
     let fetch = limit + 1;
     let from = format!(
@@ -124,16 +128,16 @@ async fn load_page(
     let rows = match start {
         Start::Newest => {
             let sql = format!("{from} WHERE {VISIBLE} {order} LIMIT $1");
-            state.reader.query(&sql, &[&fetch], newest).await?
+            state.reader.query(&sql, &[&fetch], fresh).await?
         }
         Start::After(cursor) => {
             let sql =
                 format!("{from} WHERE {VISIBLE} AND (p.published_at, p.id) < ($1, $2) {order} LIMIT $3");
-            state.reader.query(&sql, &[&cursor.published_at, &cursor.id, &fetch], newest).await?
+            state.reader.query(&sql, &[&cursor.published_at, &cursor.id, &fetch], fresh).await?
         }
         Start::Skip(skip) => {
             let sql = format!("{from} WHERE {VISIBLE} {order} LIMIT $1 OFFSET $2");
-            state.reader.query(&sql, &[&fetch, &skip], newest).await?
+            state.reader.query(&sql, &[&fetch, &skip], fresh).await?
         }
     };
     let mut posts: Vec<PostView> = rows.iter().map(post_view).collect();
@@ -185,7 +189,7 @@ pub async fn post(State(state): State<ApiState>, Path(id): Path<String>) -> Resp
          JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
          WHERE {VISIBLE} AND p.id = $1"
     );
-    match state.reader.query(&sql, &[&id], None).await {
+    match state.reader.query(&sql, &[&id], Freshness::default()).await {
         Ok(rows) => match rows.first() {
             Some(row) => Json(post_view(row)).into_response(),
             None => json_error(StatusCode::NOT_FOUND, "no such post"),

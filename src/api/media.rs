@@ -17,7 +17,7 @@ use teloxide_core::prelude::Requester;
 use teloxide_core::types::FileId;
 
 use super::ApiState;
-use super::reader::ReadError;
+use super::reader::{Freshness, ReadError};
 use crate::http::json_error;
 use crate::settings::BotConfig;
 use crate::telegram::{self, redact};
@@ -56,7 +56,7 @@ pub async fn media(State(state): State<ApiState>, Path(id): Path<String>) -> Res
                JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
                WHERE p.id = $1 AND p.status = 'published' AND p.is_public AND NOT u.is_banned
                  AND p.media_file_id IS NOT NULL";
-    let rows = match state.reader.query(sql, &[&id], None).await {
+    let rows = match state.reader.query(sql, &[&id], Freshness::default()).await {
         Ok(rows) => rows,
         Err(ReadError::Unavailable(_)) => {
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");

@@ -19,6 +19,15 @@ pub enum ReadError {
     Query(tokio_postgres::Error),
 }
 
+/// What a replica must have replayed to be read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// The newest published post.
+    pub newest_post: Option<i64>,
+    /// The primary's WAL position after the latest removal, in bytes.
+    pub wal_position: Option<i64>,
+}
+
 pub struct Reader {
     primary: Pool,
     replicas: Vec<Pool>,
@@ -30,14 +39,14 @@ impl Reader {
         Self { primary, replicas, metrics }
     }
 
-    /// Runs a read-only query on the first database that can answer it. With `newest`, a
-    /// replica that has not yet replayed that post lags and is skipped: whatever it would answer
-    /// could be cached stale (the replica-lag guard). The primary is always current.
+    /// Runs a read-only query on the first database that can answer it. A replica that has not
+    /// yet replayed what `fresh` asks for lags and is skipped: whatever it answered could be
+    /// cached stale (the replica-lag guard). The primary is always current.
     pub async fn query(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-        newest: Option<i64>,
+        fresh: Freshness,
     ) -> Result<Vec<Row>, ReadError> {
         let sources = self.replicas.iter().map(|pool| (pool, "replica")).chain([(&self.primary, "primary")]);
         let mut last_problem = String::new();
@@ -50,12 +59,19 @@ impl Reader {
                     continue;
                 }
             };
-            if let (Some(newest), "replica") = (newest, source) {
-                match client.query_opt("SELECT 1 FROM posts WHERE id = $1", &[&newest]).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
+            if source == "replica" && fresh != Freshness::default() {
+                let check = "SELECT ($1::bigint IS NULL OR EXISTS (SELECT 1 FROM posts WHERE id = $1))
+                                AND ($2::bigint IS NULL
+                                     OR coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint >= $2, false))";
+                match client
+                    .query_one(check, &[&fresh.newest_post, &fresh.wal_position])
+                    .await
+                    .map(|r| r.get(0))
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
                         self.metrics.replica_lagging.inc();
-                        tracing::debug!(newest, "replica lags behind the newest post; skipping it");
+                        tracing::debug!(?fresh, "replica lags behind the feed; skipping it");
                         continue;
                     }
                     Err(e) => {

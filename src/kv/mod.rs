@@ -67,6 +67,7 @@ pub mod scripts {
     script!(LEASE_RENEW, "lease_renew.lua");
     script!(DIALOGUE_SAVE, "dialogue_save.lua");
     script!(PUBLISH_POST, "publish_post.lua");
+    script!(FEED_REMOVED, "feed_removed.lua");
 }
 
 /// Key names of one bot, all under `<deployment prefix>:<bot id>:`.
@@ -112,6 +113,10 @@ pub struct FeedKeys {
     pub generation: String,
     /// The id of the newest published post: a replica that lacks it lags.
     pub newest: String,
+    /// Counts removals (deleted posts, bans): the version of pages after a cursor.
+    pub removals: String,
+    /// The primary's WAL position after the latest removal: a replica behind it lags.
+    pub removal_lsn: String,
     pub channel: String,
     prefix: String,
 }
@@ -122,14 +127,16 @@ impl FeedKeys {
             stream: format!("{deployment}:feed:stream"),
             generation: format!("{deployment}:feed:gen"),
             newest: format!("{deployment}:feed:newest"),
+            removals: format!("{deployment}:feed:removals"),
+            removal_lsn: format!("{deployment}:feed:lsn"),
             channel: format!("{deployment}:feed:live"),
             prefix: deployment.to_owned(),
         }
     }
 
-    /// A cached feed page of one generation.
-    pub fn page(&self, generation: i64, page: &str) -> String {
-        format!("{}:feed:page:{generation}:{page}", self.prefix)
+    /// A cached feed page as of one version of the feed.
+    pub fn page(&self, version: i64, page: &str) -> String {
+        format!("{}:feed:page:{version}:{page}", self.prefix)
     }
 
     /// Marks a post as published to the stream, so that it goes out once.

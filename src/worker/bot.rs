@@ -238,9 +238,17 @@ impl Ctx<'_> {
         }
         self.state.users.invalidate(&mut self.conn(), &self.bot.keys, target).await?;
         // Their posts leave (or return to) every feed page at once.
-        feed::invalidate(&mut self.conn(), &self.state.feed_keys).await.map_err(HandleError::Unavailable)?;
+        self.removed().await?;
         let done = if banned { "banned: their posts left the feed" } else { "unbanned" };
         self.say(chat, format!("User {target} {done}.")).await
+    }
+
+    /// Posts left the feed (committed already): cached pages go stale, lagging replicas unread.
+    pub async fn removed(&self) -> Result<(), HandleError> {
+        let position = store::wal_position(&self.state.db).await?;
+        feed::invalidate(&mut self.conn(), &self.state.feed_keys, position)
+            .await
+            .map_err(HandleError::Unavailable)
     }
 
     /// Publishes a committed, published post to the API nodes (once, however often called).

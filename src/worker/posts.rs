@@ -7,7 +7,6 @@ use super::bot::{Ctx, HandleError, author_of, user_id};
 use super::dialogue::{Photo, State};
 use super::store::{self, NewPost, StoredPost};
 use crate::domain::PostText;
-use crate::feed;
 
 /// How many of their posts `/my` shows.
 const MY_POSTS: i64 = 10;
@@ -224,7 +223,7 @@ async fn delete(ctx: &Ctx<'_>, from: &User, id: i64) -> Result<String, HandleErr
         return Ok("That post is gone already.".to_owned());
     };
     if post.status == "published" {
-        feed::invalidate(&mut ctx.conn(), &ctx.state.feed_keys).await.map_err(HandleError::Unavailable)?;
+        ctx.removed().await?;
     }
     ctx.say(user_id(from), format!("Post #{id} deleted.")).await?;
     Ok("Deleted.".to_owned())

@@ -261,6 +261,13 @@ pub async fn edit_pending(
     Ok(!rows.is_empty())
 }
 
+/// The primary's WAL position now, in bytes: after a commit, every replica that has replayed
+/// this far has seen it.
+pub async fn wal_position(db: &Pool) -> Result<i64, StoreError> {
+    let rows = query(db, "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[]).await?;
+    rows.first().map(|row| row.get(0)).ok_or_else(|| StoreError::Other(anyhow::anyhow!("no WAL position")))
+}
+
 /// Keeps an update that kept failing, whole, with the last error.
 pub async fn dead_letter(
     db: &Pool,

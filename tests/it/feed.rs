@@ -358,3 +358,38 @@ async fn a_paused_replica_is_skipped_and_no_stale_page_is_cached() {
         assert_eq!(first_page().await.as_deref(), Some("published while the replica is paused"));
     }
 }
+
+#[tokio::test]
+async fn pages_after_a_cursor_stay_cached_while_posts_arrive_but_not_after_a_removal() {
+    let db = TestDb::fresh().await;
+    seed_posts(&db, 30).await;
+    let prefix = unique("r");
+    let api = spawn_api(&db, &prefix, false).await;
+    let first: Value = reqwest::get(api.url("/api/feed?limit=10")).await.unwrap().json().await.unwrap();
+    let second = api.url(&format!("/api/feed?limit=10&cursor={}", first["next_cursor"].as_str().unwrap()));
+    let misses = || api.metrics.page_cache.with_label_values(&["miss"]).get();
+    reqwest::get(&second).await.unwrap();
+    assert_eq!(misses(), 2);
+    let mut conn = redis::Client::open(crate::helpers::env("BOTFLEET_TEST_REDIS_URL"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = botfleet::kv::FeedKeys::new(&prefix);
+    // A new post (the generation moves): page 1 is reloaded, the page after the cursor is not.
+    let () = redis::cmd("INCR").arg(&keys.generation).query_async::<i64>(&mut conn).await.map(drop).unwrap();
+    reqwest::get(api.url("/api/feed?limit=10")).await.unwrap();
+    reqwest::get(&second).await.unwrap();
+    assert_eq!(misses(), 3, "only page 1 must be reloaded after a new post");
+    // A removal: every page is reloaded.
+    let _: i64 = botfleet::kv::scripts::FEED_REMOVED
+        .key(&keys.generation)
+        .key(&keys.removals)
+        .key(&keys.removal_lsn)
+        .arg(0)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    reqwest::get(&second).await.unwrap();
+    assert_eq!(misses(), 4, "a removal must reload the pages after a cursor too");
+}

@@ -179,3 +179,25 @@ async fn publish_post_goes_out_once_atomically() {
     let message: String = pubsub.on_message().next().await.unwrap().get_payload().unwrap();
     assert_eq!(message, format!(r#"{offset} {{"id":1}}"#));
 }
+
+#[tokio::test]
+async fn feed_removed_bumps_both_versions_and_only_moves_the_wal_position_forward() {
+    let mut conn = redis().await;
+    let keys = FeedKeys::new(&unique("lua"));
+    let removed = async |conn: &mut MultiplexedConnection, position: i64| -> i64 {
+        let script = &scripts::FEED_REMOVED;
+        script
+            .key(&keys.generation)
+            .key(&keys.removals)
+            .key(&keys.removal_lsn)
+            .arg(position)
+            .invoke_async(conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(removed(&mut conn, 500).await, 1);
+    assert_eq!(removed(&mut conn, 300).await, 2, "a late, older removal still invalidates");
+    let (removals, position): (i64, i64) =
+        redis::cmd("MGET").arg(&keys.removals).arg(&keys.removal_lsn).query_async(&mut conn).await.unwrap();
+    assert_eq!((removals, position), (2, 500), "the WAL position never goes back");
+}
