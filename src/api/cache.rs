@@ -70,7 +70,7 @@ pub struct FeedState {
 }
 
 pub struct PageCache {
-    redis: deadpool_redis::Pool,
+    redis: kv::Shared,
     keys: FeedKeys,
     metrics: Arc<Metrics>,
     /// Cache key → page; keys carry their version, so stale entries are never found.
@@ -80,13 +80,19 @@ pub struct PageCache {
 
 impl PageCache {
     pub fn new(redis: deadpool_redis::Pool, keys: FeedKeys, metrics: Arc<Metrics>) -> Self {
-        Self { redis, keys, metrics, local: Mutex::default(), flights: Mutex::default() }
+        Self {
+            redis: kv::Shared::new(redis),
+            keys,
+            metrics,
+            local: Mutex::default(),
+            flights: Mutex::default(),
+        }
     }
 
     /// The feed's generation and newest post, or `None` if Redis cannot tell (then pages are
     /// served uncached).
     pub async fn state(&self) -> Option<FeedState> {
-        let mut conn = kv::conn(&self.redis).await.ok()?;
+        let mut conn = self.redis.get().await.ok()?;
         let keys = [&self.keys.generation, &self.keys.removals, &self.keys.newest, &self.keys.removal_lsn];
         let (generation, removals, newest_post, wal_position): (
             Option<i64>,
@@ -150,14 +156,14 @@ impl PageCache {
     }
 
     async fn redis_get(&self, key: &str) -> Option<Page> {
-        let mut conn = kv::conn(&self.redis).await.ok()?;
-        let raw: Option<Vec<u8>> = conn.get(key).await.ok()?;
+        let mut conn = self.redis.get().await.ok()?;
+        let raw: Option<Vec<u8>> = conn.get(key).await.inspect_err(|_| self.redis.reset()).ok()?;
         raw.and_then(|raw| Page::decode(&raw))
     }
 
     async fn redis_set(&self, key: &str, page: &Page) {
         // A page that could not be cached is still served.
-        if let Ok(mut conn) = kv::conn(&self.redis).await {
+        if let Ok(mut conn) = self.redis.get().await {
             let _: Result<(), _> = conn.set_ex(key, page.encode(), REDIS_TTL.as_secs()).await;
         }
     }

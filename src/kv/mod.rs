@@ -21,6 +21,34 @@ pub async fn conn(pool: &Pool) -> Result<Conn, deadpool_redis::PoolError> {
     Ok((*pool.get().await?).clone())
 }
 
+/// One multiplexed connection shared by every request of a process, taken from the pool once
+/// and replaced after an error: the pool's checkout costs a PING round trip, too much for
+/// work done on every read.
+pub struct Shared {
+    pool: Pool,
+    conn: std::sync::Mutex<Option<Conn>>,
+}
+
+impl Shared {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool, conn: std::sync::Mutex::new(None) }
+    }
+
+    pub async fn get(&self) -> Result<Conn, deadpool_redis::PoolError> {
+        if let Some(conn) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(conn);
+        }
+        let conn = self::conn(&self.pool).await?;
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// After an error on the shared connection: the next `get` takes a fresh one.
+    pub fn reset(&self) {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 /// A pool that connects lazily: building it never fails because Redis is down.
 pub fn pool(url: &Secret, size: usize) -> anyhow::Result<Pool> {
     Config::from_url(url.expose())

@@ -44,7 +44,8 @@ pub(crate) struct BotRuntime {
 pub(crate) struct WorkerState {
     pub bots: Arc<HashMap<String, Arc<BotRuntime>>>,
     pub db: deadpool_postgres::Pool,
-    pub redis: deadpool_redis::Pool,
+    /// The Redis connection every update shares (multiplexed).
+    pub redis: Arc<kv::Shared>,
     pub metrics: Arc<Metrics>,
     pub users: Arc<Users>,
     pub dialogues: Arc<Dialogues>,
@@ -88,7 +89,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
     let state = WorkerState {
         bots: Arc::new(bots),
         db: db.clone(),
-        redis: redis.clone(),
+        redis: Arc::new(kv::Shared::new(redis.clone())),
         metrics: metrics.clone(),
         users: Arc::new(Users::new(db.clone(), settings.user_cache_ttl, metrics.clone())),
         dialogues: Arc::new(Dialogues { ttl: settings.dialogue_ttl }),

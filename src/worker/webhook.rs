@@ -19,7 +19,7 @@ use super::bot::{self, HandleError};
 use super::intake::{Begin, IntakeError};
 use super::{BotRuntime, WorkerState, store};
 use crate::http::json_error;
-use crate::kv::{self, Conn};
+use crate::kv::Conn;
 use crate::telegram::redact;
 
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
@@ -111,7 +111,7 @@ impl Outcome {
 #[tracing::instrument(skip_all, fields(bot = %bot.config.name, update_id = update.id.0))]
 async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: Bytes) -> Outcome {
     let update_id = i64::from(update.id.0);
-    let mut redis = match kv::conn(&state.redis).await {
+    let mut redis = match state.redis.get().await {
         Ok(conn) => conn,
         Err(e) => return Outcome::RetryLater(format!("redis unavailable: {e}")),
     };
@@ -141,6 +141,7 @@ async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: 
     if let Err(e) = bot.intake.end(&mut redis, turn, handled).await {
         // The effects are durable; at worst a redelivery finds them done in Postgres.
         tracing::warn!(error = %e, "could not record the end of an update's turn");
+        state.redis.reset();
     }
     outcome
 }
