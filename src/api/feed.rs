@@ -1,6 +1,5 @@
 //! `GET /api/feed` (newest first, keyset pagination) and `GET /api/posts/{id}`.
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -180,22 +179,43 @@ fn respond(page: &Page, headers: &HeaderMap) -> Response {
     response
 }
 
-pub async fn post(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+/// Why one post could not be served.
+enum PostError {
+    /// Not published, not public, or its author banned; never cached, since it may be published
+    /// later.
+    NotFound,
+    Read(ReadError),
+}
+
+pub async fn post(State(state): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return json_error(StatusCode::BAD_REQUEST, "post id must be a whole number");
     };
+    // A published post changes only when posts are removed: cache it under that version.
+    let post = match state.cache.state().await {
+        Some(feed) => {
+            state.cache.get(feed.removals, &format!("post:{id}"), || load_post(&state, id, feed.fresh)).await
+        }
+        None => load_post(&state, id, Freshness::default()).await.map(Arc::new),
+    };
+    match post {
+        Ok(page) => respond(&page, &headers),
+        Err(PostError::NotFound) => json_error(StatusCode::NOT_FOUND, "no such post"),
+        Err(PostError::Read(e)) => read_failed(e),
+    }
+}
+
+async fn load_post(state: &ApiState, id: i64, fresh: Freshness) -> Result<Page, PostError> {
     let sql = format!(
         "SELECT {POST_COLUMNS} FROM posts p
          JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
          WHERE {VISIBLE} AND p.id = $1"
     );
-    match state.reader.query(&sql, &[&id], Freshness::default()).await {
-        Ok(rows) => match rows.first() {
-            Some(row) => Json(post_view(row)).into_response(),
-            None => json_error(StatusCode::NOT_FOUND, "no such post"),
-        },
-        Err(e) => read_failed(e),
-    }
+    let rows = state.reader.query(&sql, &[&id], fresh).await.map_err(PostError::Read)?;
+    let row = rows.first().ok_or(PostError::NotFound)?;
+    let body = serde_json::to_vec(&post_view(row))
+        .map_err(|e| PostError::Read(ReadError::Unavailable(format!("encoding a post: {e}"))))?;
+    Ok(Page::new(body, None))
 }
 
 fn read_failed(error: ReadError) -> Response {

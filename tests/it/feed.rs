@@ -392,4 +392,11 @@ async fn pages_after_a_cursor_stay_cached_while_posts_arrive_but_not_after_a_rem
         .unwrap();
     reqwest::get(&second).await.unwrap();
     assert_eq!(misses(), 4, "a removal must reload the pages after a cursor too");
+    // Single posts are cached the same way, and a missing one is never cached.
+    let id = first["posts"][0]["id"].as_i64().unwrap();
+    for _ in 0..2 {
+        assert_eq!(reqwest::get(api.url(&format!("/api/posts/{id}"))).await.unwrap().status(), 200);
+        assert_eq!(reqwest::get(api.url("/api/posts/999999")).await.unwrap().status(), 404);
+    }
+    assert_eq!(misses(), 7, "one miss for the post, one per request for the missing one");
 }
