@@ -7,18 +7,11 @@ use botfleet::fake_telegram::{Call, Fake};
 use botfleet::kv::{BotKeys, FeedKeys};
 use serde_json::{Value, json};
 
+use crate::helpers::redis;
 use crate::helpers::{
-    MAIN_BOT, Running, TestBot, TestDb, callback_update, deliver_update, env, eventually, photo_update,
+    MAIN_BOT, Running, TestBot, TestDb, callback_update, deliver_update, eventually, photo_update,
     spawn_fake, spawn_worker, spawn_worker_with, text_update, unique,
 };
-
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(env("BOTFLEET_TEST_REDIS_URL"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
 
 /// The texts the bot sent to `chat`, in order.
 fn said_to(fake: &Fake, chat: i64) -> Vec<String> {

@@ -9,9 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{
-    MAIN_BOT, TestDb, deliver_update, eventually, spawn_api, spawn_fake, spawn_worker, text_update, unique,
-};
+use crate::helpers::{MAIN_BOT, Stack, deliver_update, eventually, text_update, unique};
 
 fn chromium() -> &'static str {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -71,12 +69,8 @@ impl Page {
 
 #[tokio::test]
 async fn the_live_page_shows_new_posts_without_reload_and_runs_no_user_script() {
-    let db = TestDb::fresh().await;
-    let prefix = unique("r");
-    let (_fake, telegram) = spawn_fake(false).await;
-    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
-    let api = spawn_api(&db, &prefix, false).await;
-    deliver_update(&worker, &MAIN_BOT, &text_update(1, 42, "already there when the page loads")).await;
+    let Stack { worker, api, .. } = &Stack::start(false).await;
+    deliver_update(worker, &MAIN_BOT, &text_update(1, 42, "already there when the page loads")).await;
 
     let profile = std::env::temp_dir().join(unique("chromium"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -118,7 +112,7 @@ async fn the_live_page_shows_new_posts_without_reload_and_runs_no_user_script() 
     .await;
     let hostile =
         "<script>document.title='PWNED'</script><img src=x onerror=\"document.title='PWNED'\"> live post";
-    deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, hostile)).await;
+    deliver_update(worker, &MAIN_BOT, &text_update(2, 42, hostile)).await;
     let shown = page.wait_for_feed_text("live post").await;
     assert!(shown.contains(hostile), "the live post must appear, its markup shown as text: {shown}");
     assert_eq!(page.eval("document.title").await, json!("botfleet — live feed"), "user text must never run");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    MAIN_BOT, TestDb, deliver_update, eventually, spawn_api, spawn_api_with, spawn_fake, spawn_worker,
+    MAIN_BOT, Stack, TestDb, deliver_update, eventually, spawn_api, spawn_api_with, spawn_fake, spawn_worker,
     text_update, unique,
 };
 
@@ -127,24 +127,20 @@ async fn pages_carry_an_etag_and_answer_304_when_unchanged() {
 
 #[tokio::test]
 async fn a_new_post_is_on_page_one_at_once_although_the_page_was_cached() {
-    let db = TestDb::fresh().await;
-    let prefix = unique("r");
-    let (_fake, telegram) = spawn_fake(false).await;
-    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
-    let api = spawn_api(&db, &prefix, true).await;
-    deliver_update(&worker, &MAIN_BOT, &text_update(1, 42, "the first post of the feed")).await;
+    let Stack { worker, api, .. } = &Stack::start(true).await;
+    deliver_update(worker, &MAIN_BOT, &text_update(1, 42, "the first post of the feed")).await;
     let page = |api: &crate::helpers::Running| reqwest::get(api.url("/api/feed"));
     eventually(Duration::from_secs(1), "the first post on page 1", || async {
-        let feed: Value = page(&api).await.ok()?.json().await.ok()?;
+        let feed: Value = page(api).await.ok()?.json().await.ok()?;
         (feed["posts"].as_array()?.len() == 1).then_some(())
     })
     .await;
     // Page 1 is now cached, in the process and in Redis.
-    let _: Value = page(&api).await.unwrap().json().await.unwrap();
+    let _: Value = page(api).await.unwrap().json().await.unwrap();
     assert!(api.metrics.page_cache.with_label_values(&["local_hit"]).get() >= 1);
-    deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, "the second post of the feed")).await;
+    deliver_update(worker, &MAIN_BOT, &text_update(2, 42, "the second post of the feed")).await;
     eventually(Duration::from_secs(1), "the new post on page 1", || async {
-        let feed: Value = page(&api).await.ok()?.json().await.ok()?;
+        let feed: Value = page(api).await.ok()?.json().await.ok()?;
         (feed["posts"][0]["text"] == "the second post of the feed").then_some(())
     })
     .await;
@@ -320,16 +316,12 @@ impl Drop for ReplayPaused {
 
 #[tokio::test]
 async fn a_paused_replica_is_skipped_and_no_stale_page_is_cached() {
-    let db = TestDb::fresh().await;
-    let prefix = unique("r");
-    let (_fake, telegram) = spawn_fake(false).await;
-    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
-    let api = spawn_api(&db, &prefix, true).await;
+    let Stack { db, worker, api, .. } = &Stack::start(true).await;
     let first_page = || async {
         let feed: Value = reqwest::get(api.url("/api/feed")).await.ok()?.json().await.ok()?;
         feed["posts"][0]["text"].as_str().map(str::to_owned)
     };
-    deliver_update(&worker, &MAIN_BOT, &text_update(1, 42, "replayed everywhere already")).await;
+    deliver_update(worker, &MAIN_BOT, &text_update(1, 42, "replayed everywhere already")).await;
     eventually(Duration::from_secs(1), "the first post on page 1", || async {
         (first_page().await? == "replayed everywhere already").then_some(())
     })
@@ -339,7 +331,7 @@ async fn a_paused_replica_is_skipped_and_no_stale_page_is_cached() {
     let replica = crate::helpers::connect(&crate::helpers::env("BOTFLEET_TEST_REPLICA_URL")).await;
     replica.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
     let paused = ReplayPaused;
-    deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, "published while the replica is paused")).await;
+    deliver_update(worker, &MAIN_BOT, &text_update(2, 42, "published while the replica is paused")).await;
     eventually(Duration::from_secs(1), "the new post on page 1 despite the paused replica", || async {
         (first_page().await? == "published while the replica is paused").then_some(())
     })

@@ -51,6 +51,36 @@ where
     }
 }
 
+/// A connection to the test Redis.
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(env("BOTFLEET_TEST_REDIS_URL"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// What most feed tests stand on: a fresh database, a worker (replying to a fake Telegram) and
+/// an API node sharing a Redis prefix.
+pub struct Stack {
+    pub db: TestDb,
+    pub prefix: String,
+    pub worker: Running,
+    pub api: Running,
+}
+
+impl Stack {
+    /// The API node reads the replica when `replica`.
+    pub async fn start(replica: bool) -> Self {
+        let db = TestDb::fresh().await;
+        let prefix = unique("r");
+        let (_fake, telegram) = spawn_fake(false).await;
+        let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
+        let api = spawn_api(&db, &prefix, replica).await;
+        Self { db, prefix, worker, api }
+    }
+}
+
 /// A name no other test (or test process) uses.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

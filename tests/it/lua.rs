@@ -4,15 +4,8 @@ use botfleet::kv::{BotKeys, FeedKeys, scripts, turns_channel};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 
+use crate::helpers::redis;
 use crate::helpers::{env, unique};
-
-async fn redis() -> MultiplexedConnection {
-    redis::Client::open(env("BOTFLEET_TEST_REDIS_URL"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
 
 /// Runs intake_begin for `update` of chat "7" with `token`; waiters count for 500 ms.
 async fn begin(conn: &mut MultiplexedConnection, keys: &BotKeys, update: i64, token: &str) -> String {

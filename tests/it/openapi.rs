@@ -2,9 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    MAIN_BOT, TestDb, deliver_update, spawn_api, spawn_fake, spawn_worker, text_update, unique,
-};
+use crate::helpers::{MAIN_BOT, Stack, deliver_update, text_update};
 
 /// Checks `value` against an OpenAPI schema (the subset the document uses: `$ref`, `type`,
 /// `required`, `properties`, `items`); returns what does not match.
@@ -68,13 +66,9 @@ fn schema_of(doc: &Value, path: &str, status: &str) -> Value {
 
 #[tokio::test]
 async fn the_openapi_document_matches_the_real_answers() {
-    let db = TestDb::fresh().await;
-    let prefix = unique("r");
-    let (_fake, telegram) = spawn_fake(false).await;
-    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
-    let api = spawn_api(&db, &prefix, false).await;
+    let Stack { worker, api, .. } = &Stack::start(false).await;
     for n in 1..=3 {
-        deliver_update(&worker, &MAIN_BOT, &text_update(n, 40 + n, &format!("a post for the document {n}")))
+        deliver_update(worker, &MAIN_BOT, &text_update(n, 40 + n, &format!("a post for the document {n}")))
             .await;
     }
     let doc: Value = reqwest::get(api.url("/api/openapi.json")).await.unwrap().json().await.unwrap();

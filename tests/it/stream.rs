@@ -7,9 +7,10 @@ use botfleet::kv::FeedKeys;
 use serde_json::Value;
 
 use crate::helpers::{
-    MAIN_BOT, Running, TestDb, deliver_update, env, eventually, spawn_api, spawn_api_with, spawn_fake,
+    MAIN_BOT, Running, TestDb, deliver_update, eventually, spawn_api, spawn_api_with, spawn_fake,
     spawn_worker, text_update, unique,
 };
+use crate::helpers::{Stack, redis};
 
 /// One event: its id, kind and data.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,14 +89,6 @@ async fn hubs_listening(prefix: &str, n: i64) {
     .await;
 }
 
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(env("BOTFLEET_TEST_REDIS_URL"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 async fn post(worker: &Running, update_id: i64, text: &str) {
     let response = deliver_update(worker, &MAIN_BOT, &text_update(update_id, 42, text)).await;
     assert_eq!(response.status(), 200);
@@ -129,53 +122,45 @@ async fn a_published_post_reaches_open_streams_on_every_api_node() {
 
 #[tokio::test]
 async fn a_reconnection_with_last_event_id_gets_exactly_the_missed_posts_in_order() {
-    let db = TestDb::fresh().await;
-    let prefix = unique("r");
-    let (_fake, telegram) = spawn_fake(false).await;
-    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
-    let api = spawn_api(&db, &prefix, false).await;
-    let mut client = SseClient::open(&api, None).await;
-    hubs_listening(&prefix, 1).await;
-    post(&worker, 1, "seen before the disconnect").await;
+    let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
+    let mut client = SseClient::open(api, None).await;
+    hubs_listening(prefix, 1).await;
+    post(worker, 1, "seen before the disconnect").await;
     let seen = client.next().await;
     drop(client);
     for n in 2..=6 {
-        post(&worker, n, &format!("missed post number {n}")).await;
+        post(worker, n, &format!("missed post number {n}")).await;
     }
-    let mut resumed = SseClient::open(&api, seen.id.as_deref()).await;
+    let mut resumed = SseClient::open(api, seen.id.as_deref()).await;
     for n in 2..=6 {
         assert_eq!(resumed.next().await.text(), format!("missed post number {n}"));
     }
-    post(&worker, 7, "live again after the catch-up").await;
+    post(worker, 7, "live again after the catch-up").await;
     assert_eq!(resumed.next().await.text(), "live again after the catch-up", "no duplicates, no gaps");
     assert_eq!(api.metrics.sse_resumes.get(), 1);
 }
 
 #[tokio::test]
 async fn a_gap_older_than_the_stream_gets_one_resync() {
-    let db = TestDb::fresh().await;
-    let prefix = unique("r");
-    let (_fake, telegram) = spawn_fake(false).await;
-    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
-    let api = spawn_api(&db, &prefix, false).await;
-    let mut client = SseClient::open(&api, None).await;
-    hubs_listening(&prefix, 1).await;
-    post(&worker, 1, "the last post this browser saw").await;
+    let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
+    let mut client = SseClient::open(api, None).await;
+    hubs_listening(prefix, 1).await;
+    post(worker, 1, "the last post this browser saw").await;
     let seen = client.next().await;
     drop(client);
     for n in 2..=4 {
-        post(&worker, n, &format!("post number {n} of the gap")).await;
+        post(worker, n, &format!("post number {n} of the gap")).await;
     }
     // The stream keeps only the newest entry now: what the browser missed is gone from it.
     let () = redis::cmd("XTRIM")
-        .arg(FeedKeys::new(&prefix).stream)
+        .arg(FeedKeys::new(prefix).stream)
         .arg("MAXLEN")
         .arg(1)
         .query_async::<i64>(&mut redis().await)
         .await
         .map(drop)
         .unwrap();
-    let mut resumed = SseClient::open(&api, seen.id.as_deref()).await;
+    let mut resumed = SseClient::open(api, seen.id.as_deref()).await;
     assert_eq!(resumed.next().await.kind, "resync");
     assert_eq!(api.metrics.sse_resyncs.get(), 1);
     let bad = reqwest::Client::new()
@@ -189,13 +174,9 @@ async fn a_gap_older_than_the_stream_gets_one_resync() {
 
 #[tokio::test]
 async fn killing_the_pubsub_connections_loses_no_event() {
-    let db = TestDb::fresh().await;
-    let prefix = unique("r");
-    let (_fake, telegram) = spawn_fake(false).await;
-    let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
-    let api = spawn_api(&db, &prefix, false).await;
-    let mut client = SseClient::open(&api, None).await;
-    hubs_listening(&prefix, 1).await;
+    let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
+    let mut client = SseClient::open(api, None).await;
+    hubs_listening(prefix, 1).await;
     let mut conn = redis().await;
     for n in 1..=6 {
         if n % 2 == 0 {
@@ -208,7 +189,7 @@ async fn killing_the_pubsub_connections_loses_no_event() {
                 .await
                 .unwrap();
         }
-        post(&worker, n, &format!("post {n} around a pub/sub hiccup")).await;
+        post(worker, n, &format!("post {n} around a pub/sub hiccup")).await;
     }
     for n in 1..=6 {
         assert_eq!(client.next().await.text(), format!("post {n} around a pub/sub hiccup"));
