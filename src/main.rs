@@ -102,7 +102,9 @@ fn run(command: Command) -> ExitCode {
 fn init_tracing(source: &Source) {
     let filter = tracing_subscriber::EnvFilter::try_new(source.get(settings::LOG).unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only for a person at a terminal, never in log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 enum Process {

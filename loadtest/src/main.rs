@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+mod w3;
+
 use anyhow::{Context, bail};
 use serde_json::json;
 
@@ -25,6 +27,7 @@ const ZIPF_S: f64 = 1.1;
 enum Workload {
     W1,
     W2,
+    W3,
 }
 
 struct Options {
@@ -32,6 +35,10 @@ struct Options {
     env: HashMap<String, String>,
     /// W2 only: request this path for every request instead (the static-file baseline).
     static_path: Option<String>,
+    /// W3 only: the stream URL of one API node, how many clients, and that node's pid.
+    stream: Option<String>,
+    clients: usize,
+    pid: Option<u32>,
     concurrency: usize,
     seconds: u64,
     /// Updates per second (open loop); none for closed loop.
@@ -44,11 +51,13 @@ fn parse_args() -> anyhow::Result<Options> {
     let workload = match args.first().map(String::as_str) {
         Some("w1") => Workload::W1,
         Some("w2") => Workload::W2,
+        Some("w3") => Workload::W3,
         _ => bail!(
-            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path]"
+            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path]\n       loadtest w3 --stream URL [--clients 1000] [--rate 50] [--seconds 20] [--pid API_PID] [--first-update-id N]"
         ),
     };
     let mut static_path = None;
+    let (mut stream, mut clients, mut pid) = (None, 1000, None);
     let mut env_file = ".cluster/cluster.env".to_owned();
     let (mut concurrency, mut seconds, mut rate, mut first_update_id) = (64, 20, None, 1);
     let mut rest = args[1..].iter();
@@ -61,6 +70,9 @@ fn parse_args() -> anyhow::Result<Options> {
             "--rate" => rate = Some(value.parse()?),
             "--first-update-id" => first_update_id = value.parse()?,
             "--static" => static_path = Some(value.clone()),
+            "--stream" => stream = Some(value.clone()),
+            "--clients" => clients = value.parse()?,
+            "--pid" => pid = Some(value.parse()?),
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -70,7 +82,18 @@ fn parse_args() -> anyhow::Result<Options> {
     let text = std::fs::read_to_string(&env_file).with_context(|| format!("reading {env_file}"))?;
     let env =
         text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-    Ok(Options { workload, env, static_path, concurrency, seconds, rate, first_update_id })
+    Ok(Options {
+        workload,
+        env,
+        static_path,
+        stream,
+        clients,
+        pid,
+        concurrency,
+        seconds,
+        rate,
+        first_update_id,
+    })
 }
 
 /// xorshift64*: fast, seedable, plenty for picking senders and texts.
@@ -309,11 +332,30 @@ async fn main() -> anyhow::Result<()> {
         secret: get("BOTFLEET_WEBHOOK_SECRET")?,
         next_id: AtomicI64::new(options.first_update_id),
     });
+    if options.workload == Workload::W3 {
+        let summary = w3::run(w3::W3 {
+            clients: options.clients,
+            stream_url: options
+                .stream
+                .clone()
+                .context("w3 needs --stream http://<api node>/api/feed/stream")?,
+            webhook_url: get("BOTFLEET_WEBHOOK_URL")?,
+            secret: get("BOTFLEET_WEBHOOK_SECRET")?,
+            rate: options.rate.unwrap_or(50.0),
+            seconds: options.seconds,
+            first_update_id: options.first_update_id,
+            pid: options.pid,
+        })
+        .await?;
+        println!("{summary}");
+        return Ok(());
+    }
     let started = Instant::now();
     let lanes: Vec<_> = match options.workload {
         Workload::W1 => (0..options.concurrency)
             .map(|n| tokio::spawn(lane(target.clone(), n, options.clone(), started)))
             .collect(),
+        Workload::W3 => Vec::new(),
         Workload::W2 => {
             let base = get("BOTFLEET_URL")?;
             let reads = Arc::new(discover(&target.client, &base).await?);
