@@ -122,7 +122,10 @@ async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: 
             state.metrics.dedup_hits.with_label_values(&[bot.config.name.as_str()]).inc();
             return Outcome::Acknowledged;
         }
-        Err(e @ (IntakeError::TimedOut(_) | IntakeError::Unavailable(_))) => {
+        Err(e @ IntakeError::TimedOut(_)) => return Outcome::RetryLater(e.to_string()),
+        Err(e @ IntakeError::Unavailable(_)) => {
+            // The shared connection may be broken: the next update takes a fresh one.
+            state.redis.reset();
             return Outcome::RetryLater(e.to_string());
         }
     };
