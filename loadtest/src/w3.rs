@@ -33,6 +33,8 @@ struct Shared {
     buckets: Vec<AtomicU64>,
     received: AtomicU64,
     connected: AtomicUsize,
+    /// Woken at every received event, for whoever waits for the last one.
+    progress: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -40,6 +42,21 @@ impl Shared {
         let bucket = ((latency.as_micros() / 100) as usize).min(BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.received.fetch_add(1, Ordering::Relaxed);
+        self.progress.notify_waiters();
+    }
+
+    /// Waits until `expected` events arrived, or `limit` passed.
+    async fn received_all(&self, expected: u64, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let woken = self.progress.notified();
+                if self.received.load(Ordering::Relaxed) >= expected {
+                    return;
+                }
+                woken.await;
+            }
+        })
+        .await;
     }
 
     fn percentile(&self, p: f64) -> f64 {
@@ -67,12 +84,18 @@ fn proc_stat(pid: u32) -> Option<(u64, f64)> {
     Some((rss_kib, ticks as f64 / 100.0))
 }
 
-/// One client: reads events until `stop`, recording each post's latency.
-async fn client(http: reqwest::Client, url: String, shared: Arc<Shared>, stop: Arc<tokio::sync::Notify>) {
-    let Ok(mut response) = http.get(&url).send().await else { return };
-    if !response.status().is_success() {
-        return;
-    }
+/// One client: says whether it connected, then reads events until `stop`, recording each
+/// post's latency.
+async fn client(
+    http: reqwest::Client,
+    url: String,
+    shared: Arc<Shared>,
+    stop: Arc<tokio::sync::Notify>,
+    connected: tokio::sync::mpsc::Sender<bool>,
+) {
+    let response = http.get(&url).send().await.ok().filter(|r| r.status().is_success());
+    let _ = connected.send(response.is_some()).await;
+    let Some(mut response) = response else { return };
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let mut buffer = String::new();
     let stopped = stop.notified();
@@ -108,6 +131,7 @@ pub async fn run(w3: W3) -> anyhow::Result<Value> {
         buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         received: AtomicU64::new(0),
         connected: AtomicUsize::new(0),
+        progress: tokio::sync::Notify::new(),
     });
     let before = w3.pid.and_then(proc_stat);
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -115,21 +139,18 @@ pub async fn run(w3: W3) -> anyhow::Result<Value> {
     let mut tasks = Vec::with_capacity(w3.clients);
     for batch in 0..w3.clients.div_ceil(CONNECT_BATCH) {
         let in_batch = CONNECT_BATCH.min(w3.clients - batch * CONNECT_BATCH);
+        let (report, mut reports) = tokio::sync::mpsc::channel(in_batch);
         for _ in 0..in_batch {
-            tasks.push(tokio::spawn(client(
-                http.clone(),
-                w3.stream_url.clone(),
-                shared.clone(),
-                stop.clone(),
-            )));
+            let task =
+                client(http.clone(), w3.stream_url.clone(), shared.clone(), stop.clone(), report.clone());
+            tasks.push(tokio::spawn(task));
         }
-        let want = batch * CONNECT_BATCH + in_batch;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while shared.connected.load(Ordering::Relaxed) < want {
-            if Instant::now() > deadline {
-                bail!("only {} of {want} clients connected", shared.connected.load(Ordering::Relaxed));
+        // Each client of the batch says whether it connected, before the next batch starts.
+        for _ in 0..in_batch {
+            match tokio::time::timeout(Duration::from_secs(30), reports.recv()).await {
+                Ok(Some(true)) => {}
+                _ => bail!("only {} clients connected", shared.connected.load(Ordering::Relaxed)),
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     let connected = proc_stat_or_none(w3.pid);
@@ -165,10 +186,7 @@ pub async fn run(w3: W3) -> anyhow::Result<Value> {
     }
     let clients = shared.connected.load(Ordering::Relaxed) as u64;
     let expected = (posts - failed) as u64 * clients;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while shared.received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shared.received_all(expected, Duration::from_secs(10)).await;
     let after = proc_stat_or_none(w3.pid);
     stop.notify_waiters();
     for task in tasks {

@@ -20,7 +20,8 @@ pub const MAX_LIMIT: i64 = 100;
 
 const POST_COLUMNS: &str = "p.id, p.bot_id, p.text, p.media_file_id IS NOT NULL AS has_media, p.published_at,
      u.first_name, u.username";
-const VISIBLE: &str = "p.status = 'published' AND p.is_public AND NOT u.is_banned";
+/// What the public may see: published, public, and not by a banned author.
+pub(super) const VISIBLE: &str = "p.status = 'published' AND p.is_public AND NOT u.is_banned";
 
 fn post_view(row: &Row) -> PostView {
     PostView {

@@ -17,6 +17,7 @@ use teloxide_core::prelude::Requester;
 use teloxide_core::types::FileId;
 
 use super::ApiState;
+use super::feed::VISIBLE;
 use super::reader::{Freshness, ReadError};
 use crate::http::json_error;
 use crate::settings::BotConfig;
@@ -52,11 +53,12 @@ pub async fn media(State(state): State<ApiState>, Path(id): Path<String>) -> Res
     let Ok(id) = id.parse::<i64>() else {
         return json_error(StatusCode::BAD_REQUEST, "post id must be a whole number");
     };
-    let sql = "SELECT p.bot_id, p.media_file_id FROM posts p
-               JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
-               WHERE p.id = $1 AND p.status = 'published' AND p.is_public AND NOT u.is_banned
-                 AND p.media_file_id IS NOT NULL";
-    let rows = match state.reader.query(sql, &[&id], Freshness::default()).await {
+    let sql = format!(
+        "SELECT p.bot_id, p.media_file_id FROM posts p
+         JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
+         WHERE {VISIBLE} AND p.id = $1 AND p.media_file_id IS NOT NULL"
+    );
+    let rows = match state.reader.query(&sql, &[&id], Freshness::default()).await {
         Ok(rows) => rows,
         Err(ReadError::Unavailable(_)) => {
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");

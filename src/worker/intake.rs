@@ -11,15 +11,15 @@
 //! Redis is the fast path only: the Postgres unique constraints are what make a redelivery
 //! after a Redis flush harmless.
 
-use std::collections::HashMap;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::keyed::Keyed;
 use crate::kv::{BotKeys, Conn, scripts, turns_channel};
 use crate::shutdown::CancellationToken;
 
@@ -80,27 +80,13 @@ impl Turn {
 /// Wakes local waiters when a chat's turn is released anywhere in the cluster.
 #[derive(Default)]
 pub struct Waker {
-    waiting: Mutex<HashMap<String, Weak<Notify>>>,
+    /// One notifier per chat lease key, shared by every local waiter of that chat.
+    waiting: Keyed<Notify>,
 }
 
 impl Waker {
-    /// The notifier of a chat's lease key, shared by every local waiter of that chat.
-    fn listen(&self, lease_key: &str) -> Arc<Notify> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(notify) = waiting.get(lease_key).and_then(Weak::upgrade) {
-            return notify;
-        }
-        if waiting.len() > 1024 {
-            waiting.retain(|_, w| w.strong_count() > 0);
-        }
-        let notify = Arc::new(Notify::new());
-        waiting.insert(lease_key.to_owned(), Arc::downgrade(&notify));
-        notify
-    }
-
     fn wake(&self, lease_key: &str) {
-        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(notify) = waiting.get(lease_key).and_then(Weak::upgrade) {
+        if let Some(notify) = self.waiting.get(lease_key) {
             notify.notify_waiters();
         }
     }
@@ -155,7 +141,7 @@ impl Intake {
         let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
         let update_key = self.keys.update(update_id);
         let [lease_key, queue_key, waiters_key] = self.keys.chat_turn(chat);
-        let notify = self.waker.listen(&lease_key);
+        let notify = self.waker.waiting.acquire(&lease_key);
         let started = Instant::now();
         let mut poll = Duration::from_millis(2);
         loop {

@@ -8,6 +8,7 @@
 mod bot;
 mod dialogue;
 mod intake;
+mod keyed;
 mod posts;
 mod store;
 mod users;

@@ -5,14 +5,14 @@
 //! Inside a process, concurrent misses for one user make one database call (single-flight).
 //! A ban deletes the entry, so every worker sees it on the very next update.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
+use super::keyed::Keyed;
 use super::store::{self, Profile, StoreError};
 use crate::kv::{BotKeys, Conn};
 use crate::metrics::Metrics;
@@ -27,7 +27,8 @@ pub struct Users {
     pub db: Pool,
     pub ttl: Duration,
     pub metrics: Arc<Metrics>,
-    flights: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// One lock per user key: concurrent misses make one database call.
+    flights: Keyed<tokio::sync::Mutex<()>>,
 }
 
 fn unavailable(e: impl Into<anyhow::Error>) -> StoreError {
@@ -36,7 +37,7 @@ fn unavailable(e: impl Into<anyhow::Error>) -> StoreError {
 
 impl Users {
     pub fn new(db: Pool, ttl: Duration, metrics: Arc<Metrics>) -> Self {
-        Self { db, ttl, metrics, flights: Mutex::default() }
+        Self { db, ttl, metrics, flights: Keyed::default() }
     }
 
     /// The user as stored, with their row brought up to date; tells whether they are banned.
@@ -53,7 +54,7 @@ impl Users {
             self.metrics.user_cache.with_label_values(&["hit"]).inc();
             return Ok(user);
         }
-        let flight = self.flight(&key);
+        let flight = self.flights.acquire(&key);
         let _only_one = flight.lock().await;
         // Whoever held the flight before us may have filled the cache.
         if let Some(user) = self.cached(conn, &key, &profile).await? {
@@ -85,18 +86,5 @@ impl Users {
         Ok(json
             .and_then(|json| serde_json::from_str::<CachedUser>(&json).ok())
             .filter(|user| user.profile == *profile))
-    }
-
-    fn flight(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(flight) = flights.get(key).and_then(Weak::upgrade) {
-            return flight;
-        }
-        if flights.len() > 1024 {
-            flights.retain(|_, f| f.strong_count() > 0);
-        }
-        let flight = Arc::new(tokio::sync::Mutex::new(()));
-        flights.insert(key.to_owned(), Arc::downgrade(&flight));
-        flight
     }
 }

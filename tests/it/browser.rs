@@ -24,6 +24,8 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 struct Page {
     socket: Socket,
     next_id: u64,
+    /// Events that arrived while waiting for an answer, oldest first.
+    events: Vec<String>,
 }
 
 impl Page {
@@ -33,30 +35,53 @@ impl Page {
         let request = json!({ "id": id, "method": method, "params": params }).to_string();
         self.socket.send(Message::text(request)).await.unwrap();
         loop {
-            let message = self.socket.next().await.expect("DevTools closed").unwrap();
-            let Ok(text) = message.to_text() else { continue };
-            let answer: Value = serde_json::from_str(text).unwrap_or_default();
-            if answer["id"] == json!(id) {
-                return answer["result"].clone();
+            let message = self.read().await;
+            if message["id"] == json!(id) {
+                return message["result"].clone();
+            }
+            if let Some(event) = message["method"].as_str() {
+                self.events.push(event.to_owned());
             }
         }
     }
 
-    /// Polls the feed's text until it contains `needle`, failing after ten seconds.
-    async fn wait_for_feed_text(&mut self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = self.eval("document.getElementById('feed').innerText").await;
-            let text = text.as_str().unwrap_or_default().to_owned();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the page never showed {needle:?}; it shows {text:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    async fn read(&mut self) -> Value {
+        let message = self.socket.next().await.expect("DevTools closed").unwrap();
+        serde_json::from_str(message.to_text().unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Waits for the DevTools event `method` (it may have arrived already).
+    async fn event(&mut self, method: &str) {
+        if let Some(at) = self.events.iter().position(|e| e == method) {
+            self.events.drain(..=at);
+            return;
         }
+        while self.read().await["method"] != json!(method) {}
+    }
+
+    /// Opens `url` and waits for its load event.
+    async fn open(&mut self, url: &str) {
+        self.call("Page.enable", json!({})).await;
+        self.call("Page.navigate", json!({ "url": url })).await;
+        self.event("Page.loadEventFired").await;
+    }
+
+    /// Waits, in the page, until the feed's text contains `needle` (a MutationObserver, no
+    /// polling), failing after ten seconds; returns the text.
+    async fn wait_for_feed_text(&mut self, needle: &str) -> String {
+        let needle_js = serde_json::to_string(needle).unwrap();
+        let expression = format!(
+            "new Promise((resolve) => {{
+               const feed = document.getElementById('feed');
+               const done = () => feed.innerText.includes({needle_js}) && (resolve(feed.innerText), true);
+               if (!done()) new MutationObserver(done).observe(feed, {{ childList: true, subtree: true }});
+             }})"
+        );
+        let params = json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
+        let shown = tokio::time::timeout(Duration::from_secs(10), self.call("Runtime.evaluate", params))
+            .await
+            .unwrap_or_else(|_| panic!("the page never showed {needle:?}"));
+        shown["result"]["value"].as_str().unwrap_or_default().to_owned()
     }
 
     /// Evaluates a JavaScript expression in the page and returns its value.
@@ -87,7 +112,7 @@ async fn the_live_page_shows_new_posts_without_reload_and_runs_no_user_script() 
         ])
         .arg(format!("--remote-debugging-port={port}"))
         .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(api.url("/"))
+        .arg("about:blank")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -102,7 +127,8 @@ async fn the_live_page_shows_new_posts_without_reload_and_runs_no_user_script() 
     })
     .await;
     let (socket, _) = tokio_tungstenite::connect_async(socket_url.as_str()).await.unwrap();
-    let mut page = Page { socket, next_id: 0 };
+    let mut page = Page { socket, next_id: 0, events: Vec::new() };
+    page.open(&api.url("/")).await;
 
     page.wait_for_feed_text("already there when the page loads").await;
     // Once the page's EventSource is connected, a new post must reach it live.
