@@ -1,28 +1,47 @@
 -- intake_begin: may this worker handle this update now? One round trip for the dedup fast
--- path and the per-chat turn (invariants 2 and 3).
+-- path, the per-chat turn (invariants 2 and 3), and the first reads of the handler.
 --
--- KEYS[1]  update key        <bot prefix>u:<update_id>   "done" once handled
+-- KEYS[1]  handled updates   <bot prefix>h:<update_id / 65536>   bitmap, bit ARGV[5] set once handled
 -- KEYS[2]  chat lease        <bot prefix>c:<chat>:lease  holder's token, expires after ARGV[3] ms
 -- KEYS[3]  chat queue        <bot prefix>c:<chat>:q      ZSET of waiting update ids (score = id)
 -- KEYS[4]  waiter deadlines  <bot prefix>c:<chat>:w      HASH update id -> ms until the waiter counts
+-- KEYS[5]  optional, with KEYS[6]: cached user  <bot prefix>user:<id>  read with the turn
+-- KEYS[6]  optional, with KEYS[5]: dialogue     <bot prefix>d:<chat>   HASH v, s
 -- ARGV[1]  update id
 -- ARGV[2]  token of this attempt (unique per delivery)
 -- ARGV[3]  lease length in ms
 -- ARGV[4]  how long a waiter stays queued without asking again, in ms
+-- ARGV[5]  the update's bit in KEYS[1] (update_id mod 65536)
 --
--- Returns "done" (already handled: acknowledge), "go" (the chat's turn is ours) or "wait".
+-- Returns {"done"} (already handled: acknowledge), {"wait"}, or {"go"} when the chat's turn is
+-- ours, followed by the user, dialogue version and state when KEYS[5..6] are given (nil where
+-- absent): read under the turn, they stay current until it ends, since only the turn's
+-- holder writes the chat's dialogue.
 -- Waiters ask again until they get their turn; the lowest waiting update id goes first, and a
 -- waiter that stopped asking (its worker died) is dropped once its deadline passes.
-if redis.call('GET', KEYS[1]) == 'done' then
-  return 'done'
+local function go()
+  if not KEYS[5] then
+    return {'go'}
+  end
+  local dialogue = redis.call('HMGET', KEYS[6], 'v', 's')
+  return {'go', redis.call('GET', KEYS[5]), dialogue[1], dialogue[2]}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+if redis.call('GETBIT', KEYS[1], ARGV[5]) == 1 then
+  return {'done'}
+end
 local id = ARGV[1]
 local holder = redis.call('GET', KEYS[2])
 if holder == ARGV[2] then
-  return 'go'
+  return go()
 end
+-- The usual case: nobody holds the chat and nobody waits for it.
+if not holder and redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return go()
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[3], id, id)
 redis.call('HSET', KEYS[4], id, now + tonumber(ARGV[4]))
 redis.call('PEXPIRE', KEYS[3], ARGV[4] * 4)
@@ -36,12 +55,12 @@ while true do
   redis.call('HDEL', KEYS[4], head)
 end
 if holder then
-  return 'wait'
+  return {'wait'}
 end
 if redis.call('ZRANGE', KEYS[3], 0, 0)[1] ~= id then
-  return 'wait'
+  return {'wait'}
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('ZREM', KEYS[3], id)
 redis.call('HDEL', KEYS[4], id)
-return 'go'
+return go()

@@ -1,21 +1,29 @@
 -- intake_end: the attempt is over; record the outcome and hand the chat's turn on.
 --
--- KEYS[1]  update key   <bot prefix>u:<update_id>
+-- KEYS[1]  handled updates  <bot prefix>h:<update_id / 65536>   bitmap
 -- KEYS[2]  chat lease   <bot prefix>c:<chat>:lease
+-- KEYS[3]  chat queue   <bot prefix>c:<chat>:q   (only its existence is read)
 -- ARGV[1]  token of this attempt
 -- ARGV[2]  "done" (handled, or dead-lettered) or "retry" (failed; Telegram will redeliver)
--- ARGV[3]  how long to remember a handled update, in ms (Telegram retries for up to a day)
+-- ARGV[3]  how long to remember a handled update, in ms (Telegram retries for up to a day); the
+--          bitmap lives that long after its last update
+
 -- ARGV[4]  channel that wakes the chat's waiters
 -- ARGV[5]  the chat's lease key, as the message on that channel
+-- ARGV[6]  the update's bit in KEYS[1] (update_id mod 65536)
 --
 -- Returns 1 if this attempt still held the chat's turn, 0 if it had expired (another worker
--- may have taken over: the caller logs it).
+-- may have taken over: the caller logs it). The waiters are woken only if there are any: a
+-- waiter queues itself (intake_begin) before it sleeps, so none can be missed.
 if ARGV[2] == 'done' then
-  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[3])
+  redis.call('SETBIT', KEYS[1], ARGV[6], 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('PUBLISH', ARGV[4], ARGV[5])
+  end
   return 1
 end
 return 0

@@ -5,8 +5,8 @@
 //! chat or user id, never a token.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -31,6 +31,7 @@ pub struct Metrics {
     pub dedup_hits: IntCounterVec,
     /// Time spent waiting for a chat's turn, by bot.
     pub lease_wait_seconds: HistogramVec,
+    pub posts_per_commit: Histogram,
     /// Dialogue saves refused because the state had changed, by bot.
     pub dialogue_conflicts: IntCounterVec,
     /// User-cache lookups by result (`hit`, `miss`).
@@ -87,6 +88,14 @@ impl Metrics {
             registry.register(Box::new(counter.clone()))?;
             Ok(counter)
         };
+        let posts_per_commit = Histogram::with_opts(
+            HistogramOpts::new(
+                "botfleet_posts_per_commit",
+                "New posts written by one multi-row INSERT (group commit)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )?;
+        registry.register(Box::new(posts_per_commit.clone()))?;
         let replica_lag_seconds = GaugeVec::new(
             Opts::new(
                 "botfleet_replica_lag_seconds",
@@ -140,6 +149,7 @@ impl Metrics {
                 "Updates acknowledged because they were already handled, by bot",
                 &["bot"],
             )?,
+            posts_per_commit,
             lease_wait_seconds: histogram(
                 "botfleet_chat_lease_wait_seconds",
                 "Time an update waited for its chat's turn, by bot",

@@ -109,9 +109,11 @@ impl BotKeys {
         Self { prefix: bot_prefix(deployment, bot_id) }
     }
 
-    /// "done" once the update was handled.
-    pub fn update(&self, update_id: i64) -> String {
-        format!("{}u:{update_id}", self.prefix)
+    /// Where the update is marked handled: a bit in a bitmap of 65,536 consecutive update ids
+    /// (8 KiB), so that a day of updates at thousands per second is a few thousand keys, not
+    /// hundreds of millions.
+    pub fn handled(&self, update_id: i64) -> (String, i64) {
+        (format!("{}h:{}", self.prefix, update_id >> 16), update_id & 0xFFFF)
     }
 
     /// How many attempts at the update failed.

@@ -12,13 +12,13 @@ use teloxide_core::types::{
 };
 
 use super::dialogue::{DialogueError, State, Stored};
-use super::intake::Turn;
+use super::intake::{ReadAhead, Turn};
 use super::posts;
 use super::store::{self, Profile, StoreError};
 use super::users::CachedUser;
 use super::{BotRuntime, WorkerState};
 use crate::feed::{self, Author, PostView};
-use crate::kv::Conn;
+use crate::kv::{BotKeys, Conn};
 use crate::telegram::redact;
 
 /// Why an update could not be handled now. Either way Telegram redelivers it.
@@ -85,6 +85,17 @@ pub fn turn_key(update: &Update) -> String {
     }
 }
 
+/// The keys the update's handler reads first, read with its turn in one round trip.
+pub fn read_ahead(update: &Update, keys: &BotKeys) -> Option<ReadAhead> {
+    let (user, dialogue_chat) = match &update.kind {
+        UpdateKind::Message(m) if m.chat.is_private() => (m.from.as_ref()?, m.chat.id.0),
+        // Buttons that use a dialogue are pressed in the user's private chat.
+        UpdateKind::CallbackQuery(q) => (&q.from, user_id(&q.from)),
+        _ => return None,
+    };
+    Some(ReadAhead { user: keys.user(user_id(user)), dialogue: keys.dialogue(dialogue_chat) })
+}
+
 /// Everything a handler needs about the update in hand.
 pub struct Ctx<'a> {
     pub state: &'a WorkerState,
@@ -138,7 +149,7 @@ async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), Hand
         return ctx.say(chat, "You are banned from posting here.").await;
     }
     let key = ctx.bot.keys.dialogue(chat);
-    let stored = ctx.state.dialogues.load(&mut ctx.conn(), &key).await?;
+    let stored = ctx.dialogue(&key).await?;
     let text = message.text().unwrap_or_default();
     let next = match command(text) {
         Some(("start", payload)) => {
@@ -209,11 +220,21 @@ impl Ctx<'_> {
             username: user.username.clone(),
             language_code: user.language_code.clone(),
         };
+        let key = self.bot.keys.user(user_id(user));
+        let seen = self.turn.user_read(&key);
         Ok(self
             .state
             .users
-            .touch(&mut self.conn(), &self.bot.keys, self.bot_id(), user_id(user), profile)
+            .touch(&mut self.conn(), &key, seen, (self.bot_id(), user_id(user)), profile)
             .await?)
+    }
+
+    /// The chat's dialogue, as read with the turn if it was.
+    pub async fn dialogue(&self, key: &str) -> Result<Stored, HandleError> {
+        match self.turn.dialogue_read(key) {
+            Some((version, state)) => Ok(Stored::read(version, state)),
+            None => Ok(self.state.dialogues.load(&mut self.conn(), key).await?),
+        }
     }
 
     pub async fn save_dialogue(&self, key: &str, read: &Stored, next: &State) -> Result<(), HandleError> {

@@ -39,6 +39,14 @@ pub struct Stored {
     version: i64,
 }
 
+impl Stored {
+    /// The state from the hash's fields `v` and `s` as read.
+    pub fn read(version: Option<i64>, state: Option<String>) -> Self {
+        let state = state.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        Stored { state, version: version.unwrap_or(0) }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DialogueError {
     #[error("redis: {0}")]
@@ -61,8 +69,7 @@ impl Dialogues {
             .query_async(conn)
             .await
             .map_err(anyhow::Error::from)?;
-        let state = state.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
-        Ok(Stored { state, version: version.unwrap_or(0) })
+        Ok(Stored::read(version, state))
     }
 
     /// Saves `next` if nothing changed since `read`; `Idle` ends the dialogue.

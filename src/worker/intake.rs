@@ -1,7 +1,8 @@
 //! Exactly-once intake and per-chat order across the cluster (invariants 2 and 3).
 //!
 //! Before an update is handled, [`Intake::begin`] asks Redis (one Lua script) whether it was
-//! handled already and whether its chat's turn is free. Updates of one chat are handled one at
+//! handled already and whether its chat's turn is free; the same round trip brings the cached
+//! user and the dialogue state the handler reads first. Updates of one chat are handled one at
 //! a time by whichever worker holds the chat's lease; those waiting at the same moment go in
 //! `update_id` order. A waiting worker sleeps until the holder's release wakes it (Redis
 //! pub/sub) or a short poll interval passes, and gives up after `max_wait`, answering 503 with
@@ -51,19 +52,36 @@ impl From<redis::RedisError> for IntakeError {
     }
 }
 
+/// The keys the handler reads first: the sender's cached user and the chat's dialogue.
+pub struct ReadAhead {
+    pub user: String,
+    pub dialogue: String,
+}
+
+/// Their values, read under the turn: only the turn's holder writes a chat's dialogue, so the
+/// state stays current until the turn ends.
+#[derive(Debug, Default)]
+struct ReadValues {
+    user: Option<(String, Option<String>)>,
+    dialogue: Option<(String, Option<i64>, Option<String>)>,
+}
+
 pub enum Begin {
     /// Handled before: acknowledge without doing anything.
     Done,
     /// The chat's turn is ours until [`Turn::end`].
-    Go(Turn),
+    Go(Box<Turn>),
 }
 
 /// This worker's turn at one update of one chat.
 pub struct Turn {
     token: String,
-    update_key: String,
+    /// The bitmap key and bit that mark the update handled.
+    handled: (String, i64),
     lease_key: String,
+    queue_key: String,
     renewal: JoinHandle<()>,
+    read: ReadValues,
 }
 
 impl Turn {
@@ -74,6 +92,16 @@ impl Turn {
 
     pub fn lease_key(&self) -> &str {
         &self.lease_key
+    }
+
+    /// The cached user under `key` as read with the turn, if it was.
+    pub fn user_read(&self, key: &str) -> Option<Option<String>> {
+        self.read.user.as_ref().filter(|(k, _)| k == key).map(|(_, value)| value.clone())
+    }
+
+    /// The dialogue under `key` (version, state) as read with the turn, if it was.
+    pub fn dialogue_read(&self, key: &str) -> Option<(Option<i64>, Option<String>)> {
+        self.read.dialogue.as_ref().filter(|(k, ..)| k == key).map(|(_, v, s)| (*v, s.clone()))
     }
 }
 
@@ -137,9 +165,15 @@ pub struct Intake {
 
 impl Intake {
     /// Waits for `chat`'s turn at `update_id`, or finds the update already handled.
-    pub async fn begin(&self, conn: &mut Conn, update_id: i64, chat: &str) -> Result<Begin, IntakeError> {
+    pub async fn begin(
+        &self,
+        conn: &mut Conn,
+        update_id: i64,
+        chat: &str,
+        read_ahead: Option<ReadAhead>,
+    ) -> Result<Begin, IntakeError> {
         let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
-        let update_key = self.keys.update(update_id);
+        let (handled_key, handled_bit) = self.keys.handled(update_id);
         let [lease_key, queue_key, waiters_key] = self.keys.chat_turn(chat);
         let notify = self.waker.waiting.acquire(&lease_key);
         let started = Instant::now();
@@ -148,27 +182,37 @@ impl Intake {
             // Listen before asking, so that a release right after the answer is not missed.
             let mut woken = pin!(notify.notified());
             woken.as_mut().enable();
-            let answer: String = scripts::INTAKE_BEGIN
-                .key(&update_key)
-                .key(&lease_key)
-                .key(&queue_key)
-                .key(&waiters_key)
+            let mut script = scripts::INTAKE_BEGIN.key(&handled_key);
+            script.key(&lease_key).key(&queue_key).key(&waiters_key);
+            if let Some(keys) = &read_ahead {
+                script.key(&keys.user).key(&keys.dialogue);
+            }
+            let answer: Vec<Option<String>> = script
                 .arg(update_id)
                 .arg(&token)
                 .arg(self.config.lease.as_millis() as u64)
                 .arg((MAX_POLL * 5).as_millis() as u64)
+                .arg(handled_bit)
                 .invoke_async(conn)
                 .await?;
-            match answer.as_str() {
-                "done" => return Ok(Begin::Done),
-                "go" => {
+            match answer.first().and_then(Option::as_deref) {
+                Some("done") => return Ok(Begin::Done),
+                Some("go") => {
                     let renewal = tokio::spawn(renew(
                         conn.clone(),
                         lease_key.clone(),
                         token.clone(),
                         self.config.lease,
                     ));
-                    return Ok(Begin::Go(Turn { token, update_key, lease_key, renewal }));
+                    let read = read_values(read_ahead, answer);
+                    return Ok(Begin::Go(Box::new(Turn {
+                        token,
+                        handled: (handled_key, handled_bit),
+                        lease_key,
+                        queue_key,
+                        renewal,
+                        read,
+                    })));
                 }
                 _ => {}
             }
@@ -187,16 +231,18 @@ impl Intake {
 
     /// Ends the turn: `handled` marks the update done (never handled again); otherwise it is
     /// left for Telegram's redelivery. Either way the chat's next update may go.
-    pub async fn end(&self, conn: &mut Conn, turn: Turn, handled: bool) -> Result<(), IntakeError> {
+    pub async fn end(&self, conn: &mut Conn, turn: Box<Turn>, handled: bool) -> Result<(), IntakeError> {
         turn.renewal.abort();
         let held: i64 = scripts::INTAKE_END
-            .key(&turn.update_key)
+            .key(&turn.handled.0)
             .key(&turn.lease_key)
+            .key(&turn.queue_key)
             .arg(&turn.token)
             .arg(if handled { "done" } else { "retry" })
             .arg(self.config.remember.as_millis() as u64)
             .arg(turns_channel(&self.deployment))
             .arg(&turn.lease_key)
+            .arg(turn.handled.1)
             .invoke_async(conn)
             .await?;
         if held == 0 {
@@ -217,6 +263,19 @@ impl Intake {
             .await?;
         Ok(attempts)
     }
+}
+
+/// Pairs the read-ahead keys with the values `intake_begin` returned after "go".
+fn read_values(keys: Option<ReadAhead>, answer: Vec<Option<String>>) -> ReadValues {
+    let Some(keys) = keys else {
+        return ReadValues::default();
+    };
+    let mut values = answer.into_iter().skip(1);
+    let mut next = || values.next().flatten();
+    let user = next();
+    let version = next().and_then(|v| v.parse().ok());
+    let state = next();
+    ReadValues { user: Some((keys.user, user)), dialogue: Some((keys.dialogue, version, state)) }
 }
 
 /// Keeps the lease while the update is handled; ends when aborted or when the lease is lost.

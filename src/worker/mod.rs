@@ -7,6 +7,7 @@
 
 mod bot;
 mod dialogue;
+mod group_commit;
 mod intake;
 mod keyed;
 mod posts;
@@ -29,6 +30,7 @@ use crate::settings::{BotConfig, WorkerSettings};
 use crate::shutdown::CancellationToken;
 use crate::{db, kv, telegram};
 use dialogue::Dialogues;
+use group_commit::PostWriter;
 use intake::{Intake, IntakeConfig, Waker};
 use users::Users;
 
@@ -50,6 +52,8 @@ pub(crate) struct WorkerState {
     pub metrics: Arc<Metrics>,
     pub users: Arc<Users>,
     pub dialogues: Arc<Dialogues>,
+    /// New posts go to the primary through here, in batches.
+    pub posts: PostWriter,
     pub feed_keys: FeedKeys,
     pub feed_stream_len: u64,
     /// Failed attempts at one update before it is dead-lettered.
@@ -94,6 +98,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         metrics: metrics.clone(),
         users: Arc::new(Users::new(db.clone(), settings.user_cache_ttl, metrics.clone())),
         dialogues: Arc::new(Dialogues { ttl: settings.dialogue_ttl }),
+        posts: PostWriter::start(db.clone(), metrics.posts_per_commit.clone()),
         feed_keys: FeedKeys::new(prefix),
         feed_stream_len: settings.feed_stream_len,
         max_attempts: settings.max_attempts,

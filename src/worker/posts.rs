@@ -132,11 +132,11 @@ async fn create(
         chat_id: chat,
         message_id,
         author_id: user_id(from),
-        text,
-        photo: photo.map(|p| (p.file_id.as_str(), p.unique_id.as_str())),
+        text: text.to_owned(),
+        photo: photo.map(|p| (p.file_id.clone(), p.unique_id.clone())),
         published: ctx.bot.config.moderator_chat.is_none(),
     };
-    let stored = store::insert_post(&ctx.state.db, &post).await?;
+    let stored = ctx.state.posts.insert(post).await?;
     ctx.state.metrics.posts_created.with_label_values(&[ctx.bot.config.name.as_str()]).inc();
     Ok(stored)
 }
@@ -185,7 +185,7 @@ pub async fn on_button(ctx: &Ctx<'_>, query: &CallbackQuery, data: &str) -> Resu
 async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, HandleError> {
     let chat = user_id(from);
     let key = ctx.bot.keys.dialogue(chat);
-    let stored = ctx.state.dialogues.load(&mut ctx.conn(), &key).await?;
+    let stored = ctx.dialogue(&key).await?;
     let State::Confirm { text, photo } = &stored.state else {
         return Ok("Nothing to confirm.".to_owned());
     };

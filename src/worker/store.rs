@@ -1,6 +1,8 @@
 //! The worker's reads and writes on the primary. Every write is idempotent per update or
 //! guarded by its current state, so a redelivery or a second worker never applies it twice.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
@@ -15,6 +17,16 @@ pub enum StoreError {
     Unavailable(anyhow::Error),
     #[error("{0:#}")]
     Other(anyhow::Error),
+}
+
+impl StoreError {
+    /// The same kind of error, for one more caller (a failed batch answers each of its posts).
+    pub fn for_another(&self) -> Self {
+        match self {
+            StoreError::Unavailable(e) => StoreError::Unavailable(anyhow::anyhow!("{e:#}")),
+            StoreError::Other(e) => StoreError::Other(anyhow::anyhow!("{e:#}")),
+        }
+    }
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -85,14 +97,15 @@ pub async fn set_banned(db: &Pool, bot_id: i64, user_id: i64, banned: bool) -> R
     Ok(!rows.is_empty())
 }
 
-pub struct NewPost<'a> {
+pub struct NewPost {
     pub bot_id: i64,
     pub update_id: i64,
     pub chat_id: i64,
     pub message_id: Option<i64>,
     pub author_id: i64,
-    pub text: &'a str,
-    pub photo: Option<(&'a str, &'a str)>,
+    pub text: String,
+    /// Telegram's `file_id` and `file_unique_id` of the photo.
+    pub photo: Option<(String, String)>,
     /// Published at once, or pending a moderator's decision.
     pub published: bool,
 }
@@ -136,45 +149,68 @@ impl StoredPost {
 const POST_RETURNING: &str =
     "id, chat_id, text, media_file_id IS NOT NULL AS has_media, status, published_at";
 
-/// Inserts the post of an update; a redelivered update gets the post it created the first time.
-pub async fn insert_post(db: &Pool, post: &NewPost<'_>) -> Result<StoredPost, StoreError> {
-    let (file_id, unique_id) = post.photo.unzip();
-    let status = if post.published { "published" } else { "pending" };
-    let inserted = query(
+/// Inserts the posts of several updates in one statement, hence one transaction; returns them
+/// in the same order. A redelivered update gets the post its first delivery created.
+pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost>, StoreError> {
+    let column = |f: fn(&NewPost) -> i64| posts.iter().map(f).collect::<Vec<_>>();
+    let (bot_ids, update_ids) = (column(|p| p.bot_id), column(|p| p.update_id));
+    let (chat_ids, author_ids) = (column(|p| p.chat_id), column(|p| p.author_id));
+    let message_ids: Vec<_> = posts.iter().map(|p| p.message_id).collect();
+    let texts: Vec<_> = posts.iter().map(|p| p.text.as_str()).collect();
+    let file_ids: Vec<_> = posts.iter().map(|p| p.photo.as_ref().map(|(id, _)| id.as_str())).collect();
+    let unique_ids: Vec<_> = posts.iter().map(|p| p.photo.as_ref().map(|(_, id)| id.as_str())).collect();
+    let statuses: Vec<_> = posts.iter().map(|p| if p.published { "published" } else { "pending" }).collect();
+    let mut found = query(
         db,
         &format!(
             "INSERT INTO posts (bot_id, update_id, chat_id, message_id, author_id, text,
                                 media_file_id, media_unique_id, status, published_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9 = 'published' THEN now() END)
+             SELECT b, u, c, m, a, t, f, q, s, CASE WHEN s = 'published' THEN now() END
+             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
+                         $7::text[], $8::text[], $9::text[]) AS n(b, u, c, m, a, t, f, q, s)
              ON CONFLICT ON CONSTRAINT posts_update_once DO NOTHING
-             RETURNING {POST_RETURNING}"
+             RETURNING bot_id, update_id, {POST_RETURNING}"
         ),
         &[
-            &post.bot_id,
-            &post.update_id,
-            &post.chat_id,
-            &post.message_id,
-            &post.author_id,
-            &post.text,
-            &file_id,
-            &unique_id,
-            &status,
+            &bot_ids,
+            &update_ids,
+            &chat_ids,
+            &message_ids,
+            &author_ids,
+            &texts,
+            &file_ids,
+            &unique_ids,
+            &statuses,
         ],
     )
     .await?;
-    if let Some(row) = inserted.first() {
-        return Ok(StoredPost::from_row(row));
+    if found.len() < posts.len() {
+        // Some were there already (redeliveries).
+        found.extend(
+            query(
+                db,
+                &format!(
+                    "SELECT bot_id, update_id, {POST_RETURNING} FROM posts
+                     WHERE (bot_id, update_id) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))"
+                ),
+                &[&bot_ids, &update_ids],
+            )
+            .await?,
+        );
     }
-    let existing = query(
-        db,
-        &format!("SELECT {POST_RETURNING} FROM posts WHERE bot_id = $1 AND update_id = $2"),
-        &[&post.bot_id, &post.update_id],
-    )
-    .await?;
-    existing
-        .first()
-        .map(StoredPost::from_row)
-        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("post of update {} vanished", post.update_id)))
+    let by_update: HashMap<(i64, i64), StoredPost> = found
+        .iter()
+        .map(|row| ((row.get("bot_id"), row.get("update_id")), StoredPost::from_row(row)))
+        .collect();
+    posts
+        .iter()
+        .map(|p| {
+            by_update
+                .get(&(p.bot_id, p.update_id))
+                .cloned()
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("post of update {} vanished", p.update_id)))
+        })
+        .collect()
 }
 
 /// A moderator's decision on a pending post. Only the first decision counts: returns the post

@@ -41,23 +41,27 @@ impl Users {
     }
 
     /// The user as stored, with their row brought up to date; tells whether they are banned.
+    /// `seen` is the cache entry under `key` if the caller read it already (with its turn).
     pub async fn touch(
         &self,
         conn: &mut Conn,
-        keys: &BotKeys,
-        bot_id: i64,
-        user_id: i64,
+        key: &str,
+        seen: Option<Option<String>>,
+        (bot_id, user_id): (i64, i64),
         profile: Profile,
     ) -> Result<CachedUser, StoreError> {
-        let key = keys.user(user_id);
-        if let Some(user) = self.cached(conn, &key, &profile).await? {
+        let seen = match seen {
+            Some(seen) => seen,
+            None => conn.get(key).await.map_err(unavailable)?,
+        };
+        if let Some(user) = matching(seen, &profile) {
             self.metrics.user_cache.with_label_values(&["hit"]).inc();
             return Ok(user);
         }
-        let flight = self.flights.acquire(&key);
+        let flight = self.flights.acquire(key);
         let _only_one = flight.lock().await;
         // Whoever held the flight before us may have filled the cache.
-        if let Some(user) = self.cached(conn, &key, &profile).await? {
+        if let Some(user) = matching(conn.get(key).await.map_err(unavailable)?, &profile) {
             self.metrics.user_cache.with_label_values(&["hit"]).inc();
             return Ok(user);
         }
@@ -65,7 +69,7 @@ impl Users {
         let is_banned = store::upsert_user(&self.db, bot_id, user_id, &profile).await?;
         let user = CachedUser { profile, is_banned };
         let json = serde_json::to_string(&user).map_err(|e| StoreError::Other(e.into()))?;
-        let () = conn.set_ex(&key, json, self.ttl.as_secs()).await.map_err(unavailable)?;
+        let () = conn.set_ex(key, json, self.ttl.as_secs()).await.map_err(unavailable)?;
         Ok(user)
     }
 
@@ -74,17 +78,10 @@ impl Users {
         let () = conn.del(keys.user(user_id)).await.map_err(unavailable)?;
         Ok(())
     }
+}
 
-    /// The cached user, if present and their profile is still `profile`.
-    async fn cached(
-        &self,
-        conn: &mut Conn,
-        key: &str,
-        profile: &Profile,
-    ) -> Result<Option<CachedUser>, StoreError> {
-        let json: Option<String> = conn.get(key).await.map_err(unavailable)?;
-        Ok(json
-            .and_then(|json| serde_json::from_str::<CachedUser>(&json).ok())
-            .filter(|user| user.profile == *profile))
-    }
+/// The cached user in `json`, if present and their profile is still `profile`.
+fn matching(json: Option<String>, profile: &Profile) -> Option<CachedUser> {
+    json.and_then(|json| serde_json::from_str::<CachedUser>(&json).ok())
+        .filter(|user| user.profile == *profile)
 }

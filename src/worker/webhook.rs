@@ -116,7 +116,11 @@ async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: 
         Err(e) => return Outcome::RetryLater(format!("redis unavailable: {e}")),
     };
     let waiting = Instant::now();
-    let turn = match bot.intake.begin(&mut redis, update_id, &bot::turn_key(&update)).await {
+    let turn = match bot
+        .intake
+        .begin(&mut redis, update_id, &bot::turn_key(&update), bot::read_ahead(&update, &bot.keys))
+        .await
+    {
         Ok(Begin::Go(turn)) => turn,
         Ok(Begin::Done) => {
             state.metrics.dedup_hits.with_label_values(&[bot.config.name.as_str()]).inc();

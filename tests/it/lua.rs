@@ -7,21 +7,29 @@ use redis::aio::MultiplexedConnection;
 use crate::helpers::redis;
 use crate::helpers::{env, unique};
 
-/// Runs intake_begin for `update` of chat "7" with `token`; waiters count for 500 ms.
-async fn begin(conn: &mut MultiplexedConnection, keys: &BotKeys, update: i64, token: &str) -> String {
+/// Runs intake_begin for `update` of chat "7" with `token`, reading `read_ahead` keys with a
+/// turn; waiters count for 500 ms. Returns the answer and the values read.
+async fn begin_reading(
+    conn: &mut MultiplexedConnection,
+    keys: &BotKeys,
+    update: i64,
+    token: &str,
+    read_ahead: &[&str],
+) -> Vec<Option<String>> {
     let [lease, queue, waiters] = keys.chat_turn("7");
-    scripts::INTAKE_BEGIN
-        .key(keys.update(update))
-        .key(lease)
-        .key(queue)
-        .key(waiters)
-        .arg(update)
-        .arg(token)
-        .arg(10_000)
-        .arg(500)
-        .invoke_async(conn)
-        .await
-        .unwrap()
+    let (handled, bit) = keys.handled(update);
+    let mut script = scripts::INTAKE_BEGIN.key(handled);
+    script.key(lease).key(queue).key(waiters);
+    for key in read_ahead {
+        script.key(*key);
+    }
+    script.arg(update).arg(token).arg(10_000).arg(500).arg(bit).invoke_async(conn).await.unwrap()
+}
+
+async fn begin(conn: &mut MultiplexedConnection, keys: &BotKeys, update: i64, token: &str) -> String {
+    let answer = begin_reading(conn, keys, update, token, &[]).await;
+    assert_eq!(answer.len(), 1, "no values without read-ahead keys: {answer:?}");
+    answer[0].clone().unwrap()
 }
 
 async fn end(
@@ -31,15 +39,18 @@ async fn end(
     token: &str,
     outcome: &str,
 ) -> i64 {
-    let [lease, _, _] = keys.chat_turn("7");
+    let [lease, queue, _] = keys.chat_turn("7");
+    let (handled, bit) = keys.handled(update);
     scripts::INTAKE_END
-        .key(keys.update(update))
+        .key(handled)
         .key(&lease)
+        .key(queue)
         .arg(token)
         .arg(outcome)
         .arg(60_000)
-        .arg(turns_channel("test"))
+        .arg(turns_channel(&lease))
         .arg(&lease)
+        .arg(bit)
         .invoke_async(conn)
         .await
         .unwrap()
@@ -67,6 +78,71 @@ async fn intake_gives_one_turn_per_chat_in_update_id_order() {
     assert_eq!(end(&mut conn, &keys, 12, "c", "done").await, 1);
     assert_eq!(begin(&mut conn, &keys, 11, "b2").await, "go", "11 was retried, so it runs again");
     assert_eq!(end(&mut conn, &keys, 11, "x", "done").await, 0, "a stranger cannot end the turn");
+}
+
+#[tokio::test]
+async fn intake_reads_the_user_and_dialogue_with_the_turn_only() {
+    let mut conn = redis().await;
+    let keys = BotKeys::new(&unique("lua"), 1);
+    let (user, dialogue) = (keys.user(7), keys.dialogue(7));
+    let () = redis::cmd("SET").arg(&user).arg("cached").query_async(&mut conn).await.unwrap();
+    let go = begin_reading(&mut conn, &keys, 1, "a", &[&user, &dialogue]).await;
+    assert_eq!(go, [Some("go".into()), Some("cached".into()), None, None], "no dialogue yet");
+    let () = redis::cmd("HSET")
+        .arg(&dialogue)
+        .arg("v")
+        .arg(3)
+        .arg("s")
+        .arg("{}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let wait = begin_reading(&mut conn, &keys, 2, "b", &[&user, &dialogue]).await;
+    assert_eq!(wait, [Some("wait".into())], "a waiter reads nothing: the holder may still change it");
+    end(&mut conn, &keys, 1, "a", "done").await;
+    let go = begin_reading(&mut conn, &keys, 2, "b", &[&user, &dialogue]).await;
+    assert_eq!(go, [Some("go".into()), Some("cached".into()), Some("3".into()), Some("{}".into())]);
+    let done = begin_reading(&mut conn, &keys, 1, "c", &[&user, &dialogue]).await;
+    assert_eq!(done, [Some("done".into())]);
+}
+
+#[tokio::test]
+async fn intake_end_wakes_the_chat_only_when_someone_waits() {
+    let mut conn = redis().await;
+    let keys = BotKeys::new(&unique("lua"), 1);
+    let [lease, _, _] = keys.chat_turn("7");
+    let channel = turns_channel(&lease);
+    let mut wakes =
+        redis::Client::open(env("BOTFLEET_TEST_REDIS_URL")).unwrap().get_async_pubsub().await.unwrap();
+    wakes.subscribe(&channel).await.unwrap();
+    let mut wakes = wakes.into_on_message();
+    // Nobody waits for update 1's turn: ending it publishes nothing, so the marker published
+    // next (on the same connection, hence after it) is the first message.
+    assert_eq!(begin(&mut conn, &keys, 1, "a").await, "go");
+    end(&mut conn, &keys, 1, "a", "done").await;
+    let () = redis::cmd("PUBLISH").arg(&channel).arg("marker").query_async(&mut conn).await.unwrap();
+    assert_eq!(wakes.next().await.unwrap().get_payload::<String>().unwrap(), "marker");
+    // Update 3 waits for 2's turn: ending 2 wakes the chat.
+    assert_eq!(begin(&mut conn, &keys, 2, "b").await, "go");
+    assert_eq!(begin(&mut conn, &keys, 3, "c").await, "wait");
+    end(&mut conn, &keys, 2, "b", "done").await;
+    assert_eq!(wakes.next().await.unwrap().get_payload::<String>().unwrap(), lease);
+}
+
+#[tokio::test]
+async fn intake_remembers_handled_updates_one_bit_each_for_a_day() {
+    let mut conn = redis().await;
+    let keys = BotKeys::new(&unique("lua"), 1);
+    let (high, low) = ((5 << 16) + 10, 10);
+    assert_eq!(keys.handled(high).1, keys.handled(low).1, "the same bit in two bitmaps");
+    assert_eq!(begin(&mut conn, &keys, high, "a").await, "go");
+    end(&mut conn, &keys, high, "a", "done").await;
+    assert_eq!(begin(&mut conn, &keys, high, "b").await, "done");
+    assert_eq!(begin(&mut conn, &keys, high + 1, "c").await, "go", "its neighbour is not handled");
+    end(&mut conn, &keys, high + 1, "c", "retry").await;
+    assert_eq!(begin(&mut conn, &keys, low, "d").await, "go", "nor is the same bit of another bitmap");
+    let ttl: i64 = redis::cmd("PTTL").arg(keys.handled(high).0).query_async(&mut conn).await.unwrap();
+    assert!((59_000..=60_000).contains(&ttl), "remembered as long as asked (60 s here), PTTL {ttl}");
 }
 
 #[tokio::test]
