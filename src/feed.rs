@@ -33,16 +33,18 @@ pub async fn publish(
     post: &PostView,
     stream_len: u64,
 ) -> anyhow::Result<Option<String>> {
+    let (published, bit) = keys.published(post.id);
     let offset: Option<String> = scripts::PUBLISH_POST
         .key(&keys.stream)
         .key(&keys.generation)
-        .key(keys.published(post.id))
+        .key(published)
         .key(&keys.newest)
         .arg(&keys.channel)
         .arg(serde_json::to_string(post)?)
         .arg(stream_len)
         .arg(PUBLISHED_MEMORY_MS)
         .arg(post.id)
+        .arg(bit)
         .invoke_async(conn)
         .await?;
     Ok(offset)

@@ -98,6 +98,13 @@ pub mod scripts {
     script!(FEED_REMOVED, "feed_removed.lua");
 }
 
+/// The key and bit of one id among bitmaps of 65,536 consecutive ids (8 KiB each): marking a
+/// day of updates or posts at thousands per second takes a few thousand keys, not hundreds of
+/// millions.
+fn bit(base: &str, id: i64) -> (String, i64) {
+    (format!("{base}:{}", id >> 16), id & 0xFFFF)
+}
+
 /// Key names of one bot, all under `<deployment prefix>:<bot id>:`.
 #[derive(Debug, Clone)]
 pub struct BotKeys {
@@ -109,11 +116,9 @@ impl BotKeys {
         Self { prefix: bot_prefix(deployment, bot_id) }
     }
 
-    /// Where the update is marked handled: a bit in a bitmap of 65,536 consecutive update ids
-    /// (8 KiB), so that a day of updates at thousands per second is a few thousand keys, not
-    /// hundreds of millions.
+    /// Where the update is marked handled.
     pub fn handled(&self, update_id: i64) -> (String, i64) {
-        (format!("{}h:{}", self.prefix, update_id >> 16), update_id & 0xFFFF)
+        bit(&format!("{}h", self.prefix), update_id)
     }
 
     /// How many attempts at the update failed.
@@ -169,9 +174,9 @@ impl FeedKeys {
         format!("{}:feed:page:{version}:{page}", self.prefix)
     }
 
-    /// Marks a post as published to the stream, so that it goes out once.
-    pub fn published(&self, post_id: i64) -> String {
-        format!("{}:feed:pub:{post_id}", self.prefix)
+    /// Where a post is marked published to the stream, so that it goes out once.
+    pub fn published(&self, post_id: i64) -> (String, i64) {
+        bit(&format!("{}:feed:pub", self.prefix), post_id)
     }
 }
 

@@ -1,13 +1,12 @@
 //! Group commit of new posts: the posts of concurrent updates reach Postgres in one multi-row
-//! INSERT — one statement, one transaction, one WAL flush — rather than one each. This is what
-//! lets a worker pass the single-row insert rate of W1's pgbench baseline.
+//! INSERT — one statement, one transaction, one WAL flush — rather than one each: less work for
+//! the primary and for every replica per post (see `loadtest/README.md`).
 //!
 //! A collector takes whatever is queued (up to [`MAX_BATCH`] posts) as soon as one of
 //! [`WRITERS`] writers is free. Under light load a batch is one post and waits for nothing;
 //! under load, batches grow by themselves while the previous ones commit (5 to 8 posts per
-//! commit under W1; `botfleet_posts_per_commit` shows it). Every caller gets its
-//! own post back once it is committed, and a redelivered update the post its first delivery
-//! created. A batch that fails on a statement error is retried post by post, so that one bad
+//! commit under W1; `botfleet_posts_per_commit` shows it). Every caller gets its own post back
+//! once it is committed, and a redelivered update the post its first delivery created. A batch that fails on a statement error is retried post by post, so that one bad
 //! post cannot fail the others.
 
 use std::sync::Arc;

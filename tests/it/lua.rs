@@ -221,16 +221,18 @@ async fn publish_post_goes_out_once_atomically() {
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(&keys.channel).await.unwrap();
     let publish = async |conn: &mut MultiplexedConnection, post_id: i64, json: &str| -> Option<String> {
+        let (published, bit) = keys.published(post_id);
         scripts::PUBLISH_POST
             .key(&keys.stream)
             .key(&keys.generation)
-            .key(keys.published(post_id))
+            .key(published)
             .key(&keys.newest)
             .arg(&keys.channel)
             .arg(json)
             .arg(100)
             .arg(60_000)
             .arg(post_id)
+            .arg(bit)
             .invoke_async(conn)
             .await
             .unwrap()
@@ -239,12 +241,15 @@ async fn publish_post_goes_out_once_atomically() {
     let offset = first.expect("the first publish must return the stream offset");
     let again = publish(&mut conn, 1, r#"{"id":1}"#).await;
     assert_eq!(again, None, "publishing the same post twice must do nothing");
+    let ttl: i64 = redis::cmd("PTTL").arg(keys.published(1).0).query_async(&mut conn).await.unwrap();
+    assert!((59_000..=60_000).contains(&ttl), "remembered as long as asked (60 s here), PTTL {ttl}");
+    assert!(publish(&mut conn, 2, r#"{"id":2}"#).await.is_some(), "its neighbour still goes out");
     let generation: i64 = redis::cmd("GET").arg(&keys.generation).query_async(&mut conn).await.unwrap();
-    assert_eq!(generation, 1);
+    assert_eq!(generation, 2);
     let newest: i64 = redis::cmd("GET").arg(&keys.newest).query_async(&mut conn).await.unwrap();
-    assert_eq!(newest, 1, "the newest published post is recorded for the replica-lag guard");
+    assert_eq!(newest, 2, "the newest published post is recorded for the replica-lag guard");
     let length: i64 = redis::cmd("XLEN").arg(&keys.stream).query_async(&mut conn).await.unwrap();
-    assert_eq!(length, 1);
+    assert_eq!(length, 2);
     let message: String = pubsub.on_message().next().await.unwrap().get_payload().unwrap();
     assert_eq!(message, format!(r#"{offset} {{"id":1}}"#));
 }

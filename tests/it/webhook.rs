@@ -280,3 +280,72 @@ async fn redis_down_is_503_with_retry_after_and_writes_nothing() {
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 0);
     assert!(fake.calls().is_empty());
 }
+
+#[tokio::test]
+async fn concurrent_posts_share_commits_each_update_gets_its_own_and_one_bad_post_fails_alone() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
+    let owner = db.owner().await;
+    // A post the database refuses, to prove that it cannot take the others of its batch down.
+    owner
+        .batch_execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.text LIKE '%poison%' THEN RAISE EXCEPTION 'poisoned post'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON posts FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+             BEGIN;
+             LOCK TABLE posts IN SHARE ROW EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    // With the table locked, the worker's two writers block on their first inserts and every
+    // other post queues behind them: once unlocked, they go in shared commits.
+    let chats: Vec<i64> = (1..=40).collect();
+    let updates = chats.iter().map(|&chat| {
+        let text = if chat == 13 { "a poison post".to_owned() } else { format!("post number {chat} of many") };
+        let worker = &worker;
+        async move { deliver_update(worker, &MAIN_BOT, &text_update(1000 + chat, chat, &text)).await.status() }
+    });
+    let unlock = async {
+        eventually(Duration::from_secs(10), "two inserts waiting for the lock", || async {
+            let waiting = db
+                .count(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO posts%'",
+                )
+                .await;
+            (waiting == 2).then_some(())
+        })
+        .await;
+        owner.batch_execute("COMMIT").await.unwrap();
+    };
+    let (statuses, ()) = tokio::join!(futures_util::future::join_all(updates), unlock);
+
+    for (&chat, status) in chats.iter().zip(&statuses) {
+        let expected = if chat == 13 { 500 } else { 200 };
+        assert_eq!(status.as_u16(), expected, "chat {chat}");
+    }
+    let calls = fake.calls();
+    for &chat in chats.iter().filter(|&&chat| chat != 13) {
+        let row = owner
+            .query_one("SELECT id, chat_id, text FROM posts WHERE update_id = $1", &[&(1000 + chat)])
+            .await
+            .unwrap();
+        let (id, text): (i64, String) = (row.get(0), row.get(2));
+        assert_eq!((row.get::<_, i64>(1), text), (chat, format!("post number {chat} of many")));
+        let replies: Vec<_> = calls.iter().filter(|c| c.params["chat_id"] == json!(chat)).collect();
+        assert_eq!(replies.len(), 1, "chat {chat}: {replies:?}");
+        assert_eq!(replies[0].params["text"], json!(format!("Published as post #{id}.")), "chat {chat}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM posts WHERE text LIKE '%poison%'").await, 0);
+    let commits = &worker.metrics.posts_per_commit;
+    assert_eq!(commits.get_sample_sum() as usize, chats.len(), "every post went to the writer once");
+    assert!(
+        commits.get_sample_count() < 40,
+        "no commit was shared: {} for 40 posts",
+        commits.get_sample_count()
+    );
+}
