@@ -112,14 +112,43 @@ stop_postgres() {
     as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
 }
 
+# start_watched LOG PATTERN SECONDS COMMAND...: runs COMMAND in the background, its output
+# appended to LOG, and returns once it prints a line matching PATTERN (its own word that it is
+# ready), in STARTED_PID. Fails at once if it exits first, or after SECONDS without that line.
+# The wait is a read on its output, not polling.
+start_watched() {
+    local log=$1 pattern=$2 seconds=$3
+    shift 3
+    local fifo line fd ready=""
+    fifo=$(mktemp -u "${TMPDIR:-/tmp}/botfleet-output.XXXXXX")
+    mkfifo "$fifo"
+    nohup "$@" >"$fifo" 2>&1 </dev/null &
+    STARTED_PID=$!
+    exec {fd}<"$fifo"
+    rm -f "$fifo"
+    local deadline=$((SECONDS + seconds))
+    while [ $SECONDS -lt $deadline ] && IFS= read -r -t "$((deadline - SECONDS))" -u "$fd" line; do
+        printf '%s\n' "$line" >>"$log"
+        if [[ $line =~ $pattern ]]; then
+            ready=1
+            break
+        fi
+    done
+    # From here on its output goes straight on to the log (until it exits).
+    cat <&"$fd" >>"$log" 2>/dev/null &
+    exec {fd}<&-
+    [ -n "$ready" ]
+}
+
 # start_redis DIR PORT [extra redis-server arguments...]
 start_redis() {
     local dir=$1 port=$2
     shift 2
     mkdir -p "$dir"
-    redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \
-        --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" || die "redis-server did not start"
-    wait_until 20 "redis on port $port" redis-cli -p "$port" ping || die "redis did not answer on port $port"
+    start_watched "$dir/redis.log" "Ready to accept connections" 20 \
+        redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --logfile "" "$@" \
+        || { tail -n 20 "$dir/redis.log" >&2; die "redis did not start on port $port"; }
+    echo "$STARTED_PID" >"$dir/redis.pid"
 }
 
 stop_redis() {

@@ -79,7 +79,10 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         }
     });
     let client = redis::Client::open(settings.redis_url.expose())?;
-    tokio::spawn(hub.clone().run(client, background.clone()));
+    // Taken before the node serves: every post published once it serves reaches its clients,
+    // whether or not the subscription is up yet.
+    let start = hub.start().await;
+    tokio::spawn(hub.clone().run(client, start, background.clone()));
     let tasks = TaskTracker::new();
     let server =
         Server::bind("api", settings.listen, router, &settings.common, metrics, readiness, tasks).await?;

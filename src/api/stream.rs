@@ -89,10 +89,19 @@ impl Hub {
         Arc::new(Self { sender, keys, redis, clients, max_clients, heartbeat, closing })
     }
 
+    /// Where the stream ends now: [`Hub::run`] from here misses no post published after it.
+    pub async fn start(&self) -> Option<Offset> {
+        self.newest().await.ok().flatten()
+    }
+
     /// Listens until `shutdown`, resubscribing after any error and catching up from the stream
-    /// each time, so that no published post is missed.
-    pub async fn run(self: Arc<Self>, client: redis::Client, shutdown: CancellationToken) {
-        let mut last = self.newest().await.ok().flatten();
+    /// each time (from `last`, the first time), so that no published post is missed.
+    pub async fn run(
+        self: Arc<Self>,
+        client: redis::Client,
+        mut last: Option<Offset>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let listened = async {
                 let mut pubsub = client.get_async_pubsub().await?;

@@ -9,7 +9,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{MAIN_BOT, Stack, deliver_update, eventually, text_update, unique};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{MAIN_BOT, Stack, deliver_update, text_update, unique};
 
 fn chromium() -> &'static str {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -66,21 +68,21 @@ impl Page {
         self.event("Page.loadEventFired").await;
     }
 
-    /// Waits, in the page, until the feed's text contains `needle` (a MutationObserver, no
-    /// polling), failing after ten seconds; returns the text.
-    async fn wait_for_feed_text(&mut self, needle: &str) -> String {
+    /// Waits, in the page, until the text of the element `element_id` contains `needle` (a
+    /// MutationObserver, no polling), failing after ten seconds; returns the text.
+    async fn wait_for_text(&mut self, element_id: &str, needle: &str) -> String {
         let needle_js = serde_json::to_string(needle).unwrap();
         let expression = format!(
             "new Promise((resolve) => {{
-               const feed = document.getElementById('feed');
-               const done = () => feed.innerText.includes({needle_js}) && (resolve(feed.innerText), true);
-               if (!done()) new MutationObserver(done).observe(feed, {{ childList: true, subtree: true }});
+               const element = document.getElementById('{element_id}');
+               const done = () => element.innerText.includes({needle_js}) && (resolve(element.innerText), true);
+               if (!done()) new MutationObserver(done).observe(element, {{ childList: true, subtree: true, characterData: true }});
              }})"
         );
         let params = json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
         let shown = tokio::time::timeout(Duration::from_secs(10), self.call("Runtime.evaluate", params))
             .await
-            .unwrap_or_else(|_| panic!("the page never showed {needle:?}"));
+            .unwrap_or_else(|_| panic!("the page never showed {needle:?} in #{element_id}"));
         shown["result"]["value"].as_str().unwrap_or_default().to_owned()
     }
 
@@ -98,8 +100,7 @@ async fn the_live_page_shows_new_posts_without_reload_and_runs_no_user_script() 
     deliver_update(worker, &MAIN_BOT, &text_update(1, 42, "already there when the page loads")).await;
 
     let profile = std::env::temp_dir().join(unique("chromium"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _browser = tokio::process::Command::new(chromium())
+    let mut browser = tokio::process::Command::new(chromium())
         .args([
             "--headless",
             "--no-sandbox",
@@ -109,37 +110,54 @@ async fn the_live_page_shows_new_posts_without_reload_and_runs_no_user_script() 
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            // Chromium picks a free port and says which once it listens.
+            "--remote-debugging-port=0",
         ])
-        .arg(format!("--remote-debugging-port={port}"))
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("about:blank")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let targets = format!("http://127.0.0.1:{port}/json/list");
-    let socket_url = eventually(Duration::from_secs(20), "Chromium's DevTools endpoint", || async {
-        let targets: Value = reqwest::get(&targets).await.ok()?.json().await.ok()?;
-        targets.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
-            .as_str()
-            .map(str::to_owned)
-    })
-    .await;
+    // Its output is read to the end (a full pipe would stop it); one line gives the address.
+    let mut said = BufReader::new(browser.stderr.take().unwrap()).lines();
+    let (listening, devtools) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut listening = Some(listening);
+        while let Ok(Some(line)) = said.next_line().await {
+            if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                listening.take().map(|l| l.send(url.to_owned()));
+            }
+        }
+    });
+    let browser_url = tokio::time::timeout(Duration::from_secs(20), devtools)
+        .await
+        .expect("Chromium did not open DevTools within 20 s")
+        .expect("Chromium exited without opening DevTools");
+    // ws://127.0.0.1:PORT/devtools/browser/ID → a new page target on that port.
+    let host = browser_url.trim_start_matches("ws://").split('/').next().unwrap().to_owned();
+    let target: Value = reqwest::Client::new()
+        .put(format!("http://{host}/json/new?about:blank"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let socket_url = target["webSocketDebuggerUrl"].as_str().expect("a page target").to_owned();
     let (socket, _) = tokio_tungstenite::connect_async(socket_url.as_str()).await.unwrap();
     let mut page = Page { socket, next_id: 0, events: Vec::new() };
     page.open(&api.url("/")).await;
 
-    page.wait_for_feed_text("already there when the page loads").await;
-    // Once the page's EventSource is connected, a new post must reach it live.
-    eventually(Duration::from_secs(10), "the page to open its live stream", || async {
-        (api.metrics.sse_clients.get() >= 1).then_some(())
-    })
-    .await;
+    page.wait_for_text("feed", "already there when the page loads").await;
+    // Once the page's EventSource is connected (the page then says "live"), a new post must
+    // reach it live.
+    page.wait_for_text("status", "live").await;
     let hostile =
         "<script>document.title='PWNED'</script><img src=x onerror=\"document.title='PWNED'\"> live post";
     deliver_update(worker, &MAIN_BOT, &text_update(2, 42, hostile)).await;
-    let shown = page.wait_for_feed_text("live post").await;
+    let shown = page.wait_for_text("feed", "live post").await;
     assert!(shown.contains(hostile), "the live post must appear, its markup shown as text: {shown}");
     assert_eq!(page.eval("document.title").await, json!("botfleet — live feed"), "user text must never run");
     assert_eq!(page.eval("document.querySelectorAll('#feed img, #feed script').length").await, json!(0));

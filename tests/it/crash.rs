@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use botfleet::kv::FeedKeys;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::helpers::{
     MAIN_BOT, TestDb, WORKER_ROLE, deliver_update, env, eventually, spawn_fake, spawn_worker, text_update,
@@ -21,12 +22,14 @@ struct WorkerProcess {
     child: tokio::process::Child,
     url: String,
     log: std::path::PathBuf,
+    /// Copies its output to `log`; ends once the process has exited and all of it is there.
+    logging: tokio::task::JoinHandle<()>,
 }
 
 async fn start_worker_process(db: &TestDb, prefix: &str, telegram: &str) -> WorkerProcess {
     let (port, admin) = (free_port(), free_port());
     let log = std::env::temp_dir().join(unique("worker-log"));
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_botfleet"))
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_botfleet"))
         .arg("worker")
         .env_clear()
         .envs([
@@ -43,16 +46,32 @@ async fn start_worker_process(db: &TestDb, prefix: &str, telegram: &str) -> Work
             ("BOTFLEET_LOG", "debug".to_owned()),
         ])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let ready = format!("http://127.0.0.1:{admin}/readyz");
-    eventually(Duration::from_secs(10), "the worker process to be ready", || async {
-        reqwest::get(&ready).await.ok().filter(|r| r.status() == 200).map(drop)
-    })
-    .await;
-    WorkerProcess { child, url: format!("http://127.0.0.1:{port}"), log }
+    // Its log lines go on to `log`; the one saying it serves is the sign that it is up.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut file = tokio::fs::File::create(&log).await.unwrap();
+    let (serving, started) = tokio::sync::oneshot::channel();
+    let logging = tokio::spawn(async move {
+        let mut serving = Some(serving);
+        while let Ok(Some(line)) = lines.next_line().await {
+            file.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+            if line.contains("worker serving") {
+                file.flush().await.unwrap();
+                serving.take().map(|s| s.send(()));
+            }
+        }
+        file.flush().await.unwrap();
+    });
+    tokio::time::timeout(Duration::from_secs(10), started)
+        .await
+        .expect("the worker process did not start within 10 s")
+        .unwrap_or_else(|_| panic!("the worker process exited: {}", std::fs::read_to_string(&log).unwrap()));
+    let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "the worker process serves but is not ready");
+    WorkerProcess { child, url: format!("http://127.0.0.1:{port}"), log, logging }
 }
 
 #[tokio::test]
@@ -100,6 +119,7 @@ async fn a_worker_killed_mid_update_loses_nothing_and_duplicates_nothing() {
     let replied = fake.calls().iter().filter(|c| c.method == "sendMessage" && c.status == 200).count();
     assert!(replied >= 1, "the author must get the reply");
 
+    doomed.logging.await.unwrap();
     let log = std::fs::read_to_string(&doomed.log).unwrap();
     assert!(log.contains("DEBUG"), "the worker should have logged at debug level");
     assert!(!log.contains(MAIN_BOT.token), "the bot token leaked into the worker's log");

@@ -74,21 +74,6 @@ impl SseClient {
     }
 }
 
-/// Waits until `n` hubs listen on the feed channel of `prefix`.
-async fn hubs_listening(prefix: &str, n: i64) {
-    let channel = FeedKeys::new(prefix).channel;
-    eventually(Duration::from_secs(5), "the API nodes to subscribe to the feed", || {
-        let channel = channel.clone();
-        async move {
-            let mut conn = redis().await;
-            let (_, count): (String, i64) =
-                redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut conn).await.ok()?;
-            (count == n).then_some(())
-        }
-    })
-    .await;
-}
-
 async fn post(worker: &Running, update_id: i64, text: &str) {
     let response = deliver_update(worker, &MAIN_BOT, &text_update(update_id, 42, text)).await;
     assert_eq!(response.status(), 200);
@@ -102,7 +87,6 @@ async fn a_published_post_reaches_open_streams_on_every_api_node() {
     let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
     let (a, b) = (spawn_api(&db, &prefix, true).await, spawn_api(&db, &prefix, true).await);
     let (mut on_a, mut on_b) = (SseClient::open(&a, None).await, SseClient::open(&b, None).await);
-    hubs_listening(&prefix, 2).await;
     post(&worker, 1, "live on every node at once").await;
     for client in [&mut on_a, &mut on_b] {
         let event = client.next().await;
@@ -122,9 +106,8 @@ async fn a_published_post_reaches_open_streams_on_every_api_node() {
 
 #[tokio::test]
 async fn a_reconnection_with_last_event_id_gets_exactly_the_missed_posts_in_order() {
-    let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
+    let Stack { worker, api, .. } = &Stack::start(false).await;
     let mut client = SseClient::open(api, None).await;
-    hubs_listening(prefix, 1).await;
     post(worker, 1, "seen before the disconnect").await;
     let seen = client.next().await;
     drop(client);
@@ -144,7 +127,6 @@ async fn a_reconnection_with_last_event_id_gets_exactly_the_missed_posts_in_orde
 async fn a_gap_older_than_the_stream_gets_one_resync() {
     let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
     let mut client = SseClient::open(api, None).await;
-    hubs_listening(prefix, 1).await;
     post(worker, 1, "the last post this browser saw").await;
     let seen = client.next().await;
     drop(client);
@@ -174,10 +156,11 @@ async fn a_gap_older_than_the_stream_gets_one_resync() {
 
 #[tokio::test]
 async fn killing_the_pubsub_connections_loses_no_event() {
-    let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
+    let Stack { worker, api, .. } = &Stack::start(false).await;
     let mut client = SseClient::open(api, None).await;
-    hubs_listening(prefix, 1).await;
     let mut conn = redis().await;
+    // Each post is read before the next: the first proves the hub subscribed (it sends nothing
+    // before), and each one after a kill that it resubscribed or caught up.
     for n in 1..=6 {
         if n % 2 == 0 {
             // Every pub/sub connection of the server goes, the hub's among them.
@@ -190,8 +173,6 @@ async fn killing_the_pubsub_connections_loses_no_event() {
                 .unwrap();
         }
         post(worker, n, &format!("post {n} around a pub/sub hiccup")).await;
-    }
-    for n in 1..=6 {
         assert_eq!(client.next().await.text(), format!("post {n} around a pub/sub hiccup"));
     }
 }
