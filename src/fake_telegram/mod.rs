@@ -77,12 +77,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct Fake {
     inner: Arc<Mutex<Inner>>,
+    /// How many calls arrived that a delay then held: a test knows when one is in flight.
+    held: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Fake {
     pub fn new(enforce_limits: bool) -> Self {
         let inner = Inner { limits: Limits::new(enforce_limits), ..Inner::default() };
-        Self { inner: Arc::new(Mutex::new(inner)) }
+        Self { inner: Arc::new(Mutex::new(inner)), held: Arc::new(tokio::sync::watch::Sender::new(0)) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -93,6 +95,12 @@ impl Fake {
     /// Answers calls of `method` only after `delay` from now on; `None` makes it fast again.
     pub fn set_delay(&self, delay: Option<(&str, Duration)>) {
         self.lock().delay = delay.map(|(method, d)| (method.to_owned(), d));
+    }
+
+    /// Returns once `n` calls have arrived that a delay holds (or held).
+    pub async fn held(&self, n: u64) {
+        // The sender lives as long as `self`: the wait cannot fail.
+        let _ = self.held.subscribe().wait_for(|held| *held >= n).await;
     }
 
     /// Every call so far, oldest first.
@@ -156,6 +164,7 @@ async fn bot_api(
     let method = methods::canonical(&method);
     let delay = fake.lock().delay.clone().filter(|(slow, _)| *slow == method);
     if let Some((_, delay)) = delay {
+        fake.held.send_modify(|held| *held += 1);
         tokio::time::sleep(delay).await;
     }
     let mut inner = fake.lock();

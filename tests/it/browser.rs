@@ -9,9 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-use crate::helpers::{MAIN_BOT, Stack, deliver_update, text_update, unique};
+use crate::helpers::{MAIN_BOT, Stack, deliver_update, text_update, unique, watch_output};
 
 fn chromium() -> &'static str {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -120,21 +118,12 @@ async fn the_live_page_shows_new_posts_without_reload_and_runs_no_user_script() 
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Its output is read to the end (a full pipe would stop it); one line gives the address.
-    let mut said = BufReader::new(browser.stderr.take().unwrap()).lines();
-    let (listening, devtools) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut listening = Some(listening);
-        while let Ok(Some(line)) = said.next_line().await {
-            if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                listening.take().map(|l| l.send(url.to_owned()));
-            }
-        }
-    });
-    let browser_url = tokio::time::timeout(Duration::from_secs(20), devtools)
+    let (listening, _output) = watch_output(browser.stderr.take().unwrap(), "DevTools listening on ", None);
+    let line = tokio::time::timeout(Duration::from_secs(20), listening)
         .await
         .expect("Chromium did not open DevTools within 20 s")
         .expect("Chromium exited without opening DevTools");
+    let browser_url = line.split("DevTools listening on ").nth(1).unwrap();
     // ws://127.0.0.1:PORT/devtools/browser/ID → a new page target on that port.
     let host = browser_url.trim_start_matches("ws://").split('/').next().unwrap().to_owned();
     let target: Value = reqwest::Client::new()

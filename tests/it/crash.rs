@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use botfleet::kv::FeedKeys;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::helpers::{
     MAIN_BOT, TestDb, WORKER_ROLE, deliver_update, env, eventually, spawn_fake, spawn_worker, text_update,
-    unique,
+    unique, watch_output,
 };
 
 fn free_port() -> u16 {
@@ -50,22 +49,8 @@ async fn start_worker_process(db: &TestDb, prefix: &str, telegram: &str) -> Work
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Its log lines go on to `log`; the one saying it serves is the sign that it is up.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut file = tokio::fs::File::create(&log).await.unwrap();
-    let (serving, started) = tokio::sync::oneshot::channel();
-    let logging = tokio::spawn(async move {
-        let mut serving = Some(serving);
-        while let Ok(Some(line)) = lines.next_line().await {
-            file.write_all(format!("{line}\n").as_bytes()).await.unwrap();
-            if line.contains("worker serving") {
-                file.flush().await.unwrap();
-                serving.take().map(|s| s.send(()));
-            }
-        }
-        file.flush().await.unwrap();
-    });
-    tokio::time::timeout(Duration::from_secs(10), started)
+    let (serving, logging) = watch_output(child.stderr.take().unwrap(), "worker serving", Some(log.clone()));
+    tokio::time::timeout(Duration::from_secs(10), serving)
         .await
         .expect("the worker process did not start within 10 s")
         .unwrap_or_else(|_| panic!("the worker process exited: {}", std::fs::read_to_string(&log).unwrap()));
@@ -96,10 +81,11 @@ async fn a_worker_killed_mid_update_loses_nothing_and_duplicates_nothing() {
             .send()
             .await
     });
-    eventually(Duration::from_secs(10), "the post to be committed", || async {
-        (db.count("SELECT count(*) FROM posts").await == 1).then_some(())
-    })
-    .await;
+    // Killed while its reply is in flight: the post is committed, the answer not yet given.
+    tokio::time::timeout(Duration::from_secs(10), fake.held(1))
+        .await
+        .expect("the reply never reached Telegram");
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 1, "committed before the reply");
     doomed.child.kill().await.unwrap();
     assert!(in_flight.await.unwrap().is_err(), "Telegram must not have got an answer from the killed worker");
 
@@ -121,7 +107,7 @@ async fn a_worker_killed_mid_update_loses_nothing_and_duplicates_nothing() {
 
     doomed.logging.await.unwrap();
     let log = std::fs::read_to_string(&doomed.log).unwrap();
-    assert!(log.contains("DEBUG"), "the worker should have logged at debug level");
+    assert!(log.contains("DEBUG"), "the worker should have logged at debug level: {log}");
     assert!(!log.contains(MAIN_BOT.token), "the bot token leaked into the worker's log");
     assert!(
         !log.contains(MAIN_BOT.token.split(':').nth(1).unwrap()),

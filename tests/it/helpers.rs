@@ -51,6 +51,37 @@ where
     }
 }
 
+/// Reads a child process's output to its end (a full pipe would stop the child), copying it to
+/// `log` if given. The receiver gets the first line containing `marker` — the child's own word
+/// that it is up — or an error if the output ends without one. The task ends with the output,
+/// once all of it is in `log`.
+pub fn watch_output(
+    output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    marker: &'static str,
+    log: Option<std::path::PathBuf>,
+) -> (tokio::sync::oneshot::Receiver<String>, JoinHandle<()>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (found, seen) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut found = Some(found);
+        let mut file = match log {
+            Some(path) => Some(tokio::fs::File::create(path).await.unwrap()),
+            None => None,
+        };
+        let mut lines = BufReader::new(output).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(file) = &mut file {
+                file.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+                file.flush().await.unwrap();
+            }
+            if line.contains(marker) {
+                found.take().map(|found| found.send(line));
+            }
+        }
+    });
+    (seen, task)
+}
+
 /// A connection to the test Redis.
 pub async fn redis() -> redis::aio::MultiplexedConnection {
     redis::Client::open(env("BOTFLEET_TEST_REDIS_URL"))
