@@ -6,8 +6,9 @@
 //! [`WRITERS`] writers is free. Under light load a batch is one post and waits for nothing;
 //! under load, batches grow by themselves while the previous ones commit (5 to 8 posts per
 //! commit under W1; `botfleet_posts_per_commit` shows it). Every caller gets its own post back
-//! once it is committed, and a redelivered update the post its first delivery created. A batch that fails on a statement error is retried post by post, so that one bad
-//! post cannot fail the others.
+//! once it is committed, and a redelivered update the post its first delivery created. A batch
+//! that fails on a statement error is retried post by post, so that one bad post cannot fail
+//! the others.
 
 use std::sync::Arc;
 
