@@ -154,19 +154,19 @@ fn update(update_id: i64, user: i64, rng: &mut Rng) -> String {
         text.push(' ');
     }
     let text = text.trim_end();
-    json!({
-        "update_id": update_id,
-        "message": {
-            "message_id": update_id,
-            "from": { "id": user, "is_bot": false, "first_name": format!("User {user}"),
-                      "username": format!("user{user}"), "language_code": "en" },
-            "chat": { "id": user, "type": "private", "first_name": format!("User {user}"),
-                      "username": format!("user{user}") },
-            "date": 1_790_000_000,
-            "text": text,
-        }
-    })
-    .to_string()
+    // Written out rather than built as a `serde_json::Value`: the driver shares the machine
+    // with what it measures, so it spends as little as it can. The words need no escaping.
+    format!(
+        concat!(
+            r#"{{"update_id":{update_id},"message":{{"message_id":{update_id},"#,
+            r#""from":{{"id":{user},"is_bot":false,"first_name":"User {user}","username":"user{user}","language_code":"en"}},"#,
+            r#""chat":{{"id":{user},"type":"private","first_name":"User {user}","username":"user{user}"}},"#,
+            r#""date":1790000000,"text":"{text}"}}}}"#
+        ),
+        update_id = update_id,
+        user = user,
+        text = text,
+    )
 }
 
 #[derive(Default)]

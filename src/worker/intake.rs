@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 use super::keyed::Keyed;
 use crate::kv::{BotKeys, Conn, scripts, turns_channel};
@@ -80,7 +79,6 @@ pub struct Turn {
     handled: (String, i64),
     lease_key: String,
     queue_key: String,
-    renewal: JoinHandle<()>,
     read: ReadValues,
 }
 
@@ -198,19 +196,12 @@ impl Intake {
             match answer.first().and_then(Option::as_deref) {
                 Some("done") => return Ok(Begin::Done),
                 Some("go") => {
-                    let renewal = tokio::spawn(renew(
-                        conn.clone(),
-                        lease_key.clone(),
-                        token.clone(),
-                        self.config.lease,
-                    ));
                     let read = read_values(read_ahead, answer);
                     return Ok(Begin::Go(Box::new(Turn {
                         token,
                         handled: (handled_key, handled_bit),
                         lease_key,
                         queue_key,
-                        renewal,
                         read,
                     })));
                 }
@@ -229,10 +220,24 @@ impl Intake {
         }
     }
 
+    /// Runs `work` (the update's handling) while keeping the turn: the lease is renewed every
+    /// third of its length for as long as `work` runs, in the same task (no task per update).
+    pub async fn hold<T>(&self, conn: &Conn, turn: &Turn, work: impl Future<Output = T>) -> T {
+        let mut work = pin!(work);
+        let mut renewing = true;
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                () = tokio::time::sleep(self.config.lease / 3), if renewing => {
+                    renewing = renew(conn.clone(), turn, self.config.lease).await;
+                }
+            }
+        }
+    }
+
     /// Ends the turn: `handled` marks the update done (never handled again); otherwise it is
     /// left for Telegram's redelivery. Either way the chat's next update may go.
     pub async fn end(&self, conn: &mut Conn, turn: Box<Turn>, handled: bool) -> Result<(), IntakeError> {
-        turn.renewal.abort();
         let held: i64 = scripts::INTAKE_END
             .key(&turn.handled.0)
             .key(&turn.lease_key)
@@ -278,20 +283,19 @@ fn read_values(keys: Option<ReadAhead>, answer: Vec<Option<String>>) -> ReadValu
     ReadValues { user: Some((keys.user, user)), dialogue: Some((keys.dialogue, version, state)) }
 }
 
-/// Keeps the lease while the update is handled; ends when aborted or when the lease is lost.
-async fn renew(mut conn: Conn, lease_key: String, token: String, lease: Duration) {
-    loop {
-        tokio::time::sleep(lease / 3).await;
-        let renewed: Result<i64, _> = scripts::LEASE_RENEW
-            .key(&lease_key)
-            .arg(&token)
-            .arg(lease.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await;
-        match renewed {
-            Ok(1) => {}
-            Ok(_) => return,
-            Err(e) => tracing::warn!(error = %e, "renewing a chat's turn failed"),
+/// Renews the turn's lease; false once it is no longer ours (renewing further is pointless).
+async fn renew(mut conn: Conn, turn: &Turn, lease: Duration) -> bool {
+    let renewed: Result<i64, _> = scripts::LEASE_RENEW
+        .key(&turn.lease_key)
+        .arg(&turn.token)
+        .arg(lease.as_millis() as u64)
+        .invoke_async(&mut conn)
+        .await;
+    match renewed {
+        Ok(renewed) => renewed == 1,
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing a chat's turn failed");
+            true
         }
     }
 }

@@ -138,7 +138,8 @@ async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: 
         .lease_wait_seconds
         .with_label_values(&[bot.config.name.as_str()])
         .observe(waiting.elapsed().as_secs_f64());
-    let (handled, outcome) = match bot::handle(&state, &redis, &bot, &turn, &update).await {
+    let handling = bot::handle(&state, &redis, &bot, &turn, &update);
+    let (handled, outcome) = match bot.intake.hold(&redis, &turn, handling).await {
         Ok(()) => (true, Outcome::Acknowledged),
         Err(HandleError::Unavailable(e)) => (false, Outcome::RetryLater(format!("{e:#}"))),
         Err(HandleError::Failed(e)) => {

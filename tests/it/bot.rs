@@ -94,6 +94,38 @@ async fn two_hundred_updates_of_one_chat_across_three_workers_drain_one_at_a_tim
 }
 
 #[tokio::test]
+async fn a_slow_update_keeps_its_chats_turn_past_the_lease_length() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    // Each reply takes five lease lengths: only renewing the lease keeps the turn that long.
+    let (lease_ms, reply_ms) = (200, 1000);
+    fake.set_delay(Some(("sendMessage", Duration::from_millis(reply_ms))));
+    let settings = [("BOTFLEET_CHAT_LEASE_MS", "200"), ("BOTFLEET_MAX_WAIT_MS", "10000")];
+    let a = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
+    let b = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
+
+    let (one, two) =
+        (text_update(1, 42, "the first, slow to answer"), text_update(2, 42, "the second, sent meanwhile"));
+    let first = deliver_update(&a, &MAIN_BOT, &one);
+    let second = async {
+        fake.held(1).await;
+        deliver_update(&b, &MAIN_BOT, &two).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let at: Vec<u64> = fake.calls().iter().filter(|c| c.method == "sendMessage").map(|c| c.at_ms).collect();
+    assert_eq!(at.len(), 2);
+    // The second update may only begin once the first has ended, so its reply comes a whole
+    // reply later; had its lease lapsed, it would have come one lease length later.
+    assert!(
+        at[1] - at[0] >= reply_ms,
+        "the second update ran while the first held the chat ({} ms apart; lease {lease_ms} ms)",
+        at[1] - at[0]
+    );
+}
+
+#[tokio::test]
 async fn post_dialogue_moves_between_workers_and_survives_a_restart() {
     let db = TestDb::fresh().await;
     let prefix = unique("r");
