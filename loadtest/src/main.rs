@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 mod w3;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 const USERS: usize = 10_000;
@@ -180,26 +183,52 @@ struct LaneResult {
 }
 
 struct Target {
+    /// For W2's reads and the discovery before them.
     client: reqwest::Client,
-    url: String,
+    /// `host:port` and path of the webhook.
+    host: String,
+    path: String,
     secret: String,
     next_id: AtomicI64,
 }
 
+/// A W1 lane's own keep-alive HTTP/1.1 connection, opened again after an error. Lighter than a
+/// pooled client, as pgbench's connections are: the driver shares the machine it measures.
+type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
 impl Target {
-    async fn send(&self, body: String, result: &mut LaneResult) {
-        let response = self
-            .client
-            .post(&self.url)
-            .header("x-telegram-bot-api-secret-token", &self.secret)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await;
-        match response {
-            Ok(r) if r.status().is_success() => result.ok += 1,
+    async fn connect(&self) -> anyhow::Result<Connection> {
+        let stream = tokio::net::TcpStream::connect(&self.host).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    async fn send(&self, connection: &mut Option<Connection>, body: String, result: &mut LaneResult) {
+        let status = async {
+            let sender = match connection {
+                Some(sender) if !sender.is_closed() => sender,
+                _ => connection.insert(self.connect().await?),
+            };
+            sender.ready().await?;
+            let request = hyper::Request::post(&self.path)
+                .header("host", &self.host)
+                .header("x-telegram-bot-api-secret-token", &self.secret)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            response.into_body().collect().await?;
+            anyhow::Ok(status)
+        };
+        match status.await {
+            Ok(status) if status.is_success() => result.ok += 1,
             Ok(_) => result.non_2xx += 1,
-            Err(_) => result.errors += 1,
+            Err(_) => {
+                *connection = None;
+                result.errors += 1;
+            }
         }
     }
 }
@@ -210,6 +239,7 @@ async fn lane(target: Arc<Target>, lane: usize, options: Arc<Options>, started: 
     let mut result = LaneResult::default();
     let end = started + Duration::from_secs(options.seconds);
     let mut k = 0u64;
+    let mut connection = None;
     loop {
         // Open loop: this lane's k-th arrival is due at a fixed time, whether or not we are late.
         let due = match options.rate {
@@ -225,7 +255,7 @@ async fn lane(target: Arc<Target>, lane: usize, options: Arc<Options>, started: 
         tokio::time::sleep_until(due.into()).await;
         let id = target.next_id.fetch_add(1, Ordering::Relaxed);
         let body = update(id, senders.pick(&mut rng), &mut rng);
-        target.send(body, &mut result).await;
+        target.send(&mut connection, body, &mut result).await;
         result.latencies.push(due.elapsed());
         k += 1;
     }
@@ -326,9 +356,15 @@ async fn main() -> anyhow::Result<()> {
     let options = Arc::new(parse_args()?);
     let get =
         |key: &str| options.env.get(key).cloned().with_context(|| format!("{key} missing from the env file"));
+    let webhook = reqwest::Url::parse(&get("BOTFLEET_WEBHOOK_URL")?)?;
     let target = Arc::new(Target {
         client: reqwest::Client::builder().pool_max_idle_per_host(options.concurrency).build()?,
-        url: get("BOTFLEET_WEBHOOK_URL")?,
+        host: format!(
+            "{}:{}",
+            webhook.host_str().unwrap_or("127.0.0.1"),
+            webhook.port_or_known_default().unwrap_or(80)
+        ),
+        path: webhook.path().to_owned(),
         secret: get("BOTFLEET_WEBHOOK_SECRET")?,
         next_id: AtomicI64::new(options.first_update_id),
     });
