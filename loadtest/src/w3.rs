@@ -3,13 +3,14 @@
 //! post. Latency runs from the moment an update is sent to the webhook (so it bounds the
 //! publish-to-delivery time from above) to the event's arrival at each client.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Latency histogram: 0.1 ms buckets up to 10 s.
 const BUCKETS: usize = 100_000;
@@ -29,34 +30,48 @@ pub struct W3 {
 }
 
 struct Shared {
-    sent: Mutex<HashMap<i64, Instant>>,
+    /// When each post was sent, in µs since `started` (0: not yet), by its index in the run.
+    sent: Vec<AtomicU64>,
+    started: Instant,
+    first_update_id: i64,
     buckets: Vec<AtomicU64>,
     received: AtomicU64,
+    /// How many events the run expects; the last one to arrive wakes `all_received`.
+    expected: AtomicU64,
+    all_received: tokio::sync::Notify,
     connected: AtomicUsize,
-    /// Woken at every received event, for whoever waits for the last one.
-    progress: tokio::sync::Notify,
 }
 
 impl Shared {
-    fn record(&self, latency: Duration) {
-        let bucket = ((latency.as_micros() / 100) as usize).min(BUCKETS - 1);
+    /// An event of the post of `update_id` arrived now.
+    fn record(&self, update_id: i64) {
+        let Some(sent) =
+            usize::try_from(update_id - self.first_update_id).ok().and_then(|k| self.sent.get(k))
+        else {
+            return;
+        };
+        let sent = sent.load(Ordering::Relaxed);
+        if sent == 0 {
+            return;
+        }
+        let latency_us = (self.started.elapsed().as_micros() as u64).saturating_sub(sent);
+        let bucket = ((latency_us / 100) as usize).min(BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.received.fetch_add(1, Ordering::Relaxed);
-        self.progress.notify_waiters();
+        if self.received.fetch_add(1, Ordering::Relaxed) + 1 >= self.expected.load(Ordering::Relaxed) {
+            self.all_received.notify_waiters();
+        }
     }
 
     /// Waits until `expected` events arrived, or `limit` passed.
     async fn received_all(&self, expected: u64, limit: Duration) {
-        let _ = tokio::time::timeout(limit, async {
-            loop {
-                let woken = self.progress.notified();
-                if self.received.load(Ordering::Relaxed) >= expected {
-                    return;
-                }
-                woken.await;
-            }
-        })
-        .await;
+        let woken = self.all_received.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        self.expected.store(expected, Ordering::Relaxed);
+        if self.received.load(Ordering::Relaxed) >= expected {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, woken).await;
     }
 
     fn percentile(&self, p: f64) -> f64 {
@@ -84,65 +99,101 @@ fn proc_stat(pid: u32) -> Option<(u64, f64)> {
     Some((rss_kib, ticks as f64 / 100.0))
 }
 
-/// One client: says whether it connected, then reads events until `stop`, recording each
-/// post's latency.
+/// One client, on a bare TCP connection (an HTTP client library per event would cost the driver
+/// more than the node it measures): says whether it connected, then reads events until `stop`,
+/// recording each post's arrival.
 async fn client(
-    http: reqwest::Client,
-    url: String,
+    addr: Arc<str>,
+    path: Arc<str>,
     shared: Arc<Shared>,
     stop: Arc<tokio::sync::Notify>,
     connected: tokio::sync::mpsc::Sender<bool>,
 ) {
-    let response = http.get(&url).send().await.ok().filter(|r| r.status().is_success());
-    let _ = connected.send(response.is_some()).await;
-    let Some(mut response) = response else { return };
+    let opened = open(&addr, &path).await;
+    let _ = connected.send(opened.is_ok()).await;
+    let Ok((mut stream, mut buffer)) = opened else { return };
     shared.connected.fetch_add(1, Ordering::Relaxed);
-    let mut buffer = String::new();
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
-        let chunk = tokio::select! {
-            () = &mut stopped => return,
-            chunk = response.chunk() => chunk,
-        };
-        let Ok(Some(chunk)) = chunk else { return };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
-            let text =
-                serde_json::from_str::<Value>(data).ok().and_then(|v| v["text"].as_str().map(str::to_owned));
-            let Some(id) =
-                text.as_deref().and_then(|t| t.strip_prefix("w3-")?.split(' ').next()?.parse::<i64>().ok())
-            else {
-                continue;
-            };
-            let sent = shared.sent.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied();
-            if let Some(sent) = sent {
-                shared.record(sent.elapsed());
+        // Events end with a blank line; the chunked encoding's framing around them does not
+        // matter here. Only the post's id is needed, from its text "w3-<id> …".
+        let mut start = 0;
+        while let Some(end) = find(&buffer[start..], b"\n\n") {
+            if let Some(id) = post_id(&buffer[start..start + end]) {
+                shared.record(id);
             }
+            start += end + 2;
+        }
+        buffer.drain(..start);
+        let read = tokio::select! {
+            () = &mut stopped => return,
+            read = stream.read_buf(&mut buffer) => read,
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return;
         }
     }
 }
 
+/// Sends the stream's request and reads the answer's head: the connection, and what came
+/// after the head.
+async fn open(addr: &str, path: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut buffer = Vec::with_capacity(4096);
+    loop {
+        if stream.read_buf(&mut buffer).await? == 0 {
+            bail!("the stream closed before its head");
+        }
+        if let Some(end) = find(&buffer, b"\r\n\r\n") {
+            if !buffer.starts_with(b"HTTP/1.1 200") {
+                bail!("the stream answered {}", String::from_utf8_lossy(&buffer[..end]));
+            }
+            buffer.drain(..end + 4);
+            return Ok((stream, buffer));
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+/// The update id in a post event's text `"w3-<id> …"`, if the event is one.
+fn post_id(event: &[u8]) -> Option<i64> {
+    const MARK: &[u8] = b"\"text\":\"w3-";
+    let at = find(event, MARK)? + MARK.len();
+    let digits = event[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&event[at..at + digits]).ok()?.parse().ok()
+}
+
 pub async fn run(w3: W3) -> anyhow::Result<Value> {
+    let posts = (w3.rate * w3.seconds as f64) as i64;
     let shared = Arc::new(Shared {
-        sent: Mutex::new(HashMap::new()),
+        sent: (0..posts).map(|_| AtomicU64::new(0)).collect(),
+        started: Instant::now(),
+        first_update_id: w3.first_update_id,
         buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         received: AtomicU64::new(0),
+        expected: AtomicU64::new(u64::MAX),
+        all_received: tokio::sync::Notify::new(),
         connected: AtomicUsize::new(0),
-        progress: tokio::sync::Notify::new(),
     });
     let before = w3.pid.and_then(proc_stat);
     let stop = Arc::new(tokio::sync::Notify::new());
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let url = reqwest::Url::parse(&w3.stream_url)?;
+    let addr: Arc<str> =
+        format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port_or_known_default().unwrap_or(80))
+            .into();
+    let path: Arc<str> = url.path().into();
     let mut tasks = Vec::with_capacity(w3.clients);
     for batch in 0..w3.clients.div_ceil(CONNECT_BATCH) {
         let in_batch = CONNECT_BATCH.min(w3.clients - batch * CONNECT_BATCH);
         let (report, mut reports) = tokio::sync::mpsc::channel(in_batch);
         for _ in 0..in_batch {
-            let task =
-                client(http.clone(), w3.stream_url.clone(), shared.clone(), stop.clone(), report.clone());
+            let task = client(addr.clone(), path.clone(), shared.clone(), stop.clone(), report.clone());
             tasks.push(tokio::spawn(task));
         }
         // Each client of the batch says whether it connected, before the next batch starts.
@@ -155,7 +206,6 @@ pub async fn run(w3: W3) -> anyhow::Result<Value> {
     }
     let connected = proc_stat_or_none(w3.pid);
 
-    let posts = (w3.rate * w3.seconds as f64) as i64;
     let publisher = reqwest::Client::new();
     let started = Instant::now();
     let mut failed = 0;
@@ -172,7 +222,7 @@ pub async fn run(w3: W3) -> anyhow::Result<Value> {
                 "from": { "id": user, "is_bot": false, "first_name": "W3" },
             }
         });
-        shared.sent.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Instant::now());
+        shared.sent[k as usize].store(shared.started.elapsed().as_micros().max(1) as u64, Ordering::Relaxed);
         let response = publisher
             .post(&w3.webhook_url)
             .header("x-telegram-bot-api-secret-token", &w3.secret)

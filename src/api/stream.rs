@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 use super::ApiState;
 use crate::http::json_error;
 use crate::kv::{self, FeedKeys};
+use crate::metrics::Metrics;
 use crate::shutdown::CancellationToken;
 
 /// Events a client may fall behind by before it is dropped (it then resumes by Last-Event-ID).
@@ -55,6 +56,7 @@ impl std::fmt::Display for Offset {
 #[derive(Debug)]
 pub struct Event {
     pub offset: Offset,
+    /// Empty for the last event of a draining node: every stream ends on it.
     pub bytes: Bytes,
 }
 
@@ -72,7 +74,8 @@ pub struct Hub {
     max_clients: usize,
     heartbeat: Duration,
     /// Cancelled when the node starts draining: every stream ends, and its browser resumes on
-    /// another node.
+    /// another node. The streams learn it from one last event on the channel they already
+    /// listen to; a cancellation future per stream would cost a lock per event per client.
     pub closing: CancellationToken,
 }
 
@@ -134,6 +137,7 @@ impl Hub {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                () = self.closing.cancelled() => return self.close_streams(),
                 result = listened => match result {
                     Ok(()) => tracing::warn!("feed subscription ended; resubscribing"),
                     Err(e) => tracing::warn!(error = %e, "feed subscription lost; resubscribing"),
@@ -141,9 +145,14 @@ impl Hub {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                () = self.closing.cancelled() => return self.close_streams(),
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+    }
+
+    fn close_streams(&self) {
+        let _ = self.sender.send(Arc::new(Event { offset: Offset(0, 0), bytes: Bytes::new() }));
     }
 
     /// The newest offset in the stream, if any.
@@ -208,12 +217,12 @@ impl Hub {
 }
 
 /// Counts a client out when its stream ends, however it ends.
-struct ClientSlot(Arc<Hub>, prometheus::IntGauge);
+struct ClientSlot(Arc<Hub>, Arc<Metrics>);
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::Relaxed);
-        self.1.dec();
+        self.1.sse_clients.dec();
     }
 }
 
@@ -235,9 +244,13 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Respon
         return response;
     }
     state.metrics.sse_clients.inc();
-    let slot = ClientSlot(hub.clone(), state.metrics.sse_clients.clone());
-    // Subscribe before reading back, so nothing published in between is missed.
+    let slot = ClientSlot(hub.clone(), state.metrics.clone());
+    // Subscribe before reading back, so nothing published in between is missed; and before
+    // looking at `closing`, so that a drain after the look still reaches this stream.
     let live = hub.sender.subscribe();
+    if hub.closing.is_cancelled() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "this node is draining");
+    }
     let mut first = vec![Bytes::from(format!("retry: {RETRY_MS}\n\n"))];
     let mut replayed_to = last_event_id;
     if let Some(after) = last_event_id {
@@ -258,9 +271,7 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Respon
         }
     }
     state.metrics.sse_events.inc_by(first.len().saturating_sub(1) as u64);
-    let metrics = state.metrics.clone();
     let heartbeat = hub.heartbeat;
-    let closing = hub.closing.clone();
     let opening = futures_util::stream::iter(first.into_iter().map(Ok::<Bytes, std::io::Error>));
     let live = futures_util::stream::unfold(
         (
@@ -269,27 +280,26 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Respon
             tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
             slot,
         ),
-        move |(mut live, mut replayed_to, mut beat, slot)| {
-            let (metrics, closing) = (metrics.clone(), closing.clone());
+        |(mut live, mut replayed_to, mut beat, slot)| {
             async move {
                 loop {
                     tokio::select! {
-                        () = closing.cancelled() => return None,
                         _ = beat.tick() => {
                             return Some((Ok(Bytes::from_static(b": heartbeat\n\n")), (live, replayed_to, beat, slot)));
                         }
                         received = live.recv() => match received {
+                            Ok(event) if event.bytes.is_empty() => return None,
                             Ok(event) => {
                                 if replayed_to.is_some_and(|r| event.offset <= r) {
                                     continue;
                                 }
                                 replayed_to = None;
-                                metrics.sse_events.inc();
+                                slot.1.sse_events.inc();
                                 return Some((Ok(event.bytes.clone()), (live, replayed_to, beat, slot)));
                             }
                             Err(broadcast::error::RecvError::Lagged(_)) => {
                                 // Too slow: drop it; it reconnects and resumes by Last-Event-ID.
-                                metrics.sse_dropped.inc();
+                                slot.1.sse_dropped.inc();
                                 return None;
                             }
                             Err(broadcast::error::RecvError::Closed) => return None,

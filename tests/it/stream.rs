@@ -191,3 +191,20 @@ async fn a_node_refuses_streams_past_its_limit() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_draining_node_ends_its_streams_and_stops() {
+    let db = TestDb::fresh().await;
+    // A long grace: a stream left open would keep the node from stopping for a minute.
+    let api = spawn_api_with(&db, &unique("r"), false, &[("BOTFLEET_SHUTDOWN_GRACE_SECS", "60")]).await;
+    let mut client = SseClient::open(&api, None).await;
+    let Running { stop, handle, .. } = api;
+    stop.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = client.response.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream stayed open while its node drained");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    stopped.expect("the node did not stop").unwrap().expect("the node must drain and stop cleanly");
+}
