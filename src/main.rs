@@ -24,11 +24,6 @@ commands:
 
 Settings come from BOTFLEET_* environment variables (see the README).";
 
-/// Small allocations dominate the hot paths (hyper, serde, redis); glibc's malloc spent a fifth
-/// of a worker's CPU time under W1.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for a command line that makes no sense (sysexits' EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 

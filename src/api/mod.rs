@@ -83,6 +83,7 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
     // whether or not the subscription is up yet.
     let start = hub.start().await;
     tokio::spawn(hub.clone().run(client, start, background.clone()));
+    tokio::spawn(hub.clone().beat(background.clone()));
     let tasks = TaskTracker::new();
     let server =
         Server::bind("api", settings.listen, router, &settings.common, metrics, readiness, tasks).await?;

@@ -52,13 +52,26 @@ impl std::fmt::Display for Offset {
     }
 }
 
-/// One post event, encoded once for every client.
+/// One post event (or a resync), encoded once for every client.
 #[derive(Debug)]
 pub struct Event {
     pub offset: Offset,
-    /// Empty for the last event of a draining node: every stream ends on it.
     pub bytes: Bytes,
 }
+
+/// What the hub sends to every stream of the node. Heartbeats and the end come through the same
+/// channel as posts, so that a stream waits on nothing else: no timer and no cancellation
+/// future per client (each would cost a lock or a timer entry per event per client).
+#[derive(Debug, Clone)]
+enum Live {
+    Event(Arc<Event>),
+    /// A comment that keeps idle connections (and the proxies on their way) open.
+    Heartbeat,
+    /// The node is draining: every stream ends, and its browser resumes on another node.
+    Close,
+}
+
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
 fn encode(offset: Offset, json: &str) -> Bytes {
     // The JSON of a post is one line (serde_json never writes raw newlines), so one data line.
@@ -67,15 +80,13 @@ fn encode(offset: Offset, json: &str) -> Bytes {
 
 /// Fans the feed's live channel out to this node's clients.
 pub struct Hub {
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Live>,
     keys: FeedKeys,
     redis: deadpool_redis::Pool,
     clients: AtomicUsize,
     max_clients: usize,
     heartbeat: Duration,
-    /// Cancelled when the node starts draining: every stream ends, and its browser resumes on
-    /// another node. The streams learn it from one last event on the channel they already
-    /// listen to; a cancellation future per stream would cost a lock per event per client.
+    /// Cancelled when the node starts draining: [`Live::Close`] goes out to every stream.
     pub closing: CancellationToken,
 }
 
@@ -114,13 +125,12 @@ impl Hub {
                 if let Some(seen) = last
                     && self.gap_after(seen).await?
                 {
-                    let _ =
-                        self.sender.send(Arc::new(Event { offset: seen, bytes: Bytes::from_static(RESYNC) }));
+                    self.send(Event { offset: seen, bytes: Bytes::from_static(RESYNC) });
                     last = self.newest().await?;
                 }
                 for event in self.read_after(last).await? {
                     last = Some(event.offset);
-                    let _ = self.sender.send(Arc::new(event));
+                    self.send(event);
                 }
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {
@@ -131,13 +141,13 @@ impl Hub {
                         continue;
                     }
                     last = Some(offset);
-                    let _ = self.sender.send(Arc::new(Event { offset, bytes: encode(offset, json) }));
+                    self.send(Event { offset, bytes: encode(offset, json) });
                 }
                 Ok::<(), anyhow::Error>(())
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = self.closing.cancelled() => return self.close_streams(),
+                () = self.closing.cancelled() => return,
                 result = listened => match result {
                     Ok(()) => tracing::warn!("feed subscription ended; resubscribing"),
                     Err(e) => tracing::warn!(error = %e, "feed subscription lost; resubscribing"),
@@ -145,14 +155,33 @@ impl Hub {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = self.closing.cancelled() => return self.close_streams(),
+                () = self.closing.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
     }
 
-    fn close_streams(&self) {
-        let _ = self.sender.send(Arc::new(Event { offset: Offset(0, 0), bytes: Bytes::new() }));
+    fn send(&self, event: Event) {
+        // No receivers (no open stream) is no error.
+        let _ = self.sender.send(Live::Event(Arc::new(event)));
+    }
+
+    /// Sends every stream a heartbeat every `heartbeat`, and [`Live::Close`] once the node
+    /// drains.
+    pub async fn beat(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.closing.cancelled() => {
+                    let _ = self.sender.send(Live::Close);
+                    return;
+                }
+                _ = beat.tick() => {
+                    let _ = self.sender.send(Live::Heartbeat);
+                }
+            }
+        }
     }
 
     /// The newest offset in the stream, if any.
@@ -271,41 +300,29 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Respon
         }
     }
     state.metrics.sse_events.inc_by(first.len().saturating_sub(1) as u64);
-    let heartbeat = hub.heartbeat;
     let opening = futures_util::stream::iter(first.into_iter().map(Ok::<Bytes, std::io::Error>));
     let live = futures_util::stream::unfold(
-        (
-            live,
-            replayed_to,
-            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
-            slot,
-        ),
-        |(mut live, mut replayed_to, mut beat, slot)| {
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = beat.tick() => {
-                            return Some((Ok(Bytes::from_static(b": heartbeat\n\n")), (live, replayed_to, beat, slot)));
+        (live, replayed_to, slot),
+        |(mut live, mut replayed_to, slot)| async move {
+            loop {
+                let bytes = match live.recv().await {
+                    Ok(Live::Event(event)) => {
+                        if replayed_to.is_some_and(|r| event.offset <= r) {
+                            continue;
                         }
-                        received = live.recv() => match received {
-                            Ok(event) if event.bytes.is_empty() => return None,
-                            Ok(event) => {
-                                if replayed_to.is_some_and(|r| event.offset <= r) {
-                                    continue;
-                                }
-                                replayed_to = None;
-                                slot.1.sse_events.inc();
-                                return Some((Ok(event.bytes.clone()), (live, replayed_to, beat, slot)));
-                            }
-                            Err(broadcast::error::RecvError::Lagged(_)) => {
-                                // Too slow: drop it; it reconnects and resumes by Last-Event-ID.
-                                slot.1.sse_dropped.inc();
-                                return None;
-                            }
-                            Err(broadcast::error::RecvError::Closed) => return None,
-                        }
+                        replayed_to = None;
+                        slot.1.sse_events.inc();
+                        event.bytes.clone()
                     }
-                }
+                    Ok(Live::Heartbeat) => Bytes::from_static(HEARTBEAT),
+                    Ok(Live::Close) | Err(broadcast::error::RecvError::Closed) => return None,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow: drop it; it reconnects and resumes by Last-Event-ID.
+                        slot.1.sse_dropped.inc();
+                        return None;
+                    }
+                };
+                return Some((Ok(bytes), (live, replayed_to, slot)));
             }
         },
     );

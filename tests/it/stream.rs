@@ -208,3 +208,18 @@ async fn a_draining_node_ends_its_streams_and_stops() {
     let stopped = tokio::time::timeout(Duration::from_secs(10), handle).await;
     stopped.expect("the node did not stop").unwrap().expect("the node must drain and stop cleanly");
 }
+
+#[tokio::test]
+async fn a_quiet_stream_gets_heartbeats() {
+    let db = TestDb::fresh().await;
+    let api = spawn_api_with(&db, &unique("r"), false, &[("BOTFLEET_SSE_HEARTBEAT_SECS", "1")]).await;
+    let mut client = SseClient::open(&api, None).await;
+    let beat = tokio::time::timeout(Duration::from_secs(5), async {
+        while !client.buffer.contains(": heartbeat\n\n") {
+            let chunk = client.response.chunk().await.unwrap().expect("the stream ended");
+            client.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await;
+    assert!(beat.is_ok(), "no heartbeat within 5 s with a heartbeat every second: {:?}", client.buffer);
+}
