@@ -6,10 +6,9 @@
 //! batch has committed. Under light load a batch is one post and waits for nothing; under load,
 //! batches grow by themselves while the previous one commits (6 to 7 posts per commit under
 //! W1; `botfleet_posts_per_commit` shows it). A second writer made no batch larger and cost
-//! Postgres more per post. Every caller gets its own post back
-//! once it is committed, and a redelivered update the post its first delivery created. A batch
-//! that fails on a statement error is retried post by post, so that one bad post cannot fail
-//! the others.
+//! Postgres more per post. Every caller gets its own post back once it is committed, and a
+//! redelivered update the post its first delivery created. A batch that fails on a statement
+//! error is retried post by post, so that one bad post cannot fail the others.
 
 use deadpool_postgres::Pool;
 use prometheus::Histogram;
