@@ -31,6 +31,10 @@ pub struct Metrics {
     pub dedup_hits: IntCounterVec,
     /// Time spent waiting for a chat's turn, by bot.
     pub lease_wait_seconds: HistogramVec,
+    /// Time a message waited for its moment within Telegram's limits, by bot.
+    pub flood_wait_seconds: HistogramVec,
+    /// 429 answers from Telegram, each pausing the bot's sends cluster-wide, by bot.
+    pub flood_pauses: IntCounterVec,
     pub posts_per_commit: Histogram,
     /// Dialogue saves refused because the state had changed, by bot.
     pub dialogue_conflicts: IntCounterVec,
@@ -153,6 +157,16 @@ impl Metrics {
             lease_wait_seconds: histogram(
                 "botfleet_chat_lease_wait_seconds",
                 "Time an update waited for its chat's turn, by bot",
+                &["bot"],
+            )?,
+            flood_wait_seconds: histogram(
+                "botfleet_flood_wait_seconds",
+                "Time a message waited for its moment within Telegram's limits, by bot",
+                &["bot"],
+            )?,
+            flood_pauses: counter(
+                "botfleet_flood_pauses_total",
+                "429 answers from Telegram, each pausing the bot's sends on every worker, by bot",
                 &["bot"],
             )?,
             dialogue_conflicts: counter(

@@ -42,6 +42,10 @@ pub const MAX_ATTEMPTS: &str = "BOTFLEET_MAX_ATTEMPTS";
 pub const DIALOGUE_TTL_SECS: &str = "BOTFLEET_DIALOGUE_TTL_SECS";
 pub const USER_CACHE_TTL_SECS: &str = "BOTFLEET_USER_CACHE_TTL_SECS";
 pub const FEED_STREAM_LEN: &str = "BOTFLEET_FEED_STREAM_LEN";
+pub const FLOOD_PER_BOT: &str = "BOTFLEET_FLOOD_PER_BOT";
+pub const FLOOD_PER_CHAT: &str = "BOTFLEET_FLOOD_PER_CHAT";
+pub const FLOOD_PER_GROUP: &str = "BOTFLEET_FLOOD_PER_GROUP";
+pub const FLOOD_MAX_WAIT_MS: &str = "BOTFLEET_FLOOD_MAX_WAIT_MS";
 pub const SSE_MAX_CLIENTS: &str = "BOTFLEET_SSE_MAX_CLIENTS";
 pub const SSE_HEARTBEAT_SECS: &str = "BOTFLEET_SSE_HEARTBEAT_SECS";
 pub const CORS_ORIGINS: &str = "BOTFLEET_CORS_ORIGINS";
@@ -322,6 +326,41 @@ pub struct WorkerSettings {
     pub user_cache_ttl: Duration,
     /// Entries the feed stream keeps for SSE resumption (approximately).
     pub feed_stream_len: u64,
+    /// Telegram's send limits, kept by the whole cluster together.
+    pub flood: FloodLimits,
+}
+
+/// Messages the bot may send, over every worker together. `None` for a rate turns the flood
+/// control off altogether (for benchmarks against a Telegram without limits).
+#[derive(Debug, Clone, Copy)]
+pub struct FloodLimits {
+    /// Messages per second of the bot as a whole.
+    pub per_bot: Option<f64>,
+    /// Messages per second into one private chat.
+    pub per_chat: Option<f64>,
+    /// Messages per minute into one group.
+    pub per_group: Option<f64>,
+    /// Longest a message waits for its moment before the update is answered 503.
+    pub max_wait: Duration,
+}
+
+impl FloodLimits {
+    fn load(src: &Source) -> Result<Self, SettingsError> {
+        // 0 means no limit.
+        let rate = |key, default| -> Result<Option<f64>, SettingsError> {
+            let rate: f64 = src.parse_or(key, default)?;
+            if !rate.is_finite() || rate < 0.0 {
+                return Err(SettingsError::new(key, format!("{rate} is not a rate (0 for no limit)")));
+            }
+            Ok((rate > 0.0).then_some(rate))
+        };
+        Ok(Self {
+            per_bot: rate(FLOOD_PER_BOT, 30.0)?,
+            per_chat: rate(FLOOD_PER_CHAT, 1.0)?,
+            per_group: rate(FLOOD_PER_GROUP, 20.0)?,
+            max_wait: Duration::from_millis(src.parse_or(FLOOD_MAX_WAIT_MS, 5_000)?),
+        })
+    }
 }
 
 impl WorkerSettings {
@@ -342,6 +381,7 @@ impl WorkerSettings {
             dialogue_ttl: Duration::from_secs(src.parse_or(DIALOGUE_TTL_SECS, 24 * 3600)?),
             user_cache_ttl: Duration::from_secs(src.parse_or(USER_CACHE_TTL_SECS, 300)?),
             feed_stream_len: src.parse_or(FEED_STREAM_LEN, 10_000)?,
+            flood: FloodLimits::load(src)?,
         })
     }
 }

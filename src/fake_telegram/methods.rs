@@ -180,6 +180,9 @@ fn admit(inner: &mut Inner, bot_id: i64, chat_id: i64, now: Instant) -> Result<(
             parameters: None,
         });
     }
+    if let Some(retry_after) = inner.refuse_next.take() {
+        return Err(Answer::too_many_requests(retry_after));
+    }
     inner.limits.admit(bot_id, chat_id, now).map_err(Answer::too_many_requests)
 }
 

@@ -71,6 +71,8 @@ struct Inner {
     blocked: std::collections::HashSet<i64>,
     /// Calls of this method are answered only after this long (a slow Telegram).
     delay: Option<(String, Duration)>,
+    /// The next message is refused with 429 and this `retry_after`, whatever the limits.
+    refuse_next: Option<u64>,
 }
 
 /// The fake's shared state. Cheap to clone.
@@ -95,6 +97,11 @@ impl Fake {
     /// Answers calls of `method` only after `delay` from now on; `None` makes it fast again.
     pub fn set_delay(&self, delay: Option<(&str, Duration)>) {
         self.lock().delay = delay.map(|(method, d)| (method.to_owned(), d));
+    }
+
+    /// Refuses the next message (of any bot, to any chat) with 429 and `retry_after` seconds.
+    pub fn refuse_next(&self, retry_after: u64) {
+        self.lock().refuse_next = Some(retry_after);
     }
 
     /// Returns once `n` calls have arrived that a delay holds (or held).

@@ -96,6 +96,7 @@ pub mod scripts {
     script!(DIALOGUE_SAVE, "dialogue_save.lua");
     script!(PUBLISH_POST, "publish_post.lua");
     script!(FEED_REMOVED, "feed_removed.lua");
+    script!(FLOOD_TAKE, "flood_take.lua");
 }
 
 /// The key and bit of one id among bitmaps of 65,536 consecutive ids (8 KiB each): marking a
@@ -130,6 +131,12 @@ impl BotKeys {
     pub fn chat_turn(&self, chat: &str) -> [String; 3] {
         let base = format!("{}c:{chat}", self.prefix);
         [format!("{base}:lease"), format!("{base}:q"), format!("{base}:w")]
+    }
+
+    /// The bot's send schedule, one chat's, and the bot's pause after a 429 (`flood_take.lua`).
+    pub fn flood(&self, chat_id: i64) -> [String; 3] {
+        let base = format!("{}flood", self.prefix);
+        [format!("{base}:bot"), format!("{base}:c:{chat_id}"), format!("{base}:pause")]
     }
 
     pub fn dialogue(&self, chat_id: i64) -> String {

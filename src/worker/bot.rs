@@ -285,8 +285,8 @@ impl Ctx<'_> {
     }
 
     pub async fn say(&self, chat: i64, text: impl Into<String>) -> Result<(), HandleError> {
-        let result = self.bot.api.send_message(ChatId(chat), text.into()).await;
-        self.outcome("sendMessage", result).map(drop)
+        let text = text.into();
+        self.send("sendMessage", chat, || self.bot.api.send_message(ChatId(chat), text.clone())).await
     }
 
     pub async fn say_with_buttons(
@@ -295,8 +295,11 @@ impl Ctx<'_> {
         text: impl Into<String>,
         buttons: InlineKeyboardMarkup,
     ) -> Result<(), HandleError> {
-        let result = self.bot.api.send_message(ChatId(chat), text.into()).reply_markup(buttons).await;
-        self.outcome("sendMessage", result).map(drop)
+        let text = text.into();
+        self.send("sendMessage", chat, || {
+            self.bot.api.send_message(ChatId(chat), text.clone()).reply_markup(buttons.clone())
+        })
+        .await
     }
 
     pub async fn edit(
@@ -305,8 +308,22 @@ impl Ctx<'_> {
         message: MessageId,
         text: impl Into<String>,
     ) -> Result<(), HandleError> {
-        let result = self.bot.api.edit_message_text(ChatId(chat), message, text.into()).await;
-        self.outcome("editMessageText", result).map(drop)
+        let text = text.into();
+        self.send("editMessageText", chat, || {
+            self.bot.api.edit_message_text(ChatId(chat), message, text.clone())
+        })
+        .await
+    }
+
+    /// A message to `chat`, within Telegram's limits (see `flood.rs`).
+    async fn send<T, R>(&self, method: &str, chat: i64, call: impl Fn() -> R) -> Result<(), HandleError>
+    where
+        R: std::future::IntoFuture<Output = Result<T, RequestError>>,
+    {
+        let name = self.bot.config.name.as_str();
+        let sent = self.state.flood.send(&mut self.conn(), &self.bot.keys, name, chat, call).await;
+        let result = sent.map_err(|e| HandleError::Unavailable(e.into()))?;
+        self.outcome(method, result).map(drop)
     }
 
     async fn answer(&self, query: &CallbackQuery, text: &str) -> Result<(), HandleError> {

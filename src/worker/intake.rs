@@ -300,9 +300,9 @@ async fn renew(mut conn: Conn, turn: &Turn, lease: Duration) -> bool {
     }
 }
 
-/// A random number for tokens: unique per attempt, not a secret. Every `RandomState` is seeded
+/// A random number for tokens and jitter: unique per call, not a secret. Every `RandomState` is seeded
 /// afresh from the process's random keys, so hashing nothing still gives a new number each time.
-fn rand_u64() -> u64 {
+pub fn rand_u64() -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(())
 }

@@ -7,6 +7,7 @@
 
 mod bot;
 mod dialogue;
+mod flood;
 mod group_commit;
 mod intake;
 mod keyed;
@@ -30,6 +31,7 @@ use crate::settings::{BotConfig, WorkerSettings};
 use crate::shutdown::CancellationToken;
 use crate::{db, kv, telegram};
 use dialogue::Dialogues;
+use flood::Flood;
 use group_commit::PostWriter;
 use intake::{Intake, IntakeConfig, Waker};
 use users::Users;
@@ -52,6 +54,8 @@ pub(crate) struct WorkerState {
     pub metrics: Arc<Metrics>,
     pub users: Arc<Users>,
     pub dialogues: Arc<Dialogues>,
+    /// Every message the bot sends goes out through here, within Telegram's limits.
+    pub flood: Arc<Flood>,
     /// New posts go to the primary through here, in batches.
     pub posts: PostWriter,
     pub feed_keys: FeedKeys,
@@ -98,6 +102,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         metrics: metrics.clone(),
         users: Arc::new(Users::new(db.clone(), settings.user_cache_ttl, metrics.clone())),
         dialogues: Arc::new(Dialogues { ttl: settings.dialogue_ttl }),
+        flood: Arc::new(Flood { limits: settings.flood, metrics: metrics.clone() }),
         posts: PostWriter::start(db.clone(), metrics.posts_per_commit.clone()),
         feed_keys: FeedKeys::new(prefix),
         feed_stream_len: settings.feed_stream_len,

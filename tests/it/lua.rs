@@ -275,3 +275,31 @@ async fn feed_removed_bumps_both_versions_and_only_moves_the_wal_position_forwar
         redis::cmd("MGET").arg(&keys.removals).arg(&keys.removal_lsn).query_async(&mut conn).await.unwrap();
     assert_eq!((removals, position), (2, 500), "the WAL position never goes back");
 }
+
+#[tokio::test]
+async fn flood_take_reserves_spaced_moments_and_waits_out_a_pause() {
+    let mut conn = redis().await;
+    let keys = BotKeys::new(&unique("r"), 1);
+    // The bot: one message a second; each chat: one in ten seconds.
+    let take = async |conn: &mut MultiplexedConnection, chat: i64, max_ms: u64| -> i64 {
+        let [bot, chat, pause] = keys.flood(chat);
+        let mut script = scripts::FLOOD_TAKE.key(bot);
+        script.key(chat).key(pause).arg(1_000_000).arg(10_000_000).arg(max_ms);
+        script.invoke_async(conn).await.unwrap()
+    };
+    assert_eq!(take(&mut conn, 1, 60_000).await, 0, "the first message goes at once");
+    let second = take(&mut conn, 2, 60_000).await;
+    assert!((500..=1_000).contains(&second), "another chat waits for the bot's next moment: {second}");
+    let third = take(&mut conn, 1, 60_000).await;
+    assert!((9_500..=10_000).contains(&third), "the same chat waits for its own: {third}");
+    // A wait past the caller's bound reserves nothing: asked again, the same moment comes back.
+    let refused = take(&mut conn, 3, 100).await;
+    assert!((-11_000..=-10_500).contains(&refused), "{refused}");
+    let again = take(&mut conn, 3, 60_000).await;
+    assert!((10_500..=11_000).contains(&again), "a refused wait must not move the schedule: {again}");
+    // A pause after a 429 holds back every chat of the bot until it ends.
+    let [_, _, pause] = keys.flood(4);
+    let () = redis::cmd("SET").arg(&pause).arg(1).arg("PX").arg(30_000).query_async(&mut conn).await.unwrap();
+    let paused = take(&mut conn, 4, 60_000).await;
+    assert!((29_500..=30_000).contains(&paused), "{paused}");
+}

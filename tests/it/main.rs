@@ -12,6 +12,7 @@ mod cluster;
 mod crash;
 mod fake_telegram;
 mod feed;
+mod flood;
 mod helpers;
 mod lua;
 mod openapi;

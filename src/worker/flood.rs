@@ -1,0 +1,156 @@
+//! Telegram's send limits, kept by every worker together (invariant 8).
+//!
+//! Before a message goes out, `flood_take.lua` reserves its moment on the bot's schedule and
+//! the chat's (about 30 a second per bot, 1 a second per private chat, 20 a minute per group),
+//! and the caller sleeps until then: workers never race for a slot, and no slot is asked for
+//! twice. A 429 sets the bot's pause for `retry_after`, which every later reservation on every
+//! worker waits out; the refused message is sent again after it. A network failure (or an
+//! answer that is not Telegram's JSON, as from a proxy in trouble) is tried again after a
+//! backoff with jitter. Both are bounded; what Telegram refuses for good (blocked by the user,
+//! chat not found) is never tried again. A message that would wait longer than the configured
+//! bound is not sent: the update is answered 503, and Telegram redelivers it later.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use teloxide_core::RequestError;
+
+use super::intake::rand_u64;
+use crate::kv::{BotKeys, Conn, scripts};
+use crate::metrics::Metrics;
+use crate::settings::FloodLimits;
+
+/// Attempts at one message: the first, and those after a 429 or a network failure.
+const ATTEMPTS: u32 = 3;
+/// The first backoff after a network failure; doubled after each, with jitter.
+const BACKOFF: Duration = Duration::from_millis(100);
+
+pub struct Flood {
+    pub limits: FloodLimits,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FloodError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("a message to chat {chat} would wait {wait:?} for Telegram's limits")]
+    TooLong { chat: i64, wait: Duration },
+}
+
+/// Telegram counts messages as they arrive, we space them as they leave: 3% more room between
+/// two absorbs the difference (a message delayed on its way by up to 3% of the spacing) and
+/// still uses 97% of the allowed rate.
+const MARGIN: f64 = 1.03;
+
+/// Microseconds between two messages at `rate` a second (0: no limit).
+fn interval_us(rate: Option<f64>) -> u64 {
+    rate.map_or(0, |rate| (1e6 * MARGIN / rate).ceil() as u64)
+}
+
+impl Flood {
+    /// Makes `call` (a message of the bot to `chat`) within the limits, as often as it takes
+    /// (see the module's documentation); returns Telegram's last answer.
+    pub async fn send<T, R>(
+        &self,
+        conn: &mut Conn,
+        keys: &BotKeys,
+        bot: &str,
+        chat: i64,
+        call: impl Fn() -> R,
+    ) -> Result<Result<T, RequestError>, FloodError>
+    where
+        R: IntoFuture<Output = Result<T, RequestError>>,
+    {
+        let keys = keys.flood(chat);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.wait_for_moment(conn, &keys, bot, chat).await?;
+            let result = call().await;
+            match &result {
+                Err(RequestError::RetryAfter(after)) => {
+                    self.metrics.flood_pauses.with_label_values(&[bot]).inc();
+                    pause(conn, &keys[2], after.duration()).await?;
+                }
+                Err(RequestError::Network(_) | RequestError::InvalidJson { .. } | RequestError::Io(_)) => {
+                    let backoff = BACKOFF * 2u32.pow(attempt - 1);
+                    let jitter = (rand_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                    tokio::time::sleep(backoff.mul_f64(0.5 + jitter)).await;
+                }
+                _ => return Ok(result),
+            }
+            if attempt == ATTEMPTS {
+                return Ok(result);
+            }
+        }
+    }
+
+    /// Reserves this message's moment and sleeps until it; after a sleep, waits out a pause
+    /// that began meanwhile (a 429 seen by another worker) and reserves again.
+    async fn wait_for_moment(
+        &self,
+        conn: &mut Conn,
+        [bot_key, chat_key, pause_key]: &[String; 3],
+        bot: &str,
+        chat: i64,
+    ) -> Result<(), FloodError> {
+        let limits = &self.limits;
+        if limits.per_bot.is_none() && limits.per_chat.is_none() && limits.per_group.is_none() {
+            return Ok(());
+        }
+        let per_chat =
+            if chat > 0 { limits.per_chat } else { limits.per_group.map(|per_minute| per_minute / 60.0) };
+        let mut waited = Duration::ZERO;
+        loop {
+            let wait_ms: i64 = scripts::FLOOD_TAKE
+                .key(bot_key)
+                .key(chat_key)
+                .key(pause_key)
+                .arg(interval_us(limits.per_bot))
+                .arg(interval_us(per_chat))
+                .arg(limits.max_wait.saturating_sub(waited).as_millis() as u64)
+                .invoke_async(conn)
+                .await?;
+            let wait = Duration::from_millis(wait_ms.unsigned_abs());
+            if wait_ms < 0 {
+                return Err(FloodError::TooLong { chat, wait: waited + wait });
+            }
+            if wait.is_zero() {
+                self.metrics.flood_wait_seconds.with_label_values(&[bot]).observe(waited.as_secs_f64());
+                return Ok(());
+            }
+            tokio::time::sleep(wait).await;
+            waited += wait;
+            let paused: i64 = redis::cmd("PTTL").arg(pause_key).query_async(conn).await?;
+            if paused <= 0 {
+                self.metrics.flood_wait_seconds.with_label_values(&[bot]).observe(waited.as_secs_f64());
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Pauses every worker's sends of the bot for `after` (never shortening a longer pause).
+async fn pause(conn: &mut Conn, pause_key: &str, after: Duration) -> Result<(), FloodError> {
+    let ms = after.as_millis().max(1) as u64;
+    tracing::warn!(retry_after_ms = ms, "Telegram answered 429: pausing the bot's sends on every worker");
+    let () = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(pause_key)
+        .arg(1)
+        .arg("PX")
+        .arg(ms)
+        .arg("NX")
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(pause_key)
+        .arg(ms)
+        .arg("GT")
+        .ignore()
+        .query_async(conn)
+        .await?;
+    Ok(())
+}
