@@ -459,6 +459,10 @@ pub struct WebhookSettings {
     /// Public base URL of the webhook; each bot's URL is `<base>/<bot name>`.
     pub webhook_url: Option<Url>,
     pub max_connections: u8,
+    /// Where `set` remembers a fingerprint of each bot's secret (Telegram never shows it), so
+    /// that it can tell an unchanged webhook; without it, `set` always calls setWebhook.
+    pub redis_url: Option<Secret>,
+    pub redis_prefix: String,
 }
 
 impl WebhookSettings {
@@ -476,6 +480,11 @@ impl WebhookSettings {
             telegram_api_url: src.url(TELEGRAM_API_URL, Some(DEFAULT_TELEGRAM_API_URL))?,
             webhook_url,
             max_connections,
+            redis_url: match src.get(REDIS_URL) {
+                Some(_) => Some(src.redis_url()?),
+                None => None,
+            },
+            redis_prefix: src.get(REDIS_PREFIX).unwrap_or("botfleet").to_owned(),
         })
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Inner, Webhook, now_ms};
+use super::{Failure, Inner, Webhook, now_ms};
 
 /// Telegram's longest message text.
 const MAX_TEXT_CHARS: usize = 4096;
@@ -64,6 +64,18 @@ pub fn canonical(method: &str) -> String {
 
 /// Answers one call of `bot_id`; `method` is already [`canonical`].
 pub fn answer(inner: &mut Inner, bot_id: i64, method: &str, params: &Value, now: Instant) -> Answer {
+    if inner.fail_next.as_ref().is_some_and(|(failing, _)| failing == method)
+        && let Some((_, failure)) = inner.fail_next.take()
+    {
+        return match failure {
+            Failure::TooManyRequests(retry_after) => Answer::too_many_requests(retry_after),
+            Failure::Conflict => Answer::Error {
+                status: StatusCode::CONFLICT,
+                description: "Conflict: terminated by other setWebhook".to_owned(),
+                parameters: None,
+            },
+        };
+    }
     let result = match method {
         "getMe" => Ok(bot_user(bot_id, true)),
         "setWebhook" => Ok(set_webhook(inner, bot_id, params)),
@@ -179,9 +191,6 @@ fn admit(inner: &mut Inner, bot_id: i64, chat_id: i64, now: Instant) -> Result<(
             description: "Forbidden: bot was blocked by the user".to_owned(),
             parameters: None,
         });
-    }
-    if let Some(retry_after) = inner.refuse_next.take() {
-        return Err(Answer::too_many_requests(retry_after));
     }
     inner.limits.admit(bot_id, chat_id, now).map_err(Answer::too_many_requests)
 }

@@ -71,8 +71,17 @@ struct Inner {
     blocked: std::collections::HashSet<i64>,
     /// Calls of this method are answered only after this long (a slow Telegram).
     delay: Option<(String, Duration)>,
-    /// The next message is refused with 429 and this `retry_after`, whatever the limits.
-    refuse_next: Option<u64>,
+    /// The next call of this method fails so, whatever its parameters and the limits.
+    fail_next: Option<(String, Failure)>,
+}
+
+/// A failure the fake can be told to answer the next call of a method with.
+#[derive(Debug, Clone, Copy)]
+pub enum Failure {
+    /// 429 with this `retry_after`, in seconds.
+    TooManyRequests(u64),
+    /// 409 "Conflict: terminated by other setWebhook", as when two deploys set it at once.
+    Conflict,
 }
 
 /// The fake's shared state. Cheap to clone.
@@ -99,9 +108,9 @@ impl Fake {
         self.lock().delay = delay.map(|(method, d)| (method.to_owned(), d));
     }
 
-    /// Refuses the next message (of any bot, to any chat) with 429 and `retry_after` seconds.
-    pub fn refuse_next(&self, retry_after: u64) {
-        self.lock().refuse_next = Some(retry_after);
+    /// Answers the next call of `method` (of any bot) with `failure`.
+    pub fn fail_next(&self, method: &str, failure: Failure) {
+        self.lock().fail_next = Some((method.to_owned(), failure));
     }
 
     /// Returns once `n` calls have arrived that a delay holds (or held).

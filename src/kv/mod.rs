@@ -139,6 +139,11 @@ impl BotKeys {
         [format!("{base}:bot"), format!("{base}:c:{chat_id}"), format!("{base}:pause")]
     }
 
+    /// A fingerprint (SHA-256, hex) of the secret the webhook was last set with.
+    pub fn webhook_secret(&self) -> String {
+        format!("{}webhook:secret-sha256", self.prefix)
+    }
+
     pub fn dialogue(&self, chat_id: i64) -> String {
         format!("{}d:{chat_id}", self.prefix)
     }

@@ -1,6 +1,6 @@
 //! Telegram's send limits, kept by all workers together (invariant 8).
 
-use botfleet::fake_telegram::{Call, Fake};
+use botfleet::fake_telegram::{Call, Failure, Fake};
 use serde_json::Value;
 
 use crate::helpers::{
@@ -72,7 +72,7 @@ async fn a_429_pauses_every_workers_sends_for_its_retry_after() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
     let workers = three_workers(&db, &telegram).await;
-    fake.refuse_next(3);
+    fake.fail_next("sendMessage", Failure::TooManyRequests(3));
     let first = text_update(1, 1, "/help");
     let others = [text_update(2, 2, "/help"), text_update(3, 3, "/help")];
     let refused_then_others = async {

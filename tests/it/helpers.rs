@@ -225,7 +225,7 @@ impl TestBot {
         self.token.split(':').next().unwrap().parse().unwrap()
     }
 
-    fn settings(&self) -> Vec<(String, String)> {
+    pub fn settings(&self) -> Vec<(String, String)> {
         let upper = self.name.to_ascii_uppercase();
         vec![
             (format!("BOTFLEET_BOT_{upper}_TOKEN"), self.token.to_owned()),

@@ -19,3 +19,4 @@ mod openapi;
 mod schema;
 mod stream;
 mod webhook;
+mod webhook_command;

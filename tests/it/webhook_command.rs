@@ -1,0 +1,70 @@
+//! `botfleet webhook set`: idempotent, patient with Telegram, safe to run from two deploys at
+//! once.
+
+use botfleet::fake_telegram::{Failure, Fake};
+use botfleet::settings::{self, Source, WebhookSettings};
+use botfleet::webhook::{self, Command};
+
+use crate::helpers::{MAIN_BOT, env, spawn_fake, unique};
+
+fn webhook_settings(telegram: &str, prefix: &str, extra: &[(&str, &str)]) -> WebhookSettings {
+    let mut pairs = MAIN_BOT.settings();
+    for (key, value) in [
+        (settings::BOTS, "main"),
+        (settings::TELEGRAM_API_URL, telegram),
+        (settings::WEBHOOK_URL, "https://bots.example.org/webhook"),
+        (settings::REDIS_PREFIX, prefix),
+    ]
+    .iter()
+    .chain(extra)
+    {
+        pairs.push(((*key).to_owned(), (*value).to_owned()));
+    }
+    pairs.push((settings::REDIS_URL.to_owned(), env("BOTFLEET_TEST_REDIS_URL")));
+    WebhookSettings::load(&Source::from_pairs(pairs)).unwrap()
+}
+
+/// The setWebhook calls the fake answered, by status.
+fn set_calls(fake: &Fake) -> Vec<u16> {
+    fake.calls().iter().filter(|c| c.method == "setWebhook").map(|c| c.status).collect()
+}
+
+async fn set(settings: &WebhookSettings) -> String {
+    webhook::run(Command::Set, settings).await.unwrap().join("\n")
+}
+
+#[tokio::test]
+async fn set_calls_telegram_only_when_the_webhook_changes() {
+    let (fake, telegram) = spawn_fake(false).await;
+    let prefix = unique("r");
+    let settings = webhook_settings(&telegram, &prefix, &[]);
+    assert_eq!(set(&settings).await, "main: webhook set to https://bots.example.org/webhook/main");
+    assert_eq!(set(&settings).await, "main: webhook already set to https://bots.example.org/webhook/main");
+    assert_eq!(set_calls(&fake), [200], "an unchanged webhook must not be set again");
+
+    let more_connections = webhook_settings(&telegram, &prefix, &[(settings::WEBHOOK_MAX_CONNECTIONS, "80")]);
+    set(&more_connections).await;
+    let new_secret =
+        webhook_settings(&telegram, &prefix, &[("BOTFLEET_BOT_MAIN_WEBHOOK_SECRET", "another_secret")]);
+    set(&new_secret).await;
+    assert_eq!(set_calls(&fake), [200, 200, 200], "a new max_connections, then a new secret, are set");
+    let sent = fake.calls().into_iter().rfind(|c| c.method == "setWebhook").unwrap();
+    assert_eq!(sent.params["secret_token"], "another_secret");
+}
+
+#[tokio::test]
+async fn set_waits_out_a_429_and_a_conflict_and_two_deploys_at_once_both_succeed() {
+    let (fake, telegram) = spawn_fake(false).await;
+    let settings = webhook_settings(&telegram, &unique("r"), &[]);
+    fake.fail_next("setWebhook", Failure::TooManyRequests(1));
+    set(&settings).await;
+    assert_eq!(set_calls(&fake), [429, 200]);
+
+    let settings = webhook_settings(&telegram, &unique("r"), &[(settings::WEBHOOK_MAX_CONNECTIONS, "60")]);
+    fake.fail_next("setWebhook", Failure::Conflict);
+    let (a, b) = tokio::join!(webhook::run(Command::Set, &settings), webhook::run(Command::Set, &settings));
+    assert!(a.is_ok() && b.is_ok(), "both deploys must succeed: {a:?} {b:?}");
+    assert_eq!(set_calls(&fake)[2], 409, "one of them met the conflict");
+    let info = webhook::run(Command::Info, &settings).await.unwrap().join("\n");
+    assert!(info.contains("max_connections=60"), "{info}");
+}
