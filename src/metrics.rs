@@ -64,6 +64,11 @@ pub struct Metrics {
     pub replica_lag_seconds: GaugeVec,
     /// Whether each replica answers (1) or not (0), by replica.
     pub replica_up: IntGaugeVec,
+    /// What Telegram says of each bot's webhook (getWebhookInfo, asked by one worker at a time):
+    /// updates waiting for delivery, and the age and text of its last delivery error.
+    pub webhook_pending_updates: IntGaugeVec,
+    pub webhook_last_error_age_seconds: GaugeVec,
+    pub webhook_last_error: IntGaugeVec,
 }
 
 impl Metrics {
@@ -111,6 +116,27 @@ impl Metrics {
         let replica_up =
             IntGaugeVec::new(Opts::new("botfleet_replica_up", "Whether a replica answers"), &["replica"])?;
         registry.register(Box::new(replica_up.clone()))?;
+        let webhook_pending_updates = IntGaugeVec::new(
+            Opts::new("botfleet_webhook_pending_updates", "Updates Telegram holds for the bot's webhook"),
+            &["bot"],
+        )?;
+        registry.register(Box::new(webhook_pending_updates.clone()))?;
+        let webhook_last_error_age_seconds = GaugeVec::new(
+            Opts::new(
+                "botfleet_webhook_last_error_age_seconds",
+                "Seconds since Telegram's last failed delivery to the bot's webhook (absent: none)",
+            ),
+            &["bot"],
+        )?;
+        registry.register(Box::new(webhook_last_error_age_seconds.clone()))?;
+        let webhook_last_error = IntGaugeVec::new(
+            Opts::new(
+                "botfleet_webhook_last_error",
+                "Always 1; its message label is Telegram's last delivery error for the bot (absent: none)",
+            ),
+            &["bot", "message"],
+        )?;
+        registry.register(Box::new(webhook_last_error.clone()))?;
         let sse_clients = IntGauge::new("botfleet_sse_clients", "Open SSE streams on this node")?;
         registry.register(Box::new(sse_clients.clone()))?;
         let update_seconds =
@@ -193,6 +219,9 @@ impl Metrics {
             )?,
             replica_lag_seconds,
             replica_up,
+            webhook_pending_updates,
+            webhook_last_error_age_seconds,
+            webhook_last_error,
             registry,
         })
     }

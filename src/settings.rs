@@ -42,6 +42,7 @@ pub const MAX_ATTEMPTS: &str = "BOTFLEET_MAX_ATTEMPTS";
 pub const DIALOGUE_TTL_SECS: &str = "BOTFLEET_DIALOGUE_TTL_SECS";
 pub const USER_CACHE_TTL_SECS: &str = "BOTFLEET_USER_CACHE_TTL_SECS";
 pub const FEED_STREAM_LEN: &str = "BOTFLEET_FEED_STREAM_LEN";
+pub const WEBHOOK_WATCH_SECS: &str = "BOTFLEET_WEBHOOK_WATCH_SECS";
 pub const FLOOD_PER_BOT: &str = "BOTFLEET_FLOOD_PER_BOT";
 pub const FLOOD_PER_CHAT: &str = "BOTFLEET_FLOOD_PER_CHAT";
 pub const FLOOD_PER_GROUP: &str = "BOTFLEET_FLOOD_PER_GROUP";
@@ -328,6 +329,9 @@ pub struct WorkerSettings {
     pub feed_stream_len: u64,
     /// Telegram's send limits, kept by the whole cluster together.
     pub flood: FloodLimits,
+    /// How often one worker of the cluster asks Telegram for each bot's webhook info; `None`:
+    /// never.
+    pub webhook_watch: Option<Duration>,
 }
 
 /// Messages the bot may send, over every worker together. `None` for a rate turns the flood
@@ -382,6 +386,10 @@ impl WorkerSettings {
             user_cache_ttl: Duration::from_secs(src.parse_or(USER_CACHE_TTL_SECS, 300)?),
             feed_stream_len: src.parse_or(FEED_STREAM_LEN, 10_000)?,
             flood: FloodLimits::load(src)?,
+            webhook_watch: match src.parse_or(WEBHOOK_WATCH_SECS, 60)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         })
     }
 }

@@ -273,6 +273,8 @@ fn set_webhook(inner: &mut Inner, bot_id: i64, params: &Value) -> Value {
         url,
         max_connections: int_param(params, "max_connections").map_or(40, |n| n.clamp(1, 100) as u64),
         allowed_updates,
+        pending: 0,
+        last_error: None,
     };
     inner.webhooks.insert(bot_id, webhook);
     json!(true)
@@ -285,9 +287,13 @@ fn webhook_info(inner: &Inner, bot_id: i64) -> Value {
             let mut info = json!({
                 "url": webhook.url,
                 "has_custom_certificate": false,
-                "pending_update_count": 0,
+                "pending_update_count": webhook.pending,
                 "max_connections": webhook.max_connections,
             });
+            if let Some((date, message)) = &webhook.last_error {
+                info["last_error_date"] = json!(date);
+                info["last_error_message"] = json!(message);
+            }
             if !webhook.allowed_updates.is_empty() {
                 info["allowed_updates"] = json!(webhook.allowed_updates);
             }

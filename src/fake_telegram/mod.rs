@@ -56,6 +56,9 @@ struct Webhook {
     url: String,
     max_connections: u64,
     allowed_updates: Vec<Value>,
+    /// What getWebhookInfo reports of deliveries (see [`Fake::webhook_trouble`]).
+    pending: u64,
+    last_error: Option<(u64, String)>,
 }
 
 #[derive(Default)]
@@ -106,6 +109,15 @@ impl Fake {
     /// Answers calls of `method` only after `delay` from now on; `None` makes it fast again.
     pub fn set_delay(&self, delay: Option<(&str, Duration)>) {
         self.lock().delay = delay.map(|(method, d)| (method.to_owned(), d));
+    }
+
+    /// Makes getWebhookInfo of `bot_id` report `pending` updates and, if given, a delivery error
+    /// `seconds_ago` with `message`, as Telegram does when the webhook fails.
+    pub fn webhook_trouble(&self, bot_id: i64, pending: u64, error: Option<(u64, &str)>) {
+        if let Some(webhook) = self.lock().webhooks.get_mut(&bot_id) {
+            webhook.pending = pending;
+            webhook.last_error = error.map(|(ago, message)| (now_ms() / 1000 - ago, message.to_owned()));
+        }
     }
 
     /// Answers the next call of `method` (of any bot) with `failure`.

@@ -139,6 +139,11 @@ impl BotKeys {
         [format!("{base}:bot"), format!("{base}:c:{chat_id}"), format!("{base}:pause")]
     }
 
+    /// Which worker asks Telegram for the webhook's info (a lease).
+    pub fn webhook_watcher(&self) -> String {
+        format!("{}webhook:watcher", self.prefix)
+    }
+
     /// A fingerprint (SHA-256, hex) of the secret the webhook was last set with.
     pub fn webhook_secret(&self) -> String {
         format!("{}webhook:secret-sha256", self.prefix)

@@ -15,6 +15,7 @@ mod posts;
 mod store;
 mod users;
 mod webhook;
+mod webhook_watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,9 +95,10 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
             Arc::new(BotRuntime { config: config.clone(), api, keys, intake }),
         );
     }
+    let bots = Arc::new(bots);
     let tasks = TaskTracker::new();
     let state = WorkerState {
-        bots: Arc::new(bots),
+        bots: bots.clone(),
         db: db.clone(),
         redis: Arc::new(kv::Shared::new(redis.clone())),
         metrics: metrics.clone(),
@@ -124,6 +126,9 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
     let background = CancellationToken::new();
     let client = redis::Client::open(settings.redis_url.expose())?;
     tokio::spawn(waker.run(client, prefix.clone(), background.clone()));
+    if let Some(every) = settings.webhook_watch {
+        tokio::spawn(webhook_watch::watch(bots, redis.clone(), metrics.clone(), every, background.clone()));
+    }
     let server =
         Server::bind("worker", settings.listen, router, &settings.common, metrics, readiness, tasks).await?;
     Ok(server.cancel_on_stop(background))

@@ -8,7 +8,7 @@ use botfleet::kv::FeedKeys;
 use serde_json::json;
 
 use crate::helpers::{
-    FLOOD_OFF, MAIN_BOT, TestDb, WORKER_ROLE, deliver_update, env, eventually, spawn_fake, spawn_worker,
+    MAIN_BOT, QUIET, TestDb, WORKER_ROLE, deliver_update, env, eventually, spawn_fake, spawn_worker,
     text_update, unique, watch_output,
 };
 
@@ -44,7 +44,7 @@ async fn start_worker_process(db: &TestDb, prefix: &str, telegram: &str) -> Work
             ("BOTFLEET_CHAT_LEASE_MS", "1000".to_owned()),
             ("BOTFLEET_LOG", "debug".to_owned()),
         ])
-        .envs(FLOOD_OFF)
+        .envs(QUIET)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -287,9 +287,14 @@ fn base_settings(db: &TestDb, role: &str, redis_prefix: &str) -> Vec<(String, St
     ]
 }
 
-/// The worker settings that turn the flood control off.
-pub const FLOOD_OFF: [(&str, &str); 3] =
-    [(settings::FLOOD_PER_BOT, "0"), (settings::FLOOD_PER_CHAT, "0"), (settings::FLOOD_PER_GROUP, "0")];
+/// Worker settings that keep a test to what it tests: no flood control, no webhook watcher
+/// (the tests of those turn them on).
+pub const QUIET: [(&str, &str); 4] = [
+    (settings::FLOOD_PER_BOT, "0"),
+    (settings::FLOOD_PER_CHAT, "0"),
+    (settings::FLOOD_PER_GROUP, "0"),
+    (settings::WEBHOOK_WATCH_SECS, "0"),
+];
 
 pub async fn spawn_worker(db: &TestDb, redis_prefix: &str, telegram_url: &str, bots: &[TestBot]) -> Running {
     spawn_worker_with(db, redis_prefix, telegram_url, bots, &[]).await
@@ -307,8 +312,7 @@ pub async fn spawn_worker_with(
     pairs.push((settings::TELEGRAM_API_URL.into(), telegram_url.into()));
     pairs.push((settings::BOTS.into(), bots.iter().map(|b| b.name).collect::<Vec<_>>().join(",")));
     pairs.push((settings::MAX_BODY_BYTES.into(), "65536".into()));
-    // Telegram's limits only where a test is about them (their tests turn them on).
-    pairs.extend(FLOOD_OFF.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    pairs.extend(QUIET.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     for bot in bots {
         pairs.extend(bot.settings());
     }

@@ -5,7 +5,9 @@ use botfleet::fake_telegram::{Failure, Fake};
 use botfleet::settings::{self, Source, WebhookSettings};
 use botfleet::webhook::{self, Command};
 
-use crate::helpers::{MAIN_BOT, env, spawn_fake, unique};
+use std::time::Duration;
+
+use crate::helpers::{MAIN_BOT, TestDb, env, eventually, spawn_fake, spawn_worker_with, unique};
 
 fn webhook_settings(telegram: &str, prefix: &str, extra: &[(&str, &str)]) -> WebhookSettings {
     let mut pairs = MAIN_BOT.settings();
@@ -67,4 +69,46 @@ async fn set_waits_out_a_429_and_a_conflict_and_two_deploys_at_once_both_succeed
     assert_eq!(set_calls(&fake)[2], 409, "one of them met the conflict");
     let info = webhook::run(Command::Info, &settings).await.unwrap().join("\n");
     assert!(info.contains("max_connections=60"), "{info}");
+}
+
+#[tokio::test]
+async fn one_worker_at_a_time_exports_what_telegram_says_of_the_webhook() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let prefix = unique("r");
+    set(&webhook_settings(&telegram, &prefix, &[])).await;
+    let error = "Wrong response from the webhook: 502 Bad Gateway";
+    fake.webhook_trouble(MAIN_BOT.id(), 7, Some((30, error)));
+    let watch = [("BOTFLEET_WEBHOOK_WATCH_SECS", "1")];
+    let asked = || fake.calls().iter().filter(|c| c.method == "getWebhookInfo").count();
+    let before = asked();
+    let workers = [
+        spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &watch).await,
+        spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &watch).await,
+    ];
+    // Both workers have asked for the lease by the time the info was asked for twice.
+    eventually(Duration::from_secs(10), "two getWebhookInfo calls", || async {
+        (asked() >= before + 2).then_some(())
+    })
+    .await;
+    let mut exported = Vec::new();
+    for worker in &workers {
+        let text = reqwest::get(worker.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+        if text.contains("botfleet_webhook_pending_updates{bot=\"main\"} 7") {
+            exported.push(text);
+        }
+    }
+    assert_eq!(exported.len(), 1, "exactly one worker asks Telegram and exports its answer");
+    let text = &exported[0];
+    assert!(
+        text.contains(&format!("botfleet_webhook_last_error{{bot=\"main\",message=\"{error}\"}} 1")),
+        "{text}"
+    );
+    let age: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("botfleet_webhook_last_error_age_seconds{bot=\"main\"} "))
+        .expect("the error's age")
+        .parse()
+        .unwrap();
+    assert!((29.0..120.0).contains(&age), "the error happened 30 s ago: {age}");
 }
