@@ -42,6 +42,7 @@ pub const MAX_ATTEMPTS: &str = "BOTFLEET_MAX_ATTEMPTS";
 pub const DIALOGUE_TTL_SECS: &str = "BOTFLEET_DIALOGUE_TTL_SECS";
 pub const USER_CACHE_TTL_SECS: &str = "BOTFLEET_USER_CACHE_TTL_SECS";
 pub const FEED_STREAM_LEN: &str = "BOTFLEET_FEED_STREAM_LEN";
+pub const MAX_IN_FLIGHT: &str = "BOTFLEET_MAX_IN_FLIGHT";
 pub const WEBHOOK_WATCH_SECS: &str = "BOTFLEET_WEBHOOK_WATCH_SECS";
 pub const FLOOD_PER_BOT: &str = "BOTFLEET_FLOOD_PER_BOT";
 pub const FLOOD_PER_CHAT: &str = "BOTFLEET_FLOOD_PER_CHAT";
@@ -315,6 +316,8 @@ pub struct WorkerSettings {
     pub telegram_api_url: Url,
     /// Largest webhook body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Updates a worker handles at once; past it, 503 with `Retry-After` at once.
+    pub max_in_flight: usize,
     /// A chat's turn (lease) length; renewed while an update is handled.
     pub chat_lease: Duration,
     /// Longest wait for a chat's turn before 503 + `Retry-After`.
@@ -379,6 +382,10 @@ impl WorkerSettings {
             bots: src.bots()?,
             telegram_api_url: src.url(TELEGRAM_API_URL, Some(DEFAULT_TELEGRAM_API_URL))?,
             max_body_bytes: src.parse_or(MAX_BODY_BYTES, 256 * 1024)?,
+            max_in_flight: match src.parse_or(MAX_IN_FLIGHT, 512)? {
+                0 => return Err(SettingsError::new(MAX_IN_FLIGHT, "must be at least 1")),
+                n => n,
+            },
             chat_lease: Duration::from_millis(src.parse_or(CHAT_LEASE_MS, 15_000)?),
             max_wait: Duration::from_millis(src.parse_or(MAX_WAIT_MS, 10_000)?),
             max_attempts: src.parse_or(MAX_ATTEMPTS, 5)?,

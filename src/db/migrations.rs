@@ -17,6 +17,11 @@ const MIGRATION_LOCK: i64 = 0x626f_7466_6c65_6574; // "botfleet"
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") },
     Migration { version: 2, name: "post_message", sql: include_str!("migrations/0002_post_message.sql") },
+    Migration {
+        version: 3,
+        name: "user_unreachable",
+        sql: include_str!("migrations/0003_user_unreachable.sql"),
+    },
 ];
 
 pub struct Migration {

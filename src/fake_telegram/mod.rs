@@ -120,6 +120,16 @@ impl Fake {
         }
     }
 
+    /// Whether the user of `chat_id` has blocked the bot (sends to them get 403).
+    pub fn set_blocked(&self, chat_id: i64, blocked: bool) {
+        let mut inner = self.lock();
+        if blocked {
+            inner.blocked.insert(chat_id);
+        } else {
+            inner.blocked.remove(&chat_id);
+        }
+    }
+
     /// Answers the next call of `method` (of any bot) with `failure`.
     pub fn fail_next(&self, method: &str, failure: Failure) {
         self.lock().fail_next = Some((method.to_owned(), failure));
@@ -324,7 +334,7 @@ struct BlockBody {
 
 /// From now on the user of `chat_id` has blocked the bot.
 async fn block_chat(State(fake): State<Fake>, Json(body): Json<BlockBody>) -> StatusCode {
-    fake.lock().blocked.insert(body.chat_id);
+    fake.set_blocked(body.chat_id, true);
     StatusCode::NO_CONTENT
 }
 

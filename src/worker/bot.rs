@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use teloxide_core::RequestError;
 use teloxide_core::payloads::{AnswerCallbackQuerySetters, SendMessageSetters};
 use teloxide_core::prelude::Requester;
 use teloxide_core::types::{
     CallbackQuery, ChatId, InlineKeyboardMarkup, Message, MessageId, Update, UpdateKind, User,
 };
+use teloxide_core::{ApiError, RequestError};
 
 use super::dialogue::{DialogueError, State, Stored};
 use super::intake::{ReadAhead, Turn};
@@ -323,6 +323,16 @@ impl Ctx<'_> {
         let name = self.bot.config.name.as_str();
         let sent = self.state.flood.send(&mut self.conn(), &self.bot.keys, name, chat, call).await;
         let result = sent.map_err(|e| HandleError::Unavailable(e.into()))?;
+        let gone = matches!(
+            &result,
+            Err(RequestError::Api(ApiError::BotBlocked | ApiError::UserDeactivated | ApiError::ChatNotFound))
+        );
+        if gone && chat > 0 {
+            // A private chat's id is its user's: skipped by broadcasts until they write again
+            // (their next message misses the cache, and the upsert clears the mark).
+            store::mark_unreachable(&self.state.db, self.bot_id(), chat).await?;
+            self.state.users.invalidate(&mut self.conn(), &self.bot.keys, chat).await?;
+        }
         self.outcome(method, result).map(drop)
     }
 

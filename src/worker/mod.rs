@@ -66,6 +66,9 @@ pub(crate) struct WorkerState {
     /// Update handling runs in tasks tracked here, so a caller that hangs up cannot cut the
     /// work in half and a draining process waits for it.
     pub tasks: TaskTracker,
+    /// One permit per update being handled (`BOTFLEET_MAX_IN_FLIGHT`): when none is left the
+    /// worker is overloaded and says so at once, rather than letting Telegram time out.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub max_body_bytes: usize,
 }
 
@@ -110,6 +113,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         feed_stream_len: settings.feed_stream_len,
         max_attempts: settings.max_attempts,
         tasks: tasks.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
         max_body_bytes: settings.max_body_bytes,
     };
     let router = Router::new().route("/webhook/{bot}", post(webhook::receive)).with_state(state);

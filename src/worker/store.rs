@@ -71,10 +71,12 @@ pub async fn upsert_user(db: &Pool, bot_id: i64, user_id: i64, p: &Profile) -> R
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (bot_id, user_id) DO UPDATE
              SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
-                 username = EXCLUDED.username, language_code = EXCLUDED.language_code, updated_at = now()
+                 username = EXCLUDED.username, language_code = EXCLUDED.language_code,
+                 unreachable_at = NULL, updated_at = now()
              WHERE (users.first_name, users.last_name, users.username, users.language_code)
                    IS DISTINCT FROM
                    (EXCLUDED.first_name, EXCLUDED.last_name, EXCLUDED.username, EXCLUDED.language_code)
+                OR users.unreachable_at IS NOT NULL
              RETURNING is_banned
          )
          SELECT is_banned FROM changed
@@ -95,6 +97,17 @@ pub async fn set_banned(db: &Pool, bot_id: i64, user_id: i64, banned: bool) -> R
     )
     .await?;
     Ok(!rows.is_empty())
+}
+
+/// Telegram refused a message to the user for good: broadcasts skip them until they write again.
+pub async fn mark_unreachable(db: &Pool, bot_id: i64, user_id: i64) -> Result<(), StoreError> {
+    query(
+        db,
+        "UPDATE users SET unreachable_at = now() WHERE bot_id = $1 AND user_id = $2 AND unreachable_at IS NULL",
+        &[&bot_id, &user_id],
+    )
+    .await?;
+    Ok(())
 }
 
 pub struct NewPost {

@@ -56,6 +56,11 @@ async fn authenticated(
     if !bot.config.webhook_secret.matches(presented) {
         return json_error(StatusCode::UNAUTHORIZED, "missing or wrong secret token");
     }
+    // Past its capacity the worker sheds load at once, before reading the body: Telegram
+    // backs off and redelivers, where a slow answer would time out and be retried as hard.
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "overloaded: too many updates in progress");
+    };
     // The secret is checked before the body is read, so strangers cannot make us read anything.
     let bytes = match to_bytes(body, state.max_body_bytes).await {
         Ok(bytes) => bytes,
@@ -71,7 +76,11 @@ async fn authenticated(
     };
     let started = Instant::now();
     let kind = bot::kind_name(&update);
-    let work = state.tasks.spawn(process(state.clone(), bot.clone(), update, bytes));
+    let handling = process(state.clone(), bot.clone(), update, bytes);
+    let work = state.tasks.spawn(async move {
+        let _in_flight = permit;
+        handling.await
+    });
     let outcome =
         work.await.unwrap_or_else(|panic| Outcome::Failed(format!("update handler panicked: {panic}")));
     state.metrics.update_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
@@ -94,11 +103,7 @@ impl Outcome {
             Outcome::Acknowledged => StatusCode::OK.into_response(),
             Outcome::RetryLater(why) => {
                 tracing::warn!(bot = %bot.config.name, reason = %redact(&why, &bot.config.token), "asking Telegram to retry");
-                let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-                response
+                retry_later(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable")
             }
             Outcome::Failed(why) => {
                 tracing::error!(bot = %bot.config.name, error = %redact(&why, &bot.config.token), "update failed");
@@ -106,6 +111,13 @@ impl Outcome {
             }
         }
     }
+}
+
+/// `status` with `Retry-After`, so that Telegram waits before it redelivers.
+fn retry_later(status: StatusCode, message: &str) -> Response {
+    let mut response = json_error(status, message);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response
 }
 
 #[tracing::instrument(skip_all, fields(bot = %bot.config.name, update_id = update.id.0))]

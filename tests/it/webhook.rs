@@ -249,7 +249,7 @@ async fn telegram_unreachable_is_503_and_the_redelivery_posts_once_and_replies()
 }
 
 #[tokio::test]
-async fn a_reply_telegram_refuses_is_not_retried() {
+async fn a_reply_telegram_refuses_is_not_retried_and_marks_the_user_until_they_write_again() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
     let worker = spawn_worker(&db, &unique("r"), &telegram, &[MAIN_BOT]).await;
@@ -262,8 +262,18 @@ async fn a_reply_telegram_refuses_is_not_retried() {
     let response = deliver_update(&worker, &MAIN_BOT, &text_update(12, 42, "posted, then blocked")).await;
     assert_eq!(response.status(), 200, "a refusal cannot succeed later: acknowledge");
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);
-    assert_eq!(fake.calls()[0].status, 403);
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 1, "a refusal for good is not tried again: {calls:?}");
+    assert_eq!(calls[0].status, 403);
     assert_eq!(worker.metrics.bot_api_calls.with_label_values(&["sendMessage", "refused"]).get(), 1);
+    let unreachable = "SELECT count(*) FROM users WHERE user_id = 42 AND unreachable_at IS NOT NULL";
+    assert_eq!(db.count(unreachable).await, 1, "the user is marked unreachable");
+
+    fake.set_blocked(42, false);
+    let response = deliver_update(&worker, &MAIN_BOT, &text_update(13, 42, "/help")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(fake.calls().last().unwrap().status, 200);
+    assert_eq!(db.count(unreachable).await, 0, "writing again makes the user reachable");
 }
 
 #[tokio::test]
@@ -348,4 +358,35 @@ async fn concurrent_posts_share_commits_each_update_gets_its_own_and_one_bad_pos
         "no commit was shared: {} for 40 posts",
         commits.get_sample_count()
     );
+}
+
+#[tokio::test]
+async fn an_overloaded_worker_answers_503_at_once_and_the_redelivery_succeeds() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    // Replies take long, so the two updates the worker may handle at once stay in progress.
+    fake.set_delay(Some(("sendMessage", Duration::from_secs(2))));
+    let extra = [("BOTFLEET_MAX_IN_FLIGHT", "2")];
+    let worker = spawn_worker_with(&db, &unique("r"), &telegram, &[MAIN_BOT], &extra).await;
+    let busy = [text_update(1, 1, "first of two at once"), text_update(2, 2, "second of two at once")];
+    let third = text_update(3, 3, "one too many for now");
+    let in_progress =
+        futures_util::future::join_all(busy.iter().map(|u| deliver_update(&worker, &MAIN_BOT, u)));
+    let overloaded = async {
+        fake.held(2).await;
+        let response = deliver_update(&worker, &MAIN_BOT, &third).await;
+        (response.status().as_u16(), response.headers().get("retry-after").cloned())
+    };
+    let (statuses, (status, retry_after)) = tokio::join!(in_progress, overloaded);
+    assert!(statuses.iter().all(|r| r.status() == 200), "the two in progress finish");
+    assert_eq!(status, 503, "the third is refused at once, not kept waiting");
+    assert!(retry_after.is_some(), "with Retry-After");
+    assert_eq!(db.count("SELECT count(*) FROM posts WHERE update_id = 3").await, 0);
+    fake.set_delay(None);
+    assert_eq!(
+        deliver_update(&worker, &MAIN_BOT, &third).await.status(),
+        200,
+        "Telegram's redelivery succeeds"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 3);
 }
