@@ -1,5 +1,6 @@
 //! Losing a worker or a caller mid-update loses nothing and duplicates nothing (invariant 1),
-//! and the token never reaches a log line (invariant 9).
+//! the token never reaches a log line (invariant 9), and SIGTERM drains a worker without
+//! losing or failing an update (invariant 11).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,6 +21,7 @@ fn free_port() -> u16 {
 struct WorkerProcess {
     child: tokio::process::Child,
     url: String,
+    admin: String,
     log: std::path::PathBuf,
     /// Copies its output to `log`; ends once the process has exited and all of it is there.
     logging: tokio::task::JoinHandle<()>,
@@ -57,7 +59,13 @@ async fn start_worker_process(db: &TestDb, prefix: &str, telegram: &str) -> Work
         .unwrap_or_else(|_| panic!("the worker process exited: {}", std::fs::read_to_string(&log).unwrap()));
     let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200, "the worker process serves but is not ready");
-    WorkerProcess { child, url: format!("http://127.0.0.1:{port}"), log, logging }
+    WorkerProcess {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+        log,
+        logging,
+    }
 }
 
 #[tokio::test]
@@ -149,4 +157,46 @@ async fn a_caller_that_hangs_up_does_not_cut_the_work_in_half() {
         "the redelivery finds it done"
     );
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_worker_without_losing_or_failing_an_update() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let mut worker = start_worker_process(&db, &unique("r"), &telegram).await;
+    // Five updates are in progress, each waiting on its reply, when SIGTERM comes.
+    fake.set_delay(Some(("sendMessage", Duration::from_millis(1500))));
+    let client = reqwest::Client::new();
+    let url = format!("{}/webhook/main", worker.url);
+    let in_progress = futures_util::future::join_all((1..=5).map(|chat| {
+        let text = format!("post {chat}, in progress at SIGTERM");
+        client
+            .post(&url)
+            .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
+            .body(text_update(chat, chat, &text).to_string())
+            .send()
+    }));
+    let pid = worker.child.id().unwrap();
+    let readyz = format!("{}/readyz", worker.admin);
+    let drain = async {
+        fake.held(5).await;
+        // Bash's own `kill`: no procps needed.
+        let killed =
+            std::process::Command::new("bash").args(["-c", &format!("kill -TERM {pid}")]).status().unwrap();
+        assert!(killed.success());
+        eventually(Duration::from_secs(5), "/readyz failing while the worker drains", || async {
+            (reqwest::get(&readyz).await.ok()?.status() == 503).then_some(())
+        })
+        .await;
+    };
+    let (responses, ()) = tokio::join!(in_progress, drain);
+    for response in responses {
+        assert_eq!(response.unwrap().status(), 200, "an update in progress at SIGTERM must finish");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 5);
+    let exited = tokio::time::timeout(Duration::from_secs(10), worker.child.wait()).await;
+    assert!(exited.expect("the worker did not exit after draining").unwrap().success());
+    assert!(reqwest::Client::new().post(&url).send().await.is_err(), "a drained worker takes nothing new");
+    worker.logging.await.unwrap();
+    std::fs::remove_file(&worker.log).ok();
 }
