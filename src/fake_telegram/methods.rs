@@ -74,6 +74,11 @@ pub fn answer(inner: &mut Inner, bot_id: i64, method: &str, params: &Value, now:
                 description: "Conflict: terminated by other setWebhook".to_owned(),
                 parameters: None,
             },
+            Failure::ServerError => Answer::Error {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                description: "Internal Server Error".to_owned(),
+                parameters: None,
+            },
         };
     }
     let result = match method {

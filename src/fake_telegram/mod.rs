@@ -85,6 +85,8 @@ pub enum Failure {
     TooManyRequests(u64),
     /// 409 "Conflict: terminated by other setWebhook", as when two deploys set it at once.
     Conflict,
+    /// 500 "Internal Server Error", which Telegram answers now and then.
+    ServerError,
 }
 
 /// The fake's shared state. Cheap to clone.

@@ -13,10 +13,10 @@ use teloxide_core::{ApiError, RequestError};
 
 use super::dialogue::{DialogueError, State, Stored};
 use super::intake::{ReadAhead, Turn};
-use super::posts;
 use super::store::{self, Profile, StoreError};
 use super::users::CachedUser;
 use super::{BotRuntime, WorkerState};
+use super::{flood, posts};
 use crate::feed::{self, Author, PostView};
 use crate::kv::{BotKeys, Conn};
 use crate::telegram::redact;
@@ -345,16 +345,18 @@ impl Ctx<'_> {
     /// succeed on redelivery, so it is logged and the update still acknowledged; a network
     /// error, 5xx or 429 asks Telegram to redeliver.
     fn outcome<T>(&self, method: &str, result: Result<T, RequestError>) -> Result<Option<T>, HandleError> {
+        // Telegram's own 5xx comes as an API error too, but may pass.
+        let refused = matches!(&result, Err(e @ RequestError::Api(_)) if !flood::is_transient(e));
         let label = match &result {
             Ok(_) => "ok",
             Err(RequestError::RetryAfter(_)) => "retry_after",
-            Err(RequestError::Api(_)) => "refused",
+            Err(_) if refused => "refused",
             Err(_) => "error",
         };
         self.state.metrics.bot_api_calls.with_label_values(&[method, label]).inc();
         match result {
             Ok(value) => Ok(Some(value)),
-            Err(RequestError::Api(e)) => {
+            Err(e) if refused => {
                 tracing::warn!(method, error = %e, "Telegram refused a call; not retrying");
                 Ok(None)
             }

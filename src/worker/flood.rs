@@ -4,9 +4,8 @@
 //! the chat's (about 30 a second per bot, 1 a second per private chat, 20 a minute per group),
 //! and the caller sleeps until then: workers never race for a slot, and no slot is asked for
 //! twice. A 429 sets the bot's pause for `retry_after`, which every later reservation on every
-//! worker waits out; the refused message is sent again after it. A network failure (or an
-//! answer that is not Telegram's JSON, as from a proxy in trouble) is tried again after a
-//! backoff with jitter. Both are bounded; what Telegram refuses for good (blocked by the user,
+//! worker waits out; the refused message is sent again after it. A failure that may pass (see
+//! [`is_transient`]) is tried again after a backoff with jitter. Both are bounded; what Telegram refuses for good (blocked by the user,
 //! chat not found) is never tried again. A message that would wait longer than the configured
 //! bound is not sent: the update is answered 503, and Telegram redelivers it later.
 
@@ -14,7 +13,7 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use teloxide_core::RequestError;
+use teloxide_core::{ApiError, RequestError};
 
 use super::intake::rand_u64;
 use crate::kv::{BotKeys, Conn, scripts};
@@ -69,20 +68,20 @@ impl Flood {
             attempt += 1;
             self.wait_for_moment(conn, &keys, bot, chat).await?;
             let result = call().await;
-            match &result {
-                Err(RequestError::RetryAfter(after)) => {
-                    self.metrics.flood_pauses.with_label_values(&[bot]).inc();
-                    pause(conn, &keys[2], after.duration()).await?;
-                }
-                Err(RequestError::Network(_) | RequestError::InvalidJson { .. } | RequestError::Io(_)) => {
-                    let backoff = BACKOFF * 2u32.pow(attempt - 1);
-                    let jitter = (rand_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                    tokio::time::sleep(backoff.mul_f64(0.5 + jitter)).await;
-                }
-                _ => return Ok(result),
+            let transient = result.as_ref().err().is_some_and(is_transient);
+            if let Err(RequestError::RetryAfter(after)) = &result {
+                // Every worker waits the pause out, whether or not this message is tried again.
+                self.metrics.flood_pauses.with_label_values(&[bot]).inc();
+                pause(conn, &keys[2], after.duration()).await?;
+            } else if !transient {
+                return Ok(result);
             }
             if attempt == ATTEMPTS {
                 return Ok(result);
+            }
+            if transient {
+                let jitter = (rand_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                tokio::time::sleep((BACKOFF * 2u32.pow(attempt - 1)).mul_f64(0.5 + jitter)).await;
             }
         }
     }
@@ -129,6 +128,19 @@ impl Flood {
                 return Ok(());
             }
         }
+    }
+}
+
+/// A failure that may pass: the network, an answer that is not Telegram's JSON (a proxy in
+/// trouble), or Telegram's own 5xx (teloxide gives it no code of its own, only its text, and
+/// returns it only after waiting 10 s itself).
+pub fn is_transient(error: &RequestError) -> bool {
+    const SERVER_ERRORS: [&str; 4] =
+        ["Internal Server Error", "Bad Gateway", "Service Unavailable", "Gateway Timeout"];
+    match error {
+        RequestError::Network(_) | RequestError::InvalidJson { .. } | RequestError::Io(_) => true,
+        RequestError::Api(ApiError::Unknown(text)) => SERVER_ERRORS.iter().any(|e| text.starts_with(e)),
+        _ => false,
     }
 }
 

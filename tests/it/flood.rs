@@ -97,3 +97,16 @@ async fn a_429_pauses_every_workers_sends_for_its_retry_after() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_telegram_5xx_is_tried_again() {
+    // Slow by nature: teloxide itself waits 10 s after a 5xx before it returns the error.
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let worker = spawn_worker_with(&db, &unique("r"), &telegram, &[MAIN_BOT], &LIMITS).await;
+    fake.fail_next("sendMessage", Failure::ServerError);
+    let response = deliver_update(&worker, &MAIN_BOT, &text_update(1, 1, "/help")).await;
+    assert_eq!(response.status(), 200);
+    let statuses: Vec<u16> = messages(&fake).iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [500, 200], "Telegram's 500 passes: the reply is sent again");
+}
