@@ -35,6 +35,10 @@ pub struct Metrics {
     pub flood_wait_seconds: HistogramVec,
     /// 429 answers from Telegram, each pausing the bot's sends cluster-wide, by bot.
     pub flood_pauses: IntCounterVec,
+    /// Messages waiting in the outbox, the age of the oldest, and those dead-lettered, by bot.
+    pub outbox_backlog: IntGaugeVec,
+    pub outbox_oldest_age_seconds: GaugeVec,
+    pub outbox_dead: IntCounterVec,
     pub posts_per_commit: Histogram,
     /// Dialogue saves refused because the state had changed, by bot.
     pub dialogue_conflicts: IntCounterVec,
@@ -137,6 +141,19 @@ impl Metrics {
             &["bot", "message"],
         )?;
         registry.register(Box::new(webhook_last_error.clone()))?;
+        let outbox_backlog = IntGaugeVec::new(
+            Opts::new("botfleet_outbox_backlog", "Messages waiting in the outbox"),
+            &["bot"],
+        )?;
+        registry.register(Box::new(outbox_backlog.clone()))?;
+        let outbox_oldest_age_seconds = GaugeVec::new(
+            Opts::new(
+                "botfleet_outbox_oldest_age_seconds",
+                "Age of the oldest message in the outbox (0: empty)",
+            ),
+            &["bot"],
+        )?;
+        registry.register(Box::new(outbox_oldest_age_seconds.clone()))?;
         let sse_clients = IntGauge::new("botfleet_sse_clients", "Open SSE streams on this node")?;
         registry.register(Box::new(sse_clients.clone()))?;
         let update_seconds =
@@ -220,6 +237,13 @@ impl Metrics {
             replica_lag_seconds,
             replica_up,
             webhook_pending_updates,
+            outbox_backlog,
+            outbox_oldest_age_seconds,
+            outbox_dead: counter(
+                "botfleet_outbox_dead_total",
+                "Outbox messages moved to the dead stream after too many deliveries, by bot",
+                &["bot"],
+            )?,
             webhook_last_error_age_seconds,
             webhook_last_error,
             registry,

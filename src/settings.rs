@@ -42,6 +42,8 @@ pub const MAX_ATTEMPTS: &str = "BOTFLEET_MAX_ATTEMPTS";
 pub const DIALOGUE_TTL_SECS: &str = "BOTFLEET_DIALOGUE_TTL_SECS";
 pub const USER_CACHE_TTL_SECS: &str = "BOTFLEET_USER_CACHE_TTL_SECS";
 pub const FEED_STREAM_LEN: &str = "BOTFLEET_FEED_STREAM_LEN";
+pub const OUTBOX_CLAIM_MS: &str = "BOTFLEET_OUTBOX_CLAIM_MS";
+pub const OUTBOX_MAX_DELIVERIES: &str = "BOTFLEET_OUTBOX_MAX_DELIVERIES";
 pub const MAX_IN_FLIGHT: &str = "BOTFLEET_MAX_IN_FLIGHT";
 pub const WEBHOOK_WATCH_SECS: &str = "BOTFLEET_WEBHOOK_WATCH_SECS";
 pub const FLOOD_PER_BOT: &str = "BOTFLEET_FLOOD_PER_BOT";
@@ -332,6 +334,10 @@ pub struct WorkerSettings {
     pub feed_stream_len: u64,
     /// Telegram's send limits, kept by the whole cluster together.
     pub flood: FloodLimits,
+    /// A pending outbox message idle this long is claimed by another sender.
+    pub outbox_claim_after: Duration,
+    /// Deliveries of one outbox message before it is dead-lettered.
+    pub outbox_max_deliveries: usize,
     /// How often one worker of the cluster asks Telegram for each bot's webhook info; `None`:
     /// never.
     pub webhook_watch: Option<Duration>,
@@ -393,6 +399,8 @@ impl WorkerSettings {
             user_cache_ttl: Duration::from_secs(src.parse_or(USER_CACHE_TTL_SECS, 300)?),
             feed_stream_len: src.parse_or(FEED_STREAM_LEN, 10_000)?,
             flood: FloodLimits::load(src)?,
+            outbox_claim_after: Duration::from_millis(src.parse_or(OUTBOX_CLAIM_MS, 30_000)?),
+            outbox_max_deliveries: src.parse_or(OUTBOX_MAX_DELIVERIES, 5)?,
             webhook_watch: match src.parse_or(WEBHOOK_WATCH_SECS, 60)? {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),

@@ -97,6 +97,7 @@ pub mod scripts {
     script!(PUBLISH_POST, "publish_post.lua");
     script!(FEED_REMOVED, "feed_removed.lua");
     script!(FLOOD_TAKE, "flood_take.lua");
+    script!(OUTBOX_ADD, "outbox_add.lua");
 }
 
 /// The key and bit of one id among bitmaps of 65,536 consecutive ids (8 KiB each): marking a
@@ -137,6 +138,16 @@ impl BotKeys {
     pub fn flood(&self, chat_id: i64) -> [String; 3] {
         let base = format!("{}flood", self.prefix);
         [format!("{base}:bot"), format!("{base}:c:{chat_id}"), format!("{base}:pause")]
+    }
+
+    /// The outbox (a stream read by the group `senders`) and where dead messages go.
+    pub fn outbox(&self) -> [String; 2] {
+        [format!("{}outbox", self.prefix), format!("{}outbox:dead", self.prefix)]
+    }
+
+    /// Marks the message `id` as queued (`outbox_add.lua`).
+    pub fn outbox_once(&self, id: &str) -> String {
+        format!("{}outbox:once:{id}", self.prefix)
     }
 
     /// Which worker asks Telegram for the webhook's info (a lease).

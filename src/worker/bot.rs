@@ -16,7 +16,7 @@ use super::intake::{ReadAhead, Turn};
 use super::store::{self, Profile, StoreError};
 use super::users::CachedUser;
 use super::{BotRuntime, WorkerState};
-use super::{flood, posts};
+use super::{flood, outbox, posts};
 use crate::feed::{self, Author, PostView};
 use crate::kv::{BotKeys, Conn};
 use crate::telegram::redact;
@@ -313,6 +313,21 @@ impl Ctx<'_> {
             self.bot.api.edit_message_text(ChatId(chat), message, text.clone())
         })
         .await
+    }
+
+    /// Queues a message that is not the reply to this update in the outbox, once per `id`: it
+    /// goes out however this update's handling ends (see `outbox.rs`).
+    pub async fn notify(
+        &self,
+        id: &str,
+        chat: i64,
+        text: &str,
+        buttons: Option<&InlineKeyboardMarkup>,
+    ) -> Result<(), HandleError> {
+        outbox::add(&mut self.conn(), &self.bot.keys, id, chat, text, buttons)
+            .await
+            .map(drop)
+            .map_err(HandleError::Unavailable)
     }
 
     /// A message to `chat`, within Telegram's limits (see `flood.rs`).

@@ -11,6 +11,7 @@ mod flood;
 mod group_commit;
 mod intake;
 mod keyed;
+mod outbox;
 mod posts;
 mod store;
 mod users;
@@ -99,6 +100,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         );
     }
     let bots = Arc::new(bots);
+    let flood = Arc::new(Flood { limits: settings.flood, metrics: metrics.clone() });
     let tasks = TaskTracker::new();
     let state = WorkerState {
         bots: bots.clone(),
@@ -107,7 +109,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         metrics: metrics.clone(),
         users: Arc::new(Users::new(db.clone(), settings.user_cache_ttl, metrics.clone())),
         dialogues: Arc::new(Dialogues { ttl: settings.dialogue_ttl }),
-        flood: Arc::new(Flood { limits: settings.flood, metrics: metrics.clone() }),
+        flood: flood.clone(),
         posts: PostWriter::start(db.clone(), metrics.posts_per_commit.clone()),
         feed_keys: FeedKeys::new(prefix),
         feed_stream_len: settings.feed_stream_len,
@@ -129,7 +131,20 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
     });
     let background = CancellationToken::new();
     let client = redis::Client::open(settings.redis_url.expose())?;
-    tokio::spawn(waker.run(client, prefix.clone(), background.clone()));
+    tokio::spawn(waker.run(client.clone(), prefix.clone(), background.clone()));
+    let outbox = outbox::OutboxConfig {
+        claim_after: settings.outbox_claim_after,
+        max_deliveries: settings.outbox_max_deliveries,
+    };
+    for bot in bots.values() {
+        let sender = outbox::Sender {
+            bot: bot.clone(),
+            flood: flood.clone(),
+            metrics: metrics.clone(),
+            config: outbox,
+        };
+        tokio::spawn(sender.run(client.clone(), background.clone()));
+    }
     if let Some(every) = settings.webhook_watch {
         tokio::spawn(webhook_watch::watch(bots, redis.clone(), metrics.clone(), every, background.clone()));
     }

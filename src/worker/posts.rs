@@ -154,7 +154,7 @@ async fn announce(ctx: &Ctx<'_>, post: &StoredPost, from: &User) -> Result<(), H
             ("Reject".to_owned(), format!("mod:no:{}", post.id)),
         ]);
         let text = format!("New post #{} by {}{media}:\n\n{}", post.id, from.first_name, post.text);
-        ctx.say_with_buttons(moderators, text, keyboard).await?;
+        ctx.notify(&format!("review:{}", post.id), moderators, &text, Some(&keyboard)).await?;
     }
     ctx.say(post.chat_id, format!("Thanks! Post #{} is waiting for a moderator.", post.id)).await
 }
@@ -230,7 +230,9 @@ async fn delete(ctx: &Ctx<'_>, from: &User, id: i64) -> Result<String, HandleErr
 }
 
 /// Approve or Reject in the moderator chat. The first decision wins; a second click, by another
-/// moderator or through another worker, changes nothing and notifies nobody.
+/// moderator or through another worker, changes nothing. The post is published and its author
+/// told (through the outbox, once per post) whichever click or delivery gets there: a
+/// redelivery after a failure half way finishes the job.
 async fn moderate(
     ctx: &Ctx<'_>,
     query: &CallbackQuery,
@@ -238,10 +240,11 @@ async fn moderate(
     id: i64,
     approve: bool,
 ) -> Result<String, HandleError> {
-    let Some((post, author)) = store::decide(&ctx.state.db, ctx.bot.config.id, id, approve).await? else {
-        return Ok("Already decided.".to_owned());
+    let Some((post, author, now)) = store::decide(&ctx.state.db, ctx.bot.config.id, id, approve).await?
+    else {
+        return Ok("That post is gone.".to_owned());
     };
-    let (verdict, notice) = if approve {
+    let (verdict, notice) = if post.status == "published" {
         ("approved", format!("Your post #{id} was published."))
     } else {
         ("rejected", format!("Your post #{id} was not accepted."))
@@ -249,7 +252,10 @@ async fn moderate(
     if let Some(view) = post.view(ctx.bot.config.id, author) {
         ctx.publish(&view).await?;
     }
-    ctx.say(post.chat_id, notice).await?;
+    ctx.notify(&format!("verdict:{id}"), post.chat_id, &notice, None).await?;
+    if !now {
+        return Ok("Already decided.".to_owned());
+    }
     if let Some(message) = &query.message {
         let text = format!("Post #{id}: {verdict} by {}.\n\n{}", moderator.first_name, post.text);
         ctx.edit(message.chat().id.0, message.id(), text).await?;

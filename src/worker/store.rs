@@ -227,30 +227,39 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost
 }
 
 /// A moderator's decision on a pending post. Only the first decision counts: returns the post
-/// and its author if this call decided it, `None` if it was decided before (another click,
-/// another worker).
+/// as decided (now or before), its author, and whether this call decided it; `None` if the post
+/// is gone or still pending.
 pub async fn decide(
     db: &Pool,
     bot_id: i64,
     post_id: i64,
     approve: bool,
-) -> Result<Option<(StoredPost, Author)>, StoreError> {
+) -> Result<Option<(StoredPost, Author, bool)>, StoreError> {
     let rows = query(
         db,
-        "UPDATE posts p
-         SET status = CASE WHEN $3 THEN 'published' ELSE 'rejected' END,
-             published_at = CASE WHEN $3 THEN now() END
-         FROM users u
-         WHERE p.bot_id = $1 AND p.id = $2 AND p.status = 'pending'
-           AND u.bot_id = p.bot_id AND u.user_id = p.author_id
-         RETURNING p.id, p.chat_id, p.text, p.media_file_id IS NOT NULL AS has_media,
-                   p.status, p.published_at, u.first_name, u.username",
+        "WITH decided AS (
+             UPDATE posts p
+             SET status = CASE WHEN $3 THEN 'published' ELSE 'rejected' END,
+                 published_at = CASE WHEN $3 THEN now() END
+             FROM users u
+             WHERE p.bot_id = $1 AND p.id = $2 AND p.status = 'pending'
+               AND u.bot_id = p.bot_id AND u.user_id = p.author_id
+             RETURNING p.id, p.chat_id, p.text, p.media_file_id IS NOT NULL AS has_media,
+                       p.status, p.published_at, u.first_name, u.username
+         )
+         SELECT *, true AS now FROM decided
+         UNION ALL
+         SELECT p.id, p.chat_id, p.text, p.media_file_id IS NOT NULL, p.status, p.published_at,
+                u.first_name, u.username, false
+         FROM posts p JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
+         WHERE p.bot_id = $1 AND p.id = $2 AND p.status IN ('published', 'rejected')
+           AND NOT EXISTS (SELECT 1 FROM decided)",
         &[&bot_id, &post_id, &approve],
     )
     .await?;
     Ok(rows.first().map(|row| {
         let author = Author { first_name: row.get("first_name"), username: row.get("username") };
-        (StoredPost::from_row(row), author)
+        (StoredPost::from_row(row), author, row.get("now"))
     }))
 }
 

@@ -22,6 +22,17 @@ fn said_to(fake: &Fake, chat: i64) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the outbox senders have delivered everything queued (entries are deleted once
+/// delivered, so an empty stream means every message is in the fake's log).
+async fn outbox_drained(prefix: &str) {
+    let [outbox, _] = BotKeys::new(prefix, MAIN_BOT.id()).outbox();
+    eventually(Duration::from_secs(5), "the outbox delivered", || async {
+        let queued: i64 = redis::cmd("XLEN").arg(&outbox).query_async(&mut redis().await).await.ok()?;
+        (queued == 0).then_some(())
+    })
+    .await;
+}
+
 async fn deliver_ok(worker: &Running, update: &Value) {
     let response = deliver_update(worker, &MAIN_BOT, update).await;
     assert_eq!(response.status(), 200, "update {} was not acknowledged", update["update_id"]);
@@ -230,6 +241,7 @@ async fn two_moderators_approving_at_once_publish_once_and_notify_once() {
     let a = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
     let b = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
     deliver_ok(&a, &text_update(1, 42, "please approve this post")).await;
+    outbox_drained(&prefix).await;
     let pending: i64 = db.count("SELECT id FROM posts WHERE status = 'pending'").await;
     assert!(said_to(&fake, 42)[0].contains("waiting for a moderator"));
     let to_moderators = said_to(&fake, -100200);
@@ -253,6 +265,7 @@ async fn two_moderators_approving_at_once_publish_once_and_notify_once() {
         tokio::join!(deliver_update(&a, &MAIN_BOT, &first), deliver_update(&b, &MAIN_BOT, &second));
     assert_eq!((ra.status().as_u16(), rb.status().as_u16()), (200, 200));
     assert_eq!(db.count("SELECT count(*) FROM posts WHERE status = 'published'").await, 1);
+    outbox_drained(&prefix).await;
     let notices: Vec<String> =
         said_to(&fake, 42).into_iter().filter(|t| t.contains("was published")).collect();
     assert_eq!(notices.len(), 1, "the author must be told once: {notices:?}");

@@ -16,6 +16,7 @@ mod flood;
 mod helpers;
 mod lua;
 mod openapi;
+mod outbox;
 mod schema;
 mod stream;
 mod webhook;

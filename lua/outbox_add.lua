@@ -1,0 +1,20 @@
+-- outbox_add: queue a message for the outbox's senders, once per message id.
+--
+-- KEYS[1]  the outbox        <bot prefix>outbox              a stream, read by the group "senders"
+-- KEYS[2]  the message's id  <bot prefix>outbox:once:<id>    remembered for ARGV[1] ms
+-- ARGV[1]  how long to remember the id, in ms (as long as a redelivery may come: a day)
+-- ARGV[2]  the chat
+-- ARGV[3]  the text
+-- ARGV[4]  the inline keyboard as JSON, or ''
+--
+-- Returns the entry's id, or false if a message with this id was queued before (a redelivered
+-- update, or a second click on the same button, queues nothing twice).
+if not redis.call('SET', KEYS[2], 1, 'NX', 'PX', ARGV[1]) then
+  return false
+end
+local fields = { 'chat', ARGV[2], 'text', ARGV[3] }
+if ARGV[4] ~= '' then
+  table.insert(fields, 'markup')
+  table.insert(fields, ARGV[4])
+end
+return redis.call('XADD', KEYS[1], '*', unpack(fields))

@@ -1,0 +1,261 @@
+//! The durable outbox: messages that are not the reply to the update in hand (a post for the
+//! moderators to review, a verdict for its author) wait in a Redis stream per bot until a
+//! worker's sender has delivered them (invariant 8 applies: they go through the flood control).
+//!
+//! `outbox_add.lua` queues a message once per id, so a redelivered update or a second click
+//! queues nothing twice. Every worker reads the stream in the consumer group `senders`; an
+//! entry is acknowledged and deleted once Telegram took it or refused it for good. One that
+//! failed (Telegram or the network down) stays pending, and any sender claims it again once it
+//! has been idle for `claim_after` — so do the entries of a sender that died. After
+//! `max_deliveries` the entry moves to the dead stream (`<bot prefix>outbox:dead`) and is
+//! counted: nothing is retried forever, nothing is dropped silently.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::streams::{StreamId, StreamPendingCountReply, StreamReadReply};
+use teloxide_core::payloads::SendMessageSetters;
+use teloxide_core::prelude::Requester;
+use teloxide_core::types::{ChatId, InlineKeyboardMarkup};
+
+use super::BotRuntime;
+use super::flood::{Flood, is_transient};
+use super::intake::rand_u64;
+use redis::AsyncConnectionConfig;
+
+use crate::kv::{BotKeys, Conn, scripts};
+use crate::metrics::Metrics;
+use crate::shutdown::CancellationToken;
+
+const GROUP: &str = "senders";
+/// Entries a sender takes at a time.
+const BATCH: usize = 16;
+/// How long a queued message's id is remembered against queueing it twice.
+const REMEMBER_MS: u64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxConfig {
+    /// A pending entry idle this long is claimed by another sender.
+    pub claim_after: Duration,
+    /// Deliveries of one entry before it is dead-lettered.
+    pub max_deliveries: usize,
+}
+
+/// Queues `text` (with `buttons`) for `chat`, once per `id`; false if it was queued before.
+pub async fn add(
+    conn: &mut Conn,
+    keys: &BotKeys,
+    id: &str,
+    chat: i64,
+    text: &str,
+    buttons: Option<&InlineKeyboardMarkup>,
+) -> anyhow::Result<bool> {
+    let [stream, _] = keys.outbox();
+    let markup = buttons.map(serde_json::to_string).transpose()?.unwrap_or_default();
+    let added: Option<String> = scripts::OUTBOX_ADD
+        .key(&stream)
+        .key(keys.outbox_once(id))
+        .arg(REMEMBER_MS)
+        .arg(chat)
+        .arg(text)
+        .arg(markup)
+        .invoke_async(conn)
+        .await?;
+    Ok(added.is_some())
+}
+
+pub struct Sender {
+    pub bot: Arc<BotRuntime>,
+    pub flood: Arc<Flood>,
+    pub metrics: Arc<Metrics>,
+    pub config: OutboxConfig,
+}
+
+impl Sender {
+    /// Delivers the bot's outbox until `shutdown`, starting afresh after any Redis error. The
+    /// sender has a connection of its own: its blocking reads would hold up a shared one.
+    pub async fn run(self, client: redis::Client, shutdown: CancellationToken) {
+        let me = format!("{:016x}", rand_u64());
+        let config =
+            AsyncConnectionConfig::new().set_response_timeout(Some(self.block() + Duration::from_secs(5)));
+        loop {
+            let sending = async {
+                let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+                self.send_all(&mut conn, &me).await
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = sending => if let Err(e) = result {
+                    tracing::warn!(bot = %self.bot.config.name, error = %e, "outbox sender; starting again");
+                },
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn send_all(&self, conn: &mut Conn, me: &str) -> anyhow::Result<()> {
+        let [stream, _] = self.bot.keys.outbox();
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(e.into());
+        }
+        let block_ms = self.block().as_millis() as u64;
+        loop {
+            let read: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(me)
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">")
+                .query_async(conn)
+                .await?;
+            for entry in read.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                self.deliver(conn, &entry).await?;
+            }
+            self.claim(conn, me).await?;
+            self.measure(conn).await?;
+        }
+    }
+
+    /// Takes over entries idle past `claim_after` (failed, or their sender died).
+    async fn claim(&self, conn: &mut Conn, me: &str) -> anyhow::Result<()> {
+        let [stream, dead] = self.bot.keys.outbox();
+        let idle = self.config.claim_after.as_millis() as u64;
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("IDLE")
+            .arg(idle)
+            .arg("-")
+            .arg("+")
+            .arg(BATCH)
+            .query_async(conn)
+            .await?;
+        for waiting in pending.ids {
+            let claimed: redis::streams::StreamClaimReply = redis::cmd("XCLAIM")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(me)
+                .arg(idle)
+                .arg(&waiting.id)
+                .query_async(conn)
+                .await?;
+            for entry in claimed.ids {
+                if waiting.times_delivered < self.config.max_deliveries {
+                    self.deliver(conn, &entry).await?;
+                    continue;
+                }
+                let name = self.bot.config.name.as_str();
+                tracing::error!(bot = name, id = %entry.id, deliveries = waiting.times_delivered, "outbox message dead-lettered");
+                let mut dead_letter = redis::pipe();
+                dead_letter.atomic().cmd("XADD").arg(&dead).arg("*");
+                for field in entry.map.keys() {
+                    dead_letter.arg(field).arg(entry.get::<String>(field).unwrap_or_default());
+                }
+                dead_letter.ignore();
+                let () = self.done(dead_letter, &entry.id).query_async(conn).await?;
+                self.metrics.outbox_dead.with_label_values(&[name]).inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one entry; acknowledges it unless the failure may pass (then it stays pending).
+    async fn deliver(&self, conn: &mut Conn, entry: &StreamId) -> anyhow::Result<()> {
+        let (Some(chat), Some(text)) = (entry.get::<i64>("chat"), entry.get::<String>("text")) else {
+            tracing::error!(id = %entry.id, "an outbox entry without chat or text; dropped");
+            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            return Ok(());
+        };
+        let markup: Option<InlineKeyboardMarkup> =
+            entry.get::<String>("markup").and_then(|json| serde_json::from_str(&json).ok());
+        let api = &self.bot.api;
+        let name = self.bot.config.name.as_str();
+        let sent = self
+            .flood
+            .send(conn, &self.bot.keys, name, chat, || {
+                let request = api.send_message(ChatId(chat), text.clone());
+                match markup.clone() {
+                    Some(markup) => request.reply_markup(markup),
+                    None => request,
+                }
+            })
+            .await;
+        let label = match &sent {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(e)) if !is_transient(e) && !matches!(e, teloxide_core::RequestError::RetryAfter(_)) => {
+                "refused"
+            }
+            _ => "error",
+        };
+        self.metrics.bot_api_calls.with_label_values(&["sendMessage", label]).inc();
+        if label != "error" {
+            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// How long a read waits for new entries before the sender looks for idle ones.
+    fn block(&self) -> Duration {
+        self.config.claim_after.clamp(Duration::from_millis(1), Duration::from_secs(2))
+    }
+
+    /// `pipe` with the entry's acknowledgement and deletion added, atomically.
+    fn done(&self, mut pipe: redis::Pipeline, id: &str) -> redis::Pipeline {
+        let [stream, _] = self.bot.keys.outbox();
+        pipe.atomic()
+            .cmd("XACK")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg(id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&stream)
+            .arg(id)
+            .ignore();
+        pipe
+    }
+
+    /// The backlog and the age of its oldest message, as metrics.
+    async fn measure(&self, conn: &mut Conn) -> anyhow::Result<()> {
+        let [stream, _] = self.bot.keys.outbox();
+        let name = self.bot.config.name.as_str();
+        let (backlog, oldest): (u64, Vec<(String, Vec<String>)>) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&stream)
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        self.metrics.outbox_backlog.with_label_values(&[name]).set(backlog as i64);
+        let age =
+            oldest.first().and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok()).map_or(0.0, |ms| {
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                (now.as_millis() as u64).saturating_sub(ms) as f64 / 1000.0
+            });
+        self.metrics.outbox_oldest_age_seconds.with_label_values(&[name]).set(age);
+        Ok(())
+    }
+}
