@@ -6,6 +6,7 @@
 -- ARGV[2]  the chat
 -- ARGV[3]  the text
 -- ARGV[4]  the inline keyboard as JSON, or ''
+-- ARGV[5]  the broadcast the message belongs to, or ''
 --
 -- Returns the entry's id, or false if a message with this id was queued before (a redelivered
 -- update, or a second click on the same button, queues nothing twice).
@@ -16,5 +17,9 @@ local fields = { 'chat', ARGV[2], 'text', ARGV[3] }
 if ARGV[4] ~= '' then
   table.insert(fields, 'markup')
   table.insert(fields, ARGV[4])
+end
+if ARGV[5] ~= '' then
+  table.insert(fields, 'broadcast')
+  table.insert(fields, ARGV[5])
 end
 return redis.call('XADD', KEYS[1], '*', unpack(fields))

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub outbox_backlog: IntGaugeVec,
     pub outbox_oldest_age_seconds: GaugeVec,
     pub outbox_dead: IntCounterVec,
+    /// Outbox messages delivered again after a failure or a sender's death: an upper bound of
+    /// the duplicates (one whose first delivery reached Telegram goes out twice), by bot.
+    pub outbox_redeliveries: IntCounterVec,
     pub posts_per_commit: Histogram,
     /// Dialogue saves refused because the state had changed, by bot.
     pub dialogue_conflicts: IntCounterVec,
@@ -239,6 +242,11 @@ impl Metrics {
             webhook_pending_updates,
             outbox_backlog,
             outbox_oldest_age_seconds,
+            outbox_redeliveries: counter(
+                "botfleet_outbox_redeliveries_total",
+                "Outbox messages delivered again (after a failure or a sender's death), by bot",
+                &["bot"],
+            )?,
             outbox_dead: counter(
                 "botfleet_outbox_dead_total",
                 "Outbox messages moved to the dead stream after too many deliveries, by bot",

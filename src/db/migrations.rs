@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "user_unreachable",
         sql: include_str!("migrations/0003_user_unreachable.sql"),
     },
+    Migration { version: 4, name: "broadcasts", sql: include_str!("migrations/0004_broadcasts.sql") },
 ];
 
 pub struct Migration {
@@ -31,7 +32,7 @@ pub struct Migration {
 }
 
 /// Tables the worker role may write.
-const WORKER_TABLES: &str = "users, posts, dead_letters";
+const WORKER_TABLES: &str = "users, posts, dead_letters, broadcasts";
 /// Tables the API role may read (and nothing else).
 const API_TABLES: &str = "users, posts";
 

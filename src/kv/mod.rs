@@ -150,6 +150,13 @@ impl BotKeys {
         format!("{}outbox:once:{id}", self.prefix)
     }
 
+    /// A broadcast's progress (a hash: `total`, `sent`, `chat`, `message`) and its
+    /// cancellation mark.
+    pub fn broadcast(&self, id: i64) -> [String; 2] {
+        let base = format!("{}bc:{id}", self.prefix);
+        [base.clone(), format!("{base}:cancelled")]
+    }
+
     /// Which worker asks Telegram for the webhook's info (a lease).
     pub fn webhook_watcher(&self) -> String {
         format!("{}webhook:watcher", self.prefix)

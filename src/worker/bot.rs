@@ -16,7 +16,7 @@ use super::intake::{ReadAhead, Turn};
 use super::store::{self, Profile, StoreError};
 use super::users::CachedUser;
 use super::{BotRuntime, WorkerState};
-use super::{flood, outbox, posts};
+use super::{broadcast, flood, outbox, posts};
 use crate::feed::{self, Author, PostView};
 use crate::kv::{BotKeys, Conn};
 use crate::telegram::redact;
@@ -179,6 +179,14 @@ async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), Hand
             ctx.ban(chat, from, args, false).await?;
             stored.state.clone()
         }
+        Some(("broadcast", text)) => {
+            broadcast::start(ctx, chat, from, text).await?;
+            stored.state.clone()
+        }
+        Some(("broadcast_cancel", _)) => {
+            broadcast::cancel(ctx, chat, from).await?;
+            stored.state.clone()
+        }
         Some(("my", _)) => {
             posts::list_mine(ctx, chat, from).await?;
             stored.state.clone()
@@ -208,7 +216,7 @@ impl Ctx<'_> {
         self.bot.config.id
     }
 
-    fn is_admin(&self, user: &User) -> bool {
+    pub fn is_admin(&self, user: &User) -> bool {
         self.bot.config.admins.contains(&user_id(user))
     }
 
@@ -285,6 +293,15 @@ impl Ctx<'_> {
     }
 
     pub async fn say(&self, chat: i64, text: impl Into<String>) -> Result<(), HandleError> {
+        self.say_message(chat, text).await.map(drop)
+    }
+
+    /// Like [`Ctx::say`], with the message sent (`None` if Telegram refused it for good).
+    pub async fn say_message(
+        &self,
+        chat: i64,
+        text: impl Into<String>,
+    ) -> Result<Option<Message>, HandleError> {
         let text = text.into();
         self.send("sendMessage", chat, || self.bot.api.send_message(ChatId(chat), text.clone())).await
     }
@@ -300,6 +317,7 @@ impl Ctx<'_> {
             self.bot.api.send_message(ChatId(chat), text.clone()).reply_markup(buttons.clone())
         })
         .await
+        .map(drop)
     }
 
     pub async fn edit(
@@ -313,6 +331,7 @@ impl Ctx<'_> {
             self.bot.api.edit_message_text(ChatId(chat), message, text.clone())
         })
         .await
+        .map(drop)
     }
 
     /// Queues a message that is not the reply to this update in the outbox, once per `id`: it
@@ -324,14 +343,20 @@ impl Ctx<'_> {
         text: &str,
         buttons: Option<&InlineKeyboardMarkup>,
     ) -> Result<(), HandleError> {
-        outbox::add(&mut self.conn(), &self.bot.keys, id, chat, text, buttons)
+        let message = outbox::Message { id, chat, text, buttons, broadcast: None };
+        outbox::add(&mut self.conn(), &self.bot.keys, &message)
             .await
             .map(drop)
             .map_err(HandleError::Unavailable)
     }
 
     /// A message to `chat`, within Telegram's limits (see `flood.rs`).
-    async fn send<T, R>(&self, method: &str, chat: i64, call: impl Fn() -> R) -> Result<(), HandleError>
+    async fn send<T, R>(
+        &self,
+        method: &str,
+        chat: i64,
+        call: impl Fn() -> R,
+    ) -> Result<Option<T>, HandleError>
     where
         R: std::future::IntoFuture<Output = Result<T, RequestError>>,
     {
@@ -348,7 +373,7 @@ impl Ctx<'_> {
             store::mark_unreachable(&self.state.db, self.bot_id(), chat).await?;
             self.state.users.invalidate(&mut self.conn(), &self.bot.keys, chat).await?;
         }
-        self.outcome(method, result).map(drop)
+        self.outcome(method, result)
     }
 
     async fn answer(&self, query: &CallbackQuery, text: &str) -> Result<(), HandleError> {

@@ -6,6 +6,7 @@
 //! and killing one loses nothing. It never calls setWebhook or deleteWebhook.
 
 mod bot;
+mod broadcast;
 mod dialogue;
 mod flood;
 mod group_commit;

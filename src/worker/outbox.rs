@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::streams::{StreamId, StreamPendingCountReply, StreamReadReply};
 use teloxide_core::payloads::SendMessageSetters;
 use teloxide_core::prelude::Requester;
-use teloxide_core::types::{ChatId, InlineKeyboardMarkup};
+use teloxide_core::types::{ChatId, InlineKeyboardMarkup, MessageId};
 
 use super::BotRuntime;
 use super::flood::{Flood, is_transient};
@@ -28,6 +28,17 @@ use crate::metrics::Metrics;
 use crate::shutdown::CancellationToken;
 
 const GROUP: &str = "senders";
+/// A broadcast's progress message is edited after this many recipients, and at the end.
+const PROGRESS_EVERY: i64 = 50;
+
+/// What the admin's progress message says.
+pub fn progress_text(id: i64, done: i64, total: i64) -> String {
+    if done >= total {
+        format!("Broadcast #{id}: done, {total} of {total} recipients.")
+    } else {
+        format!("Broadcast #{id}: {done} of {total} recipients so far. /broadcast_cancel stops it.")
+    }
+}
 /// Entries a sender takes at a time.
 const BATCH: usize = 16;
 /// How long a queued message's id is remembered against queueing it twice.
@@ -41,24 +52,28 @@ pub struct OutboxConfig {
     pub max_deliveries: usize,
 }
 
-/// Queues `text` (with `buttons`) for `chat`, once per `id`; false if it was queued before.
-pub async fn add(
-    conn: &mut Conn,
-    keys: &BotKeys,
-    id: &str,
-    chat: i64,
-    text: &str,
-    buttons: Option<&InlineKeyboardMarkup>,
-) -> anyhow::Result<bool> {
+/// One message for the outbox.
+pub struct Message<'a> {
+    /// Queued once per id.
+    pub id: &'a str,
+    pub chat: i64,
+    pub text: &'a str,
+    pub buttons: Option<&'a InlineKeyboardMarkup>,
+    pub broadcast: Option<i64>,
+}
+
+/// Queues `message`, once per its id; false if it was queued before.
+pub async fn add(conn: &mut Conn, keys: &BotKeys, message: &Message<'_>) -> anyhow::Result<bool> {
     let [stream, _] = keys.outbox();
-    let markup = buttons.map(serde_json::to_string).transpose()?.unwrap_or_default();
+    let markup = message.buttons.map(serde_json::to_string).transpose()?.unwrap_or_default();
     let added: Option<String> = scripts::OUTBOX_ADD
         .key(&stream)
-        .key(keys.outbox_once(id))
+        .key(keys.outbox_once(message.id))
         .arg(REMEMBER_MS)
-        .arg(chat)
-        .arg(text)
+        .arg(message.chat)
+        .arg(message.text)
         .arg(markup)
+        .arg(message.broadcast.map(|id| id.to_string()).unwrap_or_default())
         .invoke_async(conn)
         .await?;
     Ok(added.is_some())
@@ -159,6 +174,10 @@ impl Sender {
                 .await?;
             for entry in claimed.ids {
                 if waiting.times_delivered < self.config.max_deliveries {
+                    self.metrics
+                        .outbox_redeliveries
+                        .with_label_values(&[self.bot.config.name.as_str()])
+                        .inc();
                     self.deliver(conn, &entry).await?;
                     continue;
                 }
@@ -184,6 +203,14 @@ impl Sender {
             let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
             return Ok(());
         };
+        let broadcast = entry.get::<i64>("broadcast");
+        if let Some(id) = broadcast {
+            let [_, cancelled] = self.bot.keys.broadcast(id);
+            if redis::cmd("EXISTS").arg(&cancelled).query_async::<bool>(conn).await? {
+                let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+                return Ok(());
+            }
+        }
         let markup: Option<InlineKeyboardMarkup> =
             entry.get::<String>("markup").and_then(|json| serde_json::from_str(&json).ok());
         let api = &self.bot.api;
@@ -208,6 +235,47 @@ impl Sender {
         self.metrics.bot_api_calls.with_label_values(&["sendMessage", label]).inc();
         if label != "error" {
             let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            if let Some(id) = broadcast {
+                self.progress(conn, id, label == "ok").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one recipient of broadcast `id` done, and now and then (and at the end) edits the
+    /// admin's progress message.
+    async fn progress(&self, conn: &mut Conn, id: i64, sent: bool) -> anyhow::Result<()> {
+        let [progress, _] = self.bot.keys.broadcast(id);
+        let (fields,): (Vec<Option<i64>>,) = redis::pipe()
+            .atomic()
+            .cmd("HINCRBY")
+            .arg(&progress)
+            .arg(if sent { "sent" } else { "refused" })
+            .arg(1)
+            .ignore()
+            .cmd("HMGET")
+            .arg(&progress)
+            .arg(&["sent", "refused", "total", "chat", "message"])
+            .query_async(conn)
+            .await?;
+        let field = |n: usize| fields.get(n).copied().flatten();
+        let done = field(0).unwrap_or(0) + field(1).unwrap_or(0);
+        let (total, chat, message) = (field(2), field(3), field(4).and_then(|m| i32::try_from(m).ok()));
+        if let (Some(total), Some(chat), Some(message)) = (total, chat, message)
+            && (done % PROGRESS_EVERY == 0 || done == total)
+        {
+            let text = progress_text(id, done, total);
+            let api = &self.bot.api;
+            let name = self.bot.config.name.as_str();
+            let edited = self
+                .flood
+                .send(conn, &self.bot.keys, name, chat, || {
+                    api.edit_message_text(ChatId(chat), MessageId(message), text.clone())
+                })
+                .await?;
+            if let Err(e) = edited {
+                tracing::warn!(bot = name, broadcast = id, error = %e, "could not edit a broadcast's progress");
+            }
         }
         Ok(())
     }

@@ -1,12 +1,18 @@
 //! The durable outbox: a message whose sender died is claimed by another and delivered; one
-//! that keeps failing ends in the dead stream, counted, after a bounded number of deliveries.
+//! that keeps failing ends in the dead stream, counted, after a bounded number of deliveries;
+//! broadcasts reach every reachable user once, within Telegram's limits, and can be cancelled.
 
 use std::time::Duration;
 
 use botfleet::kv::BotKeys;
 use serde_json::json;
 
-use crate::helpers::{MAIN_BOT, TestDb, eventually, redis, spawn_fake, spawn_worker_with, unique};
+use botfleet::fake_telegram::Fake;
+
+use crate::helpers::{
+    MAIN_BOT, Running, TestDb, deliver_update, eventually, redis, spawn_fake, spawn_worker_with, text_update,
+    unique,
+};
 
 /// The outbox's stream and dead stream, its group created, and one message queued for chat 42
 /// that a sender ("ghost") took and then died with.
@@ -89,4 +95,112 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_bounded_deliveries(
     let entry: Vec<(String, Vec<String>)> =
         redis::cmd("XRANGE").arg(&dead).arg("-").arg("+").query_async(&mut redis().await).await.unwrap();
     assert!(entry[0].1.contains(&"a message its sender never sent".to_owned()), "kept whole: {entry:?}");
+}
+
+/// Three workers under a little less than Telegram's limits (as in `flood.rs`), user 1 an admin.
+async fn broadcasters(db: &TestDb, telegram: &str, per_bot: &str) -> (String, Vec<Running>) {
+    let prefix = unique("r");
+    let settings = [
+        ("BOTFLEET_FLOOD_PER_BOT", per_bot),
+        ("BOTFLEET_FLOOD_PER_CHAT", "0.8"),
+        ("BOTFLEET_FLOOD_PER_GROUP", "20"),
+        ("BOTFLEET_BOT_MAIN_ADMINS", "1"),
+    ];
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(spawn_worker_with(db, &prefix, telegram, &[MAIN_BOT], &settings).await);
+    }
+    (prefix, workers)
+}
+
+/// Users 1000.. of the bot, plus one banned (2000) and one unreachable (2001).
+async fn audience(db: &TestDb, users: i64) {
+    db.owner()
+        .await
+        .execute(
+            "INSERT INTO users (bot_id, user_id, first_name, is_banned, unreachable_at)
+             SELECT $1::int8, g, 'Reader', false, NULL::timestamptz FROM generate_series(1000, 999 + $2::int8) g
+             UNION ALL SELECT $1, 2000, 'Banned', true, NULL
+             UNION ALL SELECT $1, 2001, 'Gone', false, now()",
+            &[&MAIN_BOT.id(), &users],
+        )
+        .await
+        .unwrap();
+}
+
+fn texts_to(fake: &Fake, text: &str) -> Vec<i64> {
+    fake.calls()
+        .iter()
+        .filter(|c| c.method == "sendMessage" && c.status == 200 && c.params["text"] == text)
+        .filter_map(|c| c.params["chat_id"].as_i64())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_every_reachable_user_once_within_the_limits() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(true).await;
+    let (prefix, workers) = broadcasters(&db, &telegram, "25").await;
+    audience(&db, 60).await;
+    let response =
+        deliver_update(&workers[0], &MAIN_BOT, &text_update(1, 1, "/broadcast Hello, everyone")).await;
+    assert_eq!(response.status(), 200);
+    // The admin (user 1, upserted by their own message) is a user too.
+    let mut expected: Vec<i64> = (1000..1060).collect();
+    expected.push(1);
+    expected.sort_unstable();
+    eventually(Duration::from_secs(30), "every recipient served", || async {
+        (texts_to(&fake, "Hello, everyone").len() >= expected.len()).then_some(())
+    })
+    .await;
+    outbox_drained(&prefix).await;
+    let mut got = texts_to(&fake, "Hello, everyone");
+    got.sort_unstable();
+    assert_eq!(got, expected, "each reachable, unbanned user exactly once");
+    let refused: Vec<u16> = fake.calls().iter().map(|c| c.status).filter(|s| *s != 200).collect();
+    assert!(refused.is_empty(), "the fake Telegram refused messages past its limits: {refused:?}");
+    // The last sender to finish edits the admin's progress message to the end.
+    eventually(Duration::from_secs(10), "the progress message saying done", || async {
+        fake.calls()
+            .iter()
+            .any(|c| {
+                c.method == "editMessageText"
+                    && c.params["text"] == "Broadcast #1: done, 61 of 61 recipients."
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn broadcast_cancel_drops_what_is_still_queued() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    // Two messages a second: most of the audience is still queued when the admin cancels.
+    let (prefix, workers) = broadcasters(&db, &telegram, "2").await;
+    audience(&db, 40).await;
+    let start = deliver_update(&workers[0], &MAIN_BOT, &text_update(1, 1, "/broadcast Soon cancelled")).await;
+    assert_eq!(start.status(), 200);
+    let cancel = deliver_update(&workers[1], &MAIN_BOT, &text_update(2, 1, "/broadcast_cancel")).await;
+    assert_eq!(cancel.status(), 200);
+    outbox_drained(&prefix).await;
+    let served = texts_to(&fake, "Soon cancelled").len();
+    assert!(served < 20, "the cancelled broadcast went on: {served} of 41 served");
+    let replies: Vec<String> = fake
+        .calls()
+        .iter()
+        .filter(|c| c.params["chat_id"] == json!(1) && c.method == "sendMessage")
+        .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(replies.iter().any(|t| t.starts_with("Broadcast #1 cancelled")), "{replies:?}");
+    assert_eq!(db.count("SELECT count(*) FROM broadcasts WHERE status = 'cancelled'").await, 1);
+}
+
+/// Waits until the outbox senders have delivered (or dropped) everything queued.
+async fn outbox_drained(prefix: &str) {
+    let [outbox, _] = BotKeys::new(prefix, MAIN_BOT.id()).outbox();
+    eventually(Duration::from_secs(30), "the outbox drained", || async {
+        (len(&outbox).await == 0).then_some(())
+    })
+    .await;
 }
