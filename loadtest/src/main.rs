@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+mod broadcast;
 mod w3;
 
 use anyhow::{Context, bail};
@@ -31,6 +32,7 @@ enum Workload {
     W1,
     W2,
     W3,
+    Broadcast,
 }
 
 struct Options {
@@ -42,6 +44,8 @@ struct Options {
     stream: Option<String>,
     clients: usize,
     pid: Option<u32>,
+    /// Broadcast only: users it must reach.
+    recipients: usize,
     concurrency: usize,
     seconds: u64,
     /// Updates per second (open loop); none for closed loop.
@@ -55,12 +59,13 @@ fn parse_args() -> anyhow::Result<Options> {
         Some("w1") => Workload::W1,
         Some("w2") => Workload::W2,
         Some("w3") => Workload::W3,
+        Some("broadcast") => Workload::Broadcast,
         _ => bail!(
-            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path]\n       loadtest w3 --stream URL [--clients 1000] [--rate 50] [--seconds 20] [--pid API_PID] [--first-update-id N]"
+            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path]\n       loadtest w3 --stream URL [--clients 1000] [--rate 50] [--seconds 20] [--pid API_PID] [--first-update-id N]\n       loadtest broadcast --recipients N --rate ALLOWED [--first-update-id N]"
         ),
     };
     let mut static_path = None;
-    let (mut stream, mut clients, mut pid) = (None, 1000, None);
+    let (mut stream, mut clients, mut pid, mut recipients) = (None, 1000, None, 0);
     let mut env_file = ".cluster/cluster.env".to_owned();
     let (mut concurrency, mut seconds, mut rate, mut first_update_id) = (64, 20, None, 1);
     let mut rest = args[1..].iter();
@@ -76,6 +81,7 @@ fn parse_args() -> anyhow::Result<Options> {
             "--stream" => stream = Some(value.clone()),
             "--clients" => clients = value.parse()?,
             "--pid" => pid = Some(value.parse()?),
+            "--recipients" => recipients = value.parse()?,
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -92,6 +98,7 @@ fn parse_args() -> anyhow::Result<Options> {
         stream,
         clients,
         pid,
+        recipients,
         concurrency,
         seconds,
         rate,
@@ -368,6 +375,19 @@ async fn main() -> anyhow::Result<()> {
         secret: get("BOTFLEET_WEBHOOK_SECRET")?,
         next_id: AtomicI64::new(options.first_update_id),
     });
+    if options.workload == Workload::Broadcast {
+        let summary = broadcast::run(broadcast::Broadcast {
+            webhook_url: get("BOTFLEET_WEBHOOK_URL")?,
+            secret: get("BOTFLEET_WEBHOOK_SECRET")?,
+            telegram_url: get("BOTFLEET_TELEGRAM_URL")?,
+            recipients: options.recipients,
+            allowed: options.rate.context("broadcast needs --rate: the messages per second allowed")?,
+            update_id: options.first_update_id,
+        })
+        .await?;
+        println!("{summary}");
+        return Ok(());
+    }
     if options.workload == Workload::W3 {
         let summary = w3::run(w3::W3 {
             clients: options.clients,
@@ -391,7 +411,7 @@ async fn main() -> anyhow::Result<()> {
         Workload::W1 => (0..options.concurrency)
             .map(|n| tokio::spawn(lane(target.clone(), n, options.clone(), started)))
             .collect(),
-        Workload::W3 => Vec::new(),
+        Workload::W3 | Workload::Broadcast => Vec::new(),
         Workload::W2 => {
             let base = get("BOTFLEET_URL")?;
             let reads = Arc::new(discover(&target.client, &base).await?);

@@ -1,6 +1,6 @@
 //! Losing a worker or a caller mid-update loses nothing and duplicates nothing (invariant 1),
-//! the token never reaches a log line (invariant 9), and SIGTERM drains a worker without
-//! losing or failing an update (invariant 11).
+//! the token never reaches a log line (invariant 9), SIGTERM drains a worker without losing or
+//! failing an update (invariant 11), and a broadcast survives the death of a sender.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::helpers::{
     MAIN_BOT, QUIET, TestDb, WORKER_ROLE, deliver_update, env, eventually, spawn_fake, spawn_worker,
-    text_update, unique, watch_output,
+    spawn_worker_with, text_update, unique, watch_output,
 };
 
 fn free_port() -> u16 {
@@ -27,7 +27,13 @@ struct WorkerProcess {
     logging: tokio::task::JoinHandle<()>,
 }
 
-async fn start_worker_process(db: &TestDb, prefix: &str, telegram: &str) -> WorkerProcess {
+/// A worker process; `extra` settings override the defaults.
+async fn start_worker_process(
+    db: &TestDb,
+    prefix: &str,
+    telegram: &str,
+    extra: &[(&str, &str)],
+) -> WorkerProcess {
     let (port, admin) = (free_port(), free_port());
     let log = std::env::temp_dir().join(unique("worker-log"));
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_botfleet"))
@@ -47,6 +53,7 @@ async fn start_worker_process(db: &TestDb, prefix: &str, telegram: &str) -> Work
             ("BOTFLEET_LOG", "debug".to_owned()),
         ])
         .envs(QUIET)
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -73,7 +80,7 @@ async fn a_worker_killed_mid_update_loses_nothing_and_duplicates_nothing() {
     let db = TestDb::fresh().await;
     let prefix = unique("r");
     let (fake, telegram) = spawn_fake(false).await;
-    let mut doomed = start_worker_process(&db, &prefix, &telegram).await;
+    let mut doomed = start_worker_process(&db, &prefix, &telegram, &[]).await;
     let survivor = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
 
     // Telegram is slow to take the reply: the doomed worker has stored and published the post
@@ -163,7 +170,7 @@ async fn a_caller_that_hangs_up_does_not_cut_the_work_in_half() {
 async fn sigterm_drains_a_worker_without_losing_or_failing_an_update() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
-    let mut worker = start_worker_process(&db, &unique("r"), &telegram).await;
+    let mut worker = start_worker_process(&db, &unique("r"), &telegram, &[]).await;
     // Five updates are in progress, each waiting on its reply, when SIGTERM comes.
     fake.set_delay(Some(("sendMessage", Duration::from_millis(1500))));
     let client = reqwest::Client::new();
@@ -199,4 +206,61 @@ async fn sigterm_drains_a_worker_without_losing_or_failing_an_update() {
     assert!(reqwest::Client::new().post(&url).send().await.is_err(), "a drained worker takes nothing new");
     worker.logging.await.unwrap();
     std::fs::remove_file(&worker.log).ok();
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_broadcast_misses_nobody_and_duplicates_only_what_was_in_flight() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    let settings = [
+        ("BOTFLEET_FLOOD_PER_BOT", "50"),
+        ("BOTFLEET_FLOOD_PER_CHAT", "1"),
+        ("BOTFLEET_FLOOD_PER_GROUP", "20"),
+        ("BOTFLEET_BOT_MAIN_ADMINS", "1"),
+        ("BOTFLEET_OUTBOX_CLAIM_MS", "500"),
+    ];
+    let mut doomed = start_worker_process(&db, &prefix, &telegram, &settings).await;
+    let survivor = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
+    db.owner()
+        .await
+        .execute(
+            "INSERT INTO users (bot_id, user_id, first_name) SELECT $1::int8, g, 'Reader' FROM generate_series(1000, 1099) g",
+            &[&MAIN_BOT.id()],
+        )
+        .await
+        .unwrap();
+    // Every message takes a while to be answered, so that the doomed worker dies with one in
+    // flight: the most a sender can have.
+    fake.set_delay(Some(("sendMessage", Duration::from_millis(100))));
+    let started =
+        deliver_update(&survivor, &MAIN_BOT, &text_update(1, 1, "/broadcast Hello through a crash")).await;
+    assert_eq!(started.status(), 200);
+    tokio::time::timeout(Duration::from_secs(10), fake.held(20))
+        .await
+        .expect("the broadcast never got going");
+    doomed.child.kill().await.unwrap();
+
+    let text = "Hello through a crash";
+    let served = || {
+        fake.calls()
+            .iter()
+            .filter(|c| c.method == "sendMessage" && c.status == 200 && c.params["text"] == text)
+            .filter_map(|c| c.params["chat_id"].as_i64())
+            .collect::<Vec<i64>>()
+    };
+    let mut recipients: Vec<i64> = (1000..1100).collect();
+    recipients.push(1);
+    eventually(Duration::from_secs(30), "every recipient served after the crash", || async {
+        let served = served();
+        recipients.iter().all(|r| served.contains(r)).then_some(())
+    })
+    .await;
+    let served = served();
+    let duplicates = served.len() - recipients.len();
+    assert!(duplicates <= 1, "only the message in flight at the kill may go out twice: {duplicates}");
+    let redelivered = survivor.metrics.outbox_redeliveries.with_label_values(&["main"]).get();
+    assert!(redelivered as usize >= duplicates, "duplicates must be counted: {redelivered} < {duplicates}");
+    doomed.logging.await.unwrap();
+    std::fs::remove_file(&doomed.log).ok();
 }
