@@ -213,3 +213,33 @@ async fn outbox_drained(prefix: &str) {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_redelivered_broadcast_resumes_queueing_at_its_cursor() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let (prefix, workers) = broadcasters(&db, &telegram, "100").await;
+    audience(&db, 20).await;
+    // The first delivery of update 1 died after queueing the admin and users 1000..=1009 (its
+    // messages are the outbox's business, not this test's): the redelivery goes on from there.
+    db.owner()
+        .await
+        .execute(
+            "INSERT INTO broadcasts (bot_id, update_id, admin_chat, text, next_user_id, queued)
+             VALUES ($1, 1, 1, 'Resumed where it stopped', 1009, 11)",
+            &[&MAIN_BOT.id()],
+        )
+        .await
+        .unwrap();
+    let again = text_update(1, 1, "/broadcast Resumed where it stopped");
+    assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &again).await.status(), 200);
+    outbox_drained(&prefix).await;
+    let mut served = texts_to(&fake, "Resumed where it stopped");
+    served.sort_unstable();
+    assert_eq!(
+        served,
+        (1010..1020).collect::<Vec<i64>>(),
+        "only the recipients after the cursor are queued again"
+    );
+    assert_eq!(db.count("SELECT queued::int8 FROM broadcasts").await, 21);
+}
