@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use teloxide_core::RequestError;
 use teloxide_core::net::Download;
 use teloxide_core::prelude::Requester;
 use teloxide_core::types::FileId;
@@ -20,22 +21,50 @@ use super::ApiState;
 use super::feed::VISIBLE;
 use super::reader::{Freshness, ReadError};
 use crate::http::json_error;
+use crate::kv::{self, BotKeys};
 use crate::settings::BotConfig;
 use crate::telegram::{self, redact};
 
-/// The Bot API clients of the bots whose media this node may fetch, by bot id.
+/// The Bot API clients of the bots whose media this node may fetch, by bot id, with the key of
+/// each bot's pause after a 429 (kept by every process of the cluster, see the worker's flood
+/// control).
 pub struct MediaBots {
-    bots: HashMap<i64, (teloxide_core::Bot, BotConfig)>,
+    bots: HashMap<i64, (teloxide_core::Bot, BotConfig, String)>,
+    redis: kv::Shared,
 }
 
 impl MediaBots {
-    pub fn new(configs: &[BotConfig], api_url: &url::Url) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        configs: &[BotConfig],
+        api_url: &url::Url,
+        prefix: &str,
+        redis: deadpool_redis::Pool,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut bots = HashMap::new();
         for config in configs {
-            bots.insert(config.id, (telegram::bot(&config.token, api_url)?, config.clone()));
+            let pause = BotKeys::new(prefix, config.id).flood_pause();
+            bots.insert(config.id, (telegram::bot(&config.token, api_url)?, config.clone(), pause));
         }
-        Ok(Arc::new(Self { bots }))
+        Ok(Arc::new(Self { bots, redis: kv::Shared::new(redis) }))
     }
+
+    /// Seconds the bot's calls stay paused after a 429, if they are (`None` also when Redis
+    /// cannot tell: a 429 then pauses only this call).
+    async fn paused(&self, pause_key: &str) -> Option<u64> {
+        let mut conn = self.redis.get().await.ok()?;
+        let wait =
+            telegram::paused(&mut conn, pause_key).await.inspect_err(|_| self.redis.reset()).ok()??;
+        Some(wait.as_secs() + 1)
+    }
+}
+
+/// 503 with `Retry-After`: Telegram asked the bot to wait.
+fn paused(seconds: u64) -> Response {
+    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "media unavailable for a while");
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn content_type(path: &str) -> &'static str {
@@ -72,11 +101,20 @@ pub async fn media(State(state): State<ApiState>, Path(id): Path<String>) -> Res
         return json_error(StatusCode::NOT_FOUND, "no such post with media");
     };
     let (bot_id, file_id): (i64, String) = (row.get(0), row.get(1));
-    let Some((bot, config)) = state.media.bots.get(&bot_id) else {
+    let Some((bot, config, pause_key)) = state.media.bots.get(&bot_id) else {
         return json_error(StatusCode::NOT_FOUND, "media of this bot is not served here");
     };
+    if let Some(seconds) = state.media.paused(pause_key).await {
+        return paused(seconds);
+    }
     let file = match bot.get_file(FileId(file_id)).await {
         Ok(file) => file,
+        Err(RequestError::RetryAfter(after)) => {
+            if let Ok(mut conn) = state.media.redis.get().await {
+                let _ = telegram::pause(&mut conn, pause_key, after.duration()).await;
+            }
+            return paused(after.duration().as_secs().max(1));
+        }
         Err(e) => {
             tracing::warn!(post = id, error = %redact(&e.to_string(), &config.token), "getFile failed");
             return json_error(StatusCode::BAD_GATEWAY, "media unavailable");

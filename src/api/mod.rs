@@ -54,7 +54,8 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
     let redis = kv::pool(&settings.redis_url, 8)?;
     let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
     let keys = FeedKeys::new(&settings.redis_prefix);
-    let media = MediaBots::new(&settings.bots, &settings.telegram_api_url)?;
+    let media =
+        MediaBots::new(&settings.bots, &settings.telegram_api_url, &settings.redis_prefix, redis.clone())?;
     let cache = Arc::new(PageCache::new(redis.clone(), keys.clone(), metrics.clone()));
     let hub = Hub::new(keys, redis.clone(), settings.sse_max_clients, settings.sse_heartbeat);
     let state = ApiState { reader: reader.clone(), metrics: metrics.clone(), hub: hub.clone(), cache, media };

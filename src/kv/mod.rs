@@ -137,7 +137,12 @@ impl BotKeys {
     /// The bot's send schedule, one chat's, and the bot's pause after a 429 (`flood_take.lua`).
     pub fn flood(&self, chat_id: i64) -> [String; 3] {
         let base = format!("{}flood", self.prefix);
-        [format!("{base}:bot"), format!("{base}:c:{chat_id}"), format!("{base}:pause")]
+        [format!("{base}:bot"), format!("{base}:c:{chat_id}"), self.flood_pause()]
+    }
+
+    /// Set for `retry_after` after a 429: every process waits it out before calling Telegram.
+    pub fn flood_pause(&self) -> String {
+        format!("{}flood:pause", self.prefix)
     }
 
     /// The outbox (a stream read by the group `senders`) and where dead messages go.

@@ -19,7 +19,7 @@ use super::{BotRuntime, WorkerState};
 use super::{broadcast, flood, outbox, posts};
 use crate::feed::{self, Author, PostView};
 use crate::kv::{BotKeys, Conn};
-use crate::telegram::redact;
+use crate::telegram::{self, redact};
 
 /// Why an update could not be handled now. Either way Telegram redelivers it.
 #[derive(Debug, thiserror::Error)]
@@ -376,8 +376,25 @@ impl Ctx<'_> {
         self.outcome(method, result)
     }
 
+    /// A callback query's answer is no message (it takes no moment of the limits) but waits out
+    /// a pause after a 429 all the same, and a 429 of its own pauses the bot.
     async fn answer(&self, query: &CallbackQuery, text: &str) -> Result<(), HandleError> {
+        let (mut conn, pause_key) = (self.conn(), self.bot.keys.flood_pause());
+        let unavailable = |e: redis::RedisError| HandleError::Unavailable(e.into());
+        if self.state.flood.enabled()
+            && let Some(wait) = telegram::paused(&mut conn, &pause_key).await.map_err(unavailable)?
+        {
+            if wait > self.state.flood.limits.max_wait {
+                return Err(HandleError::Unavailable(anyhow::anyhow!("Telegram asked to wait {wait:?}")));
+            }
+            tokio::time::sleep(wait).await;
+        }
         let result = self.bot.api.answer_callback_query(query.id.clone()).text(text.to_owned()).await;
+        if let Err(RequestError::RetryAfter(after)) = &result
+            && self.state.flood.enabled()
+        {
+            telegram::pause(&mut conn, &pause_key, after.duration()).await.map_err(unavailable)?;
+        }
         self.outcome("answerCallbackQuery", result).map(drop)
     }
 

@@ -19,6 +19,7 @@ use super::intake::rand_u64;
 use crate::kv::{BotKeys, Conn, scripts};
 use crate::metrics::Metrics;
 use crate::settings::FloodLimits;
+use crate::telegram;
 
 /// Attempts at one message: the first, and those after a 429 or a network failure.
 const ATTEMPTS: u32 = 3;
@@ -49,6 +50,12 @@ fn interval_us(rate: Option<f64>) -> u64 {
 }
 
 impl Flood {
+    /// Whether any limit is kept at all (otherwise nothing waits, not even for a pause).
+    pub fn enabled(&self) -> bool {
+        let limits = &self.limits;
+        limits.per_bot.is_some() || limits.per_chat.is_some() || limits.per_group.is_some()
+    }
+
     /// Makes `call` (a message of the bot to `chat`) within the limits, as often as it takes
     /// (see the module's documentation); returns Telegram's last answer.
     pub async fn send<T, R>(
@@ -72,7 +79,7 @@ impl Flood {
             if let Err(RequestError::RetryAfter(after)) = &result {
                 // Every worker waits the pause out, whether or not this message is tried again.
                 self.metrics.flood_pauses.with_label_values(&[bot]).inc();
-                pause(conn, &keys[2], after.duration()).await?;
+                telegram::pause(conn, &keys[2], after.duration()).await?;
             } else if !transient {
                 return Ok(result);
             }
@@ -95,10 +102,10 @@ impl Flood {
         bot: &str,
         chat: i64,
     ) -> Result<(), FloodError> {
-        let limits = &self.limits;
-        if limits.per_bot.is_none() && limits.per_chat.is_none() && limits.per_group.is_none() {
+        if !self.enabled() {
             return Ok(());
         }
+        let limits = &self.limits;
         let per_chat =
             if chat > 0 { limits.per_chat } else { limits.per_group.map(|per_minute| per_minute / 60.0) };
         let mut waited = Duration::ZERO;
@@ -122,8 +129,7 @@ impl Flood {
             }
             tokio::time::sleep(wait).await;
             waited += wait;
-            let paused: i64 = redis::cmd("PTTL").arg(pause_key).query_async(conn).await?;
-            if paused <= 0 {
+            if telegram::paused(conn, pause_key).await?.is_none() {
                 self.metrics.flood_wait_seconds.with_label_values(&[bot]).observe(waited.as_secs_f64());
                 return Ok(());
             }
@@ -142,27 +148,4 @@ pub fn is_transient(error: &RequestError) -> bool {
         RequestError::Api(ApiError::Unknown(text)) => SERVER_ERRORS.iter().any(|e| text.starts_with(e)),
         _ => false,
     }
-}
-
-/// Pauses every worker's sends of the bot for `after` (never shortening a longer pause).
-async fn pause(conn: &mut Conn, pause_key: &str, after: Duration) -> Result<(), FloodError> {
-    let ms = after.as_millis().max(1) as u64;
-    tracing::warn!(retry_after_ms = ms, "Telegram answered 429: pausing the bot's sends on every worker");
-    let () = redis::pipe()
-        .atomic()
-        .cmd("SET")
-        .arg(pause_key)
-        .arg(1)
-        .arg("PX")
-        .arg(ms)
-        .arg("NX")
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(pause_key)
-        .arg(ms)
-        .arg("GT")
-        .ignore()
-        .query_async(conn)
-        .await?;
-    Ok(())
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::helpers::redis;
 use crate::helpers::{
     MAIN_BOT, Stack, TestDb, deliver_update, eventually, spawn_api, spawn_api_with, spawn_fake, spawn_worker,
     text_update, unique,
@@ -267,7 +268,7 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
     use teloxide_core::prelude::Requester;
     let db = TestDb::fresh().await;
     let prefix = unique("r");
-    let (_fake, telegram) = spawn_fake(false).await;
+    let (fake, telegram) = spawn_fake(false).await;
     // A photo Telegram knows, as a user would have sent it.
     let bot = teloxide_core::Bot::new(MAIN_BOT.token).set_api_url(telegram.parse().unwrap());
     let upload = teloxide_core::types::InputFile::memory(b"\xff\xd8 jpeg bytes".to_vec()).file_name("p.jpg");
@@ -300,6 +301,26 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
     assert!(!headers.contains(MAIN_BOT.token), "the token leaked into the media response's headers");
     assert_eq!(reqwest::get(api.url(&format!("/api/media/{without}"))).await.unwrap().status(), 404);
     assert_eq!(reqwest::get(api.url("/api/media/x")).await.unwrap().status(), 400);
+
+    // While Telegram has the bot wait after a 429 (met by any process), the proxy asks nothing.
+    let pause = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.id()).flood_pause();
+    let () = redis::cmd("SET")
+        .arg(&pause)
+        .arg(1)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis().await)
+        .await
+        .unwrap();
+    let asked = fake.calls().iter().filter(|c| c.method == "getFile").count();
+    let media = reqwest::get(api.url(&format!("/api/media/{with_photo}"))).await.unwrap();
+    assert_eq!(media.status(), 503);
+    assert!(media.headers().contains_key("retry-after"));
+    assert_eq!(
+        fake.calls().iter().filter(|c| c.method == "getFile").count(),
+        asked,
+        "no getFile during the pause"
+    );
 }
 
 /// Resumes WAL replay on the shared test replica when dropped, even if the test fails.
