@@ -4,17 +4,17 @@
 
 use std::sync::Arc;
 
+use teloxide_core::RequestError;
 use teloxide_core::payloads::{AnswerCallbackQuerySetters, SendMessageSetters};
 use teloxide_core::prelude::Requester;
 use teloxide_core::types::{
     CallbackQuery, ChatId, InlineKeyboardMarkup, Message, MessageId, Update, UpdateKind, User,
 };
-use teloxide_core::{ApiError, RequestError};
 
 use super::dialogue::{DialogueError, State, Stored};
 use super::intake::{ReadAhead, Turn};
 use super::store::{self, Profile, StoreError};
-use super::users::CachedUser;
+use super::users::{self, CachedUser};
 use super::{BotRuntime, WorkerState};
 use super::{broadcast, flood, outbox, posts};
 use crate::feed::{self, Author, PostView};
@@ -361,17 +361,13 @@ impl Ctx<'_> {
         R: std::future::IntoFuture<Output = Result<T, RequestError>>,
     {
         let name = self.bot.config.name.as_str();
-        let sent = self.state.flood.send(&mut self.conn(), &self.bot.keys, name, chat, call).await;
+        let flood = &self.state.flood;
+        let sent =
+            flood.send(&mut self.conn(), (&self.bot.keys, name), chat, flood.limits.max_wait, call).await;
         let result = sent.map_err(|e| HandleError::Unavailable(e.into()))?;
-        let gone = matches!(
-            &result,
-            Err(RequestError::Api(ApiError::BotBlocked | ApiError::UserDeactivated | ApiError::ChatNotFound))
-        );
-        if gone && chat > 0 {
-            // A private chat's id is its user's: skipped by broadcasts until they write again
-            // (their next message misses the cache, and the upsert clears the mark).
-            store::mark_unreachable(&self.state.db, self.bot_id(), chat).await?;
-            self.state.users.invalidate(&mut self.conn(), &self.bot.keys, chat).await?;
+        if let Err(e) = &result {
+            users::refused(&self.state.db, &mut self.conn(), &self.bot.keys, (self.bot_id(), chat), e)
+                .await?;
         }
         self.outcome(method, result)
     }

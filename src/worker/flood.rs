@@ -44,6 +44,9 @@ pub enum FloodError {
 /// 96% of the allowed rate.
 const MARGIN: f64 = 1.04;
 
+/// The furthest ahead a sender reserves its moment.
+const MAX_HORIZON: Duration = Duration::from_secs(1);
+
 /// Microseconds between two messages at `rate` a second (0: no limit).
 fn interval_us(rate: Option<f64>) -> u64 {
     rate.map_or(0, |rate| (1e6 * MARGIN / rate).ceil() as u64)
@@ -57,13 +60,14 @@ impl Flood {
     }
 
     /// Makes `call` (a message of the bot to `chat`) within the limits, as often as it takes
-    /// (see the module's documentation); returns Telegram's last answer.
+    /// (see the module's documentation), waiting at most `max_wait` for a moment; returns
+    /// Telegram's last answer.
     pub async fn send<T, R>(
         &self,
         conn: &mut Conn,
-        keys: &BotKeys,
-        bot: &str,
+        (keys, bot): (&BotKeys, &str),
         chat: i64,
+        max_wait: Duration,
         call: impl Fn() -> R,
     ) -> Result<Result<T, RequestError>, FloodError>
     where
@@ -73,7 +77,7 @@ impl Flood {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.wait_for_moment(conn, &keys, bot, chat).await?;
+            self.wait_for_moment(conn, &keys, bot, chat, max_wait).await?;
             let result = call().await;
             let transient = result.as_ref().err().is_some_and(is_transient);
             if let Err(RequestError::RetryAfter(after)) = &result {
@@ -101,6 +105,7 @@ impl Flood {
         [bot_key, chat_key, pause_key]: &[String; 3],
         bot: &str,
         chat: i64,
+        max_wait: Duration,
     ) -> Result<(), FloodError> {
         if !self.enabled() {
             return Ok(());
@@ -108,6 +113,10 @@ impl Flood {
         let limits = &self.limits;
         let per_chat =
             if chat > 0 { limits.per_chat } else { limits.per_group.map(|per_minute| per_minute / 60.0) };
+        // A moment further ahead than the horizon is not reserved yet: the sender waits until
+        // it comes within reach and asks again, so that a long queue (a broadcast) does not
+        // book every moment for seconds ahead of a reply.
+        let horizon = max_wait.min(MAX_HORIZON);
         let mut waited = Duration::ZERO;
         loop {
             let wait_ms: i64 = scripts::FLOOD_TAKE
@@ -116,12 +125,18 @@ impl Flood {
                 .key(pause_key)
                 .arg(interval_us(limits.per_bot))
                 .arg(interval_us(per_chat))
-                .arg(limits.max_wait.saturating_sub(waited).as_millis() as u64)
+                .arg(horizon.min(max_wait.saturating_sub(waited)).as_millis() as u64)
                 .invoke_async(conn)
                 .await?;
             let wait = Duration::from_millis(wait_ms.unsigned_abs());
             if wait_ms < 0 {
-                return Err(FloodError::TooLong { chat, wait: waited + wait });
+                if waited + wait > max_wait {
+                    return Err(FloodError::TooLong { chat, wait: waited + wait });
+                }
+                let until_in_reach = wait.saturating_sub(horizon).max(Duration::from_millis(1));
+                tokio::time::sleep(until_in_reach).await;
+                waited += until_in_reach;
+                continue;
             }
             if wait.is_zero() {
                 self.metrics.flood_wait_seconds.with_label_values(&[bot]).observe(waited.as_secs_f64());

@@ -121,7 +121,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
     };
     let router = Router::new().route("/webhook/{bot}", post(webhook::receive)).with_state(state);
     let readiness = Readiness::new({
-        let redis = redis.clone();
+        let (db, redis) = (db.clone(), redis.clone());
         move || {
             let (db, redis) = (db.clone(), redis.clone());
             async move {
@@ -140,6 +140,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
     for bot in bots.values() {
         let sender = outbox::Sender {
             bot: bot.clone(),
+            db: db.clone(),
             flood: flood.clone(),
             metrics: metrics.clone(),
             config: outbox,

@@ -21,6 +21,7 @@ use teloxide_core::types::{ChatId, InlineKeyboardMarkup, MessageId};
 use super::BotRuntime;
 use super::flood::{Flood, is_transient};
 use super::intake::rand_u64;
+use super::users;
 use futures_util::{StreamExt, TryStreamExt};
 use redis::AsyncConnectionConfig;
 
@@ -45,6 +46,9 @@ pub fn progress_text(id: i64, done: i64, total: i64) -> String {
 const BATCH: usize = 16;
 /// Entries a sender delivers at once.
 const IN_FLIGHT: usize = 4;
+/// Longest an entry waits for its moment within the flood limits: long, since nobody waits on
+/// the other side (only a backlog for one chat, 20 a minute in a group, gets near it).
+const MAX_WAIT: Duration = Duration::from_secs(600);
 /// How long a queued message's id is remembered against queueing it twice.
 const REMEMBER_MS: u64 = 24 * 3600 * 1000;
 
@@ -85,6 +89,7 @@ pub async fn add(conn: &mut Conn, keys: &BotKeys, message: &Message<'_>) -> anyh
 
 pub struct Sender {
     pub bot: Arc<BotRuntime>,
+    pub db: deadpool_postgres::Pool,
     pub flood: Arc<Flood>,
     pub metrics: Arc<Metrics>,
     pub config: OutboxConfig,
@@ -237,7 +242,7 @@ impl Sender {
         let name = self.bot.config.name.as_str();
         let sent = self
             .flood
-            .send(conn, &self.bot.keys, name, chat, || {
+            .send(conn, (&self.bot.keys, name), chat, MAX_WAIT, || {
                 let request = api.send_message(ChatId(chat), text.clone());
                 match markup.clone() {
                     Some(markup) => request.reply_markup(markup),
@@ -245,6 +250,9 @@ impl Sender {
                 }
             })
             .await;
+        if let Ok(Err(e)) = &sent {
+            users::refused(&self.db, conn, &self.bot.keys, (self.bot.config.id, chat), e).await?;
+        }
         let label = match &sent {
             Ok(Ok(_)) => "ok",
             Ok(Err(e)) if !is_transient(e) && !matches!(e, teloxide_core::RequestError::RetryAfter(_)) => {
@@ -289,7 +297,7 @@ impl Sender {
             let name = self.bot.config.name.as_str();
             let edited = self
                 .flood
-                .send(conn, &self.bot.keys, name, chat, || {
+                .send(conn, (&self.bot.keys, name), chat, MAX_WAIT, || {
                     api.edit_message_text(ChatId(chat), MessageId(message), text.clone())
                 })
                 .await?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use teloxide_core::{ApiError, RequestError};
 
 use super::keyed::Keyed;
 use super::store::{self, Profile, StoreError};
@@ -78,6 +79,29 @@ impl Users {
         let () = conn.del(keys.user(user_id)).await.map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// After Telegram refused a message to `chat` for good (the user blocked the bot, deleted their
+/// account, or the chat is gone), a private chat's user is marked unreachable, so broadcasts
+/// skip them, until they write again: their next message misses the cache (dropped here), and
+/// the upsert clears the mark.
+pub async fn refused(
+    db: &Pool,
+    conn: &mut Conn,
+    keys: &BotKeys,
+    (bot_id, chat): (i64, i64),
+    error: &RequestError,
+) -> Result<(), StoreError> {
+    let gone = matches!(
+        error,
+        RequestError::Api(ApiError::BotBlocked | ApiError::UserDeactivated | ApiError::ChatNotFound)
+    );
+    // A private chat's id is its user's.
+    if gone && chat > 0 {
+        store::mark_unreachable(db, bot_id, chat).await?;
+        let () = conn.del(keys.user(chat)).await.map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// The cached user in `json`, if present and their profile is still `profile`.
