@@ -1,7 +1,8 @@
--- lease_renew: keep the chat's turn while a slow update is still being handled.
+-- lease_renew: keep a lease one still holds: a chat's turn while a slow update is still being
+-- handled, or the webhook watcher's role.
 --
--- KEYS[1]  chat lease   <bot prefix>c:<chat>:lease
--- ARGV[1]  token of this attempt
+-- KEYS[1]  the lease    <bot prefix>c:<chat>:lease, or <bot prefix>webhook:watcher
+-- ARGV[1]  the holder's token
 -- ARGV[2]  new lease length in ms
 --
 -- Returns 1 if renewed, 0 if the lease is no longer ours.

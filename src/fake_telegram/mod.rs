@@ -95,12 +95,18 @@ pub struct Fake {
     inner: Arc<Mutex<Inner>>,
     /// How many calls arrived that a delay then held: a test knows when one is in flight.
     held: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Woken at every recorded call, for whoever waits for some (`GET /__fake/calls?at_least=`).
+    recorded: Arc<tokio::sync::Notify>,
 }
 
 impl Fake {
     pub fn new(enforce_limits: bool) -> Self {
         let inner = Inner { limits: Limits::new(enforce_limits), ..Inner::default() };
-        Self { inner: Arc::new(Mutex::new(inner)), held: Arc::new(tokio::sync::watch::Sender::new(0)) }
+        Self {
+            inner: Arc::new(Mutex::new(inner)),
+            held: Arc::new(tokio::sync::watch::Sender::new(0)),
+            recorded: Arc::new(tokio::sync::Notify::new()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -212,6 +218,8 @@ async fn bot_api(
     let seq = inner.calls.len() as u64 + 1;
     let status = answer.status();
     inner.calls.push(Call { seq, bot_id, method, params, at_ms: now_ms(), status: status.as_u16() });
+    drop(inner);
+    fake.recorded.notify_waiters();
     match answer {
         Answer::Ok(result) => Json(json!({ "ok": true, "result": result })).into_response(),
         Answer::Error { status, description, parameters } => telegram_error(status, &description, parameters),
@@ -288,14 +296,39 @@ async fn download(State(fake): State<Fake>, Path((segment, path)): Path<(String,
 #[derive(Deserialize)]
 struct CallsQuery {
     method: Option<String>,
+    /// Only calls whose `text` parameter is this.
+    text: Option<String>,
+    /// Answer once this many of the matching calls succeeded, or after `wait_ms` (default 60 s).
+    at_least: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+impl CallsQuery {
+    fn matches(&self, call: &Call) -> bool {
+        self.method.as_ref().is_none_or(|m| call.method == *m)
+            && self.text.as_ref().is_none_or(|t| call.params["text"] == t.as_str())
+    }
 }
 
 async fn calls(State(fake): State<Fake>, Query(query): Query<CallsQuery>) -> Json<Vec<Call>> {
-    let calls = fake.calls();
-    Json(match query.method {
-        Some(method) => calls.into_iter().filter(|c| c.method == method).collect(),
-        None => calls,
-    })
+    if let Some(wanted) = query.at_least {
+        let enough =
+            || fake.lock().calls.iter().filter(|c| c.status == 200 && query.matches(c)).count() >= wanted;
+        let waiting = async {
+            loop {
+                // Listen before looking, so that a call recorded in between is not missed.
+                let recorded = fake.recorded.notified();
+                tokio::pin!(recorded);
+                recorded.as_mut().enable();
+                if enough() {
+                    return;
+                }
+                recorded.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(query.wait_ms.unwrap_or(60_000)), waiting).await;
+    }
+    Json(fake.calls().into_iter().filter(|c| query.matches(c)).collect())
 }
 
 async fn reset(State(fake): State<Fake>) -> StatusCode {

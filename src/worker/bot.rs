@@ -12,6 +12,7 @@ use teloxide_core::types::{
 };
 
 use super::dialogue::{DialogueError, State, Stored};
+use super::flood::Urgency;
 use super::intake::{ReadAhead, Turn};
 use super::store::{self, Profile, StoreError};
 use super::users::{self, CachedUser};
@@ -362,8 +363,7 @@ impl Ctx<'_> {
     {
         let name = self.bot.config.name.as_str();
         let flood = &self.state.flood;
-        let sent =
-            flood.send(&mut self.conn(), (&self.bot.keys, name), chat, flood.limits.max_wait, call).await;
+        let sent = flood.send(&mut self.conn(), (&self.bot.keys, name), chat, Urgency::Reply, call).await;
         let result = sent.map_err(|e| HandleError::Unavailable(e.into()))?;
         if let Err(e) = &result {
             users::refused(&self.state.db, &mut self.conn(), &self.bot.keys, (self.bot_id(), chat), e)

@@ -44,8 +44,23 @@ pub enum FloodError {
 /// 96% of the allowed rate.
 const MARGIN: f64 = 1.04;
 
-/// The furthest ahead a sender reserves its moment.
-const MAX_HORIZON: Duration = Duration::from_secs(1);
+/// Who is waiting for a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// A reply, with Telegram's webhook call waiting on it: reserves the first free moment at
+    /// once, and fails past `BOTFLEET_FLOOD_MAX_WAIT_MS`.
+    Reply,
+    /// A queued message (the outbox), with nobody waiting: reserves no more than
+    /// [`QUEUED_AHEAD`] ahead, so that a long queue (a broadcast) never books the moments a
+    /// reply needs, and waits as long as [`QUEUED_MAX_WAIT`].
+    Queued,
+}
+
+/// How far ahead a queued message reserves its moment.
+const QUEUED_AHEAD: Duration = Duration::from_secs(1);
+/// How long a queued message may wait for its moment (only a backlog for one chat, 20 a minute
+/// in a group, gets near it).
+const QUEUED_MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// Microseconds between two messages at `rate` a second (0: no limit).
 fn interval_us(rate: Option<f64>) -> u64 {
@@ -60,14 +75,14 @@ impl Flood {
     }
 
     /// Makes `call` (a message of the bot to `chat`) within the limits, as often as it takes
-    /// (see the module's documentation), waiting at most `max_wait` for a moment; returns
+    /// (see the module's documentation), waiting for a moment as `urgency` allows; returns
     /// Telegram's last answer.
     pub async fn send<T, R>(
         &self,
         conn: &mut Conn,
         (keys, bot): (&BotKeys, &str),
         chat: i64,
-        max_wait: Duration,
+        urgency: Urgency,
         call: impl Fn() -> R,
     ) -> Result<Result<T, RequestError>, FloodError>
     where
@@ -77,7 +92,7 @@ impl Flood {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.wait_for_moment(conn, &keys, bot, chat, max_wait).await?;
+            self.wait_for_moment(conn, &keys, bot, chat, urgency).await?;
             let result = call().await;
             let transient = result.as_ref().err().is_some_and(is_transient);
             if let Err(RequestError::RetryAfter(after)) = &result {
@@ -105,7 +120,7 @@ impl Flood {
         [bot_key, chat_key, pause_key]: &[String; 3],
         bot: &str,
         chat: i64,
-        max_wait: Duration,
+        urgency: Urgency,
     ) -> Result<(), FloodError> {
         if !self.enabled() {
             return Ok(());
@@ -113,10 +128,10 @@ impl Flood {
         let limits = &self.limits;
         let per_chat =
             if chat > 0 { limits.per_chat } else { limits.per_group.map(|per_minute| per_minute / 60.0) };
-        // A moment further ahead than the horizon is not reserved yet: the sender waits until
-        // it comes within reach and asks again, so that a long queue (a broadcast) does not
-        // book every moment for seconds ahead of a reply.
-        let horizon = max_wait.min(MAX_HORIZON);
+        let (horizon, max_wait) = match urgency {
+            Urgency::Reply => (limits.max_wait, limits.max_wait),
+            Urgency::Queued => (QUEUED_AHEAD, QUEUED_MAX_WAIT),
+        };
         let mut waited = Duration::ZERO;
         loop {
             let wait_ms: i64 = scripts::FLOOD_TAKE
@@ -133,6 +148,7 @@ impl Flood {
                 if waited + wait > max_wait {
                     return Err(FloodError::TooLong { chat, wait: waited + wait });
                 }
+                // Not reserved: ask again once the moment is within reach.
                 let until_in_reach = wait.saturating_sub(horizon).max(Duration::from_millis(1));
                 tokio::time::sleep(until_in_reach).await;
                 waited += until_in_reach;

@@ -19,7 +19,7 @@ use teloxide_core::prelude::Requester;
 use teloxide_core::types::{ChatId, InlineKeyboardMarkup, MessageId};
 
 use super::BotRuntime;
-use super::flood::{Flood, is_transient};
+use super::flood::{Flood, Urgency, is_transient};
 use super::intake::rand_u64;
 use super::users;
 use futures_util::{StreamExt, TryStreamExt};
@@ -46,9 +46,6 @@ pub fn progress_text(id: i64, done: i64, total: i64) -> String {
 const BATCH: usize = 16;
 /// Entries a sender delivers at once.
 const IN_FLIGHT: usize = 4;
-/// Longest an entry waits for its moment within the flood limits: long, since nobody waits on
-/// the other side (only a backlog for one chat, 20 a minute in a group, gets near it).
-const MAX_WAIT: Duration = Duration::from_secs(600);
 /// How long a queued message's id is remembered against queueing it twice.
 const REMEMBER_MS: u64 = 24 * 3600 * 1000;
 
@@ -242,7 +239,7 @@ impl Sender {
         let name = self.bot.config.name.as_str();
         let sent = self
             .flood
-            .send(conn, (&self.bot.keys, name), chat, MAX_WAIT, || {
+            .send(conn, (&self.bot.keys, name), chat, Urgency::Queued, || {
                 let request = api.send_message(ChatId(chat), text.clone());
                 match markup.clone() {
                     Some(markup) => request.reply_markup(markup),
@@ -297,7 +294,7 @@ impl Sender {
             let name = self.bot.config.name.as_str();
             let edited = self
                 .flood
-                .send(conn, (&self.bot.keys, name), chat, MAX_WAIT, || {
+                .send(conn, (&self.bot.keys, name), chat, Urgency::Queued, || {
                     api.edit_message_text(ChatId(chat), MessageId(message), text.clone())
                 })
                 .await?;

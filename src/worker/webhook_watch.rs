@@ -12,7 +12,7 @@ use teloxide_core::prelude::Requester;
 
 use super::BotRuntime;
 use super::intake::rand_u64;
-use crate::kv::{self, Conn};
+use crate::kv::{self, Conn, scripts};
 use crate::metrics::Metrics;
 use crate::shutdown::CancellationToken;
 
@@ -51,12 +51,8 @@ async fn holds(conn: &mut Conn, key: &str, me: &str, lease: Duration) -> redis::
     if taken.is_some() {
         return Ok(true);
     }
-    let holder: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
-    if holder.as_deref() != Some(me) {
-        return Ok(false);
-    }
-    let () = redis::cmd("PEXPIRE").arg(key).arg(ms).query_async(conn).await?;
-    Ok(true)
+    let renewed: i64 = scripts::LEASE_RENEW.key(key).arg(me).arg(ms).invoke_async(conn).await?;
+    Ok(renewed == 1)
 }
 
 async fn export(bot: &BotRuntime, metrics: &Metrics, messages: &mut HashMap<String, String>) {

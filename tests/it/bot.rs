@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::redis;
 use crate::helpers::{
-    MAIN_BOT, Running, TestBot, TestDb, callback_update, deliver_update, eventually, photo_update,
-    spawn_fake, spawn_worker, spawn_worker_with, text_update, unique,
+    MAIN_BOT, Running, TestBot, TestDb, callback_update, deliver_update, eventually, outbox_drained,
+    photo_update, spawn_fake, spawn_worker, spawn_worker_with, text_update, unique,
 };
 
 /// The texts the bot sent to `chat`, in order.
@@ -20,17 +20,6 @@ fn said_to(fake: &Fake, chat: i64) -> Vec<String> {
         .filter(|c: &Call| c.params["chat_id"] == json!(chat) && c.method == "sendMessage")
         .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
         .collect()
-}
-
-/// Waits until the outbox senders have delivered everything queued (entries are deleted once
-/// delivered, so an empty stream means every message is in the fake's log).
-async fn outbox_drained(prefix: &str) {
-    let [outbox, _] = BotKeys::new(prefix, MAIN_BOT.id()).outbox();
-    eventually(Duration::from_secs(5), "the outbox delivered", || async {
-        let queued: i64 = redis::cmd("XLEN").arg(&outbox).query_async(&mut redis().await).await.ok()?;
-        (queued == 0).then_some(())
-    })
-    .await;
 }
 
 async fn deliver_ok(worker: &Running, update: &Value) {

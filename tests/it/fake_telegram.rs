@@ -93,3 +93,24 @@ async fn fake_answers_429_with_retry_after_past_telegrams_limits() {
     let statuses: Vec<u16> = fake.calls().iter().map(|c| c.status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 12);
 }
+
+#[tokio::test]
+async fn the_call_log_can_be_awaited_until_enough_calls_matched() {
+    let (_fake, url) = spawn_fake(false).await;
+    let bot = client(&url);
+    let log = format!("{url}/__fake/calls?method=sendMessage&text=wanted&at_least=2&wait_ms=10000");
+    let waiting = async { reqwest::get(&log).await.unwrap().json::<serde_json::Value>().await.unwrap() };
+    let sending = async {
+        bot.send_message(ChatId(1), "wanted").await.unwrap();
+        bot.send_message(ChatId(2), "not this one").await.unwrap();
+        bot.send_message(ChatId(3), "wanted").await.unwrap();
+    };
+    let (calls, ()) = tokio::join!(waiting, sending);
+    let chats: Vec<i64> =
+        calls.as_array().unwrap().iter().filter_map(|c| c["params"]["chat_id"].as_i64()).collect();
+    assert_eq!(chats, [1, 3], "the matching calls, once both had arrived");
+    // Not enough ever: the answer comes after the wait, with what there is.
+    let log = format!("{url}/__fake/calls?text=wanted&at_least=3&wait_ms=50");
+    let calls: serde_json::Value = reqwest::get(&log).await.unwrap().json().await.unwrap();
+    assert_eq!(calls.as_array().unwrap().len(), 2);
+}

@@ -424,3 +424,15 @@ pub async fn deliver(
 pub async fn deliver_update(worker: &Running, bot: &TestBot, update: &Value) -> reqwest::Response {
     deliver(worker, bot, Some(bot.secret), update.to_string()).await
 }
+
+/// Waits until the outbox senders have delivered (or dropped) everything queued for the main
+/// bot under `prefix`: entries are deleted once done, so an empty stream means every message is
+/// in the fake's log.
+pub async fn outbox_drained(prefix: &str) {
+    let [outbox, _] = botfleet::kv::BotKeys::new(prefix, MAIN_BOT.id()).outbox();
+    eventually(Duration::from_secs(30), "the outbox drained", || async {
+        let queued: i64 = redis::cmd("XLEN").arg(&outbox).query_async(&mut redis().await).await.ok()?;
+        (queued == 0).then_some(())
+    })
+    .await;
+}

@@ -10,8 +10,8 @@ use serde_json::json;
 use botfleet::fake_telegram::Fake;
 
 use crate::helpers::{
-    MAIN_BOT, Running, TestDb, deliver_update, eventually, redis, spawn_fake, spawn_worker_with, text_update,
-    unique,
+    MAIN_BOT, Running, TestDb, deliver_update, eventually, outbox_drained, redis, spawn_fake,
+    spawn_worker_with, text_update, unique,
 };
 
 /// The outbox's stream and dead stream, its group created, and one message queued for chat 42
@@ -203,15 +203,6 @@ async fn broadcast_cancel_drops_what_is_still_queued() {
         .collect();
     assert!(replies.iter().any(|t| t.starts_with("Broadcast #1 cancelled")), "{replies:?}");
     assert_eq!(db.count("SELECT count(*) FROM broadcasts WHERE status = 'cancelled'").await, 1);
-}
-
-/// Waits until the outbox senders have delivered (or dropped) everything queued.
-async fn outbox_drained(prefix: &str) {
-    let [outbox, _] = BotKeys::new(prefix, MAIN_BOT.id()).outbox();
-    eventually(Duration::from_secs(30), "the outbox drained", || async {
-        (len(&outbox).await == 0).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test]
