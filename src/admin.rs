@@ -94,6 +94,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     (status, body)
 }
 
+/// The metrics, with each dependency's `botfleet_dependency_up` checked at this scrape.
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+    for (name, health) in (state.readiness.check)().await {
+        state.metrics.dependency_up.with_label_values(&[name]).set(i64::from(health != Health::Unreachable));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }

@@ -30,5 +30,6 @@ pub mod metrics;
 pub mod settings;
 pub mod shutdown;
 pub mod telegram;
+pub mod telemetry;
 pub mod webhook;
 pub mod worker;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use botfleet::metrics::Metrics;
 use botfleet::settings::{
-    self, ApiSettings, FakeTelegramSettings, MigrateSettings, SettingsError, Source, WebhookSettings,
-    WorkerSettings,
+    self, ApiSettings, BotConfig, FakeTelegramSettings, MigrateSettings, Secret, SettingsError, Source,
+    TelemetrySettings, WebhookSettings, WorkerSettings,
 };
 use botfleet::shutdown::{self, CancellationToken};
-use botfleet::{api, db, fake_telegram, webhook, worker};
+use botfleet::{api, db, fake_telegram, telemetry, webhook, worker};
 
 const USAGE: &str = "usage: botfleet <command>
 
@@ -77,11 +77,14 @@ fn run(command: Command) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     // Settings are parsed before anything starts, so a bad value never half-starts a process.
-    let process = match Process::load(command, &source) {
-        Ok(process) => process,
+    let loaded = Process::load(command, &source).and_then(|p| Ok((p, TelemetrySettings::load(&source)?)));
+    let (process, telemetry) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => return config_error(&e),
     };
-    init_tracing(&source);
+    telemetry::init_logs(&telemetry);
+    // Kept until the end of main: dropping it sends what is still queued.
+    let _sentry = telemetry::init_sentry(&telemetry, process.secrets());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -97,14 +100,6 @@ fn run(command: Command) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing(source: &Source) {
-    let filter = tracing_subscriber::EnvFilter::try_new(source.get(settings::LOG).unwrap_or("info"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a person at a terminal, never in log files.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 enum Process {
@@ -124,6 +119,17 @@ impl Process {
             Command::Migrate => Self::Migrate(MigrateSettings::load(source)?),
             Command::Webhook(sub) => Self::Webhook(sub, WebhookSettings::load(source)?),
         })
+    }
+
+    /// What error reports must never contain: the bots' tokens and webhook secrets.
+    fn secrets(&self) -> Vec<Secret> {
+        let bots: &[BotConfig] = match self {
+            Self::Worker(settings) => &settings.bots,
+            Self::Api(settings) => &settings.bots,
+            Self::Webhook(_, settings) => &settings.bots,
+            Self::FakeTelegram(_) | Self::Migrate(_) => &[],
+        };
+        bots.iter().flat_map(|bot| [bot.token.clone(), Secret::new(bot.webhook_secret.expose())]).collect()
     }
 
     async fn run(self) -> anyhow::Result<()> {

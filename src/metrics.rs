@@ -4,6 +4,8 @@
 //! values are bounded: bot names from the settings, routes, methods and status codes — never a
 //! chat or user id, never a token.
 
+use std::sync::Mutex;
+
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -76,7 +78,27 @@ pub struct Metrics {
     pub webhook_pending_updates: IntGaugeVec,
     pub webhook_last_error_age_seconds: GaugeVec,
     pub webhook_last_error: IntGaugeVec,
+    /// Whether each dependency answered at the last scrape (1) or not (0), by dependency.
+    pub dependency_up: IntGaugeVec,
+    /// Time of the hot database queries, by query (a fixed name each).
+    pub db_query_seconds: HistogramVec,
+    /// Time to answer an API request, by route template.
+    pub api_request_seconds: HistogramVec,
+    /// Connections of each pool, sampled at every scrape: the pool's bound, those open by
+    /// state (`idle`, `in_use`), and the callers waiting for one.
+    pub pool_max_connections: IntGaugeVec,
+    pub pool_connections: IntGaugeVec,
+    pub pool_waiting: IntGaugeVec,
+    /// Updates handled now by this worker, and its bound (`BOTFLEET_MAX_IN_FLIGHT`).
+    pub webhook_in_flight: IntGauge,
+    pub webhook_max_in_flight: IntGauge,
+    /// The SSE connection limit of this node.
+    pub sse_max_clients: IntGauge,
+    probes: Mutex<Vec<Probe>>,
 }
+
+/// Sets gauges from the state of something else (a pool, a semaphore) at every scrape.
+type Probe = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 impl Metrics {
     /// A fresh registry for one process (`worker`, `api`, `fake-telegram`).
@@ -157,6 +179,37 @@ impl Metrics {
             &["bot"],
         )?;
         registry.register(Box::new(outbox_oldest_age_seconds.clone()))?;
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let dependency_up = gauge(
+            "botfleet_dependency_up",
+            "Whether a dependency answered at the last scrape (1) or not (0)",
+            &["dependency"],
+        )?;
+        let pool_max_connections =
+            gauge("botfleet_pool_max_connections", "The most connections a pool opens", &["pool"])?;
+        let pool_connections =
+            gauge("botfleet_pool_connections", "Open connections of a pool, by state", &["pool", "state"])?;
+        let pool_waiting =
+            gauge("botfleet_pool_waiting", "Callers waiting for a pool's connection", &["pool"])?;
+        let db_query_seconds =
+            histogram("botfleet_db_query_seconds", "Time of a hot database query, by query", &["query"])?;
+        let api_request_seconds =
+            histogram("botfleet_api_request_seconds", "Time to answer an API request, by route", &["route"])?;
+        let single = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let gauge = IntGauge::new(name, help)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let webhook_in_flight = single("botfleet_webhook_in_flight", "Updates being handled by this worker")?;
+        let webhook_max_in_flight =
+            single("botfleet_webhook_max_in_flight", "Updates this worker handles at once at most")?;
+        let sse_max_clients = single("botfleet_sse_max_clients", "SSE streams this node serves at most")?;
+        // CPU, memory, file descriptors and threads of the process, under the standard names.
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         let sse_clients = IntGauge::new("botfleet_sse_clients", "Open SSE streams on this node")?;
         registry.register(Box::new(sse_clients.clone()))?;
         let update_seconds =
@@ -254,12 +307,79 @@ impl Metrics {
             )?,
             webhook_last_error_age_seconds,
             webhook_last_error,
+            dependency_up,
+            db_query_seconds,
+            api_request_seconds,
+            pool_max_connections,
+            pool_connections,
+            pool_waiting,
+            webhook_in_flight,
+            webhook_max_in_flight,
+            sse_max_clients,
+            probes: Mutex::new(Vec::new()),
             registry,
         })
     }
 
+    /// Runs `probe` at every scrape, before the metrics are read.
+    pub fn on_scrape(&self, probe: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(probe));
+    }
+
+    /// Samples a pool's connections (`status` reads deadpool's figures) at every scrape.
+    pub fn watch_pool(
+        &self,
+        name: &str,
+        status: impl Fn() -> deadpool_postgres::Status + Send + Sync + 'static,
+    ) {
+        let name = name.to_owned();
+        self.on_scrape(move |metrics| {
+            let status = status();
+            let (open, idle) = (status.size as i64, status.available as i64);
+            metrics.pool_max_connections.with_label_values(&[name.as_str()]).set(status.max_size as i64);
+            metrics.pool_connections.with_label_values(&[name.as_str(), "idle"]).set(idle);
+            metrics.pool_connections.with_label_values(&[name.as_str(), "in_use"]).set(open - idle);
+            metrics.pool_waiting.with_label_values(&[name.as_str()]).set(status.waiting as i64);
+        });
+    }
+
+    /// Creates the series of a bot's counters at zero, so that graphs and alerts see a series
+    /// (and a rate) from the start rather than from its first event.
+    pub fn zero_bot(&self, bot: &str) {
+        for counter in [
+            &self.updates_unparseable,
+            &self.posts_created,
+            &self.dedup_hits,
+            &self.flood_pauses,
+            &self.outbox_redeliveries,
+            &self.outbox_dead,
+            &self.dialogue_conflicts,
+            &self.dead_letters,
+            &self.publishes,
+        ] {
+            counter.with_label_values(&[bot]);
+        }
+        for status in ["200", "400", "401", "413", "500", "503"] {
+            self.webhook_requests.with_label_values(&[bot, status]);
+        }
+        self.outbox_backlog.with_label_values(&[bot]);
+        self.outbox_oldest_age_seconds.with_label_values(&[bot]);
+        self.lease_wait_seconds.with_label_values(&[bot]);
+        self.flood_wait_seconds.with_label_values(&[bot]);
+    }
+
+    /// Creates the series of counters labelled by a fixed set of results at zero.
+    pub fn zero_results(&self, counter: &IntCounterVec, results: &[&str]) {
+        for result in results {
+            counter.with_label_values(&[result]);
+        }
+    }
+
     /// The text exposition format of every metric.
     pub fn render(&self) -> String {
+        for probe in self.probes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            probe(self);
+        }
         let mut buffer = Vec::new();
         // Encoding into a Vec only fails on metric families that cannot exist here (empty names).
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {

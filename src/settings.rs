@@ -20,6 +20,9 @@ pub const EXIT_CONFIG: i32 = 64;
 
 pub const CONFIG_FILE: &str = "BOTFLEET_CONFIG_FILE";
 pub const LOG: &str = "BOTFLEET_LOG";
+pub const LOG_FORMAT: &str = "BOTFLEET_LOG_FORMAT";
+pub const ENVIRONMENT: &str = "BOTFLEET_ENVIRONMENT";
+pub const SENTRY_DSN: &str = "BOTFLEET_SENTRY_DSN";
 pub const LISTEN: &str = "BOTFLEET_LISTEN";
 pub const ADMIN_LISTEN: &str = "BOTFLEET_ADMIN_LISTEN";
 pub const SHUTDOWN_GRACE_SECS: &str = "BOTFLEET_SHUTDOWN_GRACE_SECS";
@@ -279,6 +282,54 @@ pub struct BotConfig {
     pub moderator_chat: Option<i64>,
     /// User ids that may `/ban`, `/unban` and `/broadcast`.
     pub admins: Vec<i64>,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, with the fields of every open span (for log pipelines).
+    Json,
+    /// Readable lines, coloured at a terminal.
+    Text,
+}
+
+/// Logs and error reports, for every command.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// A `tracing` filter such as `info` or `botfleet=debug,info`.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    /// Named in every error report: `production` unless set (the local cluster says `local`).
+    pub environment: String,
+    /// Where errors and panics are reported; none are when unset.
+    pub sentry_dsn: Option<Secret>,
+}
+
+impl TelemetrySettings {
+    pub fn load(src: &Source) -> Result<Self, SettingsError> {
+        let log_filter = src.get(LOG).unwrap_or("info").to_owned();
+        tracing_subscriber::EnvFilter::try_new(&log_filter)
+            .map_err(|e| SettingsError::new(LOG, format!("not a log filter: {e}")))?;
+        let environment = src.get(ENVIRONMENT).unwrap_or("production").to_owned();
+        // JSON where logs are collected by machines, readable lines everywhere else.
+        let log_format = match src.get(LOG_FORMAT) {
+            None if environment == "production" => LogFormat::Json,
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(SettingsError::new(LOG_FORMAT, format!("{other:?} is neither json nor text")));
+            }
+        };
+        let sentry_dsn = match src.get(SENTRY_DSN) {
+            None => None,
+            Some(raw) => {
+                raw.parse::<sentry::types::Dsn>()
+                    .map_err(|e| SettingsError::new(SENTRY_DSN, format!("not a Sentry DSN: {e}")))?;
+                Some(Secret::new(raw))
+            }
+        };
+        Ok(Self { log_filter, log_format, environment, sentry_dsn })
+    }
 }
 
 /// Settings every long-running process shares.
@@ -552,6 +603,25 @@ mod tests {
         assert_eq!(settings.bots[0].id, 123456);
         assert_eq!(settings.redis_prefix, "botfleet");
         assert_eq!(settings.max_body_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn telemetry_is_json_in_production_readable_elsewhere_and_refuses_bad_values() {
+        let load =
+            |pairs: &[(&str, &str)]| TelemetrySettings::load(&Source::from_pairs(pairs.iter().copied()));
+        let production = load(&[]).unwrap();
+        assert_eq!((production.log_format, production.environment.as_str()), (LogFormat::Json, "production"));
+        assert!(production.sentry_dsn.is_none(), "error reports are off without a DSN");
+        assert_eq!(load(&[(ENVIRONMENT, "local")]).unwrap().log_format, LogFormat::Text);
+        assert_eq!(
+            load(&[(ENVIRONMENT, "local"), (LOG_FORMAT, "json")]).unwrap().log_format,
+            LogFormat::Json
+        );
+        assert!(load(&[(SENTRY_DSN, "https://key@sentry.example.org/42")]).unwrap().sentry_dsn.is_some());
+        for (key, value) in [(LOG_FORMAT, "xml"), (SENTRY_DSN, "not a dsn"), (LOG, "botfleet=loud")] {
+            let err = load(&[(key, value)]).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
     }
 
     #[test]

@@ -8,11 +8,14 @@ PG_BIN=${BOTFLEET_PG_BIN:-${PG_VERSION_DIR:-/usr/lib/postgresql/15/bin}}
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-# Installs the Debian packages whose commands are missing; `ensure_packages browser` also
-# installs Chromium for the browser tests.
+# Installs the Debian packages whose commands are missing; `ensure_packages test` also
+# installs Chromium for the browser tests and Prometheus for promtool and the dashboard tests.
 ensure_packages() {
     local missing=()
-    if [ "${1:-}" = browser ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
+    if [ "${1:-}" = test ]; then
+        [ -x /usr/bin/chromium ] || missing+=(chromium)
+        command -v promtool >/dev/null || missing+=(prometheus)
+    fi
     [ -x "$PG_BIN/postgres" ] || missing+=(postgresql)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v redis-cli >/dev/null || missing+=(redis-tools)

@@ -229,6 +229,7 @@ fn read_failed(error: ReadError) -> Response {
         }
         ReadError::Query(_) => {
             tracing::error!(error = %error, "feed read failed");
+            crate::telemetry::report_error(&format!("feed read failed: {error}"));
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
     }

@@ -94,6 +94,7 @@ pub async fn media(State(state): State<ApiState>, Path(id): Path<String>) -> Res
         }
         Err(e) => {
             tracing::error!(error = %e, "media lookup failed");
+            crate::telemetry::report_error(&format!("media lookup failed: {e}"));
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
         }
     };

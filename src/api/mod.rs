@@ -26,7 +26,7 @@ use crate::kv::FeedKeys;
 use crate::metrics::Metrics;
 use crate::settings::ApiSettings;
 use crate::shutdown::CancellationToken;
-use crate::{db, kv};
+use crate::{db, kv, telemetry};
 
 use cache::PageCache;
 pub use cursor::Cursor;
@@ -52,12 +52,16 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .map(|url| db::pool(url, settings.db_pool_size))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let redis = kv::pool(&settings.redis_url, 8)?;
+    watch_pools(&metrics, &primary, &replicas, &redis);
+    metrics.zero_results(&metrics.page_cache, &["local_hit", "redis_hit", "miss"]);
+    metrics.zero_results(&metrics.feed_reads, &["replica", "primary"]);
     let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
     let keys = FeedKeys::new(&settings.redis_prefix);
     let media =
         MediaBots::new(&settings.bots, &settings.telegram_api_url, &settings.redis_prefix, redis.clone())?;
     let cache = Arc::new(PageCache::new(redis.clone(), keys.clone(), metrics.clone()));
     let hub = Hub::new(keys, redis.clone(), settings.sse_max_clients, settings.sse_heartbeat);
+    metrics.sse_max_clients.set(settings.sse_max_clients as i64);
     let state = ApiState { reader: reader.clone(), metrics: metrics.clone(), hub: hub.clone(), cache, media };
     let router = Router::new()
         .route("/api/feed", get(feed::page))
@@ -69,6 +73,7 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(middleware::from_fn_with_state(Arc::new(settings.cors_origins.clone()), cors))
+        .layer(middleware::from_fn(telemetry::request_context))
         .with_state(state);
     let background = CancellationToken::new();
     tokio::spawn(reader.clone().watch_lag(std::time::Duration::from_secs(5), background.clone()));
@@ -142,7 +147,32 @@ async fn count_requests(State(state): State<ApiState>, request: Request, next: N
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
     state.metrics.api_requests.with_label_values(&[route.as_str(), response.status().as_str()]).inc();
+    // Until the answer's head: a stream's lifetime is not a latency.
+    state
+        .metrics
+        .api_request_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Samples the node's pools at every scrape: the primary, each replica, Redis.
+fn watch_pools(
+    metrics: &Metrics,
+    primary: &deadpool_postgres::Pool,
+    replicas: &[deadpool_postgres::Pool],
+    redis: &deadpool_redis::Pool,
+) {
+    let pools = [("postgres".to_owned(), primary)]
+        .into_iter()
+        .chain(replicas.iter().enumerate().map(|(i, pool)| (format!("replica-{}", i + 1), pool)));
+    for (name, pool) in pools {
+        let pool = pool.clone();
+        metrics.watch_pool(&name, move || pool.status());
+    }
+    let redis = redis.clone();
+    metrics.watch_pool("redis", move || redis.status());
 }

@@ -80,10 +80,15 @@ impl Reader {
                     }
                 }
             }
+            let started = std::time::Instant::now();
             let result = match client.prepare_cached(sql).await {
                 Ok(statement) => client.query(&statement, params).await,
                 Err(e) => Err(e),
             };
+            self.metrics
+                .db_query_seconds
+                .with_label_values(&["feed_read"])
+                .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(rows) => {
                     self.metrics.feed_reads.with_label_values(&[source]).inc();

@@ -161,6 +161,7 @@ impl Fake {
             .route("/__fake/reset", post(reset))
             .route("/__fake/limits", post(set_limits))
             .route("/__fake/blocked", post(block_chat))
+            .route("/__fake/webhook_trouble", post(set_webhook_trouble))
             .route("/__fake/delay", post(set_delay))
             .route("/file/{bot}/{*path}", get(download))
             .route("/{bot}/{method}", any(bot_api))
@@ -370,6 +371,21 @@ struct BlockBody {
 /// From now on the user of `chat_id` has blocked the bot.
 async fn block_chat(State(fake): State<Fake>, Json(body): Json<BlockBody>) -> StatusCode {
     fake.set_blocked(body.chat_id, true);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct TroubleBody {
+    bot_id: i64,
+    pending: u64,
+    /// Seconds ago and text of the last delivery error, if any.
+    error: Option<(u64, String)>,
+}
+
+/// From now on getWebhookInfo reports this trouble with the bot's webhook.
+async fn set_webhook_trouble(State(fake): State<Fake>, Json(body): Json<TroubleBody>) -> StatusCode {
+    let error = body.error.as_ref().map(|(ago, message)| (*ago, message.as_str()));
+    fake.webhook_trouble(body.bot_id, body.pending, error);
     StatusCode::NO_CONTENT
 }
 

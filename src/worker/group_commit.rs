@@ -10,11 +10,13 @@
 //! redelivered update the post its first delivery created. A batch that fails on a statement
 //! error is retried post by post, so that one bad post cannot fail the others.
 
+use std::sync::Arc;
+
 use deadpool_postgres::Pool;
-use prometheus::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
 use super::store::{self, NewPost, StoreError, StoredPost};
+use crate::metrics::Metrics;
 
 /// Most posts in one INSERT.
 const MAX_BATCH: usize = 64;
@@ -28,9 +30,9 @@ pub struct PostWriter {
 
 impl PostWriter {
     /// Starts the writer; it ends once every clone of the writer is dropped.
-    pub fn start(db: Pool, batch_sizes: Histogram) -> Self {
+    pub fn start(db: Pool, metrics: Arc<Metrics>) -> Self {
         let (queue, queued) = mpsc::unbounded_channel();
-        tokio::spawn(collect(db, queued, batch_sizes));
+        tokio::spawn(collect(db, queued, metrics));
         Self { queue }
     }
 
@@ -43,7 +45,7 @@ impl PostWriter {
     }
 }
 
-async fn collect(db: Pool, mut queued: mpsc::UnboundedReceiver<(NewPost, Reply)>, batch_sizes: Histogram) {
+async fn collect(db: Pool, mut queued: mpsc::UnboundedReceiver<(NewPost, Reply)>, metrics: Arc<Metrics>) {
     let mut batch = Vec::new();
     while queued.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Let the updates already runnable in this process reach their insert too; an idle
@@ -57,8 +59,13 @@ async fn collect(db: Pool, mut queued: mpsc::UnboundedReceiver<(NewPost, Reply)>
                 Err(_) => break,
             }
         }
-        batch_sizes.observe(batch.len() as f64);
+        metrics.posts_per_commit.observe(batch.len() as f64);
+        let started = std::time::Instant::now();
         write(&db, std::mem::take(&mut batch)).await;
+        metrics
+            .db_query_seconds
+            .with_label_values(&["insert_posts"])
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 

@@ -32,7 +32,7 @@ use crate::kv::{BotKeys, FeedKeys};
 use crate::metrics::Metrics;
 use crate::settings::{BotConfig, WorkerSettings};
 use crate::shutdown::CancellationToken;
-use crate::{db, kv, telegram};
+use crate::{db, kv, telegram, telemetry};
 use dialogue::Dialogues;
 use flood::Flood;
 use group_commit::PostWriter;
@@ -101,8 +101,19 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         );
     }
     let bots = Arc::new(bots);
+    for config in &settings.bots {
+        metrics.zero_bot(config.name.as_str());
+    }
+    metrics.zero_results(&metrics.user_cache, &["hit", "miss"]);
+    watch_pools(&metrics, &db, &redis);
     let flood = Arc::new(Flood { limits: settings.flood, metrics: metrics.clone() });
     let tasks = TaskTracker::new();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight));
+    metrics.webhook_max_in_flight.set(settings.max_in_flight as i64);
+    metrics.on_scrape({
+        let (in_flight, max) = (in_flight.clone(), settings.max_in_flight);
+        move |metrics| metrics.webhook_in_flight.set((max - in_flight.available_permits()) as i64)
+    });
     let state = WorkerState {
         bots: bots.clone(),
         db: db.clone(),
@@ -111,15 +122,18 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         users: Arc::new(Users::new(db.clone(), settings.user_cache_ttl, metrics.clone())),
         dialogues: Arc::new(Dialogues { ttl: settings.dialogue_ttl }),
         flood: flood.clone(),
-        posts: PostWriter::start(db.clone(), metrics.posts_per_commit.clone()),
+        posts: PostWriter::start(db.clone(), metrics.clone()),
         feed_keys: FeedKeys::new(prefix),
         feed_stream_len: settings.feed_stream_len,
         max_attempts: settings.max_attempts,
         tasks: tasks.clone(),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
+        in_flight: in_flight.clone(),
         max_body_bytes: settings.max_body_bytes,
     };
-    let router = Router::new().route("/webhook/{bot}", post(webhook::receive)).with_state(state);
+    let router = Router::new()
+        .route("/webhook/{bot}", post(webhook::receive))
+        .layer(axum::middleware::from_fn(telemetry::request_context))
+        .with_state(state);
     let readiness = Readiness::new({
         let (db, redis) = (db.clone(), redis.clone());
         move || {
@@ -153,4 +167,11 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
     let server =
         Server::bind("worker", settings.listen, router, &settings.common, metrics, readiness, tasks).await?;
     Ok(server.cancel_on_stop(background))
+}
+
+/// Samples the worker's Postgres and Redis pools at every scrape.
+fn watch_pools(metrics: &Metrics, db: &deadpool_postgres::Pool, redis: &deadpool_redis::Pool) {
+    let (db, redis) = (db.clone(), redis.clone());
+    metrics.watch_pool("postgres", move || db.status());
+    metrics.watch_pool("redis", move || redis.status());
 }

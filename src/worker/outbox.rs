@@ -196,6 +196,10 @@ impl Sender {
                 dead_letter.ignore();
                 let () = self.done(dead_letter, &entry.id).query_async(conn).await?;
                 self.metrics.outbox_dead.with_label_values(&[name]).inc();
+                sentry::with_scope(
+                    |scope| scope.set_tag("bot", name),
+                    || crate::telemetry::report_error("outbox message dead-lettered"),
+                );
             }
         }
         Ok(())

@@ -67,7 +67,12 @@ impl Users {
             return Ok(user);
         }
         self.metrics.user_cache.with_label_values(&["miss"]).inc();
+        let started = std::time::Instant::now();
         let is_banned = store::upsert_user(&self.db, bot_id, user_id, &profile).await?;
+        self.metrics
+            .db_query_seconds
+            .with_label_values(&["upsert_user"])
+            .observe(started.elapsed().as_secs_f64());
         let user = CachedUser { profile, is_banned };
         let json = serde_json::to_string(&user).map_err(|e| StoreError::Other(e.into()))?;
         let () = conn.set_ex(key, json, self.ttl.as_secs()).await.map_err(unavailable)?;

@@ -21,6 +21,7 @@ use super::{BotRuntime, WorkerState, store};
 use crate::http::json_error;
 use crate::kv::Conn;
 use crate::telegram::redact;
+use crate::telemetry;
 
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
@@ -76,7 +77,7 @@ async fn authenticated(
     };
     let started = Instant::now();
     let kind = bot::kind_name(&update);
-    let handling = process(state.clone(), bot.clone(), update, bytes);
+    let handling = telemetry::own_scope(process(state.clone(), bot.clone(), update, bytes));
     let work = state.tasks.spawn(async move {
         let _in_flight = permit;
         handling.await
@@ -123,6 +124,14 @@ fn retry_later(status: StatusCode, message: &str) -> Response {
 #[tracing::instrument(skip_all, fields(bot = %bot.config.name, update_id = update.id.0))]
 async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: Bytes) -> Outcome {
     let update_id = i64::from(update.id.0);
+    telemetry::tag("bot", bot.config.name.as_str());
+    telemetry::tag("update_kind", bot::kind_name(&update));
+    if let Some(chat) = update.chat() {
+        telemetry::tag(
+            "chat",
+            &telemetry::chat_tag(bot.config.webhook_secret.expose().as_bytes(), chat.id.0),
+        );
+    }
     let mut redis = match state.redis.get().await {
         Ok(conn) => conn,
         Err(e) => return Outcome::RetryLater(format!("redis unavailable: {e}")),
@@ -180,7 +189,10 @@ async fn failed(
         Ok(attempts) => attempts,
         Err(e) => return (false, Outcome::RetryLater(e.to_string())),
     };
+    // One error report per failed delivery; the reports of one update group together.
+    let report = redact(error, &bot.config.token);
     if attempts < state.max_attempts {
+        telemetry::report_error(&format!("update failed: {report}"));
         return (false, Outcome::Failed(format!("attempt {attempts}: {error}")));
     }
     let payload = String::from_utf8_lossy(raw);
@@ -188,7 +200,8 @@ async fn failed(
     match store::dead_letter(&state.db, bot.config.id, update_id, &payload, error, attempts).await {
         Ok(()) => {
             state.metrics.dead_letters.with_label_values(&[bot.config.name.as_str()]).inc();
-            tracing::error!(attempts, error = %redact(error, &bot.config.token), "update dead-lettered");
+            telemetry::report_error(&format!("update dead-lettered: {report}"));
+            tracing::error!(attempts, error = %report, "update dead-lettered");
             (true, Outcome::Acknowledged)
         }
         Err(e) => (false, Outcome::RetryLater(e.to_string())),

@@ -8,12 +8,17 @@ use serde_json::{Value, json};
 
 use crate::helpers::{eventually, text_update, unique};
 
-struct Cluster {
-    dir: PathBuf,
+/// A cluster of `bin/cluster`, in a folder of its own.
+pub struct Cluster {
+    pub dir: PathBuf,
 }
 
 impl Cluster {
-    async fn run(&self, args: &[&str]) -> std::process::Output {
+    pub fn new() -> Self {
+        Self { dir: std::env::temp_dir().join(unique("cluster")) }
+    }
+
+    pub async fn run(&self, args: &[&str]) -> std::process::Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bin/cluster");
         let output = tokio::process::Command::new(script)
             .args(args)
@@ -30,7 +35,7 @@ impl Cluster {
         output
     }
 
-    fn env(&self) -> HashMap<String, String> {
+    pub fn env(&self) -> HashMap<String, String> {
         let text =
             std::fs::read_to_string(self.dir.join("cluster.env")).expect("cluster.env must exist after up");
         text.lines()
@@ -40,7 +45,21 @@ impl Cluster {
     }
 }
 
-fn alive(pid: &str) -> bool {
+/// A test that fails half way still stops its cluster.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.dir.join("cluster.env").exists() {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bin/cluster");
+            let _ = std::process::Command::new(script)
+                .arg("down")
+                .env("BOTFLEET_CLUSTER_DIR", &self.dir)
+                .output();
+        }
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+pub fn alive(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| !matches!(stat.split(' ').nth(2), Some("Z" | "X")))
         .unwrap_or(false)
@@ -48,7 +67,7 @@ fn alive(pid: &str) -> bool {
 
 #[tokio::test]
 async fn cluster_up_twice_serves_a_post_end_to_end_then_down_is_clean() {
-    let cluster = Cluster { dir: std::env::temp_dir().join(unique("cluster")) };
+    let cluster = Cluster::new();
     cluster.run(&["up", "--workers", "2", "--api", "2", "--replicas", "1"]).await;
     let env = cluster.env();
     for key in [
@@ -62,6 +81,7 @@ async fn cluster_up_twice_serves_a_post_end_to_end_then_down_is_clean() {
         "BOTFLEET_REDIS_URL",
         "BOTFLEET_METRICS_URLS",
         "BOTFLEET_PIDS_DIR",
+        "BOTFLEET_PROMETHEUS_URL",
     ] {
         assert!(env.get(key).is_some_and(|v| !v.is_empty()), "cluster.env lacks {key}");
     }
@@ -158,5 +178,4 @@ async fn cluster_up_twice_serves_a_post_end_to_end_then_down_is_clean() {
     let front = env["BOTFLEET_URL"].trim_start_matches("http://").to_owned();
     assert!(tokio::net::TcpStream::connect(&front).await.is_err(), "nginx's port still accepts after down");
     assert!(!cluster.dir.join("cluster.env").exists());
-    std::fs::remove_dir_all(&cluster.dir).ok();
 }

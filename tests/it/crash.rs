@@ -264,3 +264,38 @@ async fn a_worker_killed_mid_broadcast_misses_nobody_and_duplicates_only_what_wa
     doomed.logging.await.unwrap();
     std::fs::remove_file(&doomed.log).ok();
 }
+
+#[tokio::test]
+async fn a_production_worker_logs_json_lines_carrying_the_request_id() {
+    let db = TestDb::fresh().await;
+    let (_fake, telegram) = spawn_fake(false).await;
+    // No BOTFLEET_ENVIRONMENT: production, where logs are JSON lines.
+    let worker = start_worker_process(&db, &unique("r"), &telegram, &[("BOTFLEET_LOG", "info")]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/webhook/main", worker.url))
+        .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
+        .header("x-request-id", "4f1c0ffee0000000000000000000cafe")
+        .body("{not an update")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let line = eventually(Duration::from_secs(5), "the warning in the worker's log", || async {
+        let log = std::fs::read_to_string(&worker.log).ok()?;
+        log.lines().find(|l| l.contains("unparseable update")).map(str::to_owned)
+    })
+    .await;
+    let log = std::fs::read_to_string(&worker.log).unwrap();
+    for other in log.lines() {
+        serde_json::from_str::<serde_json::Value>(other)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {other}"));
+    }
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["level"], "WARN");
+    assert_eq!(entry["fields"]["bot"], "main");
+    let spans = entry["spans"].as_array().expect("the line lists its spans");
+    assert!(
+        spans.iter().any(|s| s["request_id"] == "4f1c0ffee0000000000000000000cafe"),
+        "the request id is on the line: {line}"
+    );
+}

@@ -18,6 +18,8 @@ mod lua;
 mod openapi;
 mod outbox;
 mod schema;
+mod sre;
 mod stream;
+mod telemetry;
 mod webhook;
 mod webhook_command;
