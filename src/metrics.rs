@@ -126,6 +126,21 @@ impl Metrics {
             registry.register(Box::new(counter.clone()))?;
             Ok(counter)
         };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let float_gauge = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<GaugeVec> {
+            let gauge = GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let single = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let gauge = IntGauge::new(name, help)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
         let posts_per_commit = Histogram::with_opts(
             HistogramOpts::new(
                 "botfleet_posts_per_commit",
@@ -134,84 +149,8 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         )?;
         registry.register(Box::new(posts_per_commit.clone()))?;
-        let replica_lag_seconds = GaugeVec::new(
-            Opts::new(
-                "botfleet_replica_lag_seconds",
-                "Seconds a replica's replay is behind (0 when caught up)",
-            ),
-            &["replica"],
-        )?;
-        registry.register(Box::new(replica_lag_seconds.clone()))?;
-        let replica_up =
-            IntGaugeVec::new(Opts::new("botfleet_replica_up", "Whether a replica answers"), &["replica"])?;
-        registry.register(Box::new(replica_up.clone()))?;
-        let webhook_pending_updates = IntGaugeVec::new(
-            Opts::new("botfleet_webhook_pending_updates", "Updates Telegram holds for the bot's webhook"),
-            &["bot"],
-        )?;
-        registry.register(Box::new(webhook_pending_updates.clone()))?;
-        let webhook_last_error_age_seconds = GaugeVec::new(
-            Opts::new(
-                "botfleet_webhook_last_error_age_seconds",
-                "Seconds since Telegram's last failed delivery to the bot's webhook (absent: none)",
-            ),
-            &["bot"],
-        )?;
-        registry.register(Box::new(webhook_last_error_age_seconds.clone()))?;
-        let webhook_last_error = IntGaugeVec::new(
-            Opts::new(
-                "botfleet_webhook_last_error",
-                "Always 1; its message label is Telegram's last delivery error for the bot (absent: none)",
-            ),
-            &["bot", "message"],
-        )?;
-        registry.register(Box::new(webhook_last_error.clone()))?;
-        let outbox_backlog = IntGaugeVec::new(
-            Opts::new("botfleet_outbox_backlog", "Messages waiting in the outbox"),
-            &["bot"],
-        )?;
-        registry.register(Box::new(outbox_backlog.clone()))?;
-        let outbox_oldest_age_seconds = GaugeVec::new(
-            Opts::new(
-                "botfleet_outbox_oldest_age_seconds",
-                "Age of the oldest message in the outbox (0: empty)",
-            ),
-            &["bot"],
-        )?;
-        registry.register(Box::new(outbox_oldest_age_seconds.clone()))?;
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
-            let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(gauge.clone()))?;
-            Ok(gauge)
-        };
-        let dependency_up = gauge(
-            "botfleet_dependency_up",
-            "Whether a dependency answered at the last scrape (1) or not (0)",
-            &["dependency"],
-        )?;
-        let pool_max_connections =
-            gauge("botfleet_pool_max_connections", "The most connections a pool opens", &["pool"])?;
-        let pool_connections =
-            gauge("botfleet_pool_connections", "Open connections of a pool, by state", &["pool", "state"])?;
-        let pool_waiting =
-            gauge("botfleet_pool_waiting", "Callers waiting for a pool's connection", &["pool"])?;
-        let db_query_seconds =
-            histogram("botfleet_db_query_seconds", "Time of a hot database query, by query", &["query"])?;
-        let api_request_seconds =
-            histogram("botfleet_api_request_seconds", "Time to answer an API request, by route", &["route"])?;
-        let single = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
-            let gauge = IntGauge::new(name, help)?;
-            registry.register(Box::new(gauge.clone()))?;
-            Ok(gauge)
-        };
-        let webhook_in_flight = single("botfleet_webhook_in_flight", "Updates being handled by this worker")?;
-        let webhook_max_in_flight =
-            single("botfleet_webhook_max_in_flight", "Updates this worker handles at once at most")?;
-        let sse_max_clients = single("botfleet_sse_max_clients", "SSE streams this node serves at most")?;
         // CPU, memory, file descriptors and threads of the process, under the standard names.
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        let sse_clients = IntGauge::new("botfleet_sse_clients", "Open SSE streams on this node")?;
-        registry.register(Box::new(sse_clients.clone()))?;
         let update_seconds =
             histogram("botfleet_update_handling_seconds", "Time to handle one update, by kind", &["kind"])?;
         Ok(Self {
@@ -276,7 +215,7 @@ impl Metrics {
             user_cache: counter("botfleet_user_cache_total", "User-cache lookups, by result", &["result"])?,
             dead_letters: counter("botfleet_dead_letters_total", "Updates dead-lettered, by bot", &["bot"])?,
             publishes: counter("botfleet_publishes_total", "Posts published to the feed, by bot", &["bot"])?,
-            sse_clients,
+            sse_clients: single("botfleet_sse_clients", "Open SSE streams on this node")?,
             sse_events: plain("botfleet_sse_events_total", "SSE events written to clients")?,
             sse_dropped: plain("botfleet_sse_dropped_total", "SSE clients dropped for falling behind")?,
             sse_resumes: plain("botfleet_sse_resumes_total", "SSE reconnections with Last-Event-ID")?,
@@ -290,11 +229,23 @@ impl Metrics {
                 "botfleet_replica_lagging_total",
                 "Feed reads that skipped a replica lagging behind the newest post",
             )?,
-            replica_lag_seconds,
-            replica_up,
-            webhook_pending_updates,
-            outbox_backlog,
-            outbox_oldest_age_seconds,
+            replica_lag_seconds: float_gauge(
+                "botfleet_replica_lag_seconds",
+                "Seconds a replica's replay is behind (0 when caught up)",
+                &["replica"],
+            )?,
+            replica_up: gauge("botfleet_replica_up", "Whether a replica answers", &["replica"])?,
+            webhook_pending_updates: gauge(
+                "botfleet_webhook_pending_updates",
+                "Updates Telegram holds for the bot's webhook",
+                &["bot"],
+            )?,
+            outbox_backlog: gauge("botfleet_outbox_backlog", "Messages waiting in the outbox", &["bot"])?,
+            outbox_oldest_age_seconds: float_gauge(
+                "botfleet_outbox_oldest_age_seconds",
+                "Age of the oldest message in the outbox (0: empty)",
+                &["bot"],
+            )?,
             outbox_redeliveries: counter(
                 "botfleet_outbox_redeliveries_total",
                 "Outbox messages delivered again (after a failure or a sender's death), by bot",
@@ -305,17 +256,52 @@ impl Metrics {
                 "Outbox messages moved to the dead stream after too many deliveries, by bot",
                 &["bot"],
             )?,
-            webhook_last_error_age_seconds,
-            webhook_last_error,
-            dependency_up,
-            db_query_seconds,
-            api_request_seconds,
-            pool_max_connections,
-            pool_connections,
-            pool_waiting,
-            webhook_in_flight,
-            webhook_max_in_flight,
-            sse_max_clients,
+            webhook_last_error_age_seconds: float_gauge(
+                "botfleet_webhook_last_error_age_seconds",
+                "Seconds since Telegram's last failed delivery to the bot's webhook (absent: none)",
+                &["bot"],
+            )?,
+            webhook_last_error: gauge(
+                "botfleet_webhook_last_error",
+                "Always 1; its message label is Telegram's last delivery error for the bot (absent: none)",
+                &["bot", "message"],
+            )?,
+            dependency_up: gauge(
+                "botfleet_dependency_up",
+                "Whether a dependency answered at the last scrape (1) or not (0)",
+                &["dependency"],
+            )?,
+            db_query_seconds: histogram(
+                "botfleet_db_query_seconds",
+                "Time of a hot database query, by query",
+                &["query"],
+            )?,
+            api_request_seconds: histogram(
+                "botfleet_api_request_seconds",
+                "Time to answer an API request, by route",
+                &["route"],
+            )?,
+            pool_max_connections: gauge(
+                "botfleet_pool_max_connections",
+                "The most connections a pool opens",
+                &["pool"],
+            )?,
+            pool_connections: gauge(
+                "botfleet_pool_connections",
+                "Open connections of a pool, by state",
+                &["pool", "state"],
+            )?,
+            pool_waiting: gauge(
+                "botfleet_pool_waiting",
+                "Callers waiting for a pool's connection",
+                &["pool"],
+            )?,
+            webhook_in_flight: single("botfleet_webhook_in_flight", "Updates being handled by this worker")?,
+            webhook_max_in_flight: single(
+                "botfleet_webhook_max_in_flight",
+                "Updates this worker handles at once at most",
+            )?,
+            sse_max_clients: single("botfleet_sse_max_clients", "SSE streams this node serves at most")?,
             probes: Mutex::new(Vec::new()),
             registry,
         })
