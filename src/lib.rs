@@ -27,6 +27,7 @@ pub mod feed;
 pub mod http;
 pub mod kv;
 pub mod metrics;
+pub mod replay;
 pub mod settings;
 pub mod shutdown;
 pub mod telegram;

@@ -56,6 +56,7 @@ pub const FLOOD_MAX_WAIT_MS: &str = "BOTFLEET_FLOOD_MAX_WAIT_MS";
 pub const SSE_MAX_CLIENTS: &str = "BOTFLEET_SSE_MAX_CLIENTS";
 pub const SSE_HEARTBEAT_SECS: &str = "BOTFLEET_SSE_HEARTBEAT_SECS";
 pub const CORS_ORIGINS: &str = "BOTFLEET_CORS_ORIGINS";
+pub const RECORD_PATH: &str = "BOTFLEET_RECORD_PATH";
 
 const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 
@@ -392,6 +393,8 @@ pub struct WorkerSettings {
     /// How often one worker of the cluster asks Telegram for each bot's webhook info; `None`:
     /// never.
     pub webhook_watch: Option<Duration>,
+    /// Where received updates are recorded, anonymised (see `worker/record.rs`); `None`: nowhere.
+    pub record_path: Option<std::path::PathBuf>,
 }
 
 /// Messages the bot may send, over every worker together. `None` for a rate turns the flood
@@ -456,6 +459,7 @@ impl WorkerSettings {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            record_path: src.get(RECORD_PATH).map(std::path::PathBuf::from),
         })
     }
 }

@@ -276,6 +276,7 @@ fn set_webhook(inner: &mut Inner, bot_id: i64, params: &Value) -> Value {
     };
     let webhook = Webhook {
         url,
+        secret: str_param(params, "secret_token").unwrap_or_default().to_owned(),
         max_connections: int_param(params, "max_connections").map_or(40, |n| n.clamp(1, 100) as u64),
         allowed_updates,
         pending: 0,

@@ -54,6 +54,8 @@ pub struct Call {
 #[derive(Debug, Clone, Default)]
 struct Webhook {
     url: String,
+    /// The `secret_token` deliveries carry.
+    secret: String,
     max_connections: u64,
     allowed_updates: Vec<Value>,
     /// What getWebhookInfo reports of deliveries (see [`Fake::webhook_trouble`]).
@@ -128,6 +130,18 @@ impl Fake {
         }
     }
 
+    /// What getWebhookInfo reports while and after the fake delivers: updates still pending,
+    /// and the last delivery error (now), if any.
+    fn set_pending(&self, bot_id: i64, pending: u64, error: Option<&str>) {
+        if let Some(webhook) = self.lock().webhooks.get_mut(&bot_id) {
+            webhook.pending = pending;
+            if let Some(message) = error {
+                webhook.last_error =
+                    Some((now_ms() / 1000, format!("Wrong response from the webhook: {message}")));
+            }
+        }
+    }
+
     /// Whether the user of `chat_id` has blocked the bot (sends to them get 403).
     pub fn set_blocked(&self, chat_id: i64, blocked: bool) {
         let mut inner = self.lock();
@@ -162,6 +176,7 @@ impl Fake {
             .route("/__fake/limits", post(set_limits))
             .route("/__fake/blocked", post(block_chat))
             .route("/__fake/webhook_trouble", post(set_webhook_trouble))
+            .route("/__fake/deliver", post(deliver))
             .route("/__fake/delay", post(set_delay))
             .route("/file/{bot}/{*path}", get(download))
             .route("/{bot}/{method}", any(bot_api))
@@ -387,6 +402,52 @@ async fn set_webhook_trouble(State(fake): State<Fake>, Json(body): Json<TroubleB
     let error = body.error.as_ref().map(|(ago, message)| (*ago, message.as_str()));
     fake.webhook_trouble(body.bot_id, body.pending, error);
     StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct DeliverQuery {
+    bot_id: i64,
+    /// The capture's pace: 1 as recorded, 5 five times faster; none or 0: as fast as the
+    /// webhook's connections allow.
+    speed: Option<f64>,
+    /// Give an update up after this many seconds unacknowledged (default 60).
+    give_up_secs: Option<u64>,
+}
+
+/// Telegram's side of a webhook: delivers the updates of the body (a capture, one JSON line
+/// each) to the bot's registered webhook as Telegram does (see [`crate::replay`]), reporting
+/// them pending meanwhile and the last failure in getWebhookInfo; answers when every update is
+/// acknowledged or given up, with a summary.
+async fn deliver(State(fake): State<Fake>, Query(query): Query<DeliverQuery>, body: String) -> Response {
+    let updates = match crate::replay::read_capture(&body) {
+        Ok(updates) => updates,
+        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    };
+    let Some(target) = fake.lock().webhooks.get(&query.bot_id).cloned() else {
+        return (StatusCode::CONFLICT, Json(json!({ "error": "the bot has no webhook: setWebhook first" })))
+            .into_response();
+    };
+    let webhook = crate::replay::Webhook {
+        url: target.url,
+        secret: target.secret,
+        max_connections: target.max_connections as usize,
+        timeout: Duration::from_secs(60),
+        give_up_after: Duration::from_secs(query.give_up_secs.unwrap_or(60)),
+    };
+    let arrival = match query.speed {
+        Some(speed) if speed > 0.0 => crate::replay::Arrival::Capture { speed },
+        _ => crate::replay::Arrival::Closed,
+    };
+    let total = updates.len() as u64;
+    fake.set_pending(query.bot_id, total, None);
+    let progress = Arc::new(crate::replay::Progress::default());
+    let client = reqwest::Client::new();
+    let delivered = crate::replay::deliver_all(&client, &webhook, updates, &arrival, progress).await;
+    let acknowledged = delivered.iter().filter(|d| d.acknowledged).count() as u64;
+    let last_error = delivered.iter().filter_map(|d| d.last_error.clone()).next_back();
+    fake.set_pending(query.bot_id, total - acknowledged, last_error.as_deref());
+    let attempts: u64 = delivered.iter().map(|d| u64::from(d.attempts)).sum();
+    Json(json!({ "delivered": total, "acknowledged": acknowledged, "attempts": attempts })).into_response()
 }
 
 /// Binds the fake as a process; `run_until_stopped` on the result serves.

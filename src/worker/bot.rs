@@ -7,6 +7,7 @@ use std::sync::Arc;
 use teloxide_core::RequestError;
 use teloxide_core::payloads::{AnswerCallbackQuerySetters, SendMessageSetters};
 use teloxide_core::prelude::Requester;
+use teloxide_core::requests::HasPayload;
 use teloxide_core::types::{
     CallbackQuery, ChatId, InlineKeyboardMarkup, Message, MessageId, Update, UpdateKind, User,
 };
@@ -105,6 +106,10 @@ pub struct Ctx<'a> {
     pub bot: &'a BotRuntime,
     pub turn: &'a Turn,
     pub update_id: i64,
+    /// The message this update brought, until the first message sent back into its chat
+    /// quotes it: each message gets one reply that names it, which is how an audit of a replay
+    /// tells a reply sent twice (a duplicate) from two updates' replies.
+    quote: std::sync::Mutex<Option<(i64, MessageId)>>,
 }
 
 pub async fn handle(
@@ -114,7 +119,18 @@ pub async fn handle(
     turn: &Turn,
     update: &Update,
 ) -> Result<(), HandleError> {
-    let ctx = Ctx { state, redis: redis.clone(), bot, turn, update_id: i64::from(update.id.0) };
+    let quote = match &update.kind {
+        UpdateKind::Message(message) => Some((message.chat.id.0, message.id)),
+        _ => None,
+    };
+    let ctx = Ctx {
+        state,
+        redis: redis.clone(),
+        bot,
+        turn,
+        update_id: i64::from(update.id.0),
+        quote: std::sync::Mutex::new(quote),
+    };
     match &update.kind {
         UpdateKind::Message(message) if message.chat.is_private() => on_private_message(&ctx, message).await,
         UpdateKind::EditedMessage(message) if message.chat.is_private() => {
@@ -304,7 +320,24 @@ impl Ctx<'_> {
         text: impl Into<String>,
     ) -> Result<Option<Message>, HandleError> {
         let text = text.into();
-        self.send("sendMessage", chat, || self.bot.api.send_message(ChatId(chat), text.clone())).await
+        let quote = self.quote(chat);
+        self.send("sendMessage", chat, || {
+            let mut request = self.bot.api.send_message(ChatId(chat), text.clone());
+            request.payload_mut().reply_parameters = quote.clone();
+            request
+        })
+        .await
+    }
+
+    /// Quotes the update's message in the first message sent back into its chat (see
+    /// `Ctx::quote`); Telegram sends it all the same if the message is gone.
+    fn quote(&self, chat: i64) -> Option<teloxide_core::types::ReplyParameters> {
+        let mut quote = self.quote.lock().unwrap_or_else(|p| p.into_inner());
+        let (quoted_chat, message) = (*quote)?;
+        (quoted_chat == chat).then(|| {
+            *quote = None;
+            teloxide_core::types::ReplyParameters::new(message).allow_sending_without_reply()
+        })
     }
 
     pub async fn say_with_buttons(
@@ -314,8 +347,12 @@ impl Ctx<'_> {
         buttons: InlineKeyboardMarkup,
     ) -> Result<(), HandleError> {
         let text = text.into();
+        let quote = self.quote(chat);
         self.send("sendMessage", chat, || {
-            self.bot.api.send_message(ChatId(chat), text.clone()).reply_markup(buttons.clone())
+            let mut request =
+                self.bot.api.send_message(ChatId(chat), text.clone()).reply_markup(buttons.clone());
+            request.payload_mut().reply_parameters = quote.clone();
+            request
         })
         .await
         .map(drop)

@@ -14,6 +14,7 @@ mod intake;
 mod keyed;
 mod outbox;
 mod posts;
+mod record;
 mod store;
 mod users;
 mod webhook;
@@ -22,6 +23,7 @@ mod webhook_watch;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use anyhow::Context;
 use axum::Router;
 use axum::routing::post;
 use tokio_util::task::TaskTracker;
@@ -72,6 +74,8 @@ pub(crate) struct WorkerState {
     /// worker is overloaded and says so at once, rather than letting Telegram time out.
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub max_body_bytes: usize,
+    /// Records every update received, when asked to (`BOTFLEET_RECORD_PATH`).
+    pub recorder: Option<Arc<record::Recorder>>,
 }
 
 /// Binds a worker's listeners; `run_until_stopped` on the result serves.
@@ -129,6 +133,12 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         tasks: tasks.clone(),
         in_flight: in_flight.clone(),
         max_body_bytes: settings.max_body_bytes,
+        recorder: match &settings.record_path {
+            Some(path) => Some(Arc::new(record::Recorder::open(path).with_context(|| {
+                format!("opening {} ({})", path.display(), crate::settings::RECORD_PATH)
+            })?)),
+            None => None,
+        },
     };
     let router = Router::new()
         .route("/webhook/{bot}", post(webhook::receive))

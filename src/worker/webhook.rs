@@ -75,6 +75,9 @@ async fn authenticated(
             return json_error(StatusCode::BAD_REQUEST, &format!("not a Telegram update: {e}"));
         }
     };
+    if let Some(recorder) = &state.recorder {
+        recorder.record(&bot.config, &bytes);
+    }
     let started = Instant::now();
     let kind = bot::kind_name(&update);
     let handling = telemetry::own_scope(process(state.clone(), bot.clone(), update, bytes));
