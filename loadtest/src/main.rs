@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 mod broadcast;
+mod chart;
+mod histogram;
+mod replay;
+mod scenario;
 mod w3;
 
 use anyhow::{Context, bail};
@@ -33,6 +37,7 @@ enum Workload {
     W2,
     W3,
     Broadcast,
+    Replay,
 }
 
 struct Options {
@@ -51,6 +56,35 @@ struct Options {
     /// Updates per second (open loop); none for closed loop.
     rate: Option<f64>,
     first_update_id: i64,
+    /// Whether --first-update-id was given.
+    first_update_id_set: bool,
+    /// Replay only: what to replay and how.
+    captures: Vec<String>,
+    scenario: Option<String>,
+    arrival: Option<botfleet::replay::Arrival>,
+    max_connections: usize,
+    subscribers: usize,
+    out: Option<String>,
+    give_up_secs: u64,
+}
+
+/// `--ramp FROM:TO:SECONDS` or `--step R1,R2,…:SECONDS`.
+fn parse_shape(flag: &str, value: &str) -> anyhow::Result<botfleet::replay::Arrival> {
+    use botfleet::replay::Arrival;
+    let bad = || {
+        anyhow::anyhow!(
+            "{flag} {value:?}: expected {}",
+            if flag == "--ramp" { "FROM:TO:SECONDS" } else { "R1,R2,…:SECONDS" }
+        )
+    };
+    let (rates, seconds) = value.rsplit_once(':').ok_or_else(bad)?;
+    let seconds = Duration::from_secs_f64(seconds.parse().map_err(|_| bad())?);
+    if flag == "--ramp" {
+        let (from, to) = rates.split_once(':').ok_or_else(bad)?;
+        return Ok(Arrival::Ramp { from: from.parse()?, to: to.parse()?, over: seconds });
+    }
+    let rates = rates.split(',').map(str::parse).collect::<Result<Vec<f64>, _>>().map_err(|_| bad())?;
+    Ok(Arrival::Step { rates, every: seconds })
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -60,14 +94,17 @@ fn parse_args() -> anyhow::Result<Options> {
         Some("w2") => Workload::W2,
         Some("w3") => Workload::W3,
         Some("broadcast") => Workload::Broadcast,
+        Some("replay") => Workload::Replay,
         _ => bail!(
-            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path]\n       loadtest w3 --stream URL [--clients 1000] [--rate 50] [--seconds 20] [--pid API_PID] [--first-update-id N]\n       loadtest broadcast --recipients N --rate ALLOWED [--first-update-id N]"
+            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path]\n       loadtest w3 --stream URL [--clients 1000] [--rate 50] [--seconds 20] [--pid API_PID] [--first-update-id N]\n       loadtest broadcast --recipients N --rate ALLOWED [--first-update-id N]\n       loadtest replay (--capture FILE[,FILE…] | --scenario FILE) [--speed X|max | --rate R | --ramp FROM:TO:SECS | --step R1,R2,…:SECS]\n                      [--max-connections 40] [--sse K] [--out DIR] [--first-update-id N] [--give-up-secs 60] [--env .cluster/cluster.env]"
         ),
     };
     let mut static_path = None;
     let (mut stream, mut clients, mut pid, mut recipients) = (None, 1000, None, 0);
     let mut env_file = ".cluster/cluster.env".to_owned();
     let (mut concurrency, mut seconds, mut rate, mut first_update_id) = (64, 20, None, 1);
+    let (mut captures, mut scenario, mut arrival, mut first_update_id_set) = (Vec::new(), None, None, false);
+    let (mut max_connections, mut subscribers, mut out, mut give_up_secs) = (40, 0, None, 60);
     let mut rest = args[1..].iter();
     while let Some(flag) = rest.next() {
         let value = rest.next().with_context(|| format!("{flag} needs a value"))?;
@@ -76,7 +113,19 @@ fn parse_args() -> anyhow::Result<Options> {
             "--concurrency" => concurrency = value.parse()?,
             "--seconds" => seconds = value.parse()?,
             "--rate" => rate = Some(value.parse()?),
-            "--first-update-id" => first_update_id = value.parse()?,
+            "--first-update-id" => {
+                first_update_id = value.parse()?;
+                first_update_id_set = true;
+            }
+            "--capture" => captures.extend(value.split(',').map(str::to_owned)),
+            "--scenario" => scenario = Some(value.clone()),
+            "--speed" if value == "max" => arrival = Some(botfleet::replay::Arrival::Closed),
+            "--speed" => arrival = Some(botfleet::replay::Arrival::Capture { speed: value.parse()? }),
+            "--ramp" | "--step" => arrival = Some(parse_shape(flag, value)?),
+            "--max-connections" => max_connections = value.parse()?,
+            "--sse" => subscribers = value.parse()?,
+            "--out" => out = Some(value.clone()),
+            "--give-up-secs" => give_up_secs = value.parse()?,
             "--static" => static_path = Some(value.clone()),
             "--stream" => stream = Some(value.clone()),
             "--clients" => clients = value.parse()?,
@@ -103,6 +152,14 @@ fn parse_args() -> anyhow::Result<Options> {
         seconds,
         rate,
         first_update_id,
+        first_update_id_set,
+        captures,
+        scenario,
+        arrival,
+        max_connections,
+        subscribers,
+        out,
+        give_up_secs,
     })
 }
 
@@ -375,6 +432,34 @@ async fn main() -> anyhow::Result<()> {
         secret: get("BOTFLEET_WEBHOOK_SECRET")?,
         next_id: AtomicI64::new(options.first_update_id),
     });
+    if options.workload == Workload::Replay {
+        use botfleet::replay::Arrival;
+        if options.captures.is_empty() == options.scenario.is_none() {
+            bail!("replay needs either --capture or --scenario");
+        }
+        let arrival = match (&options.arrival, options.rate) {
+            (Some(arrival), None) => arrival.clone(),
+            (None, Some(rate)) => Arrival::Constant { rate },
+            (None, None) => Arrival::Capture { speed: 1.0 },
+            (Some(_), Some(_)) => bail!("--rate goes with neither --speed, --ramp nor --step"),
+        };
+        let passed = replay::run(replay::Replay {
+            env: options.env.clone(),
+            captures: options.captures.clone(),
+            scenario: options.scenario.clone(),
+            arrival,
+            max_connections: options.max_connections,
+            first_update_id: options.first_update_id_set.then_some(options.first_update_id),
+            subscribers: options.subscribers,
+            out: options.out.clone(),
+            give_up_after: Duration::from_secs(options.give_up_secs),
+        })
+        .await?;
+        if !passed {
+            bail!("the audit failed: see the summary above");
+        }
+        return Ok(());
+    }
     if options.workload == Workload::Broadcast {
         let summary = broadcast::run(broadcast::Broadcast {
             webhook_url: get("BOTFLEET_WEBHOOK_URL")?,
@@ -411,7 +496,7 @@ async fn main() -> anyhow::Result<()> {
         Workload::W1 => (0..options.concurrency)
             .map(|n| tokio::spawn(lane(target.clone(), n, options.clone(), started)))
             .collect(),
-        Workload::W3 | Workload::Broadcast => Vec::new(),
+        Workload::W3 | Workload::Broadcast | Workload::Replay => Vec::new(),
         Workload::W2 => {
             let base = get("BOTFLEET_URL")?;
             let reads = Arc::new(discover(&target.client, &base).await?);

@@ -138,7 +138,7 @@ async fn client(
 
 /// Sends the stream's request and reads the answer's head: the connection, and what came
 /// after the head.
-async fn open(addr: &str, path: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+pub(crate) async fn open(addr: &str, path: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
@@ -157,7 +157,7 @@ async fn open(addr: &str, path: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
 }
 

@@ -17,6 +17,7 @@ mod helpers;
 mod lua;
 mod openapi;
 mod outbox;
+mod replay;
 mod schema;
 mod sre;
 mod stream;

@@ -16,6 +16,8 @@
 //! An update's latency runs from its due time to its acknowledgement, so a stalled server shows
 //! up as latency rather than as fewer requests (no coordinated omission).
 
+pub mod audit;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -413,6 +415,137 @@ mod tests {
         assert_ne!(anonymise(&original, b"other")["message"]["chat"]["id"], message["chat"]["id"]);
         let group = anonymise(&serde_json::json!({"chat": {"id": -1001234}}), b"key");
         assert!(group["chat"]["id"].as_i64().unwrap() < 0, "a group stays a group");
+    }
+
+    /// A webhook on a free port: notes each delivery (update id, chat, arrival) and answers what
+    /// `answer` says for it.
+    async fn sink(
+        answer: impl Fn(i64, u32) -> (u16, Option<&'static str>) + Send + Sync + 'static,
+    ) -> (String, Arc<std::sync::Mutex<Vec<(i64, i64, Instant)>>>, Arc<AtomicU64>) {
+        use axum::http::StatusCode;
+        let seen: Arc<std::sync::Mutex<Vec<(i64, i64, Instant)>>> = Arc::default();
+        let (in_flight, most) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let answer = Arc::new(answer);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post({
+                let (seen, most) = (seen.clone(), most.clone());
+                move |headers: axum::http::HeaderMap, body: String| async move {
+                    assert_eq!(headers["x-telegram-bot-api-secret-token"], "s3cret");
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let update: Value = serde_json::from_str(&body).unwrap_or_default();
+                    let (id, chat) = (
+                        update["update_id"].as_i64().unwrap_or(0),
+                        update["message"]["chat"]["id"].as_i64().unwrap_or(0),
+                    );
+                    let attempt = {
+                        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        seen.push((id, chat, Instant::now()));
+                        seen.iter().filter(|(i, _, _)| *i == id).count() as u32
+                    };
+                    // Long enough for deliveries to overlap.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let (status, retry_after) = answer(id, attempt);
+                    let mut response = axum::response::IntoResponse::into_response(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                    );
+                    if let Some(after) = retry_after {
+                        response
+                            .headers_mut()
+                            .insert("retry-after", axum::http::HeaderValue::from_static(after));
+                    }
+                    response
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}/hook", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen, most)
+    }
+
+    fn webhook(url: &str, max_connections: usize) -> Webhook {
+        Webhook {
+            url: url.to_owned(),
+            secret: "s3cret".to_owned(),
+            max_connections,
+            timeout: Duration::from_secs(5),
+            give_up_after: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn updates_arrive_at_the_rate_asked_within_two_percent() {
+        let (url, seen, _) = sink(|_, _| (200, None)).await;
+        // 1,000 a second for 3 s, each update its own chat so that none waits for another.
+        let updates: Vec<Recorded> = (0..3000).map(|n| recorded(n + 1, 0, n + 1)).collect();
+        let delivered = deliver_all(
+            &reqwest::Client::new(),
+            &webhook(&url, 100),
+            updates,
+            &Arrival::Constant { rate: 1000.0 },
+            Arc::default(),
+        )
+        .await;
+        assert!(delivered.iter().all(|d| d.acknowledged && d.attempts == 1));
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        let first = seen.iter().map(|s| s.2).min().unwrap_or_else(Instant::now);
+        let last = seen.iter().map(|s| s.2).max().unwrap_or_else(Instant::now);
+        let rate = (seen.len() - 1) as f64 / (last - first).as_secs_f64();
+        assert!((rate - 1000.0).abs() / 1000.0 <= 0.02, "arrivals at {rate:.1}/s");
+    }
+
+    #[tokio::test]
+    async fn failed_deliveries_come_back_after_retry_after_in_chat_order_within_max_connections() {
+        // Update 2 is refused once with Retry-After: 1; the chat's next update waits for it.
+        let (url, seen, most) =
+            sink(|id, attempt| if id == 2 && attempt == 1 { (503, Some("1")) } else { (200, None) }).await;
+        let mut updates: Vec<Recorded> = (1..=3).map(|n| recorded(n, 0, 7)).collect();
+        updates.extend((4..=40).map(|n| recorded(n, 0, 100 + n)));
+        let progress = Arc::new(Progress::default());
+        let started = Instant::now();
+        let delivered = deliver_all(
+            &reqwest::Client::new(),
+            &webhook(&url, 4),
+            updates,
+            &Arrival::Closed,
+            progress.clone(),
+        )
+        .await;
+        assert!(delivered.iter().all(|d| d.acknowledged), "{delivered:?}");
+        let second = delivered.iter().find(|d| d.update_id == 2).unwrap_or_else(|| panic!("no update 2"));
+        assert_eq!((second.attempts, second.last_error.as_deref()), (2, Some("HTTP 503")));
+        assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After is waited out");
+        assert_eq!(progress.failures.load(Ordering::Relaxed), 1);
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        let chat: Vec<i64> = seen.iter().filter(|s| s.1 == 7).map(|s| s.0).collect();
+        assert_eq!(
+            chat,
+            [1, 2, 2, 3],
+            "one update of a chat at a time, in order, the failed one again first"
+        );
+        assert!(most.load(Ordering::SeqCst) <= 4, "at most max_connections in flight");
+        assert!(most.load(Ordering::SeqCst) >= 2, "deliveries of different chats overlap");
+    }
+
+    #[tokio::test]
+    async fn an_update_never_acknowledged_is_given_up() {
+        let (url, _, _) = sink(|_, _| (500, Some("0"))).await;
+        let mut hook = webhook(&url, 1);
+        hook.give_up_after = Duration::from_millis(300);
+        let progress = Arc::new(Progress::default());
+        let delivered = deliver_all(
+            &reqwest::Client::new(),
+            &hook,
+            vec![recorded(1, 0, 1)],
+            &Arrival::Closed,
+            progress.clone(),
+        )
+        .await;
+        assert!(!delivered[0].acknowledged && delivered[0].attempts >= 2, "{delivered:?}");
+        assert_eq!(progress.given_up.load(Ordering::Relaxed), 1);
     }
 
     #[test]

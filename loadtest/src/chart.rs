@@ -1,0 +1,87 @@
+//! An SVG chart of a run, per second: throughput above, p50 and p99 latency below.
+
+use std::fmt::Write;
+
+const WIDTH: f64 = 800.0;
+const PANEL: f64 = 200.0;
+const MARGIN: f64 = 50.0;
+
+/// `series`: per second, (acknowledged updates, p50 ms, p99 ms).
+pub fn svg(series: &[(f64, f64, f64)]) -> String {
+    let height = 2.0 * PANEL + 3.0 * MARGIN;
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    out.push_str(r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let throughput: Vec<f64> = series.iter().map(|s| s.0).collect();
+    let p50: Vec<f64> = series.iter().map(|s| s.1).collect();
+    let p99: Vec<f64> = series.iter().map(|s| s.2).collect();
+    panel(&mut out, MARGIN, "throughput (acknowledged updates/s)", &[(&throughput, "#1f77b4", "updates/s")]);
+    panel(
+        &mut out,
+        2.0 * MARGIN + PANEL,
+        "latency (ms)",
+        &[(&p50, "#2ca02c", "p50"), (&p99, "#d62728", "p99")],
+    );
+    let _ = write!(
+        out,
+        r#"<text x="{}" y="{}">seconds since the start</text>"#,
+        WIDTH / 2.0 - 60.0,
+        height - 10.0
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+fn panel(out: &mut String, top: f64, title: &str, lines: &[(&[f64], &str, &str)]) {
+    let max = lines.iter().flat_map(|(values, _, _)| values.iter().copied()).fold(0.0f64, f64::max).max(1e-9);
+    let points = lines.iter().map(|(values, _, _)| values.len()).max().unwrap_or(0).max(2);
+    let (left, plot) = (MARGIN, WIDTH - 2.0 * MARGIN);
+    let _ = write!(out, r#"<text x="{left}" y="{}" font-weight="bold">{title}</text>"#, top - 8.0);
+    let _ = write!(
+        out,
+        r##"<rect x="{left}" y="{top}" width="{plot}" height="{PANEL}" fill="none" stroke="#999"/>"##
+    );
+    let _ = write!(out, r#"<text x="{}" y="{}" text-anchor="end">{max:.1}</text>"#, left - 4.0, top + 10.0);
+    let _ = write!(out, r#"<text x="{}" y="{}" text-anchor="end">0</text>"#, left - 4.0, top + PANEL);
+    let _ = write!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+        left + plot,
+        top + PANEL + 14.0,
+        points - 1
+    );
+    for (n, (values, colour, name)) in lines.iter().enumerate() {
+        let path: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let x = left + plot * i as f64 / (points - 1) as f64;
+                let y = top + PANEL - PANEL * v / max;
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let _ = write!(
+            out,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+            path.join(" ")
+        );
+        let _ = write!(
+            out,
+            r#"<text x="{}" y="{}" fill="{colour}">{name}</text>"#,
+            left + plot - 80.0 + 40.0 * n as f64,
+            top + 14.0
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_chart_is_an_svg_with_a_line_per_series() {
+        let svg = super::svg(&[(10.0, 1.0, 5.0), (20.0, 2.0, 8.0), (15.0, 1.5, 6.0)]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.contains("p99") && svg.contains("updates/s"));
+    }
+}
