@@ -24,3 +24,25 @@ write_section() {
         !skip { print }
     ' "$results" >"$results.new" && mv "$results.new" "$results"
 }
+
+# pgbench_baseline SECONDS: single-row inserts into the cluster's posts table by 16 clients for
+# SECONDS (rows of bot id 0, removed afterwards); prints the inserts per second. Needs
+# BOTFLEET_PRIMARY_URL (source .cluster/cluster.env).
+pgbench_baseline() {
+    local seconds=$1 work
+    work=$(mktemp -d)
+    # Bot id 0 is no Telegram bot: the baseline's rows are told apart and removed afterwards.
+    psql "$BOTFLEET_PRIMARY_URL" -XAtqc "CREATE SEQUENCE IF NOT EXISTS bench_update_id;
+         INSERT INTO users (bot_id, user_id, first_name) SELECT 0, g, 'bench' FROM generate_series(1, 10000) g
+         ON CONFLICT DO NOTHING" >/dev/null
+    cat >"$work/insert.sql" <<'SQL'
+\set uid random(1, 10000)
+INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, status, published_at)
+VALUES (0, :uid, :uid, nextval('bench_update_id'), 'a baseline post of about the size of a W1 text message', 'published', now());
+SQL
+    pgbench -n -c 16 -j 2 -T "$seconds" -f "$work/insert.sql" "$BOTFLEET_PRIMARY_URL" >"$work/pgbench.txt" 2>&1 \
+        || { cat "$work/pgbench.txt" >&2; rm -rf "$work"; die "pgbench failed"; }
+    sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.txt" | head -n 1
+    psql "$BOTFLEET_PRIMARY_URL" -XAtqc "DELETE FROM posts WHERE bot_id = 0" >/dev/null
+    rm -rf "$work"
+}

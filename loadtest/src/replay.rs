@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -231,8 +231,13 @@ fn print_table(summary: &Value) {
     if summary["sse"].is_object() {
         let sse = &summary["sse"];
         eprintln!(
-            "{:>22}  {} clients, {} missed, p50 {} ms, p99 {} ms",
-            "SSE", sse["clients"], sse["missed"], sse["p50_ms"], sse["p99_ms"]
+            "{:>22}  {} clients, {} events missed, {} resumes, p50 {:.1} ms, p99 {:.1} ms",
+            "SSE",
+            sse["clients"],
+            sse["missed"],
+            sse["resumes"],
+            sse["p50_ms"].as_f64().unwrap_or(0.0),
+            sse["p99_ms"].as_f64().unwrap_or(0.0)
         );
     }
     eprintln!("{:>22}  {}", "audit", if summary["passed"] == true { "PASSED" } else { "FAILED" });
@@ -247,6 +252,8 @@ struct Subscribers {
     /// Woken at every event any client receives.
     arrived: Arc<tokio::sync::Notify>,
     clients: Vec<tokio::task::JoinHandle<()>>,
+    /// Streams opened again after they ended.
+    resumes: Arc<AtomicU64>,
 }
 
 impl Subscribers {
@@ -258,37 +265,65 @@ impl Subscribers {
             url.port_or_known_default().unwrap_or(80)
         );
         let arrived = Arc::new(tokio::sync::Notify::new());
+        let resumes = Arc::new(AtomicU64::new(0));
         let (mut seen, mut clients) = (Vec::with_capacity(k), Vec::with_capacity(k));
         for _ in 0..k {
-            let (mut stream, mut buffer) = crate::w3::open(&addr, "/api/feed/stream").await?;
+            let mut opened = Some(crate::w3::open(&addr, "/api/feed/stream", None).await?);
             let mine: Seen = Arc::default();
             seen.push(mine.clone());
-            let arrived = arrived.clone();
+            let (arrived, addr, resumes) = (arrived.clone(), addr.clone(), resumes.clone());
             clients.push(tokio::spawn(async move {
+                // As a browser does: a stream that ends (a slow client is dropped) is opened
+                // again with the last event's id, and the node replays what was missed.
+                let mut last_id: Option<String> = None;
                 loop {
-                    let mut start = 0;
-                    while let Some(end) = crate::w3::find(&buffer[start..], b"\n\n") {
-                        let event = String::from_utf8_lossy(&buffer[start..start + end]);
-                        let post = event
-                            .lines()
-                            .find_map(|l| l.strip_prefix("data: "))
-                            .and_then(|data| serde_json::from_str::<Value>(data).ok()?["id"].as_i64());
-                        if let Some(post) = post {
-                            mine.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(post, tokio::time::Instant::now());
-                            arrived.notify_waiters();
+                    let connected = match opened.take() {
+                        Some(connected) => Ok(connected),
+                        None => {
+                            resumes.fetch_add(1, Ordering::Relaxed);
+                            crate::w3::open(&addr, "/api/feed/stream", last_id.as_deref()).await
                         }
-                        start += end + 2;
-                    }
-                    buffer.drain(..start);
-                    if !matches!(stream.read_buf(&mut buffer).await, Ok(n) if n > 0) {
-                        return;
+                    };
+                    let Ok((mut stream, mut raw)) = connected else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let mut buffer = Vec::new();
+                    loop {
+                        // Through Nginx the stream is chunked, and a read may end inside a chunk.
+                        if !crate::w3::dechunk(&mut raw, &mut buffer) {
+                            break;
+                        }
+                        let mut start = 0;
+                        while let Some(end) = crate::w3::find(&buffer[start..], b"\n\n") {
+                            let event = String::from_utf8_lossy(&buffer[start..start + end]);
+                            for line in event.lines() {
+                                if let Some(id) = line.strip_prefix("id: ") {
+                                    last_id = Some(id.to_owned());
+                                } else if let Some(data) = line.strip_prefix("data: {\"id\":") {
+                                    let digits: String =
+                                        data.chars().take_while(char::is_ascii_digit).collect();
+                                    if let Ok(post) = digits.parse() {
+                                        let now = tokio::time::Instant::now();
+                                        mine.lock()
+                                            .unwrap_or_else(|p| p.into_inner())
+                                            .entry(post)
+                                            .or_insert(now);
+                                        arrived.notify_waiters();
+                                    }
+                                }
+                            }
+                            start += end + 2;
+                        }
+                        buffer.drain(..start);
+                        if !matches!(stream.read_buf(&mut raw).await, Ok(n) if n > 0) {
+                            break;
+                        }
                     }
                 }
             }));
         }
-        Ok(Self { seen, arrived, clients })
+        Ok(Self { seen, arrived, clients, resumes })
     }
 
     /// Waits (at most 10 s) until every client has every post of `published` (post id, update
@@ -324,13 +359,17 @@ impl Subscribers {
         self.clients.iter().for_each(tokio::task::JoinHandle::abort);
         let mut latency = Histogram::default();
         let mut missed = 0u64;
+        let mut missed_posts = std::collections::BTreeSet::new();
         for seen in &self.seen {
             let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             for (post, update) in published {
                 match (seen.get(post), acked_at.get(update)) {
                     (Some(arrived), Some(acked)) => latency.record(arrived.saturating_duration_since(*acked)),
                     (Some(_), None) => {}
-                    (None, _) => missed += 1,
+                    (None, _) => {
+                        missed += 1;
+                        missed_posts.insert(*post);
+                    }
                 }
             }
         }
@@ -338,6 +377,8 @@ impl Subscribers {
             "clients": self.seen.len(),
             "posts": published.len(),
             "missed": missed,
+            "resumes": self.resumes.load(Ordering::Relaxed),
+            "missed_posts": missed_posts.iter().take(20).collect::<Vec<_>>(),
             "p50_ms": latency.percentile_ms(0.5),
             "p99_ms": latency.percentile_ms(0.99),
         })

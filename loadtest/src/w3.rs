@@ -109,7 +109,7 @@ async fn client(
     stop: Arc<tokio::sync::Notify>,
     connected: tokio::sync::mpsc::Sender<bool>,
 ) {
-    let opened = open(&addr, &path).await;
+    let opened = open(&addr, &path, None).await;
     let _ = connected.send(opened.is_ok()).await;
     let Ok((mut stream, mut buffer)) = opened else { return };
     shared.connected.fetch_add(1, Ordering::Relaxed);
@@ -138,9 +138,14 @@ async fn client(
 
 /// Sends the stream's request and reads the answer's head: the connection, and what came
 /// after the head.
-pub(crate) async fn open(addr: &str, path: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+pub(crate) async fn open(
+    addr: &str,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> anyhow::Result<(TcpStream, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{resume}\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut buffer = Vec::with_capacity(4096);
     loop {
@@ -155,6 +160,30 @@ pub(crate) async fn open(addr: &str, path: &str) -> anyhow::Result<(TcpStream, V
             return Ok((stream, buffer));
         }
     }
+}
+
+/// Moves the payload of every complete chunk at the start of `raw` (HTTP/1.1 chunked encoding)
+/// to the end of `out`; an incomplete chunk stays in `raw`. Returns false at the last chunk.
+pub(crate) fn dechunk(raw: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+    let mut at = 0;
+    while let Some(line) = find(&raw[at..], b"\r\n") {
+        let size = std::str::from_utf8(&raw[at..at + line])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size else { break };
+        let start = at + line + 2;
+        if raw.len() < start + size + 2 {
+            break;
+        }
+        if size == 0 {
+            raw.clear();
+            return false;
+        }
+        out.extend_from_slice(&raw[start..start + size]);
+        at = start + size + 2;
+    }
+    raw.drain(..at);
+    true
 }
 
 pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -270,4 +299,29 @@ pub async fn run(w3: W3) -> anyhow::Result<Value> {
 
 fn proc_stat_or_none(pid: Option<u32>) -> Option<(u64, f64)> {
     pid.and_then(proc_stat)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunks_are_decoded_whatever_the_reads_cut() {
+        let body = b"id: 1\nevent: post\ndata: {\"id\":1353}\n\n";
+        let wire = [
+            format!("{:x}\r\n", 10).into_bytes(),
+            body[..10].to_vec(),
+            b"\r\n".to_vec(),
+            format!("{:x}\r\n", body.len() - 10).into_bytes(),
+            body[10..].to_vec(),
+            b"\r\n0\r\n\r\n".to_vec(),
+        ]
+        .concat();
+        for cut in 0..wire.len() {
+            let (mut raw, mut out) = (Vec::new(), Vec::new());
+            raw.extend_from_slice(&wire[..cut]);
+            super::dechunk(&mut raw, &mut out);
+            raw.extend_from_slice(&wire[cut..]);
+            assert!(!super::dechunk(&mut raw, &mut out), "the last chunk ends it");
+            assert_eq!(out, body, "cut at {cut}");
+        }
+    }
 }
