@@ -96,7 +96,7 @@ fn parse_args() -> anyhow::Result<Options> {
         Some("broadcast") => Workload::Broadcast,
         Some("replay") => Workload::Replay,
         _ => bail!(
-            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path]\n       loadtest w3 --stream URL [--clients 1000] [--rate 50] [--seconds 20] [--pid API_PID] [--first-update-id N]\n       loadtest broadcast --recipients N --rate ALLOWED [--first-update-id N]\n       loadtest replay (--capture FILE[,FILE…] | --scenario FILE) [--speed X|max | --rate R | --ramp FROM:TO:SECS | --step R1,R2,…:SECS]\n                      [--max-connections 40] [--sse K] [--out DIR] [--first-update-id N] [--give-up-secs 60] [--env .cluster/cluster.env]"
+            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N] [--out DIR]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path] [--out DIR]\n       loadtest w3 --stream URL [--clients 1000] [--rate 50] [--seconds 20] [--pid API_PID] [--first-update-id N]\n       loadtest broadcast --recipients N --rate ALLOWED [--first-update-id N]\n       loadtest replay (--capture FILE[,FILE…] | --scenario FILE) [--speed X|max | --rate R | --ramp FROM:TO:SECS | --step R1,R2,…:SECS]\n                      [--max-connections 40] [--sse K] [--out DIR] [--first-update-id N] [--give-up-secs 60] [--env .cluster/cluster.env]"
         ),
     };
     let mut static_path = None;
@@ -239,6 +239,8 @@ fn update(update_id: i64, user: i64, rng: &mut Rng) -> String {
 #[derive(Default)]
 struct LaneResult {
     latencies: Vec<Duration>,
+    /// When each request ended, since the start (for the chart), in the order of `latencies`.
+    finished: Vec<Duration>,
     ok: u64,
     /// W2: answers 304 Not Modified (counted in `ok` too).
     not_modified: u64,
@@ -321,6 +323,7 @@ async fn lane(target: Arc<Target>, lane: usize, options: Arc<Options>, started: 
         let body = update(id, senders.pick(&mut rng), &mut rng);
         target.send(&mut connection, body, &mut result).await;
         result.latencies.push(due.elapsed());
+        result.finished.push(started.elapsed());
         k += 1;
     }
     result
@@ -403,6 +406,7 @@ async fn w2_lane(
             Err(_) => result.errors += 1,
         }
         result.latencies.push(sent.elapsed());
+        result.finished.push(started.elapsed());
     }
     result
 }
@@ -512,12 +516,27 @@ async fn main() -> anyhow::Result<()> {
     for lane in lanes {
         let result = lane.await?;
         all.latencies.extend(result.latencies);
+        all.finished.extend(result.finished);
         all.ok += result.ok;
         all.not_modified += result.not_modified;
         all.non_2xx += result.non_2xx;
         all.errors += result.errors;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(out) = &options.out {
+        let mut seconds: Vec<histogram::Histogram> = Vec::new();
+        for (latency, finished) in all.latencies.iter().zip(&all.finished) {
+            let second = finished.as_secs() as usize;
+            if seconds.len() <= second {
+                seconds.resize_with(second + 1, histogram::Histogram::default);
+            }
+            seconds[second].record(*latency);
+        }
+        let series: Vec<_> =
+            seconds.iter().map(|h| (h.count() as f64, h.percentile_ms(0.5), h.percentile_ms(0.99))).collect();
+        std::fs::create_dir_all(out)?;
+        std::fs::write(format!("{out}/chart.svg"), chart::svg(&series))?;
+    }
     all.latencies.sort();
     let summary = json!({
         "workload": if options.workload == Workload::W1 { "W1" } else { "W2" },

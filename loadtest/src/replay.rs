@@ -145,7 +145,8 @@ async fn botfleet_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// A line a second on stderr: released, acknowledged, the rate of the last second, failures.
+/// A line a second on stderr: acknowledged so far, the rate and the slowest acknowledgement of
+/// the last second, failed attempts, updates given up.
 async fn report_progress(progress: Arc<Progress>, total: usize) {
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -156,10 +157,11 @@ async fn report_progress(progress: Arc<Progress>, total: usize) {
         let width = 30;
         let done = (acknowledged as usize * width / total.max(1)).min(width);
         let line = format!(
-            "[{}{}] {acknowledged}/{total} acknowledged, {}/s, {} failed attempts, {} given up",
+            "[{}{}] {acknowledged}/{total} acknowledged, {}/s, slowest {:.1} ms, {} failed attempts, {} given up",
             "#".repeat(done),
             " ".repeat(width - done),
             acknowledged - last,
+            progress.slowest_us.swap(0, Ordering::Relaxed) as f64 / 1000.0,
             progress.failures.load(Ordering::Relaxed),
             progress.given_up.load(Ordering::Relaxed),
         );

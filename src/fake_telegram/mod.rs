@@ -3,8 +3,10 @@
 //! It answers the methods botfleet uses (`getMe`, `setWebhook`, `getWebhookInfo`,
 //! `deleteWebhook`, `sendMessage`, `sendPhoto`, `editMessageText`, `answerCallbackQuery`,
 //! `getFile` and file download) the way Telegram does, closely enough that teloxide's own client
-//! cannot tell the difference. It records every call for assertions (`GET /__fake/calls`) and,
-//! when asked, answers 429 with `retry_after` past Telegram's send limits.
+//! cannot tell the difference. It records every call for assertions (`GET /__fake/calls`),
+//! when asked answers 429 with `retry_after` past Telegram's send limits, and delivers captures
+//! of updates to a registered webhook as Telegram does (`POST /__fake/deliver`, with the
+//! replayer's code: `crate::replay`).
 //!
 //! It accepts any well-formed token and never records one: calls are logged by bot id.
 

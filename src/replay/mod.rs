@@ -221,6 +221,8 @@ pub struct Progress {
     pub given_up: AtomicU64,
     /// Failed attempts (each followed by a redelivery or giving up).
     pub failures: AtomicU64,
+    /// The longest latency (µs) acknowledged since whoever reports progress last took it.
+    pub slowest_us: AtomicU64,
 }
 
 /// Delivers `updates` (in `update_id` order) to `webhook`, released by `arrival`; returns how
@@ -311,6 +313,7 @@ async fn deliver(
                 delivered.acknowledged = true;
                 delivered.latency = due_at.elapsed();
                 progress.acknowledged.fetch_add(1, Ordering::Relaxed);
+                progress.slowest_us.fetch_max(delivered.latency.as_micros() as u64, Ordering::Relaxed);
                 return delivered;
             }
             Ok(response) => {
