@@ -1,10 +1,27 @@
 //! An SVG chart of a run, per second: throughput above, p50 and p99 latency below.
 
 use std::fmt::Write;
+use std::time::Duration;
+
+use crate::histogram::Histogram;
 
 const WIDTH: f64 = 800.0;
 const PANEL: f64 = 200.0;
 const MARGIN: f64 = 50.0;
+
+/// Per second of a run, (answers, p50 ms, p99 ms), from each answer's (end since the start,
+/// latency).
+pub fn per_second(answers: impl Iterator<Item = (Duration, Duration)>) -> Vec<(f64, f64, f64)> {
+    let mut seconds: Vec<Histogram> = Vec::new();
+    for (ended, latency) in answers {
+        let second = ended.as_secs() as usize;
+        if seconds.len() <= second {
+            seconds.resize_with(second + 1, Histogram::default);
+        }
+        seconds[second].record(latency);
+    }
+    seconds.iter().map(|h| (h.count() as f64, h.percentile_ms(0.5), h.percentile_ms(0.99))).collect()
+}
 
 /// `series`: per second, (acknowledged updates, p50 ms, p99 ms).
 pub fn svg(series: &[(f64, f64, f64)]) -> String {

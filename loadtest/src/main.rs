@@ -524,16 +524,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(out) = &options.out {
-        let mut seconds: Vec<histogram::Histogram> = Vec::new();
-        for (latency, finished) in all.latencies.iter().zip(&all.finished) {
-            let second = finished.as_secs() as usize;
-            if seconds.len() <= second {
-                seconds.resize_with(second + 1, histogram::Histogram::default);
-            }
-            seconds[second].record(*latency);
-        }
-        let series: Vec<_> =
-            seconds.iter().map(|h| (h.count() as f64, h.percentile_ms(0.5), h.percentile_ms(0.99))).collect();
+        let series = chart::per_second(all.finished.iter().copied().zip(all.latencies.iter().copied()));
         std::fs::create_dir_all(out)?;
         std::fs::write(format!("{out}/chart.svg"), chart::svg(&series))?;
     }

@@ -172,15 +172,9 @@ async fn report_progress(progress: Arc<Progress>, total: usize) {
 
 /// Per second of the run: acknowledgements, p50 and p99 latency (ms).
 fn series(delivered: &[Delivered]) -> Vec<(f64, f64, f64)> {
-    let mut seconds: Vec<Histogram> = Vec::new();
-    for d in delivered.iter().filter(|d| d.acknowledged) {
-        let second = (d.due + d.latency).as_secs() as usize;
-        if seconds.len() <= second {
-            seconds.resize_with(second + 1, Histogram::default);
-        }
-        seconds[second].record(d.latency);
-    }
-    seconds.iter().map(|h| (h.count() as f64, h.percentile_ms(0.5), h.percentile_ms(0.99))).collect()
+    crate::chart::per_second(
+        delivered.iter().filter(|d| d.acknowledged).map(|d| (d.due + d.latency, d.latency)),
+    )
 }
 
 fn summarise(delivered: &[Delivered], elapsed: Duration, audit: &Audit, sse: Option<&Value>) -> Value {
