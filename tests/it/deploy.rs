@@ -1,0 +1,225 @@
+//! deploy/ checked with the real tools: `nginx -t` on every rendered config, the Compose file
+//! and the Kubernetes manifests against their schemas (deploy/validate.py), the Dockerfile with
+//! hadolint, the systemd units with `systemd-analyze verify`, Prometheus' compose config with
+//! promtool. bin/test installs the tools (BOTFLEET_TEST_TOOLS: hadolint and Python's).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::helpers::{env, unique};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+    let program = program.as_ref().to_owned();
+    Command::new(&program).args(args).output().unwrap_or_else(|e| panic!("running {program:?}: {e}"))
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn tool(name: &str) -> PathBuf {
+    Path::new(&env("BOTFLEET_TEST_TOOLS")).join(name)
+}
+
+/// A scratch folder, removed at the end of the test.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("deploy"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// Renders deploy/nginx/nginx.conf.template for `mode` into `scratch`, checks it with `nginx -t`.
+fn render_and_test(scratch: &Scratch, mode: &str, values: &[String]) -> String {
+    let mut args = vec![mode];
+    args.extend(values.iter().map(String::as_str));
+    let rendered = run(repo("deploy/nginx/render"), &args);
+    assert!(rendered.status.success(), "render {mode}: {}", text(&rendered));
+    let config = scratch.path(&format!("{mode}.conf"));
+    std::fs::write(&config, &rendered.stdout).unwrap();
+    let checked = run(
+        env("BOTFLEET_TEST_NGINX"),
+        &["-t", "-q", "-p", &scratch.path(""), "-c", &config, "-e", &scratch.path("error.log")],
+    );
+    assert!(checked.status.success(), "nginx -t on the {mode} config:\n{}", text(&checked));
+    String::from_utf8_lossy(&rendered.stdout).into_owned()
+}
+
+#[test]
+fn nginx_accepts_the_production_compose_and_local_configs_rendered_from_one_template() {
+    let scratch = Scratch::new();
+    // Production reads Let's Encrypt's files: a self-signed pair stands in for them.
+    let certs = scratch.path("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(scratch.path("tmp")).unwrap();
+    let made = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=bots.example.org",
+            "-keyout",
+            &format!("{certs}/privkey.pem"),
+            "-out",
+            &format!("{certs}/fullchain.pem"),
+        ],
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    let paths = |extra: &[&str]| -> Vec<String> {
+        let mut values = vec![
+            format!("LOGS={}", scratch.path("")),
+            format!("TMP={}", scratch.path("tmp")),
+            format!("PID={}", scratch.path("nginx.pid")),
+        ];
+        values.extend(extra.iter().map(|v| v.to_string()));
+        values
+    };
+    let production = render_and_test(
+        &scratch,
+        "production",
+        &paths(&[
+            "DOMAIN=bots.example.org",
+            "WORKERS=127.0.0.1:8081 127.0.0.1:8083",
+            "APIS=127.0.0.1:8082",
+            &format!("CERTS={certs}"),
+            "RUN_AS=www-data",
+        ]),
+    );
+    for must in [
+        "allow 149.154.160.0/20;",
+        "allow 91.108.4.0/22;",
+        "deny all;",
+        "ssl_certificate",
+        "limit_req zone=botfleet_api",
+        "proxy_cache botfleet_feed;",
+        "proxy_buffering off;",
+        "keepalive 64;",
+        "X-Request-Id $botfleet_request_id",
+        "gzip_types application/json",
+        "return 301 https://",
+        "server 127.0.0.1:8083 max_fails=0;",
+    ] {
+        assert!(production.contains(must), "the production config lacks {must:?}");
+    }
+    let compose = render_and_test(
+        &scratch,
+        "compose",
+        &paths(&["WORKERS=127.0.0.1:8081", "APIS=127.0.0.1:8082", "RUN_AS=www-data"]),
+    );
+    assert!(compose.contains("listen 80;") && compose.contains("proxy_cache botfleet_feed;"));
+    let local = render_and_test(
+        &scratch,
+        "local",
+        &[
+            format!("STATE={}", scratch.path("")),
+            format!("LOGS={}", scratch.path("")),
+            format!("TMP={}", scratch.path("tmp")),
+            format!("STATIC={}", scratch.path("static")),
+            "PORT=18080".into(),
+            "WORKERS=127.0.0.1:8081".into(),
+            "APIS=127.0.0.1:8082".into(),
+        ],
+    );
+    assert!(
+        local.contains("allow 127.0.0.1;")
+            && !local.contains("limit_req zone")
+            && !local.contains("proxy_cache botfleet_feed;"),
+        "the local cluster is measured without limits or micro-cache"
+    );
+    // Bad input: a missing value and an unknown mode are refused with a clear message.
+    let missing = run(repo("deploy/nginx/render"), &["production", "WORKERS=a:1", "APIS=b:2"]);
+    assert_eq!(missing.status.code(), Some(64));
+    assert!(text(&missing).contains("DOMAIN= is required"), "{}", text(&missing));
+    assert_eq!(run(repo("deploy/nginx/render"), &["staging"]).status.code(), Some(64));
+}
+
+#[test]
+fn the_compose_file_and_the_kubernetes_manifests_match_their_schemas_and_a_mistake_is_caught() {
+    let python = tool("python3");
+    let valid = run(&python, &[&repo("deploy/validate.py").to_string_lossy(), "1.30"]);
+    assert!(valid.status.success(), "{}", text(&valid));
+    // The same check on a copy with a mistake in each kind of file fails and names them.
+    let scratch = Scratch::new();
+    let copied = run("cp", &["-r", &repo("deploy").to_string_lossy(), &scratch.path("deploy")]);
+    assert!(copied.status.success());
+    let worker = scratch.path("deploy/k8s/base/worker.yaml");
+    let manifest = std::fs::read_to_string(&worker)
+        .unwrap()
+        .replace("terminationGracePeriodSeconds: 30", "terminationGracePeriod: 30");
+    std::fs::write(&worker, manifest).unwrap();
+    let compose = scratch.path("deploy/docker-compose.yml");
+    let file =
+        std::fs::read_to_string(&compose).unwrap().replace("stop_grace_period: 30s", "stop_grace: 30s");
+    std::fs::write(&compose, file).unwrap();
+    let caught = run(&python, &[&scratch.path("deploy/validate.py")]);
+    assert!(!caught.status.success());
+    let report = text(&caught);
+    assert!(report.contains("k8s/base/worker.yaml") && report.contains("terminationGracePeriod"), "{report}");
+    assert!(report.contains("docker-compose.yml") && report.contains("stop_grace"), "{report}");
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let linted = run(tool("hadolint"), &[&repo("Dockerfile").to_string_lossy()]);
+    assert!(linted.status.success(), "hadolint:\n{}", text(&linted));
+}
+
+#[test]
+fn the_systemd_units_verify() {
+    // systemd-analyze checks that the command exists: point the units at the built binary.
+    let scratch = Scratch::new();
+    let mut units = Vec::new();
+    for (file, instance) in [
+        ("botfleet-worker@.service", "botfleet-worker@1.service"),
+        ("botfleet-api@.service", "botfleet-api@1.service"),
+        ("botfleet-migrate.service", "botfleet-migrate.service"),
+    ] {
+        let unit = std::fs::read_to_string(repo(&format!("deploy/systemd/{file}"))).unwrap();
+        std::fs::write(
+            scratch.path(instance),
+            unit.replace("/usr/local/bin/botfleet", env!("CARGO_BIN_EXE_botfleet")),
+        )
+        .unwrap();
+        units.push(scratch.path(instance));
+    }
+    let mut args = vec!["verify"];
+    args.extend(units.iter().map(String::as_str));
+    let verified = run("systemd-analyze", &args);
+    assert!(
+        verified.status.success() && verified.stderr.is_empty(),
+        "systemd-analyze verify:\n{}",
+        text(&verified)
+    );
+}
+
+#[test]
+fn the_compose_prometheus_config_passes_promtool() {
+    let scratch = Scratch::new();
+    std::fs::copy(repo("deploy/compose/prometheus.yml"), scratch.path("prometheus.yml")).unwrap();
+    std::fs::copy(repo("grafana/alerts.yml"), scratch.path("alerts.yml")).unwrap();
+    let checked = run("promtool", &["check", "config", &scratch.path("prometheus.yml")]);
+    assert!(checked.status.success(), "{}", text(&checked));
+}
