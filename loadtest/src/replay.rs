@@ -177,6 +177,21 @@ fn series(delivered: &[Delivered]) -> Vec<(f64, f64, f64)> {
     )
 }
 
+/// The longest run of whole seconds in which fewer than half the usual (median) number of
+/// updates were acknowledged: how long a fault stalled the run, until it recovered.
+fn stall_seconds(series: &[(f64, f64, f64)]) -> u64 {
+    let Some((_, whole)) = series.split_last() else { return 0 };
+    let mut counts: Vec<f64> = whole.iter().map(|s| s.0).collect();
+    counts.sort_by(f64::total_cmp);
+    let Some(median) = counts.get(counts.len() / 2).copied() else { return 0 };
+    let (mut longest, mut run) = (0, 0);
+    for (count, _, _) in whole {
+        run = if *count < median / 2.0 { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    longest
+}
+
 fn summarise(delivered: &[Delivered], elapsed: Duration, audit: &Audit, sse: Option<&Value>) -> Value {
     let mut latency = Histogram::default();
     for d in delivered.iter().filter(|d| d.acknowledged) {
@@ -184,6 +199,7 @@ fn summarise(delivered: &[Delivered], elapsed: Duration, audit: &Audit, sse: Opt
     }
     let attempts: u64 = delivered.iter().map(|d| u64::from(d.attempts)).sum();
     json!({
+        "stall_seconds": stall_seconds(&series(delivered)),
         "workload": "replay",
         "updates": delivered.len(),
         "acknowledged": audit.acknowledged,

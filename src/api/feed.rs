@@ -1,5 +1,6 @@
 //! `GET /api/feed` (newest first, keyset pagination) and `GET /api/posts/{id}`.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -63,9 +64,16 @@ enum Start {
 
 pub async fn page(
     State(state): State<ApiState>,
-    Query(query): Query<FeedQuery>,
+    query: Result<Query<FeedQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    // A query axum cannot read (a parameter given twice) gets the same JSON error as the rest.
+    let Ok(Query(query)) = query else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid query: give limit, cursor and page at most once each",
+        );
+    };
     let limit = match query.limit.as_deref().map(str::parse::<i64>) {
         None => DEFAULT_LIMIT,
         Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,

@@ -7,6 +7,7 @@
 mod admin;
 mod bot;
 mod browser;
+mod chaos;
 mod cli;
 mod cluster;
 mod crash;
@@ -15,6 +16,7 @@ mod fake_telegram;
 mod feed;
 mod flood;
 mod helpers;
+mod hostile;
 mod lua;
 mod openapi;
 mod outbox;
