@@ -24,6 +24,8 @@ pub mod db;
 pub mod domain;
 pub mod fake_telegram;
 pub mod feed;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod kv;
 pub mod metrics;

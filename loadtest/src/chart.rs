@@ -6,6 +6,11 @@ use std::time::Duration;
 use crate::histogram::Histogram;
 
 const WIDTH: f64 = 800.0;
+
+/// A line: its values, colour and name.
+type Line<'a> = (&'a [f64], &'a str, &'a str);
+/// A panel: its title and lines.
+type Panel<'a> = (&'a str, Vec<Line<'a>>);
 const PANEL: f64 = 200.0;
 const MARGIN: f64 = 50.0;
 
@@ -25,32 +30,55 @@ pub fn per_second(answers: impl Iterator<Item = (Duration, Duration)>) -> Vec<(f
 
 /// `series`: per second, (acknowledged updates, p50 ms, p99 ms).
 pub fn svg(series: &[(f64, f64, f64)]) -> String {
-    let height = 2.0 * PANEL + 3.0 * MARGIN;
+    let throughput: Vec<f64> = series.iter().map(|s| s.0).collect();
+    let p50: Vec<f64> = series.iter().map(|s| s.1).collect();
+    let p99: Vec<f64> = series.iter().map(|s| s.2).collect();
+    panels(
+        &[
+            ("throughput (acknowledged updates/s)", vec![(&throughput[..], "#1f77b4", "updates/s")]),
+            ("latency (ms)", vec![(&p50[..], "#2ca02c", "p50"), (&p99[..], "#d62728", "p99")]),
+        ],
+        "seconds since the start",
+    )
+}
+
+/// A line per column of a CSV file (a header line, then numbers; the first column is the x
+/// axis), each in its own panel: `loadtest chart --csv FILE --out FILE.svg` (loadtest/soak).
+pub fn csv(text: &str) -> anyhow::Result<String> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let rows: Vec<Vec<f64>> = lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<_, _>>())
+        .collect::<Result<_, _>>()?;
+    let columns: Vec<Vec<f64>> =
+        (1..header.len()).map(|c| rows.iter().map(|r| r.get(c).copied().unwrap_or(0.0)).collect()).collect();
+    const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let panels_of: Vec<Panel> = header[1..]
+        .iter()
+        .zip(&columns)
+        .enumerate()
+        .map(|(n, (name, values))| (*name, vec![(&values[..], COLOURS[n % COLOURS.len()], *name)]))
+        .collect();
+    Ok(panels(&panels_of, header.first().copied().unwrap_or("x")))
+}
+
+/// Panels one above the other, each a title and its lines (values, colour, name).
+fn panels(panels: &[Panel], x_label: &str) -> String {
+    let height = panels.len() as f64 * (PANEL + MARGIN) + MARGIN;
     let mut out = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
     );
     out.push_str(r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let throughput: Vec<f64> = series.iter().map(|s| s.0).collect();
-    let p50: Vec<f64> = series.iter().map(|s| s.1).collect();
-    let p99: Vec<f64> = series.iter().map(|s| s.2).collect();
-    panel(&mut out, MARGIN, "throughput (acknowledged updates/s)", &[(&throughput, "#1f77b4", "updates/s")]);
-    panel(
-        &mut out,
-        2.0 * MARGIN + PANEL,
-        "latency (ms)",
-        &[(&p50, "#2ca02c", "p50"), (&p99, "#d62728", "p99")],
-    );
-    let _ = write!(
-        out,
-        r#"<text x="{}" y="{}">seconds since the start</text>"#,
-        WIDTH / 2.0 - 60.0,
-        height - 10.0
-    );
+    for (n, (title, lines)) in panels.iter().enumerate() {
+        panel(&mut out, MARGIN + n as f64 * (PANEL + MARGIN), title, lines);
+    }
+    let _ = write!(out, r#"<text x="{}" y="{}">{x_label}</text>"#, WIDTH / 2.0 - 60.0, height - 10.0);
     out.push_str("</svg>\n");
     out
 }
 
-fn panel(out: &mut String, top: f64, title: &str, lines: &[(&[f64], &str, &str)]) {
+fn panel(out: &mut String, top: f64, title: &str, lines: &[Line]) {
     let max = lines.iter().flat_map(|(values, _, _)| values.iter().copied()).fold(0.0f64, f64::max).max(1e-9);
     let points = lines.iter().map(|(values, _, _)| values.len()).max().unwrap_or(0).max(2);
     let (left, plot) = (MARGIN, WIDTH - 2.0 * MARGIN);
@@ -100,5 +128,9 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 3);
         assert!(svg.contains("p99") && svg.contains("updates/s"));
+        let soak = super::csv("minutes,rss_mib,fds\n0,10,20\n1,11,20\n").unwrap();
+        assert_eq!(soak.matches("<polyline").count(), 2);
+        assert!(soak.contains("rss_mib") && soak.contains("minutes"));
+        assert!(super::csv("minutes,x\n0,abc\n").is_err(), "a cell that is not a number is an error");
     }
 }

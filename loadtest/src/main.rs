@@ -421,6 +421,17 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `loadtest chart --csv FILE --out FILE.svg`: a chart of a CSV file's columns (loadtest/soak).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [chart, csv_flag, csv, out_flag, out] = args.as_slice()
+        && chart == "chart"
+        && csv_flag == "--csv"
+        && out_flag == "--out"
+    {
+        let text = std::fs::read_to_string(csv).with_context(|| format!("reading {csv}"))?;
+        std::fs::write(out, chart::csv(&text)?)?;
+        return Ok(());
+    }
     let options = Arc::new(parse_args()?);
     let get =
         |key: &str| options.env.get(key).cloned().with_context(|| format!("{key} missing from the env file"));

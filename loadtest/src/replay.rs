@@ -35,7 +35,7 @@ pub struct Replay {
 pub async fn run(replay: Replay) -> anyhow::Result<bool> {
     let get =
         |key: &str| replay.env.get(key).cloned().with_context(|| format!("{key} missing from the env file"));
-    let database = botfleet_connect(&get("BOTFLEET_PRIMARY_URL")?).await?;
+    let primary = get("BOTFLEET_PRIMARY_URL")?;
     let bot_id: i64 = get("BOTFLEET_BOT_TOKEN")?.split(':').next().unwrap_or_default().parse()?;
     let mut updates = match &replay.scenario {
         Some(path) => {
@@ -57,7 +57,8 @@ pub async fn run(replay: Replay) -> anyhow::Result<bool> {
     let first = match replay.first_update_id {
         Some(first) => first,
         None => {
-            let row = database
+            let row = botfleet_connect(&primary)
+                .await?
                 .query_one(
                     "SELECT greatest((SELECT max(update_id) FROM posts), (SELECT max(update_id) FROM dead_letters))",
                     &[],
@@ -107,7 +108,9 @@ pub async fn run(replay: Replay) -> anyhow::Result<bool> {
         None => Vec::new(),
     };
     let ids: Vec<i64> = updates.iter().filter_map(Recorded::update_id).collect();
-    let rows = database
+    // A connection of its own: the primary may have restarted during the run (loadtest/chaos).
+    let rows = botfleet_connect(&primary)
+        .await?
         .query(
             "SELECT update_id, count(*), max(id) FILTER (WHERE status = 'published') FROM posts
              WHERE bot_id = $1 AND update_id = ANY($2) GROUP BY update_id",

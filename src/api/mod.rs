@@ -33,6 +33,7 @@ pub use cursor::Cursor;
 use media::MediaBots;
 use reader::Reader;
 use stream::Hub;
+pub(crate) use stream::Offset;
 
 #[derive(Clone)]
 pub(crate) struct ApiState {

@@ -41,6 +41,10 @@ use group_commit::PostWriter;
 use intake::{Intake, IntakeConfig, Waker};
 use users::Users;
 
+/// For the fuzz targets (`crate::fuzz`).
+pub(crate) use bot::{kind_name, turn_key};
+pub(crate) use webhook::parse_update;
+
 /// One configured bot with its Bot API client and Redis keys.
 pub(crate) struct BotRuntime {
     pub config: BotConfig,

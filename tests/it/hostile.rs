@@ -29,6 +29,10 @@ async fn the_webhook_refuses_hostile_bodies_and_secrets_and_keeps_serving() {
     let nested_object =
         format!(r#"{{"update_id": 5, "message": {}1{}}}"#, r#"{"a":"#.repeat(5_000), "}".repeat(5_000));
     assert_eq!(deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), nested_object).await.status(), 400);
+    // A body that makes teloxide's parser panic (found by the fuzz target) → 400, not a dropped
+    // connection.
+    let reaction = r#"{"update_id":1,"message_reaction":{"chat":{"id":1,"type":"private","first_name":"A"},"message_id":1,"date":1700000000,"old_reaction":[],"new_reaction":[]}}"#;
+    assert_eq!(deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), reaction).await.status(), 400);
     // Ids out of Telegram's ranges → 400.
     for update_id in [json!(-1), json!(1u64 << 40), json!("7"), json!(1.5)] {
         let mut update = text_update(2, 42, "a post with a strange update id");
