@@ -223,3 +223,74 @@ fn the_compose_prometheus_config_passes_promtool() {
     let checked = run("promtool", &["check", "config", &scratch.path("prometheus.yml")]);
     assert!(checked.status.success(), "{}", text(&checked));
 }
+
+/// Nginx running the compose rendering on a free port, in front of an API node in the test.
+struct Front {
+    scratch: Scratch,
+    port: u16,
+}
+
+impl Front {
+    async fn start(api: &str) -> Self {
+        let scratch = Scratch::new();
+        std::fs::create_dir_all(scratch.path("tmp")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let values = [
+            format!("PORT=127.0.0.1:{port}"),
+            format!("LOGS={}", scratch.path("")),
+            format!("TMP={}", scratch.path("tmp")),
+            format!("PID={}", scratch.path("nginx.pid")),
+            "RUN_AS=root".to_owned(),
+            "WORKERS=127.0.0.1:9".to_owned(),
+            format!("APIS={api}"),
+        ];
+        render_and_test(&scratch, "compose", &values);
+        let config = scratch.path("compose.conf");
+        // Nginx binds before it daemonizes: once this returns, it accepts connections.
+        let started = run(
+            env("BOTFLEET_TEST_NGINX"),
+            &["-p", &scratch.path(""), "-c", &config, "-e", &scratch.path("error.log")],
+        );
+        assert!(started.status.success(), "{}", text(&started));
+        Self { scratch, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let config = self.scratch.path("compose.conf");
+        let _ = run(env("BOTFLEET_TEST_NGINX"), &["-p", &self.scratch.path(""), "-c", &config, "-s", "stop"]);
+    }
+}
+
+#[tokio::test]
+async fn nginx_limits_streams_per_address_and_cuts_off_slow_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = crate::helpers::Stack::start(false).await;
+    let front = Front::start(&stack.api.addr.to_string()).await;
+    // 20 streams from one address are served; the 21st is refused with 429.
+    let client = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let stream = client.get(front.url("/api/feed/stream")).send().await.unwrap();
+        assert_eq!(stream.status(), 200);
+        streams.push(stream);
+    }
+    let refused = client.get(front.url("/api/feed/stream")).send().await.unwrap();
+    assert_eq!(refused.status(), 429, "one address may hold 20 streams");
+    drop(streams);
+    // A client that sends half a request and stops is answered 408 and cut off after 10 s.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", front.port)).await.unwrap();
+    slow.write_all(b"GET /api/feed HTTP/1.1\r\nHost: bots.example.org\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "nginx kept a slow client for 20 s");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9), "cut off after {:?}", started.elapsed());
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
