@@ -6,7 +6,7 @@
 -- KEYS[3]  chat queue        <bot prefix>c:<chat>:q      ZSET of waiting update ids (score = id)
 -- KEYS[4]  waiter deadlines  <bot prefix>c:<chat>:w      HASH update id -> ms until the waiter counts
 -- KEYS[5]  optional, with KEYS[6]: cached user  <bot prefix>user:<id>  read with the turn
--- KEYS[6]  optional, with KEYS[5]: dialogue     <bot prefix>d:<chat>   HASH v, s
+-- KEYS[6]  optional, with KEYS[5]: dialogue     <bot prefix>d:<chat>   HASH v, s, u, p
 -- ARGV[1]  update id
 -- ARGV[2]  token of this attempt (unique per delivery)
 -- ARGV[3]  lease length in ms
@@ -14,7 +14,7 @@
 -- ARGV[5]  the update's bit in KEYS[1] (update_id mod 65536)
 --
 -- Returns {"done"} (already handled: acknowledge), {"wait"}, or {"go"} when the chat's turn is
--- ours, followed by the user, dialogue version and state when KEYS[5..6] are given (nil where
+-- ours, followed by the user and the dialogue's fields v, s, u, p when KEYS[5..6] are given (nil where
 -- absent): read under the turn, they stay current until it ends, since only the turn's
 -- holder writes the chat's dialogue.
 -- Waiters ask again until they get their turn; the lowest waiting update id goes first, and a
@@ -23,8 +23,8 @@ local function go()
   if not KEYS[5] then
     return {'go'}
   end
-  local dialogue = redis.call('HMGET', KEYS[6], 'v', 's')
-  return {'go', redis.call('GET', KEYS[5]), dialogue[1], dialogue[2]}
+  local dialogue = redis.call('HMGET', KEYS[6], 'v', 's', 'u', 'p')
+  return {'go', redis.call('GET', KEYS[5]), dialogue[1], dialogue[2], dialogue[3], dialogue[4]}
 end
 
 if redis.call('GETBIT', KEYS[1], ARGV[5]) == 1 then

@@ -180,29 +180,16 @@ fn series(delivered: &[Delivered]) -> Vec<(f64, f64, f64)> {
     )
 }
 
-/// The longest run of whole seconds in which fewer than half the usual (median) number of
-/// updates were acknowledged: how long a fault stalled the run, until it recovered.
-fn stall_seconds(series: &[(f64, f64, f64)]) -> u64 {
-    let Some((_, whole)) = series.split_last() else { return 0 };
-    let mut counts: Vec<f64> = whole.iter().map(|s| s.0).collect();
-    counts.sort_by(f64::total_cmp);
-    let Some(median) = counts.get(counts.len() / 2).copied() else { return 0 };
-    let (mut longest, mut run) = (0, 0);
-    for (count, _, _) in whole {
-        run = if *count < median / 2.0 { run + 1 } else { 0 };
-        longest = longest.max(run);
-    }
-    longest
-}
-
 fn summarise(delivered: &[Delivered], elapsed: Duration, audit: &Audit, sse: Option<&Value>) -> Value {
     let mut latency = Histogram::default();
     for d in delivered.iter().filter(|d| d.acknowledged) {
         latency.record(d.latency);
     }
     let attempts: u64 = delivered.iter().map(|d| u64::from(d.attempts)).sum();
+    // From its due time to its acknowledgement, redeliveries included: after a fault, how long
+    // the cluster took to recover for the update it hit hardest.
+    let slowest = delivered.iter().filter(|d| d.acknowledged).map(|d| d.latency).max().unwrap_or_default();
     json!({
-        "stall_seconds": stall_seconds(&series(delivered)),
         "workload": "replay",
         "updates": delivered.len(),
         "acknowledged": audit.acknowledged,
@@ -213,6 +200,7 @@ fn summarise(delivered: &[Delivered], elapsed: Duration, audit: &Audit, sse: Opt
         "p50_ms": latency.percentile_ms(0.5),
         "p99_ms": latency.percentile_ms(0.99),
         "p999_ms": latency.percentile_ms(0.999),
+        "slowest_s": (slowest.as_secs_f64() * 100.0).round() / 100.0,
         "audit": audit,
         "passed": audit.passed(),
         "sse": sse,

@@ -64,9 +64,14 @@ pub fn canonical(method: &str) -> String {
 
 /// Answers one call of `bot_id`; `method` is already [`canonical`].
 pub fn answer(inner: &mut Inner, bot_id: i64, method: &str, params: &Value, now: Instant) -> Answer {
-    if inner.fail_next.as_ref().is_some_and(|(failing, _)| failing == method)
-        && let Some((_, failure)) = inner.fail_next.take()
+    if let Some((failing, failure, times)) = &mut inner.fail_next
+        && failing == method
     {
+        let failure = *failure;
+        *times -= 1;
+        if *times == 0 {
+            inner.fail_next = None;
+        }
         return match failure {
             Failure::TooManyRequests(retry_after) => Answer::too_many_requests(retry_after),
             Failure::Conflict => Answer::Error {

@@ -78,8 +78,9 @@ struct Inner {
     blocked: std::collections::HashSet<i64>,
     /// Calls of this method are answered only after this long (a slow Telegram).
     delay: Option<(String, Duration)>,
-    /// The next call of this method fails so, whatever its parameters and the limits.
-    fail_next: Option<(String, Failure)>,
+    /// The next calls of this method (this many) fail so, whatever their parameters and the
+    /// limits.
+    fail_next: Option<(String, Failure, u32)>,
 }
 
 /// A failure the fake can be told to answer the next call of a method with.
@@ -156,7 +157,12 @@ impl Fake {
 
     /// Answers the next call of `method` (of any bot) with `failure`.
     pub fn fail_next(&self, method: &str, failure: Failure) {
-        self.lock().fail_next = Some((method.to_owned(), failure));
+        self.fail_times(method, failure, 1);
+    }
+
+    /// Answers the next `times` calls of `method` (of any bot) with `failure`.
+    pub fn fail_times(&self, method: &str, failure: Failure, times: u32) {
+        self.lock().fail_next = (times > 0).then(|| (method.to_owned(), failure, times));
     }
 
     /// Returns once `n` calls have arrived that a delay holds (or held).

@@ -1,11 +1,13 @@
 //! The bot's behaviour: what each update does. This file dispatches updates and holds the
 //! replies; the posting flows (quick posts, the `/post` dialogue, `/my`, moderation) are in
 //! `posts.rs`. Handlers return once every effect is durable; the webhook answers after that.
+//! A reply comes after the effects it reports, the dialogue's new state included: a failure
+//! before it leaves nothing said, so that Telegram's redelivery does not say it twice.
 
 use std::sync::Arc;
 
 use teloxide_core::RequestError;
-use teloxide_core::payloads::{AnswerCallbackQuerySetters, SendMessageSetters};
+use teloxide_core::payloads::AnswerCallbackQuerySetters;
 use teloxide_core::prelude::Requester;
 use teloxide_core::requests::HasPayload;
 use teloxide_core::types::{
@@ -98,6 +100,30 @@ pub fn read_ahead(update: &Update, keys: &BotKeys) -> Option<ReadAhead> {
     Some(ReadAhead { user: keys.user(user_id(user)), dialogue: keys.dialogue(dialogue_chat) })
 }
 
+/// A message the bot sends into a chat, with buttons or without.
+pub struct Reply {
+    pub text: String,
+    pub buttons: Option<InlineKeyboardMarkup>,
+}
+
+impl Reply {
+    pub fn with_buttons(text: impl Into<String>, buttons: InlineKeyboardMarkup) -> Self {
+        Reply { text: text.into(), buttons: Some(buttons) }
+    }
+}
+
+impl From<String> for Reply {
+    fn from(text: String) -> Self {
+        Reply { text, buttons: None }
+    }
+}
+
+impl From<&str> for Reply {
+    fn from(text: &str) -> Self {
+        text.to_owned().into()
+    }
+}
+
 /// Everything a handler needs about the update in hand.
 pub struct Ctx<'a> {
     pub state: &'a WorkerState,
@@ -168,7 +194,7 @@ async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), Hand
     let key = ctx.bot.keys.dialogue(chat);
     let stored = ctx.dialogue(&key).await?;
     let text = message.text().unwrap_or_default();
-    let next = match command(text) {
+    let (next, reply) = match command(text) {
         Some(("start", payload)) => {
             let greeting = match payload {
                 "" => format!("Welcome, {}!\n\n{HELP}", from.first_name),
@@ -176,41 +202,24 @@ async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), Hand
                     format!("Welcome, {}! You came here through “{payload}”.\n\n{HELP}", from.first_name)
                 }
             };
-            ctx.say(chat, greeting).await?;
-            stored.state.clone()
+            (stored.state.clone(), greeting.into())
         }
-        Some(("help", _)) => {
-            ctx.say(chat, HELP).await?;
-            stored.state.clone()
-        }
+        Some(("help", _)) => (stored.state.clone(), HELP.into()),
         Some(("cancel", _)) => {
             let reply = if stored.state == State::Idle { "Nothing to cancel." } else { "Cancelled." };
-            ctx.say(chat, reply).await?;
-            State::Idle
+            (State::Idle, reply.into())
         }
-        Some(("ban", args)) => {
-            ctx.ban(chat, from, args, true).await?;
-            stored.state.clone()
-        }
-        Some(("unban", args)) => {
-            ctx.ban(chat, from, args, false).await?;
-            stored.state.clone()
-        }
-        Some(("broadcast", text)) => {
-            broadcast::start(ctx, chat, from, text).await?;
-            stored.state.clone()
-        }
-        Some(("broadcast_cancel", _)) => {
-            broadcast::cancel(ctx, chat, from).await?;
-            stored.state.clone()
-        }
-        Some(("my", _)) => {
-            posts::list_mine(ctx, chat, from).await?;
-            stored.state.clone()
-        }
+        // These leave the dialogue as it is.
+        Some(("ban", args)) => return ctx.ban(chat, from, args, true).await,
+        Some(("unban", args)) => return ctx.ban(chat, from, args, false).await,
+        Some(("broadcast", text)) => return broadcast::start(ctx, chat, from, text).await,
+        Some(("broadcast_cancel", _)) => return broadcast::cancel(ctx, chat, from).await,
+        Some(("my", _)) => return posts::list_mine(ctx, chat, from).await,
         _ => posts::on_message(ctx, message, from, &stored.state).await?,
     };
-    ctx.save_dialogue(&key, &stored, &next).await
+    // The step is durable before its reply goes out (see `dialogue.rs`).
+    ctx.save_dialogue(&key, &stored, &next).await?;
+    ctx.say(chat, reply).await
 }
 
 async fn on_callback(ctx: &Ctx<'_>, query: &CallbackQuery) -> Result<(), HandleError> {
@@ -257,8 +266,8 @@ impl Ctx<'_> {
     /// The chat's dialogue, as read with the turn if it was.
     pub async fn dialogue(&self, key: &str) -> Result<Stored, HandleError> {
         match self.turn.dialogue_read(key) {
-            Some((version, state)) => Ok(Stored::read(version, state)),
-            None => Ok(self.state.dialogues.load(&mut self.conn(), key).await?),
+            Some(fields) => Ok(Stored::read(fields, self.update_id)),
+            None => Ok(self.state.dialogues.load(&mut self.conn(), key, self.update_id).await?),
         }
     }
 
@@ -309,21 +318,23 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub async fn say(&self, chat: i64, text: impl Into<String>) -> Result<(), HandleError> {
-        self.say_message(chat, text).await.map(drop)
+    pub async fn say(&self, chat: i64, reply: impl Into<Reply>) -> Result<(), HandleError> {
+        self.say_message(chat, reply).await.map(drop)
     }
 
     /// Like [`Ctx::say`], with the message sent (`None` if Telegram refused it for good).
     pub async fn say_message(
         &self,
         chat: i64,
-        text: impl Into<String>,
+        reply: impl Into<Reply>,
     ) -> Result<Option<Message>, HandleError> {
-        let text = text.into();
+        let Reply { text, buttons } = reply.into();
         let quote = self.quote(chat);
         self.send("sendMessage", chat, || {
             let mut request = self.bot.api.send_message(ChatId(chat), text.clone());
-            request.payload_mut().reply_parameters = quote.clone();
+            let payload = request.payload_mut();
+            payload.reply_parameters = quote.clone();
+            payload.reply_markup = buttons.clone().map(Into::into);
             request
         })
         .await
@@ -338,24 +349,6 @@ impl Ctx<'_> {
             *quote = None;
             teloxide_core::types::ReplyParameters::new(message).allow_sending_without_reply()
         })
-    }
-
-    pub async fn say_with_buttons(
-        &self,
-        chat: i64,
-        text: impl Into<String>,
-        buttons: InlineKeyboardMarkup,
-    ) -> Result<(), HandleError> {
-        let text = text.into();
-        let quote = self.quote(chat);
-        self.send("sendMessage", chat, || {
-            let mut request =
-                self.bot.api.send_message(ChatId(chat), text.clone()).reply_markup(buttons.clone());
-            request.payload_mut().reply_parameters = quote.clone();
-            request
-        })
-        .await
-        .map(drop)
     }
 
     pub async fn edit(

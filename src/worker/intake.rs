@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
+use super::dialogue::Fields;
 use super::keyed::Keyed;
 use crate::kv::{BotKeys, Conn, scripts, turns_channel};
 use crate::shutdown::CancellationToken;
@@ -62,7 +63,7 @@ pub struct ReadAhead {
 #[derive(Debug, Default)]
 struct ReadValues {
     user: Option<(String, Option<String>)>,
-    dialogue: Option<(String, Option<i64>, Option<String>)>,
+    dialogue: Option<(String, Fields)>,
 }
 
 pub enum Begin {
@@ -97,9 +98,9 @@ impl Turn {
         self.read.user.as_ref().filter(|(k, _)| k == key).map(|(_, value)| value.clone())
     }
 
-    /// The dialogue under `key` (version, state) as read with the turn, if it was.
-    pub fn dialogue_read(&self, key: &str) -> Option<(Option<i64>, Option<String>)> {
-        self.read.dialogue.as_ref().filter(|(k, ..)| k == key).map(|(_, v, s)| (*v, s.clone()))
+    /// The dialogue under `key` as read with the turn, if it was.
+    pub fn dialogue_read(&self, key: &str) -> Option<Fields> {
+        self.read.dialogue.as_ref().filter(|(k, _)| k == key).map(|(_, fields)| fields.clone())
     }
 }
 
@@ -276,11 +277,8 @@ fn read_values(keys: Option<ReadAhead>, answer: Vec<Option<String>>) -> ReadValu
         return ReadValues::default();
     };
     let mut values = answer.into_iter().skip(1);
-    let mut next = || values.next().flatten();
-    let user = next();
-    let version = next().and_then(|v| v.parse().ok());
-    let state = next();
-    ReadValues { user: Some((keys.user, user)), dialogue: Some((keys.dialogue, version, state)) }
+    let user = values.next().flatten();
+    ReadValues { user: Some((keys.user, user)), dialogue: Some((keys.dialogue, Fields::from_values(values))) }
 }
 
 /// Renews the turn's lease; false once it is no longer ours (renewing further is pointless).

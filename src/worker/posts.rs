@@ -3,7 +3,7 @@
 
 use teloxide_core::types::{CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, User};
 
-use super::bot::{Ctx, HandleError, author_of, user_id};
+use super::bot::{Ctx, HandleError, Reply, author_of, user_id};
 use super::dialogue::{Photo, State};
 use super::store::{self, NewPost, StoredPost};
 use crate::domain::PostText;
@@ -22,99 +22,79 @@ fn buttons(row: Vec<(String, String)>) -> InlineKeyboardMarkup {
         .map(|(label, data)| InlineKeyboardButton::callback(label, data))])
 }
 
-/// A private message that is not a command handled elsewhere; returns the next dialogue state.
+/// A private message that is not a command handled elsewhere: its effects, the next dialogue
+/// state, and the reply, which the caller sends once that state is saved.
 pub async fn on_message(
     ctx: &Ctx<'_>,
     message: &Message,
     from: &User,
     state: &State,
-) -> Result<State, HandleError> {
-    let chat = message.chat.id.0;
+) -> Result<(State, Reply), HandleError> {
     let text = message.text().or(message.caption()).unwrap_or_default();
     let photo = photo_of(message);
     if message.text().is_some_and(|t| t.starts_with('/')) {
-        return on_command(ctx, chat, text, state).await;
+        return Ok(on_command(text, state));
     }
+    let stay = |reply: &str| Ok((state.clone(), reply.into()));
     match state {
         State::Idle if photo.is_none() && message.text().is_none() => {
-            ctx.say(chat, "Send me a text, or a photo with a caption. /help says more.").await?;
-            Ok(State::Idle)
+            stay("Send me a text, or a photo with a caption. /help says more.")
         }
-        State::Idle => {
-            quick_post(ctx, message, from, text, photo).await?;
-            Ok(State::Idle)
-        }
+        State::Idle => Ok((State::Idle, quick_post(ctx, message, from, text, photo).await?)),
         State::AwaitText => match (PostText::parse(text), &photo) {
-            (_, Some(_)) => {
-                ctx.say(chat, "Send the text first; the photo comes next.").await?;
-                Ok(State::AwaitText)
-            }
-            (Ok(text), None) => {
-                ctx.say(chat, "Now send a photo for your post, or /skip.").await?;
-                Ok(State::AwaitPhoto { text: text.as_str().to_owned() })
-            }
-            (Err(why), None) => {
-                ctx.say(chat, format!("That text is {why}. Send another, or /cancel.")).await?;
-                Ok(State::AwaitText)
-            }
+            (_, Some(_)) => stay("Send the text first; the photo comes next."),
+            (Ok(text), None) => Ok((
+                State::AwaitPhoto { text: text.as_str().to_owned() },
+                "Now send a photo for your post, or /skip.".into(),
+            )),
+            (Err(why), None) => stay(&format!("That text is {why}. Send another, or /cancel.")),
         },
         State::AwaitPhoto { text } => match photo {
-            Some(photo) => preview(ctx, chat, text, Some(photo)).await,
-            None => {
-                ctx.say(chat, "Send a photo, or /skip to post without one.").await?;
-                Ok(state.clone())
-            }
+            Some(photo) => Ok(preview(text, Some(photo))),
+            None => stay("Send a photo, or /skip to post without one."),
         },
-        State::Confirm { .. } => {
-            ctx.say(chat, "Use the buttons under the preview: Publish or Cancel.").await?;
-            Ok(state.clone())
-        }
+        State::Confirm { .. } => stay("Use the buttons under the preview: Publish or Cancel."),
     }
 }
 
-async fn on_command(ctx: &Ctx<'_>, chat: i64, text: &str, state: &State) -> Result<State, HandleError> {
+fn on_command(text: &str, state: &State) -> (State, Reply) {
     let name =
         text.trim_start_matches('/').split(|c: char| c.is_whitespace() || c == '@').next().unwrap_or("");
     match (name, state) {
         ("post", _) => {
-            ctx.say(chat, "Send the text of your post (10 to 2000 characters), or /cancel.").await?;
-            Ok(State::AwaitText)
+            (State::AwaitText, "Send the text of your post (10 to 2000 characters), or /cancel.".into())
         }
-        ("skip", State::AwaitPhoto { text }) => preview(ctx, chat, text, None).await,
-        _ => {
-            ctx.say(chat, format!("I do not know /{name} here. /help lists what I can do.")).await?;
-            Ok(state.clone())
-        }
+        ("skip", State::AwaitPhoto { text }) => preview(text, None),
+        _ => (state.clone(), format!("I do not know /{name} here. /help lists what I can do.").into()),
     }
 }
 
-async fn preview(ctx: &Ctx<'_>, chat: i64, text: &str, photo: Option<Photo>) -> Result<State, HandleError> {
+fn preview(text: &str, photo: Option<Photo>) -> (State, Reply) {
     let with_photo = if photo.is_some() { " (with your photo)" } else { "" };
     let keyboard = buttons(vec![
         ("Publish".to_owned(), "post:publish".to_owned()),
         ("Cancel".to_owned(), "post:cancel".to_owned()),
     ]);
-    ctx.say_with_buttons(chat, format!("Your post{with_photo}:\n\n{text}"), keyboard).await?;
-    Ok(State::Confirm { text: text.to_owned(), photo })
+    let reply = Reply::with_buttons(format!("Your post{with_photo}:\n\n{text}"), keyboard);
+    (State::Confirm { text: text.to_owned(), photo }, reply)
 }
 
+/// Posts a text or a captioned photo at once; returns what to tell its author.
 async fn quick_post(
     ctx: &Ctx<'_>,
     message: &Message,
     from: &User,
     text: &str,
     photo: Option<Photo>,
-) -> Result<(), HandleError> {
+) -> Result<Reply, HandleError> {
     let chat = message.chat.id.0;
     let text = match PostText::parse(text) {
         Ok(text) => text,
-        Err(why) if photo.is_some() => {
-            return ctx.say(chat, format!("Not posted: the caption is {why}.")).await;
-        }
-        Err(why) => return ctx.say(chat, format!("Not posted: {why}.")).await,
+        Err(why) if photo.is_some() => return Ok(format!("Not posted: the caption is {why}.").into()),
+        Err(why) => return Ok(format!("Not posted: {why}.").into()),
     };
     let post = create(ctx, chat, Some(i64::from(message.id.0)), from, text.as_str(), photo.as_ref()).await?;
-    announce(ctx, &post, from).await
+    Ok(announce(ctx, &post, from).await?.into())
 }
 
 /// Stores a new post of this update: published at once, or pending with a moderator chat.
@@ -141,11 +121,12 @@ async fn create(
     Ok(stored)
 }
 
-/// After the commit: publish and tell the author, or send the post to the moderators.
-async fn announce(ctx: &Ctx<'_>, post: &StoredPost, from: &User) -> Result<(), HandleError> {
+/// After the commit: publishes the post, or sends it to the moderators; returns what to tell
+/// its author.
+async fn announce(ctx: &Ctx<'_>, post: &StoredPost, from: &User) -> Result<String, HandleError> {
     if let Some(view) = post.view(ctx.bot.config.id, author_of(from)) {
         ctx.publish(&view).await?;
-        return ctx.say(post.chat_id, format!("Published as post #{}.", post.id)).await;
+        return Ok(format!("Published as post #{}.", post.id));
     }
     if let Some(moderators) = ctx.bot.config.moderator_chat {
         let media = if post.has_media { " (with a photo)" } else { "" };
@@ -156,7 +137,7 @@ async fn announce(ctx: &Ctx<'_>, post: &StoredPost, from: &User) -> Result<(), H
         let text = format!("New post #{} by {}{media}:\n\n{}", post.id, from.first_name, post.text);
         ctx.notify(&format!("review:{}", post.id), moderators, &text, Some(&keyboard)).await?;
     }
-    ctx.say(post.chat_id, format!("Thanks! Post #{} is waiting for a moderator.", post.id)).await
+    Ok(format!("Thanks! Post #{} is waiting for a moderator.", post.id))
 }
 
 /// An inline button was pressed; returns the short answer shown to whoever pressed it.
@@ -181,7 +162,9 @@ pub async fn on_button(ctx: &Ctx<'_>, query: &CallbackQuery, data: &str) -> Resu
     }
 }
 
-/// Publish or Cancel under a `/post` preview.
+/// Publish or Cancel under a `/post` preview. The query's answer comes after everything else,
+/// and a redelivery (the answer failed) must not tell the author twice: the message to them goes
+/// through the outbox, once per update, before the dialogue ends.
 async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, HandleError> {
     let chat = user_id(from);
     let key = ctx.bot.keys.dialogue(chat);
@@ -189,14 +172,13 @@ async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, Ha
     let State::Confirm { text, photo } = &stored.state else {
         return Ok("Nothing to confirm.".to_owned());
     };
-    let answer = if publish {
+    let (told, answer) = if publish {
         let post = create(ctx, chat, None, from, text, photo.as_ref()).await?;
-        announce(ctx, &post, from).await?;
-        "Done."
+        (announce(ctx, &post, from).await?, "Done.")
     } else {
-        ctx.say(chat, "Cancelled.").await?;
-        "Cancelled."
+        ("Cancelled.".to_owned(), "Cancelled.")
     };
+    ctx.notify(&format!("reply:{}", ctx.update_id), chat, &told, None).await?;
     ctx.save_dialogue(&key, &stored, &State::Idle).await?;
     Ok(answer.to_owned())
 }
@@ -215,7 +197,7 @@ pub async fn list_mine(ctx: &Ctx<'_>, chat: i64, from: &User) -> Result<(), Hand
     let rows = posts.iter().map(|post| {
         vec![InlineKeyboardButton::callback(format!("Delete #{}", post.id), format!("del:{}", post.id))]
     });
-    ctx.say_with_buttons(chat, text, InlineKeyboardMarkup::new(rows)).await
+    ctx.say(chat, Reply::with_buttons(text, InlineKeyboardMarkup::new(rows))).await
 }
 
 async fn delete(ctx: &Ctx<'_>, from: &User, id: i64) -> Result<String, HandleError> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use botfleet::fake_telegram::{Call, Fake};
+use botfleet::fake_telegram::{Call, Failure, Fake};
 use botfleet::kv::{BotKeys, FeedKeys};
 use serde_json::{Value, json};
 
@@ -143,6 +143,7 @@ async fn post_dialogue_moves_between_workers_and_survives_a_restart() {
     deliver_ok(&c, &photo_update(4, 42, "")).await;
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 0, "nothing is posted before the confirmation");
     deliver_ok(&b, &callback_update(5, 42, 42, "post:publish")).await;
+    outbox_drained(&prefix).await;
 
     let post = db
         .owner()
@@ -161,12 +162,109 @@ async fn post_dialogue_moves_between_workers_and_survives_a_restart() {
     // The dialogue ended: a confirmation pressed again does nothing.
     deliver_ok(&c, &callback_update(6, 42, 42, "post:publish")).await;
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg(BotKeys::new(&prefix, MAIN_BOT.id()).dialogue(42))
+    assert_eq!(dialogue_step(&prefix, 42).await, "");
+}
+
+/// The chat's dialogue state as stored ("" once it ended).
+async fn dialogue_step(prefix: &str, chat: i64) -> String {
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(BotKeys::new(prefix, MAIN_BOT.id()).dialogue(chat))
+        .arg("s")
         .query_async(&mut redis().await)
         .await
         .unwrap();
-    assert_eq!(exists, 0);
+    state.unwrap_or_default()
+}
+
+/// The successful replies that quote `message` (each message gets one: see `Ctx::quote`).
+fn replies_to(fake: &Fake, message: i64) -> Vec<String> {
+    fake.calls()
+        .into_iter()
+        .filter(|c| c.status == 200 && c.params["reply_parameters"]["message_id"] == json!(message))
+        .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A Redis user of its own for one worker, so that a test can take a command away from that
+/// worker alone (the test Redis is shared).
+struct RedisUser {
+    name: String,
+    url: String,
+}
+
+impl RedisUser {
+    async fn new() -> Self {
+        let name = unique("user");
+        let () = redis::cmd("ACL")
+            .arg(&["SETUSER", &name, "on", ">secret", "~*", "&*", "+@all"])
+            .query_async(&mut redis().await)
+            .await
+            .unwrap();
+        let test_url = std::env::var("BOTFLEET_TEST_REDIS_URL").unwrap();
+        let url = test_url.replacen("redis://", &format!("redis://{name}:secret@"), 1);
+        RedisUser { name, url }
+    }
+
+    /// Allows (`+hset`) or forbids (`-hset`) a command, at once on open connections too.
+    async fn set(&self, rule: &str) {
+        let () = redis::cmd("ACL")
+            .arg(&["SETUSER", &self.name, rule])
+            .query_async(&mut redis().await)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_dialogue_step_replies_once_whether_its_save_or_its_reply_fails() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    let user = RedisUser::new().await;
+    let redis_url = [(botfleet::settings::REDIS_URL, user.url.as_str())];
+    let worker = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &redis_url).await;
+    deliver_ok(&worker, &text_update(1, 42, "/post")).await;
+
+    // The step cannot be saved (the save's HSET is refused, as when Redis goes away after the
+    // turn began): Telegram is asked to redeliver, and nothing was said yet.
+    let text = text_update(2, 42, "the text of a guided post");
+    user.set("-hset").await;
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &text).await.status(), 503);
+    assert_eq!(replies_to(&fake, 2), Vec::<String>::new(), "a reply before the step was saved");
+    user.set("+hset").await;
+    deliver_ok(&worker, &text).await;
+    assert_eq!(replies_to(&fake, 2), ["Now send a photo for your post, or /skip."]);
+
+    // The step is saved but its reply fails (every attempt the worker makes): the redelivery
+    // answers from where the step began.
+    let photo = photo_update(3, 42, "");
+    fake.fail_times("sendMessage", Failure::TooManyRequests(1), 3);
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &photo).await.status(), 503);
+    assert!(dialogue_step(&prefix, 42).await.contains("confirm"), "the step was saved");
+    deliver_ok(&worker, &photo).await;
+    let preview = replies_to(&fake, 3);
+    assert_eq!(preview.len(), 1, "{preview:?}");
+    assert!(preview[0].starts_with("Your post (with your photo)"), "{preview:?}");
+
+    // Publish is pressed; the dialogue ends, but answering the query fails. Its redelivery
+    // answers the same and tells the author nothing twice.
+    let publish = callback_update(4, 42, 42, "post:publish");
+    fake.fail_next("answerCallbackQuery", Failure::TooManyRequests(1));
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &publish).await.status(), 503);
+    assert_eq!(dialogue_step(&prefix, 42).await, "", "the dialogue ended");
+    deliver_ok(&worker, &publish).await;
+    outbox_drained(&prefix).await;
+    let answers: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "answerCallbackQuery" && c.status == 200)
+        .map(|c| c.params["text"].clone())
+        .collect();
+    assert_eq!(answers, [json!("Done.")]);
+    let published: Vec<_> =
+        said_to(&fake, 42).into_iter().filter(|text| text.starts_with("Published as post #")).collect();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);
 }
 
 #[tokio::test]
@@ -183,8 +281,7 @@ async fn an_abandoned_dialogue_expires_and_cancel_ends_one() {
     assert!(ttl > 590_000 && ttl <= 600_000, "the dialogue must expire after the configured TTL, PTTL {ttl}");
     deliver_ok(&worker, &text_update(2, 42, "/cancel")).await;
     assert_eq!(said_to(&fake, 42).last().unwrap(), "Cancelled.");
-    let exists: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut redis().await).await.unwrap();
-    assert_eq!(exists, 0);
+    assert_eq!(dialogue_step(&prefix, 42).await, "");
     // Back to quick posts.
     deliver_ok(&worker, &text_update(3, 42, "a quick post after cancelling")).await;
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);

@@ -87,13 +87,10 @@ async fn intake_reads_the_user_and_dialogue_with_the_turn_only() {
     let (user, dialogue) = (keys.user(7), keys.dialogue(7));
     let () = redis::cmd("SET").arg(&user).arg("cached").query_async(&mut conn).await.unwrap();
     let go = begin_reading(&mut conn, &keys, 1, "a", &[&user, &dialogue]).await;
-    assert_eq!(go, [Some("go".into()), Some("cached".into()), None, None], "no dialogue yet");
+    assert_eq!(go, [Some("go".into()), Some("cached".into()), None, None, None, None], "no dialogue yet");
     let () = redis::cmd("HSET")
         .arg(&dialogue)
-        .arg("v")
-        .arg(3)
-        .arg("s")
-        .arg("{}")
+        .arg(&["v", "3", "s", "{}", "u", "1", "p", ""])
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -101,7 +98,8 @@ async fn intake_reads_the_user_and_dialogue_with_the_turn_only() {
     assert_eq!(wait, [Some("wait".into())], "a waiter reads nothing: the holder may still change it");
     end(&mut conn, &keys, 1, "a", "done").await;
     let go = begin_reading(&mut conn, &keys, 2, "b", &[&user, &dialogue]).await;
-    assert_eq!(go, [Some("go".into()), Some("cached".into()), Some("3".into()), Some("{}".into())]);
+    let fields = ["cached", "3", "{}", "1", ""].map(|v| Some(v.to_owned()));
+    assert_eq!(go, [&[Some("go".to_owned())][..], &fields].concat());
     let done = begin_reading(&mut conn, &keys, 1, "c", &[&user, &dialogue]).await;
     assert_eq!(done, [Some("done".into())]);
 }
@@ -194,6 +192,8 @@ async fn dialogue_save_is_compare_and_set_fenced_by_the_lease() {
             .arg(state)
             .arg(token)
             .arg(60_000)
+            .arg(1)
+            .arg(r#"{"step":"before"}"#)
             .invoke_async(conn)
             .await
             .unwrap()
@@ -207,9 +207,13 @@ async fn dialogue_save_is_compare_and_set_fenced_by_the_lease() {
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!(ttl > 0 && ttl <= 60_000, "an abandoned dialogue must expire, PTTL {ttl}");
     let v = save(&mut conn, 1, "", "holder").await;
-    assert_eq!(v, 0);
-    let exists: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
-    assert_eq!(exists, 0, "ending the dialogue removes it");
+    assert_eq!(v, 2);
+    let fields: Vec<Option<String>> =
+        redis::cmd("HMGET").arg(&key).arg(&["v", "s", "u", "p"]).query_async(&mut conn).await.unwrap();
+    let expected = ["2", "", "1", r#"{"step":"before"}"#].map(|v| Some(v.to_owned()));
+    assert_eq!(fields, expected, "an ended dialogue keeps its last step until it expires");
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "an ended dialogue must expire too, PTTL {ttl}");
 }
 
 #[tokio::test]
