@@ -6,14 +6,15 @@
 //! queues nothing twice. Every worker reads the stream in the consumer group `senders`; an
 //! entry is acknowledged and deleted once Telegram took it or refused it for good. One that
 //! failed (Telegram or the network down) stays pending, and any sender claims it again once it
-//! has been idle for `claim_after` — so do the entries of a sender that died. After
-//! `max_deliveries` the entry moves to the dead stream (`<bot prefix>outbox:dead`) and is
-//! counted: nothing is retried forever, nothing is dropped silently.
+//! has been idle for `claim_after` — so do the entries of a sender that died, which then leaves
+//! the group. After `max_deliveries` the entry moves to the dead stream
+//! (`<bot prefix>outbox:dead`) and is counted: nothing is retried forever, nothing is dropped
+//! silently.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::streams::{StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{StreamId, StreamInfoConsumersReply, StreamPendingCountReply, StreamReadReply};
 use teloxide_core::payloads::SendMessageSetters;
 use teloxide_core::prelude::Requester;
 use teloxide_core::types::{ChatId, InlineKeyboardMarkup, MessageId};
@@ -132,6 +133,7 @@ impl Sender {
         {
             return Err(e.into());
         }
+        self.forget_departed(conn, me).await?;
         let block_ms = self.block().as_millis() as u64;
         loop {
             let read: Option<StreamReadReply> = redis::cmd("XREADGROUP")
@@ -154,7 +156,31 @@ impl Sender {
         }
     }
 
-    /// Takes over entries idle past `claim_after` (failed, or their sender died).
+    /// Removes from the group the senders that have left: nothing pending, silent for longer
+    /// than `claim_after` (each worker's sender joins under a new name, so every restart would
+    /// leave one behind). Removing a live one that is merely waiting costs nothing: its next
+    /// read makes it a member again.
+    async fn forget_departed(&self, conn: &mut Conn, me: &str) -> anyhow::Result<()> {
+        let [stream, _] = self.bot.keys.outbox();
+        let members: StreamInfoConsumersReply =
+            redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg(GROUP).query_async(conn).await?;
+        let silent = self.config.claim_after.as_millis();
+        for gone in
+            members.consumers.iter().filter(|c| c.name != me && c.pending == 0 && c.idle as u128 > silent)
+        {
+            let _: i64 = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(&gone.name)
+                .query_async(conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes over entries idle past `claim_after` (failed, or their sender died), then forgets
+    /// the senders it took them from if they have left.
     async fn claim(&self, conn: &mut Conn, me: &str) -> anyhow::Result<()> {
         let [stream, dead] = self.bot.keys.outbox();
         let idle = self.config.claim_after.as_millis() as u64;
@@ -168,6 +194,7 @@ impl Sender {
             .arg(BATCH)
             .query_async(conn)
             .await?;
+        let took_over = !pending.ids.is_empty();
         for waiting in pending.ids {
             let claimed: redis::streams::StreamClaimReply = redis::cmd("XCLAIM")
                 .arg(&stream)
@@ -201,6 +228,9 @@ impl Sender {
                     || crate::telemetry::report_error("outbox message dead-lettered"),
                 );
             }
+        }
+        if took_over {
+            self.forget_departed(conn, me).await?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use botfleet::kv::BotKeys;
+use redis::streams::StreamInfoConsumersReply;
 use serde_json::json;
 
 use botfleet::fake_telegram::Fake;
@@ -56,7 +57,7 @@ async fn len(key: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn a_message_whose_sender_died_is_claimed_and_delivered_once() {
+async fn a_message_whose_sender_died_is_claimed_and_delivered_once_and_the_sender_forgotten() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
     let prefix = unique("r");
@@ -72,6 +73,19 @@ async fn a_message_whose_sender_died_is_claimed_and_delivered_once() {
     assert_eq!(sent[0].params["chat_id"], json!(42));
     eventually(Duration::from_secs(5), "the delivered message gone from the outbox", || async {
         (len(&outbox).await == 0).then_some(())
+    })
+    .await;
+    // The dead sender leaves the group; the live one stays.
+    eventually(Duration::from_secs(5), "the dead sender gone from the group", || async {
+        let members: StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&outbox)
+            .arg("senders")
+            .query_async(&mut redis().await)
+            .await
+            .ok()?;
+        let names: Vec<&str> = members.consumers.iter().map(|c| c.name.as_str()).collect();
+        (!names.contains(&"ghost") && names.len() == 1).then_some(())
     })
     .await;
 }
