@@ -16,9 +16,12 @@ use crate::settings::Secret;
 /// Longest a single Bot API call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A client for one bot. Cheap to clone; clones share the connection pool.
+/// A client for one bot. Cheap to clone; clones share the connection pool. Its `User-Agent`
+/// names this process, so that the fake Telegram's log tells which process made each call.
 pub fn bot(token: &Secret, api_url: &Url) -> anyhow::Result<Bot> {
-    let client = teloxide_core::net::default_reqwest_settings().timeout(CALL_TIMEOUT).build()?;
+    let agent = format!("botfleet/{} (pid {})", env!("CARGO_PKG_VERSION"), std::process::id());
+    let client =
+        teloxide_core::net::default_reqwest_settings().timeout(CALL_TIMEOUT).user_agent(agent).build()?;
     Ok(Bot::with_client(token.expose(), client).set_api_url(api_url.clone()))
 }
 

@@ -226,6 +226,7 @@ fn print_table(summary: &Value) {
         ("audited", summary["audit"]["audited"].to_string()),
         ("lost", summary["audit"]["lost"].to_string()),
         ("duplicated", summary["audit"]["duplicated"].to_string()),
+        ("in doubt", summary["audit"]["in_doubt"].to_string()),
         ("posts", summary["audit"]["posts"].to_string()),
     ];
     for (name, value) in rows {
@@ -242,6 +243,9 @@ fn print_table(summary: &Value) {
             sse["p50_ms"].as_f64().unwrap_or(0.0),
             sse["p99_ms"].as_f64().unwrap_or(0.0)
         );
+    }
+    for example in summary["audit"]["examples"].as_array().into_iter().flatten() {
+        eprintln!("{:>22}  {}", "", example.as_str().unwrap_or_default());
     }
     eprintln!("{:>22}  {}", "audit", if summary["passed"] == true { "PASSED" } else { "FAILED" });
 }

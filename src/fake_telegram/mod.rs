@@ -50,6 +50,9 @@ pub struct Call {
     pub at_ms: u64,
     /// The HTTP status the fake answered with.
     pub status: u16,
+    /// The caller's `User-Agent`: which process made the call (botfleet's name their pid).
+    #[serde(default)]
+    pub client: String,
 }
 
 /// The webhook a bot registered with `setWebhook`.
@@ -223,6 +226,11 @@ async fn bot_api(
     let Some(bot_id) = bot_id(&segment) else {
         return telegram_error(StatusCode::NOT_FOUND, "Not Found", None);
     };
+    let client = request
+        .headers()
+        .get(header::USER_AGENT)
+        .map(|agent| String::from_utf8_lossy(agent.as_bytes()).into_owned())
+        .unwrap_or_default();
     let mut params = query;
     match read_params(&fake, request).await {
         Ok(body) => params.extend(body),
@@ -241,7 +249,7 @@ async fn bot_api(
     let answer = methods::answer(&mut inner, bot_id, &method, &params, Instant::now());
     let seq = inner.calls.len() as u64 + 1;
     let status = answer.status();
-    inner.calls.push(Call { seq, bot_id, method, params, at_ms: now_ms(), status: status.as_u16() });
+    inner.calls.push(Call { seq, bot_id, method, params, at_ms: now_ms(), status: status.as_u16(), client });
     drop(inner);
     fake.recorded.notify_waiters();
     match answer {

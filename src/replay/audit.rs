@@ -6,6 +6,14 @@
 //! answer. Posts are counted by `update_id` in Postgres (their uniqueness is a constraint, so a
 //! second post would be a broken schema). Other updates (edits, kinds the bot ignores) are
 //! acknowledged without a reply and are not audited.
+//!
+//! One kind of second copy no system can rule out: Telegram took the first, and its sender died
+//! before it could record so (a `kill -9` between the two). The Bot API has no idempotency key,
+//! so the redelivery cannot know, and must send again rather than risk saying nothing. Such a
+//! copy is counted apart, as *in doubt*, when the process that sent the one before it (the
+//! fake's log names each call's process by its `User-Agent`) never called Telegram again: it was
+//! gone by the time the update was handled anew. A copy whose first sender lived on is a
+//! duplicate, and fails the audit.
 
 use std::collections::HashMap;
 
@@ -18,8 +26,12 @@ pub struct Audit {
     pub audited: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Second copies whose first sender died right after sending it (see above).
+    pub in_doubt: u64,
     /// Posts made by the replayed updates.
     pub posts: u64,
+    /// The first few second copies, duplicated or in doubt, with the calls that made them.
+    pub examples: Vec<String>,
 }
 
 impl Audit {
@@ -28,24 +40,44 @@ impl Audit {
     }
 }
 
+/// How many examples an audit keeps.
+const EXAMPLES: usize = 5;
+
+/// One successful call that was an update's effect: its place in the log and its process.
+struct Copy<'a> {
+    seq: u64,
+    client: &'a str,
+}
+
 /// `updates`: each replayed update and whether it was acknowledged; `calls`: the fake
 /// Telegram's log of the run; `posts`: posts per `update_id`.
 pub fn audit(updates: &[(&Value, bool)], calls: &[Value], posts: &HashMap<i64, i64>) -> Audit {
-    let mut replies: HashMap<(i64, i64), u64> = HashMap::new();
-    let mut answers: HashMap<&str, u64> = HashMap::new();
-    for call in calls.iter().filter(|c| c["status"] == 200) {
+    let mut replies: HashMap<(i64, i64), Vec<Copy>> = HashMap::new();
+    let mut answers: HashMap<&str, Vec<Copy>> = HashMap::new();
+    // The last call each process made, failed or not.
+    let mut last_call: HashMap<&str, u64> = HashMap::new();
+    for call in calls {
+        let copy = Copy {
+            seq: call["seq"].as_u64().unwrap_or_default(),
+            client: call["client"].as_str().unwrap_or_default(),
+        };
+        let last = last_call.entry(copy.client).or_default();
+        *last = (*last).max(copy.seq);
+        if call["status"] != 200 {
+            continue;
+        }
         let params = &call["params"];
         match call["method"].as_str() {
             Some("sendMessage" | "sendPhoto") => {
                 if let (Some(chat), Some(message)) =
                     (params["chat_id"].as_i64(), params["reply_parameters"]["message_id"].as_i64())
                 {
-                    *replies.entry((chat, message)).or_default() += 1;
+                    replies.entry((chat, message)).or_default().push(copy);
                 }
             }
             Some("answerCallbackQuery") => {
                 if let Some(id) = params["callback_query_id"].as_str() {
-                    *answers.entry(id).or_default() += 1;
+                    answers.entry(id).or_default().push(copy);
                 }
             }
             _ => {}
@@ -55,18 +87,38 @@ pub fn audit(updates: &[(&Value, bool)], calls: &[Value], posts: &HashMap<i64, i
     for (update, _) in updates.iter().filter(|(_, acknowledged)| *acknowledged) {
         audit.acknowledged += 1;
         let message = &update["message"];
-        let effects = if let (Some(chat), Some(id)) =
+        let copies = if let (Some(chat), Some(id)) =
             (message["chat"]["id"].as_i64(), message["message_id"].as_i64())
         {
-            replies.get(&(chat, id)).copied().unwrap_or(0)
+            replies.get_mut(&(chat, id))
         } else if let Some(id) = update["callback_query"]["id"].as_str() {
-            answers.get(id).copied().unwrap_or(0)
+            answers.get_mut(id)
         } else {
             continue;
         };
         audit.audited += 1;
-        audit.lost += u64::from(effects == 0);
-        audit.duplicated += effects.saturating_sub(1);
+        let Some(copies) = copies else {
+            audit.lost += 1;
+            continue;
+        };
+        copies.sort_by_key(|c| c.seq);
+        for pair in copies.windows(2) {
+            let (first, again) = (&pair[0], &pair[1]);
+            let first_sender_gone = last_call.get(first.client).is_some_and(|&last| last < again.seq);
+            let kind = if first_sender_gone {
+                audit.in_doubt += 1;
+                "in doubt"
+            } else {
+                audit.duplicated += 1;
+                "duplicated"
+            };
+            if audit.examples.len() < EXAMPLES {
+                audit.examples.push(format!(
+                    "update {}, {kind}: calls #{} ({}) and #{} ({})",
+                    update["update_id"], first.seq, first.client, again.seq, again.client
+                ));
+            }
+        }
     }
     for count in posts.values() {
         audit.posts += *count as u64;
@@ -84,9 +136,22 @@ mod tests {
         json!({"update_id": update_id, "message": {"message_id": update_id, "chat": {"id": chat}, "text": "hello"}})
     }
 
-    fn reply(chat: i64, message_id: i64) -> Value {
-        json!({"method": "sendMessage", "status": 200,
+    fn reply(client: &str, chat: i64, message_id: i64) -> Value {
+        json!({"method": "sendMessage", "status": 200, "client": client,
                "params": {"chat_id": chat, "text": "ok", "reply_parameters": {"message_id": message_id}}})
+    }
+
+    fn answer(client: &str) -> Value {
+        json!({"method": "answerCallbackQuery", "status": 200, "client": client, "params": {"callback_query_id": "cb4"}})
+    }
+
+    /// The calls in this order, numbered as the fake numbers them.
+    fn log(calls: &[Value]) -> Vec<Value> {
+        let mut calls = calls.to_vec();
+        for (seq, call) in calls.iter_mut().enumerate() {
+            call["seq"] = json!(seq + 1);
+        }
+        calls
     }
 
     #[test]
@@ -99,37 +164,70 @@ mod tests {
             json!({"update_id": 5, "edited_message": {"message_id": 1, "chat": {"id": 10}}}),
         ];
         let acknowledged: Vec<(&Value, bool)> = updates.iter().map(|u| (u, true)).collect();
-        let answer =
-            json!({"method": "answerCallbackQuery", "status": 200, "params": {"callback_query_id": "cb4"}});
         let mut calls = vec![
-            reply(10, 1),
-            reply(10, 2),
-            reply(20, 3),
-            answer.clone(),
+            reply("a", 10, 1),
+            reply("a", 10, 2),
+            reply("b", 20, 3),
+            answer("b"),
             // Not a reply to anything replayed, and a failed call: neither counts.
-            json!({"method": "sendMessage", "status": 200, "params": {"chat_id": 10, "text": "notice"}}),
-            json!({"method": "sendMessage", "status": 429, "params": {"chat_id": 20, "text": "ok", "reply_parameters": {"message_id": 3}}}),
+            json!({"method": "sendMessage", "status": 200, "client": "a", "params": {"chat_id": 10, "text": "notice"}}),
+            json!({"method": "sendMessage", "status": 429, "client": "b", "params": {"chat_id": 20, "text": "ok", "reply_parameters": {"message_id": 3}}}),
         ];
         let posts = HashMap::from([(1, 1), (2, 1)]);
-        let clean = audit(&acknowledged, &calls, &posts);
-        assert_eq!(clean, Audit { acknowledged: 5, audited: 4, lost: 0, duplicated: 0, posts: 2 });
+        let clean = audit(&acknowledged, &log(&calls), &posts);
+        assert_eq!(
+            clean,
+            Audit {
+                acknowledged: 5,
+                audited: 4,
+                lost: 0,
+                duplicated: 0,
+                in_doubt: 0,
+                posts: 2,
+                examples: vec![]
+            }
+        );
         assert!(clean.passed());
-
-        // A loss: the reply to update 2 never went out.
-        calls.remove(1);
-        let lost = audit(&acknowledged, &calls, &posts);
-        assert_eq!((lost.lost, lost.duplicated), (1, 0));
-        assert!(!lost.passed());
-        // A duplicate: update 3 answered twice, the callback answered twice.
-        calls.insert(1, reply(10, 2));
-        calls.push(reply(20, 3));
-        calls.push(answer);
-        let doubled = audit(&acknowledged, &calls, &posts);
-        assert_eq!((doubled.lost, doubled.duplicated), (0, 2));
+        // A second post of one update is a duplicate whatever the replies say.
+        assert_eq!(audit(&acknowledged, &log(&calls), &HashMap::from([(1, 2), (2, 1)])).duplicated, 1);
         // An update given up (not acknowledged) is not expected to have an effect.
         let given_up: Vec<(&Value, bool)> = updates.iter().map(|u| (u, u["update_id"] != 2)).collect();
-        calls.remove(1);
-        calls.truncate(calls.len() - 2);
-        assert!(audit(&given_up, &calls, &posts).passed());
+        let mut without_2 = calls.clone();
+        without_2.remove(1);
+        assert!(audit(&given_up, &log(&without_2), &posts).passed());
+
+        // A loss: the reply to update 2 never went out.
+        let lost = audit(&acknowledged, &log(&without_2), &posts);
+        assert_eq!((lost.lost, lost.duplicated), (1, 0));
+        assert!(!lost.passed());
+        // Duplicates: update 2 answered twice by one process, update 3 and the callback a second
+        // time by another while the first lived on.
+        calls.insert(2, reply("a", 10, 2));
+        calls.push(reply("a", 20, 3));
+        calls.push(answer("a"));
+        calls.push(reply("b", 20, 99));
+        let doubled = audit(&acknowledged, &log(&calls), &posts);
+        assert_eq!((doubled.lost, doubled.duplicated, doubled.in_doubt), (0, 3, 0));
+        assert_eq!(doubled.examples[0], "update 2, duplicated: calls #2 (a) and #3 (a)");
+        assert!(!doubled.passed());
+    }
+
+    #[test]
+    fn a_second_copy_is_in_doubt_only_when_the_first_sender_never_called_again() {
+        let updates = [message(1, 10), message(2, 10)];
+        let acknowledged: Vec<(&Value, bool)> = updates.iter().map(|u| (u, true)).collect();
+        let posts = HashMap::new();
+        // Process "a" replied to update 1 and died; "b" handled the redelivery and replied again.
+        let died = log(&[reply("a", 10, 1), reply("b", 10, 2), reply("b", 10, 1)]);
+        let after_death = audit(&acknowledged, &died, &posts);
+        assert_eq!((after_death.duplicated, after_death.in_doubt), (0, 1));
+        assert!(after_death.passed());
+        assert_eq!(after_death.examples, ["update 1, in doubt: calls #1 (a) and #3 (b)"]);
+        // The same copies, but "a" made a call after the second one: it lived, so the second
+        // copy was a duplicate.
+        let lived = log(&[reply("a", 10, 1), reply("b", 10, 2), reply("b", 10, 1), reply("a", 10, 7)]);
+        let after_life = audit(&acknowledged, &lived, &posts);
+        assert_eq!((after_life.duplicated, after_life.in_doubt), (1, 0));
+        assert!(!after_life.passed());
     }
 }

@@ -114,3 +114,16 @@ async fn the_call_log_can_be_awaited_until_enough_calls_matched() {
     let calls: serde_json::Value = reqwest::get(&log).await.unwrap().json().await.unwrap();
     assert_eq!(calls.as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn the_log_names_the_process_behind_each_call() {
+    let (fake, url) = spawn_fake(false).await;
+    let token = botfleet::settings::Secret::new(MAIN_BOT.token);
+    botfleet::telegram::bot(&token, &url.parse().unwrap()).unwrap().get_me().await.unwrap();
+    client(&url).get_me().await.unwrap();
+    let clients: Vec<String> = fake.calls().into_iter().map(|c| c.client).collect();
+    let ours = format!("botfleet/{} (pid {})", env!("CARGO_PKG_VERSION"), std::process::id());
+    assert_eq!(clients[0], ours);
+    // Another client (teloxide's own, with no User-Agent) is told apart.
+    assert_ne!(clients[1], ours);
+}
