@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0003_user_unreachable.sql"),
     },
     Migration { version: 4, name: "broadcasts", sql: include_str!("migrations/0004_broadcasts.sql") },
+    Migration { version: 5, name: "decided_update", sql: include_str!("migrations/0005_decided_update.sql") },
 ];
 
 pub struct Migration {

@@ -200,8 +200,12 @@ pub async fn list_mine(ctx: &Ctx<'_>, chat: i64, from: &User) -> Result<(), Hand
     ctx.say(chat, Reply::with_buttons(text, InlineKeyboardMarkup::new(rows))).await
 }
 
+/// Deletes one of the author's posts, then invalidates the feed's pages. A click that finds
+/// nothing to delete invalidates them too: it may be the redelivery of a delete whose
+/// invalidation failed (Redis was down), and the row is all that said the post was there.
 async fn delete(ctx: &Ctx<'_>, from: &User, id: i64) -> Result<String, HandleError> {
     let Some(post) = store::delete_post(&ctx.state.db, ctx.bot.config.id, user_id(from), id).await? else {
+        ctx.removed().await?;
         return Ok("That post is gone already.".to_owned());
     };
     if post.status == "published" {
@@ -213,8 +217,9 @@ async fn delete(ctx: &Ctx<'_>, from: &User, id: i64) -> Result<String, HandleErr
 
 /// Approve or Reject in the moderator chat. The first decision wins; a second click, by another
 /// moderator or through another worker, changes nothing. The post is published and its author
-/// told (through the outbox, once per post) whichever click or delivery gets there: a
-/// redelivery after a failure half way finishes the job.
+/// told (through the outbox, once per post) whichever click or delivery gets there, and the
+/// deciding click's redelivery edits the moderator chat's message: a redelivery after a failure
+/// half way finishes the job.
 async fn moderate(
     ctx: &Ctx<'_>,
     query: &CallbackQuery,
@@ -222,8 +227,8 @@ async fn moderate(
     id: i64,
     approve: bool,
 ) -> Result<String, HandleError> {
-    let Some((post, author, now)) = store::decide(&ctx.state.db, ctx.bot.config.id, id, approve).await?
-    else {
+    let decided = store::decide(&ctx.state.db, ctx.bot.config.id, id, approve, ctx.update_id).await?;
+    let Some((post, author, ours)) = decided else {
         return Ok("That post is gone.".to_owned());
     };
     let (verdict, notice) = if post.status == "published" {
@@ -235,7 +240,7 @@ async fn moderate(
         ctx.publish(&view).await?;
     }
     ctx.notify(&format!("verdict:{id}"), post.chat_id, &notice, None).await?;
-    if !now {
+    if !ours {
         return Ok("Already decided.".to_owned());
     }
     if let Some(message) = &query.message {

@@ -320,21 +320,24 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost
         .collect()
 }
 
-/// A moderator's decision on a pending post. Only the first decision counts: returns the post
-/// as decided (now or before), its author, and whether this call decided it; `None` if the post
-/// is gone or still pending.
+/// A moderator's decision on a pending post, by the update of their click. Only the first
+/// decision counts: returns the post as decided (now or before), its author, and whether this
+/// update decided it (now, or in an earlier delivery of it); `None` if the post is gone or still
+/// pending.
 pub async fn decide(
     db: &Pool,
     bot_id: i64,
     post_id: i64,
     approve: bool,
+    update_id: i64,
 ) -> Result<Option<(StoredPost, Author, bool)>, StoreError> {
     let rows = query(
         db,
         "WITH decided AS (
              UPDATE posts p
              SET status = CASE WHEN $3 THEN 'published' ELSE 'rejected' END,
-                 published_at = CASE WHEN $3 THEN now() END
+                 published_at = CASE WHEN $3 THEN now() END,
+                 decided_update = $4
              FROM users u
              WHERE p.bot_id = $1 AND p.id = $2 AND p.status = 'pending'
                AND u.bot_id = p.bot_id AND u.user_id = p.author_id
@@ -344,11 +347,11 @@ pub async fn decide(
          SELECT *, true AS now FROM decided
          UNION ALL
          SELECT p.id, p.chat_id, p.text, p.media_file_id IS NOT NULL, p.status, p.published_at,
-                u.first_name, u.username, false
+                u.first_name, u.username, p.decided_update IS NOT DISTINCT FROM $4
          FROM posts p JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
          WHERE p.bot_id = $1 AND p.id = $2 AND p.status IN ('published', 'rejected')
            AND NOT EXISTS (SELECT 1 FROM decided)",
-        &[&bot_id, &post_id, &approve],
+        &[&bot_id, &post_id, &approve, &update_id],
     )
     .await?;
     Ok(rows.first().map(|row| {

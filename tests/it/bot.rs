@@ -377,6 +377,45 @@ async fn two_moderators_approving_at_once_publish_once_and_notify_once() {
 }
 
 #[tokio::test]
+async fn a_moderators_click_whose_edit_failed_finishes_on_redelivery() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    let settings = [("BOTFLEET_BOT_MAIN_MODERATOR_CHAT", "-100200")];
+    let worker = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
+    deliver_ok(&worker, &text_update(1, 42, "please approve this post")).await;
+    let pending: i64 = db.count("SELECT id FROM posts WHERE status = 'pending'").await;
+
+    // The post is published, but the moderator chat's message cannot be edited (every attempt
+    // the worker makes is refused with a 429): Telegram is asked to redeliver the click.
+    let click = callback_update(2, 7, -100200, &format!("mod:ok:{pending}"));
+    fake.fail_times("editMessageText", Failure::TooManyRequests(1), 3);
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &click).await.status(), 503);
+    assert_eq!(db.count("SELECT count(*) FROM posts WHERE status = 'published'").await, 1);
+    // Its redelivery knows the decision as its own: it edits the message and says so.
+    deliver_ok(&worker, &click).await;
+    let edits: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "editMessageText" && c.status == 200)
+        .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert!(edits[0].starts_with(&format!("Post #{pending}: approved by")), "{edits:?}");
+    let answers: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "answerCallbackQuery")
+        .map(|c| c.params["text"].clone())
+        .collect();
+    assert_eq!(answers, [json!(format!("Post #{pending} approved."))]);
+    // Another moderator's later click is told it was decided, and edits nothing.
+    deliver_ok(&worker, &callback_update(3, 8, -100200, &format!("mod:no:{pending}"))).await;
+    assert_eq!(fake.calls().iter().filter(|c| c.method == "editMessageText" && c.status == 200).count(), 1);
+    assert_eq!(fake.calls().last().unwrap().params["text"], json!("Already decided."));
+}
+
+#[tokio::test]
 async fn my_lists_the_authors_posts_and_deletes_one() {
     let db = TestDb::fresh().await;
     let prefix = unique("r");
@@ -398,6 +437,43 @@ async fn my_lists_the_authors_posts_and_deletes_one() {
     deliver_ok(&worker, &callback_update(5, 42, 42, &format!("del:{own}"))).await;
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 1);
     assert_eq!(said_to(&fake, 42).last().unwrap(), &format!("Post #{own} deleted."));
+}
+
+#[tokio::test]
+async fn a_delete_whose_feed_invalidation_failed_invalidates_on_redelivery() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (_fake, telegram) = spawn_fake(false).await;
+    let user = RedisUser::new().await;
+    let worker = spawn_worker_with(
+        &db,
+        &prefix,
+        &telegram,
+        &[MAIN_BOT],
+        &[(botfleet::settings::REDIS_URL, &user.url)],
+    )
+    .await;
+    deliver_ok(&worker, &text_update(1, 42, "a post its author regrets")).await;
+    let id: i64 = db.count("SELECT id FROM posts").await;
+    let generation = FeedKeys::new(&prefix).generation;
+    let pages = || async {
+        let generation: Option<i64> =
+            redis::cmd("GET").arg(&generation).query_async(&mut redis().await).await.unwrap();
+        generation
+    };
+    let before = pages().await;
+
+    // The row goes, but the feed's pages cannot be invalidated (INCR refused, as when Redis
+    // fails right after the commit): Telegram is asked to redeliver.
+    let delete = callback_update(2, 42, 42, &format!("del:{id}"));
+    user.set("-incr").await;
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &delete).await.status(), 503);
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 0);
+    assert_eq!(pages().await, before, "nothing invalidated yet");
+    // The redelivery finds nothing to delete, and invalidates the pages all the same.
+    user.set("+incr").await;
+    deliver_ok(&worker, &delete).await;
+    assert!(pages().await > before, "the deleted post is still on cached pages");
 }
 
 #[tokio::test]
