@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::streams::{StreamId, StreamInfoConsumersReply, StreamPendingCountReply, StreamReadReply};
+use teloxide_core::RequestError;
 use teloxide_core::payloads::SendMessageSetters;
 use teloxide_core::prelude::Requester;
 use teloxide_core::types::{ChatId, InlineKeyboardMarkup, MessageId};
@@ -260,35 +261,47 @@ impl Sender {
             return Ok(());
         };
         let broadcast = entry.get::<i64>("broadcast");
-        if let Some(id) = broadcast {
-            let [_, cancelled] = self.bot.keys.broadcast(id);
-            if redis::cmd("EXISTS").arg(&cancelled).query_async::<bool>(conn).await? {
-                let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
-                return Ok(());
-            }
+        if self.cancelled(conn, broadcast).await? {
+            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            return Ok(());
         }
         let markup: Option<InlineKeyboardMarkup> =
             entry.get::<String>("markup").and_then(|json| serde_json::from_str(&json).ok());
         let api = &self.bot.api;
         let name = self.bot.config.name.as_str();
+        let check = conn.clone();
         let sent = self
             .flood
             .send(conn, (&self.bot.keys, name), chat, Urgency::Queued, || {
                 let request = api.send_message(ChatId(chat), text.clone());
-                match markup.clone() {
+                let request = match markup.clone() {
                     Some(markup) => request.reply_markup(markup),
                     None => request,
+                };
+                let mut check = check.clone();
+                async move {
+                    // Asked again once its moment came: a broadcast cancelled while this
+                    // message waited for it sends nothing more. (A failed check is a failed
+                    // call: the entry stays pending and is tried again.)
+                    let unavailable =
+                        |e: redis::RedisError| RequestError::Io(Arc::new(std::io::Error::other(e)));
+                    if self.cancelled(&mut check, broadcast).await.map_err(unavailable)? {
+                        return Ok(None);
+                    }
+                    request.await.map(Some)
                 }
             })
             .await;
+        if let Ok(Ok(None)) = sent {
+            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            return Ok(());
+        }
         if let Ok(Err(e)) = &sent {
             users::refused(&self.db, conn, &self.bot.keys, (self.bot.config.id, chat), e).await?;
         }
         let label = match &sent {
             Ok(Ok(_)) => "ok",
-            Ok(Err(e)) if !is_transient(e) && !matches!(e, teloxide_core::RequestError::RetryAfter(_)) => {
-                "refused"
-            }
+            Ok(Err(e)) if !is_transient(e) && !matches!(e, RequestError::RetryAfter(_)) => "refused",
             _ => "error",
         };
         self.metrics.bot_api_calls.with_label_values(&["sendMessage", label]).inc();
@@ -299,6 +312,15 @@ impl Sender {
             }
         }
         Ok(())
+    }
+
+    /// Whether the message belongs to a broadcast its admin cancelled.
+    async fn cancelled(&self, conn: &mut Conn, broadcast: Option<i64>) -> redis::RedisResult<bool> {
+        let Some(id) = broadcast else {
+            return Ok(false);
+        };
+        let [_, cancelled] = self.bot.keys.broadcast(id);
+        redis::cmd("EXISTS").arg(&cancelled).query_async(conn).await
     }
 
     /// Counts one recipient of broadcast `id` done, and now and then (and at the end) edits the

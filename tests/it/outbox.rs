@@ -8,7 +8,7 @@ use botfleet::kv::BotKeys;
 use redis::streams::StreamInfoConsumersReply;
 use serde_json::json;
 
-use botfleet::fake_telegram::Fake;
+use botfleet::fake_telegram::{Call, Fake};
 
 use crate::helpers::{
     MAIN_BOT, Running, TestDb, deliver_update, eventually, outbox_drained, redis, spawn_fake,
@@ -217,6 +217,18 @@ async fn broadcast_cancel_drops_what_is_still_queued() {
         .collect();
     assert!(replies.iter().any(|t| t.starts_with("Broadcast #1 cancelled")), "{replies:?}");
     assert_eq!(db.count("SELECT count(*) FROM broadcasts WHERE status = 'cancelled'").await, 1);
+    // Messages already waiting for their moment when the cancel came are not sent either (at
+    // most one may have been on its way, past its last check: moments are half a second apart).
+    let calls = fake.calls();
+    let cancelled =
+        |c: &&Call| c.params["text"].as_str().is_some_and(|t| t.starts_with("Broadcast #1 cancelled"));
+    let reply = calls.iter().find(cancelled).unwrap().seq;
+    let after: Vec<u64> = calls
+        .iter()
+        .filter(|c| c.params["text"] == "Soon cancelled" && c.seq > reply)
+        .map(|c| c.seq)
+        .collect();
+    assert!(after.len() <= 1, "sent after the cancel's reply (#{reply}): {after:?}");
 }
 
 #[tokio::test]
