@@ -12,7 +12,7 @@
 //! Redis is the fast path only: the Postgres unique constraints are what make a redelivery
 //! after a Redis flush harmless.
 
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -223,8 +223,7 @@ impl Intake {
 
     /// Runs `work` (the update's handling) while keeping the turn: the lease is renewed every
     /// third of its length for as long as `work` runs, in the same task (no task per update).
-    pub async fn hold<T>(&self, conn: &Conn, turn: &Turn, work: impl Future<Output = T>) -> T {
-        let mut work = pin!(work);
+    pub async fn hold<T>(&self, conn: &Conn, turn: &Turn, mut work: Pin<&mut impl Future<Output = T>>) -> T {
         let mut renewing = true;
         loop {
             tokio::select! {

@@ -6,6 +6,7 @@
 //! that hangs up (axum then drops this handler's future) cannot stop it half way — a post
 //! stored but never published or answered.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +15,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use teloxide_core::types::Update;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::bot::{self, HandleError};
 use super::intake::{Begin, IntakeError};
@@ -80,22 +83,20 @@ async fn authenticated(
     }
     let started = Instant::now();
     let kind = bot::kind_name(&update);
-    let handling = telemetry::own_scope(process(state.clone(), bot.clone(), update, bytes));
-    let work = state.tasks.spawn(async move {
-        let _in_flight = permit;
-        handling.await
-    });
+    let work =
+        state.tasks.spawn(telemetry::own_scope(process(state.clone(), bot.clone(), update, bytes, permit)));
     let outcome =
         work.await.unwrap_or_else(|panic| Outcome::Failed(format!("update handler panicked: {panic}")));
     state.metrics.update_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
     outcome.response(bot)
 }
 
-/// Reads an update. teloxide's deserializer panics on some malformed updates (a
-/// `message_reaction` with neither `user` nor `actor_chat`: found by the `update` fuzz target);
-/// such a body is unparseable like any other, not a dropped connection.
-pub(crate) fn parse_update(bytes: &[u8]) -> Result<Update, String> {
-    match std::panic::catch_unwind(|| serde_json::from_slice::<Update>(bytes)) {
+/// Reads an update (boxed: it is large, and moves with its handling). teloxide's deserializer
+/// panics on some malformed updates (a `message_reaction` with neither `user` nor `actor_chat`:
+/// found by the `update` fuzz target); such a body is unparseable like any other, not a dropped
+/// connection.
+pub(crate) fn parse_update(bytes: &[u8]) -> Result<Box<Update>, String> {
+    match std::panic::catch_unwind(|| serde_json::from_slice::<Box<Update>>(bytes)) {
         Ok(parsed) => parsed.map_err(|e| e.to_string()),
         Err(_) => Err("a malformed update (the parser gave up)".to_owned()),
     }
@@ -134,8 +135,25 @@ fn retry_later(status: StatusCode, message: &str) -> Response {
     response
 }
 
-#[tracing::instrument(skip_all, fields(bot = %bot.config.name, update_id = update.id.0))]
-async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: Bytes) -> Outcome {
+/// The work on one update, in its own task; `_in_flight` is its place among those the worker
+/// handles at once. (Not an `async fn` with `#[instrument]`: that nests the future in one of
+/// the same size, and every update's task would move twice the bytes.)
+fn process(
+    state: WorkerState,
+    bot: Arc<BotRuntime>,
+    update: Box<Update>,
+    raw: Bytes,
+    _in_flight: OwnedSemaphorePermit,
+) -> impl Future<Output = Outcome> {
+    let span = tracing::info_span!("process", bot = %bot.config.name, update_id = update.id.0);
+    async move {
+        let _in_flight = _in_flight;
+        handle_update(state, bot, update, raw).await
+    }
+    .instrument(span)
+}
+
+async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Update>, raw: Bytes) -> Outcome {
     let update_id = i64::from(update.id.0);
     telemetry::tag("bot", bot.config.name.as_str());
     telemetry::tag("update_kind", bot::kind_name(&update));
@@ -172,8 +190,11 @@ async fn process(state: WorkerState, bot: Arc<BotRuntime>, update: Update, raw: 
         .lease_wait_seconds
         .with_label_values(&[bot.config.name.as_str()])
         .observe(waiting.elapsed().as_secs_f64());
-    let handling = bot::handle(&state, &redis, &bot, &turn, &update);
-    let (handled, outcome) = match bot.intake.hold(&redis, &turn, handling).await {
+    let held = {
+        let handling = pin!(bot::handle(&state, &redis, &bot, &turn, &update));
+        bot.intake.hold(&redis, &turn, handling).await
+    };
+    let (handled, outcome) = match held {
         Ok(()) => (true, Outcome::Acknowledged),
         Err(HandleError::Unavailable(e)) => (false, Outcome::RetryLater(format!("{e:#}"))),
         Err(HandleError::Failed(e)) => {
