@@ -176,6 +176,15 @@ async fn dialogue_step(prefix: &str, chat: i64) -> String {
     state.unwrap_or_default()
 }
 
+/// The texts of the successful calls of `method`, in order.
+fn texts_of(fake: &Fake, method: &str) -> Vec<String> {
+    fake.calls()
+        .into_iter()
+        .filter(|c| c.method == method && c.status == 200)
+        .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// The successful replies that quote `message` (each message gets one: see `Ctx::quote`).
 fn replies_to(fake: &Fake, message: i64) -> Vec<String> {
     fake.calls()
@@ -254,13 +263,7 @@ async fn a_dialogue_step_replies_once_whether_its_save_or_its_reply_fails() {
     assert_eq!(dialogue_step(&prefix, 42).await, "", "the dialogue ended");
     deliver_ok(&worker, &publish).await;
     outbox_drained(&prefix).await;
-    let answers: Vec<_> = fake
-        .calls()
-        .into_iter()
-        .filter(|c| c.method == "answerCallbackQuery" && c.status == 200)
-        .map(|c| c.params["text"].clone())
-        .collect();
-    assert_eq!(answers, [json!("Done.")]);
+    assert_eq!(texts_of(&fake, "answerCallbackQuery"), ["Done."]);
     let published: Vec<_> =
         said_to(&fake, 42).into_iter().filter(|text| text.starts_with("Published as post #")).collect();
     assert_eq!(published.len(), 1, "{published:?}");
@@ -358,12 +361,7 @@ async fn two_moderators_approving_at_once_publish_once_and_notify_once() {
     let stream: i64 =
         redis::cmd("XLEN").arg(FeedKeys::new(&prefix).stream).query_async(&mut redis().await).await.unwrap();
     assert_eq!(stream, 1, "one publish");
-    let answers: Vec<String> = fake
-        .calls()
-        .into_iter()
-        .filter(|c| c.method == "answerCallbackQuery")
-        .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let answers = texts_of(&fake, "answerCallbackQuery");
     assert!(answers.contains(&"Already decided.".to_owned()), "{answers:?}");
     // The edit came too late to count now.
     let mut late = edit.clone();
@@ -394,24 +392,13 @@ async fn a_moderators_click_whose_edit_failed_finishes_on_redelivery() {
     assert_eq!(db.count("SELECT count(*) FROM posts WHERE status = 'published'").await, 1);
     // Its redelivery knows the decision as its own: it edits the message and says so.
     deliver_ok(&worker, &click).await;
-    let edits: Vec<_> = fake
-        .calls()
-        .into_iter()
-        .filter(|c| c.method == "editMessageText" && c.status == 200)
-        .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let edits = texts_of(&fake, "editMessageText");
     assert_eq!(edits.len(), 1, "{edits:?}");
     assert!(edits[0].starts_with(&format!("Post #{pending}: approved by")), "{edits:?}");
-    let answers: Vec<_> = fake
-        .calls()
-        .into_iter()
-        .filter(|c| c.method == "answerCallbackQuery")
-        .map(|c| c.params["text"].clone())
-        .collect();
-    assert_eq!(answers, [json!(format!("Post #{pending} approved."))]);
+    assert_eq!(texts_of(&fake, "answerCallbackQuery"), [format!("Post #{pending} approved.")]);
     // Another moderator's later click is told it was decided, and edits nothing.
     deliver_ok(&worker, &callback_update(3, 8, -100200, &format!("mod:no:{pending}"))).await;
-    assert_eq!(fake.calls().iter().filter(|c| c.method == "editMessageText" && c.status == 200).count(), 1);
+    assert_eq!(texts_of(&fake, "editMessageText").len(), 1);
     assert_eq!(fake.calls().last().unwrap().params["text"], json!("Already decided."));
 }
 
