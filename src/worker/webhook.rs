@@ -147,7 +147,7 @@ fn process(
 ) -> impl Future<Output = Outcome> {
     let span = tracing::info_span!("process", bot = %bot.config.name, update_id = update.id.0);
     async move {
-        let _in_flight = _in_flight;
+        let _in_flight = _in_flight; // held until the work ends
         handle_update(state, bot, update, raw).await
     }
     .instrument(span)
