@@ -79,8 +79,9 @@ struct Inner {
     limits: Limits,
     /// Chats whose user blocked the bot: sends to them get 403.
     blocked: std::collections::HashSet<i64>,
-    /// Calls of this method are answered only after this long (a slow Telegram).
-    delay: Option<(String, Duration)>,
+    /// Calls of this method are answered only after this long (a slow Telegram); `true`: they
+    /// are taken (recorded, and their effect made) at once, and only their answer waits.
+    delay: Option<(String, Duration, bool)>,
     /// The next calls of this method (this many) fail so, whatever their parameters and the
     /// limits.
     fail_next: Option<(String, Failure, u32)>,
@@ -124,7 +125,13 @@ impl Fake {
 
     /// Answers calls of `method` only after `delay` from now on; `None` makes it fast again.
     pub fn set_delay(&self, delay: Option<(&str, Duration)>) {
-        self.lock().delay = delay.map(|(method, d)| (method.to_owned(), d));
+        self.lock().delay = delay.map(|(method, d)| (method.to_owned(), d, false));
+    }
+
+    /// Like [`Fake::set_delay`], but each call is taken at once and only its answer waits: as
+    /// when Telegram took a message and its answer is still on the way back.
+    pub fn set_answer_delay(&self, delay: Option<(&str, Duration)>) {
+        self.lock().delay = delay.map(|(method, d)| (method.to_owned(), d, true));
     }
 
     /// Makes getWebhookInfo of `bot_id` report `pending` updates and, if given, a delivery error
@@ -168,7 +175,8 @@ impl Fake {
         self.lock().fail_next = (times > 0).then(|| (method.to_owned(), failure, times));
     }
 
-    /// Returns once `n` calls have arrived that a delay holds (or held).
+    /// Returns once `n` calls have arrived that a delay holds (or held), before or after they
+    /// were taken.
     pub async fn held(&self, n: u64) {
         // The sender lives as long as `self`: the wait cannot fail.
         let _ = self.held.subscribe().wait_for(|held| *held >= n).await;
@@ -240,18 +248,28 @@ async fn bot_api(
     }
     let params = Value::Object(params);
     let method = methods::canonical(&method);
-    let delay = fake.lock().delay.clone().filter(|(slow, _)| *slow == method);
-    if let Some((_, delay)) = delay {
-        fake.held.send_modify(|held| *held += 1);
-        tokio::time::sleep(delay).await;
+    let delay = fake.lock().delay.clone().filter(|(slow, ..)| *slow == method);
+    let hold = || async {
+        if let Some((_, delay, _)) = delay {
+            fake.held.send_modify(|held| *held += 1);
+            tokio::time::sleep(delay).await;
+        }
+    };
+    let answer_waits = delay.as_ref().is_some_and(|(.., answer)| *answer);
+    if !answer_waits {
+        hold().await;
     }
-    let mut inner = fake.lock();
-    let answer = methods::answer(&mut inner, bot_id, &method, &params, Instant::now());
-    let seq = inner.calls.len() as u64 + 1;
-    let status = answer.status();
-    inner.calls.push(Call { seq, bot_id, method, params, at_ms: now_ms(), status: status.as_u16(), client });
-    drop(inner);
+    let answer = {
+        let mut inner = fake.lock();
+        let answer = methods::answer(&mut inner, bot_id, &method, &params, Instant::now());
+        let (seq, status) = (inner.calls.len() as u64 + 1, answer.status().as_u16());
+        inner.calls.push(Call { seq, bot_id, method, params, at_ms: now_ms(), status, client });
+        answer
+    };
     fake.recorded.notify_waiters();
+    if answer_waits {
+        hold().await;
+    }
     match answer {
         Answer::Ok(result) => Json(json!({ "ok": true, "result": result })).into_response(),
         Answer::Error { status, description, parameters } => telegram_error(status, &description, parameters),

@@ -5,7 +5,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use botfleet::kv::FeedKeys;
+use botfleet::replay::audit::audit;
 use serde_json::json;
 
 use crate::helpers::{
@@ -130,6 +133,53 @@ async fn a_worker_killed_mid_update_loses_nothing_and_duplicates_nothing() {
         "the token's secret leaked into the log"
     );
     std::fs::remove_file(&doomed.log).ok();
+}
+
+/// The one window no design closes: Telegram took the reply, and the worker died before it
+/// could record the update handled. The redelivery cannot know (the Bot API has no idempotency
+/// key), so it replies again rather than risk saying nothing; the replay's audit tells this
+/// copy (in doubt) from a duplicate by the process behind each call.
+#[tokio::test]
+async fn a_worker_killed_after_telegram_took_its_reply_leaves_a_copy_in_doubt() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    let mut doomed = start_worker_process(&db, &prefix, &telegram, &[]).await;
+    let survivor = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
+
+    fake.set_answer_delay(Some(("sendMessage", Duration::from_secs(30))));
+    let update = text_update(51, 42, "a post whose reply Telegram took");
+    let url = format!("{}/webhook/main", doomed.url);
+    let body = update.to_string();
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
+            .body(body)
+            .send()
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(10), fake.held(1))
+        .await
+        .expect("the reply never reached Telegram");
+    doomed.child.kill().await.unwrap();
+    assert!(in_flight.await.unwrap().is_err(), "the killed worker answered Telegram");
+
+    fake.set_answer_delay(None);
+    assert_eq!(deliver_update(&survivor, &MAIN_BOT, &update).await.status(), 200);
+    assert_eq!(db.count("SELECT count(*) FROM posts").await, 1, "exactly one post");
+    let calls: Vec<serde_json::Value> =
+        fake.calls().iter().map(|call| serde_json::to_value(call).unwrap()).collect();
+    let replies: Vec<&str> = calls
+        .iter()
+        .filter(|c| c["method"] == "sendMessage")
+        .map(|c| c["client"].as_str().unwrap())
+        .collect();
+    assert_eq!(replies.len(), 2, "the reply went out twice: {calls:?}");
+    assert_ne!(replies[0], replies[1], "each copy names its process");
+    let audited = audit(&[(&update, true)], &calls, &HashMap::from([(51, 1)]));
+    assert_eq!((audited.lost, audited.duplicated, audited.in_doubt), (0, 0, 1), "{audited:?}");
+    assert!(audited.passed());
 }
 
 #[tokio::test]
