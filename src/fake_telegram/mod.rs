@@ -404,11 +404,18 @@ struct DelayBody {
     method: String,
     /// 0 makes the method fast again.
     ms: u64,
+    /// Take each call at once and hold only its answer.
+    #[serde(default)]
+    answer: bool,
 }
 
 async fn set_delay(State(fake): State<Fake>, Json(body): Json<DelayBody>) -> StatusCode {
-    let delay = (body.ms > 0).then(|| Duration::from_millis(body.ms));
-    fake.set_delay(delay.map(|d| (body.method.as_str(), d)));
+    let delay = (body.ms > 0).then(|| (body.method.as_str(), Duration::from_millis(body.ms)));
+    if body.answer {
+        fake.set_answer_delay(delay)
+    } else {
+        fake.set_delay(delay)
+    }
     StatusCode::NO_CONTENT
 }
 

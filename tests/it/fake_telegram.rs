@@ -127,3 +127,23 @@ async fn the_log_names_the_process_behind_each_call() {
     // Another client (teloxide's own, with no User-Agent) is told apart.
     assert_ne!(clients[1], ours);
 }
+
+#[tokio::test]
+async fn a_delay_holds_the_call_or_only_its_answer() {
+    let (fake, url) = spawn_fake(false).await;
+    let http = reqwest::Client::new();
+    for (answer, taken_while_held) in [(false, 0), (true, 1)] {
+        http.post(format!("{url}/__fake/reset")).send().await.unwrap();
+        let delay = serde_json::json!({"method": "sendMessage", "ms": 300, "answer": answer});
+        let set = http.post(format!("{url}/__fake/delay")).json(&delay).send().await.unwrap();
+        assert_eq!(set.status(), 204);
+        let bot = client(&url);
+        let sending = tokio::spawn(async move { bot.send_message(ChatId(42), "held").await });
+        tokio::time::timeout(std::time::Duration::from_secs(10), fake.held(if answer { 2 } else { 1 }))
+            .await
+            .expect("the call never arrived");
+        assert_eq!(fake.calls().len(), taken_while_held, "answer: {answer}");
+        sending.await.unwrap().unwrap();
+        assert_eq!(fake.calls().len(), 1);
+    }
+}
