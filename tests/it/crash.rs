@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
+use botfleet::fake_telegram::Fake;
 use botfleet::kv::FeedKeys;
 use botfleet::replay::audit::audit;
 use serde_json::json;
@@ -28,6 +29,24 @@ struct WorkerProcess {
     log: std::path::PathBuf,
     /// Copies its output to `log`; ends once the process has exited and all of it is there.
     logging: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerProcess {
+    /// Delivers `update` to this worker and SIGKILLs it once its reply reached the fake (which
+    /// holds it, or its answer): Telegram never gets an answer to the update.
+    async fn killed_while_replying(&mut self, fake: &Fake, update: &serde_json::Value) {
+        let request = reqwest::Client::new()
+            .post(format!("{}/webhook/main", self.url))
+            .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
+            .body(update.to_string())
+            .send();
+        let in_flight = tokio::spawn(request);
+        tokio::time::timeout(Duration::from_secs(10), fake.held(1))
+            .await
+            .expect("the reply never reached Telegram");
+        self.child.kill().await.unwrap();
+        assert!(in_flight.await.unwrap().is_err(), "Telegram got an answer from the killed worker");
+    }
 }
 
 /// A worker process; `extra` settings override the defaults.
@@ -90,23 +109,9 @@ async fn a_worker_killed_mid_update_loses_nothing_and_duplicates_nothing() {
     // and is waiting on sendMessage when it dies.
     fake.set_delay(Some(("sendMessage", Duration::from_secs(30))));
     let update = text_update(31, 42, "a post whose worker is killed");
-    let url = format!("{}/webhook/main", doomed.url);
-    let body = update.to_string();
-    let in_flight = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
-            .body(body)
-            .send()
-            .await
-    });
     // Killed while its reply is in flight: the post is committed, the answer not yet given.
-    tokio::time::timeout(Duration::from_secs(10), fake.held(1))
-        .await
-        .expect("the reply never reached Telegram");
+    doomed.killed_while_replying(&fake, &update).await;
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 1, "committed before the reply");
-    doomed.child.kill().await.unwrap();
-    assert!(in_flight.await.unwrap().is_err(), "Telegram must not have got an answer from the killed worker");
 
     // Telegram redelivers; another worker waits out the dead one's lease and finishes the job.
     fake.set_delay(None);
@@ -149,21 +154,7 @@ async fn a_worker_killed_after_telegram_took_its_reply_leaves_a_copy_in_doubt() 
 
     fake.set_answer_delay(Some(("sendMessage", Duration::from_secs(30))));
     let update = text_update(51, 42, "a post whose reply Telegram took");
-    let url = format!("{}/webhook/main", doomed.url);
-    let body = update.to_string();
-    let in_flight = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
-            .body(body)
-            .send()
-            .await
-    });
-    tokio::time::timeout(Duration::from_secs(10), fake.held(1))
-        .await
-        .expect("the reply never reached Telegram");
-    doomed.child.kill().await.unwrap();
-    assert!(in_flight.await.unwrap().is_err(), "the killed worker answered Telegram");
+    doomed.killed_while_replying(&fake, &update).await;
 
     fake.set_answer_delay(None);
     assert_eq!(deliver_update(&survivor, &MAIN_BOT, &update).await.status(), 200);
