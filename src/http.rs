@@ -1,5 +1,7 @@
 //! HTTP pieces every server shares: JSON errors and serving with a bounded graceful drain.
 
+mod streams;
+
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,19 +25,22 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting, lets
-/// requests in flight and the `tasks` they started finish for at most `grace`, and returns.
+/// Serves `bound` until `shutdown` is cancelled, then stops accepting, lets requests in flight
+/// and the `tasks` they started finish for at most `grace`, and returns.
 async fn serve(
-    listener: TcpListener,
-    router: Router,
+    bound: Bound,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let mut server = tokio::spawn(server);
+    let Bound { listener, router, streams } = bound;
+    let stopped = shutdown.clone().cancelled_owned();
+    let mut server = if streams.is_empty() {
+        tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(stopped).into_future())
+    } else {
+        let listener = streams::Sorting::new(listener, router.clone(), streams, tasks.clone());
+        tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(stopped).into_future())
+    };
     tokio::select! {
         result = &mut server => return Ok(result??),
         () = shutdown.cancelled() => {}
@@ -59,12 +64,15 @@ async fn serve(
 struct Bound {
     listener: TcpListener,
     router: Router,
+    /// Paths of never-ending responses, served without hyper when a connection opens with one
+    /// (see [`streams`]).
+    streams: &'static [&'static str],
 }
 
 impl Bound {
     async fn bind(addr: SocketAddr, router: Router) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        Ok(Self { listener, router })
+        Ok(Self { listener, router, streams: &[] })
     }
 }
 
@@ -113,6 +121,13 @@ impl Server {
         self
     }
 
+    /// Serves connections that open with a `GET` of one of `paths` (never-ending streams)
+    /// without hyper's per-connection buffers: see [`streams`].
+    pub fn lean_streams(mut self, paths: &'static [&'static str]) -> Self {
+        self.main.streams = paths;
+        self
+    }
+
     /// Stops a background loop of the process (cancels `token`) after the drain.
     pub fn cancel_on_stop(mut self, token: CancellationToken) -> Self {
         self.background.push(token);
@@ -145,7 +160,7 @@ impl Server {
                 on_drain.iter().for_each(CancellationToken::cancel);
             })
         };
-        let served = serve(self.main.listener, self.main.router, shutdown, self.tasks, self.grace).await;
+        let served = serve(self.main, shutdown, self.tasks, self.grace).await;
         draining.abort();
         admin_stop.cancel();
         admin_server.await??;

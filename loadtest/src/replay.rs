@@ -291,14 +291,16 @@ impl Subscribers {
                             crate::w3::open(&addr, "/api/feed/stream", last_id.as_deref()).await
                         }
                     };
-                    let Ok((mut stream, mut raw)) = connected else {
+                    let Ok(crate::w3::Opened { mut stream, buffer: mut raw, chunked }) = connected else {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     };
                     let mut buffer = Vec::new();
                     loop {
                         // Through Nginx the stream is chunked, and a read may end inside a chunk.
-                        if !crate::w3::dechunk(&mut raw, &mut buffer) {
+                        if !chunked {
+                            buffer.append(&mut raw);
+                        } else if !crate::w3::dechunk(&mut raw, &mut buffer) {
                             break;
                         }
                         let mut start = 0;

@@ -111,12 +111,12 @@ async fn client(
 ) {
     let opened = open(&addr, &path, None).await;
     let _ = connected.send(opened.is_ok()).await;
-    let Ok((mut stream, mut buffer)) = opened else { return };
+    let Ok(Opened { mut stream, mut buffer, .. }) = opened else { return };
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
-        // Events end with a blank line; the chunked encoding's framing around them does not
+        // Events end with a blank line; a chunked encoding's framing around them would not
         // matter here. Only the post's id is needed, from its text "w3-<id> …".
         let mut start = 0;
         while let Some(end) = find(&buffer[start..], b"\n\n") {
@@ -136,13 +136,16 @@ async fn client(
     }
 }
 
-/// Sends the stream's request and reads the answer's head: the connection, and what came
-/// after the head.
-pub(crate) async fn open(
-    addr: &str,
-    path: &str,
-    last_event_id: Option<&str>,
-) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+/// An open stream: the connection, what came after the answer's head, and whether the body is
+/// chunked (through Nginx) or runs until the connection closes (a node's own streams).
+pub(crate) struct Opened {
+    pub stream: TcpStream,
+    pub buffer: Vec<u8>,
+    pub chunked: bool,
+}
+
+/// Sends the stream's request and reads the answer's head.
+pub(crate) async fn open(addr: &str, path: &str, last_event_id: Option<&str>) -> anyhow::Result<Opened> {
     let mut stream = TcpStream::connect(addr).await?;
     let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{resume}\r\n");
@@ -156,8 +159,10 @@ pub(crate) async fn open(
             if !buffer.starts_with(b"HTTP/1.1 200") {
                 bail!("the stream answered {}", String::from_utf8_lossy(&buffer[..end]));
             }
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let chunked = head.contains("\r\ntransfer-encoding: chunked");
             buffer.drain(..end + 4);
-            return Ok((stream, buffer));
+            return Ok(Opened { stream, buffer, chunked });
         }
     }
 }

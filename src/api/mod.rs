@@ -35,6 +35,8 @@ use reader::Reader;
 use stream::Hub;
 pub(crate) use stream::Offset;
 
+const STREAM_PATH: &str = "/api/feed/stream";
+
 #[derive(Clone)]
 pub(crate) struct ApiState {
     pub reader: Arc<Reader>,
@@ -66,7 +68,7 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
     let state = ApiState { reader: reader.clone(), metrics: metrics.clone(), hub: hub.clone(), cache, media };
     let router = Router::new()
         .route("/api/feed", get(feed::page))
-        .route("/api/feed/stream", get(stream::stream))
+        .route(STREAM_PATH, get(stream::stream))
         .route("/api/posts/{id}", get(feed::post))
         .route("/api/media/{id}", get(media::media))
         .route("/", get(live_page))
@@ -94,7 +96,7 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
     let tasks = TaskTracker::new();
     let server =
         Server::bind("api", settings.listen, router, &settings.common, metrics, readiness, tasks).await?;
-    Ok(server.cancel_on_drain(hub.closing.clone()).cancel_on_stop(background))
+    Ok(server.cancel_on_drain(hub.closing.clone()).cancel_on_stop(background).lean_streams(&[STREAM_PATH]))
 }
 
 /// The live feed page: plain HTML and JavaScript, no build step.

@@ -280,27 +280,32 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Respon
     if hub.closing.is_cancelled() {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "this node is draining");
     }
-    let mut first = vec![Bytes::from(format!("retry: {RETRY_MS}\n\n"))];
+    // What the client gets first, in one piece: the retry hint and whatever it missed.
+    let mut first = format!("retry: {RETRY_MS}\n\n").into_bytes();
+    let mut missed = 0;
     let mut replayed_to = last_event_id;
     if let Some(after) = last_event_id {
         state.metrics.sse_resumes.inc();
         match hub.gap_after(after).await {
             Ok(true) => {
                 state.metrics.sse_resyncs.inc();
-                first.push(Bytes::from_static(RESYNC));
+                first.extend_from_slice(RESYNC);
+                missed = 1;
             }
             Ok(false) => match hub.read_after(Some(after)).await {
                 Ok(events) => {
                     replayed_to = events.last().map(|e| e.offset).or(replayed_to);
-                    first.extend(events.into_iter().map(|e| e.bytes));
+                    missed = events.len();
+                    events.iter().for_each(|e| first.extend_from_slice(&e.bytes));
                 }
                 Err(e) => return unavailable(&e),
             },
             Err(e) => return unavailable(&e),
         }
     }
-    state.metrics.sse_events.inc_by(first.len().saturating_sub(1) as u64);
-    let opening = futures_util::stream::iter(first.into_iter().map(Ok::<Bytes, std::io::Error>));
+    state.metrics.sse_events.inc_by(missed as u64);
+    let opening =
+        futures_util::stream::once(std::future::ready(Ok::<Bytes, std::io::Error>(Bytes::from(first))));
     let live = futures_util::stream::unfold(
         (live, replayed_to, slot),
         |(mut live, mut replayed_to, slot)| async move {

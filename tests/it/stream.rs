@@ -223,3 +223,115 @@ async fn a_quiet_stream_gets_heartbeats() {
     .await;
     assert!(beat.is_ok(), "no heartbeat within 5 s with a heartbeat every second: {:?}", client.buffer);
 }
+
+/// A bare TCP connection to a node, to see exactly what it writes.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(api: &Running) -> Self {
+        Self { stream: tokio::net::TcpStream::connect(api.addr).await.unwrap(), buffer: Vec::new() }
+    }
+
+    async fn send(&mut self, request: &str) {
+        tokio::io::AsyncWriteExt::write_all(&mut self.stream, request.as_bytes()).await.unwrap();
+    }
+
+    /// Reads until `done` finds what is wanted in the buffer (it says how many bytes that is),
+    /// within five seconds, and takes those bytes off the front.
+    async fn read(&mut self, mut done: impl FnMut(&[u8]) -> Option<usize>) -> String {
+        let read = async {
+            loop {
+                if let Some(n) = done(&self.buffer) {
+                    return String::from_utf8(self.buffer.drain(..n).collect()).unwrap();
+                }
+                let mut chunk = [0; 4096];
+                let n = tokio::io::AsyncReadExt::read(&mut self.stream, &mut chunk).await.unwrap();
+                assert!(n > 0, "the connection closed; got {:?}", String::from_utf8_lossy(&self.buffer));
+                self.buffer.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read).await.expect("nothing more within 5 s")
+    }
+
+    /// Everything up to and including the next `end`.
+    async fn until(&mut self, end: &str) -> String {
+        self.read(|buffer| {
+            buffer.windows(end.len()).position(|w| w == end.as_bytes()).map(|at| at + end.len())
+        })
+        .await
+    }
+
+    /// The JSON body that follows `head` (read with [`Raw::until`]), by its `content-length`.
+    async fn json(&mut self, head: &str) -> Value {
+        let length: usize =
+            head.split("content-length: ").nth(1).unwrap().split("\r\n").next().unwrap().parse().unwrap();
+        serde_json::from_str(&self.read(|b| (b.len() >= length).then_some(length)).await).unwrap()
+    }
+
+    /// Whether the node closed the connection (within five seconds) once the buffer is read.
+    async fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        let read = tokio::io::AsyncReadExt::read_to_end(&mut self.stream, &mut rest);
+        tokio::time::timeout(Duration::from_secs(5), read).await.is_ok_and(|r| r.is_ok() && rest.is_empty())
+    }
+}
+
+const STREAM_REQUEST: &str = "GET /api/feed/stream HTTP/1.1\r\nHost: test\r\n\r\n";
+
+#[tokio::test]
+async fn a_connection_opening_with_a_stream_gets_its_events_unframed_until_the_client_leaves() {
+    let Stack { worker, api, .. } = &Stack::start(false).await;
+    let mut raw = Raw::connect(api).await;
+    raw.send(STREAM_REQUEST).await;
+    let head = raw.until("\r\n\r\n").await.to_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("content-type: text/event-stream\r\n"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "no chunks: closing the connection ends the body: {head}");
+    assert_eq!(raw.until("\n\n").await, "retry: 3000\n\n");
+    post(worker, 1, "written straight to the socket").await;
+    let event = raw.until("\n\n").await;
+    assert!(event.starts_with("id: ") && event.contains("\nevent: post\ndata: {"), "{event}");
+    assert!(event.contains("written straight to the socket"), "{event}");
+    assert_eq!(api.metrics.sse_clients.get(), 1);
+    drop(raw);
+    // Noticed from the closed socket, not at the next write (a heartbeat is 15 s away).
+    eventually(Duration::from_secs(2), "the node to count the client out", || async {
+        (api.metrics.sse_clients.get() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_asked_for_on_a_connection_that_served_other_requests_still_streams() {
+    let Stack { worker, api, .. } = &Stack::start(false).await;
+    let mut raw = Raw::connect(api).await;
+    raw.send("GET /api/feed?limit=1 HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let head = raw.until("\r\n\r\n").await.to_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert_eq!(raw.json(&head).await["posts"], serde_json::json!([]));
+    // The same connection, kept alive: now hyper serves the stream, in chunks.
+    raw.send(STREAM_REQUEST).await;
+    let head = raw.until("\r\n\r\n").await.to_lowercase();
+    assert!(head.contains("content-type: text/event-stream\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    raw.until("retry: 3000\n\n").await;
+    post(worker, 1, "through hyper as well").await;
+    raw.until("through hyper as well").await;
+}
+
+#[tokio::test]
+async fn a_refused_stream_on_a_fresh_connection_gets_a_whole_json_error_and_the_close() {
+    let Stack { api, .. } = &Stack::start(false).await;
+    let mut raw = Raw::connect(api).await;
+    raw.send("GET /api/feed/stream HTTP/1.1\r\nHost: test\r\nLast-Event-ID: yesterday\r\n\r\n").await;
+    let head = raw.until("\r\n\r\n").await.to_lowercase();
+    assert!(head.starts_with("http/1.1 400 bad request\r\n"), "{head}");
+    assert!(head.contains("content-type: application/json\r\n"), "{head}");
+    assert_eq!(raw.json(&head).await["error"], "Last-Event-ID is not an event id of this stream");
+    assert!(raw.closed().await, "the connection must close after the answer");
+    assert_eq!(api.metrics.sse_clients.get(), 0);
+}
