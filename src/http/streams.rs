@@ -103,6 +103,10 @@ async fn look(
     let mut head = Vec::with_capacity(1024);
     let read = async {
         loop {
+            if head.len() == head.capacity() {
+                // Doubling: a long head takes a few reads, not one per 64 bytes.
+                head.reserve(head.len());
+            }
             match stream.read_buf(&mut head).await {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}

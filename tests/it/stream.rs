@@ -324,6 +324,21 @@ async fn a_stream_asked_for_on_a_connection_that_served_other_requests_still_str
 }
 
 #[tokio::test]
+async fn a_stream_request_with_a_long_head_is_served_too() {
+    let Stack { api, .. } = &Stack::start(false).await;
+    // Up to 16 KiB the node serves it itself; a longer head goes to hyper, which streams too.
+    for (cookie, served_as) in [(6_000, "connection: close\r\n"), (20_000, "transfer-encoding: chunked\r\n")]
+    {
+        let mut raw = Raw::connect(api).await;
+        let cookie = "c".repeat(cookie);
+        raw.send(&format!("GET /api/feed/stream HTTP/1.1\r\nHost: test\r\nCookie: {cookie}\r\n\r\n")).await;
+        let head = raw.until("\r\n\r\n").await.to_lowercase();
+        assert!(head.starts_with("http/1.1 200 ok\r\n") && head.contains(served_as), "{head}");
+        raw.until("retry: 3000\n\n").await;
+    }
+}
+
+#[tokio::test]
 async fn a_refused_stream_on_a_fresh_connection_gets_a_whole_json_error_and_the_close() {
     let Stack { api, .. } = &Stack::start(false).await;
     let mut raw = Raw::connect(api).await;
