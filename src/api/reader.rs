@@ -59,16 +59,17 @@ impl Reader {
                     continue;
                 }
             };
-            if source == "replica" && fresh != Freshness::default() {
-                let check = "SELECT ($1::bigint IS NULL OR EXISTS (SELECT 1 FROM posts WHERE id = $1))
-                                AND ($2::bigint IS NULL
-                                     OR coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint >= $2, false))";
-                match client
-                    .query_one(check, &[&fresh.newest_post, &fresh.wal_position])
-                    .await
-                    .map(|r| r.get(0))
-                {
-                    Ok(true) => {}
+            let started = std::time::Instant::now();
+            let read = async {
+                let statement = client.prepare_cached(sql).await?;
+                client.query(&statement, params).await
+            };
+            let result = if source == "replica" && fresh != Freshness::default() {
+                // The check and the read go out together (one round trip, the check first); the
+                // rows are used only if the check passes.
+                let (current, result) = tokio::join!(Self::current(&client, fresh), read);
+                match current {
+                    Ok(true) => result,
                     Ok(false) => {
                         self.metrics.replica_lagging.inc();
                         tracing::debug!(?fresh, "replica lags behind the feed; skipping it");
@@ -79,11 +80,8 @@ impl Reader {
                         continue;
                     }
                 }
-            }
-            let started = std::time::Instant::now();
-            let result = match client.prepare_cached(sql).await {
-                Ok(statement) => client.query(&statement, params).await,
-                Err(e) => Err(e),
+            } else {
+                read.await
             };
             self.metrics
                 .db_query_seconds
@@ -103,6 +101,18 @@ impl Reader {
             }
         }
         Err(ReadError::Unavailable(last_problem))
+    }
+
+    /// Whether the replica behind `client` has replayed what `fresh` asks for.
+    async fn current(
+        client: &deadpool_postgres::Object,
+        fresh: Freshness,
+    ) -> Result<bool, tokio_postgres::Error> {
+        const CHECK: &str = "SELECT ($1::bigint IS NULL OR EXISTS (SELECT 1 FROM posts WHERE id = $1))
+                                AND ($2::bigint IS NULL
+                                     OR coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint >= $2, false))";
+        let statement = client.prepare_cached(CHECK).await?;
+        Ok(client.query_one(&statement, &[&fresh.newest_post, &fresh.wal_position]).await?.get(0))
     }
 
     /// Measures every replica's replay lag every `every` until `shutdown`, into the metrics
