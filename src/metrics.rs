@@ -67,6 +67,8 @@ pub struct Metrics {
     pub sse_rejected: IntCounter,
     /// Feed page lookups by result (`local_hit`, `redis_hit`, `miss`).
     pub page_cache: IntCounterVec,
+    /// Reads of the feed's versions from Redis (concurrent requests share one).
+    pub feed_state_reads: IntCounter,
     /// Feed reads that skipped a replica because it had not replayed the newest post.
     pub replica_lagging: IntCounter,
     /// Seconds each replica's replay is behind the primary (0 when caught up), by replica.
@@ -225,6 +227,10 @@ impl Metrics {
                 "SSE connections refused at the node's limit",
             )?,
             page_cache: counter("botfleet_page_cache_total", "Feed page lookups, by result", &["result"])?,
+            feed_state_reads: plain(
+                "botfleet_feed_state_reads_total",
+                "Reads of the feed's versions from Redis, each shared by the requests that waited for it",
+            )?,
             replica_lagging: plain(
                 "botfleet_replica_lagging_total",
                 "Feed reads that skipped a replica lagging behind the newest post",

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -76,6 +76,7 @@ pub struct PageCache {
     /// Cache key → page; keys carry their version, so stale entries are never found.
     local: Mutex<HashMap<String, Arc<Page>>>,
     flights: Mutex<HashMap<String, Arc<OnceCell<Arc<Page>>>>>,
+    states: SharedReads<Option<FeedState>>,
 }
 
 impl PageCache {
@@ -86,12 +87,22 @@ impl PageCache {
             metrics,
             local: Mutex::default(),
             flights: Mutex::default(),
+            states: SharedReads::default(),
         }
     }
 
     /// The feed's generation and newest post, or `None` if Redis cannot tell (then pages are
-    /// served uncached).
+    /// served uncached). Every request needs it: concurrent requests share a read.
     pub async fn state(&self) -> Option<FeedState> {
+        self.states
+            .get(|| {
+                self.metrics.feed_state_reads.inc();
+                self.read_state()
+            })
+            .await
+    }
+
+    async fn read_state(&self) -> Option<FeedState> {
         let mut conn = self.redis.get().await.ok()?;
         let keys = [&self.keys.generation, &self.keys.removals, &self.keys.newest, &self.keys.removal_lsn];
         let (generation, removals, newest_post, wal_position): (
@@ -169,6 +180,43 @@ impl PageCache {
     }
 }
 
+/// Concurrent reads of one value that share a round trip, yet never answer from a read that
+/// started before they asked: one read is in flight at a time, and whoever asks meanwhile waits
+/// for it to end and shares the next, which starts after all of them asked. (So a page 1 asked
+/// for after a publish's answer always has the new post.)
+struct SharedReads<T> {
+    /// The next read, not yet started: whoever asks joins it.
+    next: Mutex<Arc<OnceLock<T>>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl<T> Default for SharedReads<T> {
+    fn default() -> Self {
+        Self { next: Mutex::default(), turn: tokio::sync::Mutex::default() }
+    }
+}
+
+impl<T: Copy> SharedReads<T> {
+    async fn get<F: Future<Output = T>>(&self, read: impl FnOnce() -> F) -> T {
+        let batch = self.next.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _turn = self.turn.lock().await;
+        if let Some(value) = batch.get() {
+            return *value;
+        }
+        {
+            // Later arrivals wait for the next read. (The batch may have been replaced already,
+            // if whoever started it was cancelled: then its members read without it.)
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            if Arc::ptr_eq(&next, &batch) {
+                *next = Arc::default();
+            }
+        }
+        let value = read().await;
+        let _ = batch.set(value);
+        value
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +229,57 @@ mod tests {
         assert_eq!(Page::new(b"same".to_vec(), None).etag, Page::new(b"same".to_vec(), None).etag);
         assert_ne!(Page::new(b"one".to_vec(), None).etag, Page::new(b"two".to_vec(), None).etag);
         assert!(Page::decode(b"no newline").is_none());
+    }
+}
+
+#[cfg(test)]
+mod shared_reads {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::sync::Semaphore;
+
+    use super::SharedReads;
+
+    #[tokio::test]
+    async fn callers_share_the_next_read_never_the_one_in_flight() {
+        let reads = Arc::new(SharedReads::default());
+        let (started, gate) = (Arc::new(AtomicU32::new(0)), Arc::new(Semaphore::new(0)));
+        // Each read takes the next number once the gate lets it finish.
+        let ask = || {
+            let (reads, started, gate) = (reads.clone(), started.clone(), gate.clone());
+            tokio::spawn(async move {
+                reads
+                    .get(|| async {
+                        let n = started.fetch_add(1, Ordering::SeqCst) + 1;
+                        gate.acquire().await.unwrap().forget();
+                        n
+                    })
+                    .await
+            })
+        };
+        let until_started = |n| {
+            let started = started.clone();
+            async move {
+                while started.load(Ordering::SeqCst) < n {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        let first = ask();
+        until_started(1).await;
+        // Asked while read 1 is in flight: both wait for it, then share read 2.
+        let (second, third) = (ask(), ask());
+        tokio::task::yield_now().await;
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap(), 1);
+        let second_read = tokio::time::timeout(std::time::Duration::from_secs(5), until_started(2)).await;
+        assert!(
+            second_read.is_ok(),
+            "those who asked while read 1 was in flight must get a read of their own"
+        );
+        gate.add_permits(1);
+        assert_eq!((second.await.unwrap(), third.await.unwrap()), (2, 2));
+        assert_eq!(started.load(Ordering::SeqCst), 2, "one read for the two of them");
     }
 }

@@ -148,6 +148,37 @@ async fn a_new_post_is_on_page_one_at_once_although_the_page_was_cached() {
 }
 
 #[tokio::test]
+async fn busy_requests_share_their_reads_of_the_feed_state_yet_see_each_post_at_once() {
+    let Stack { worker, api, .. } = &Stack::start(false).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lanes: Vec<_> = (0..32)
+        .map(|_| {
+            let (url, stop) = (api.url("/api/feed?limit=1"), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for n in 1..=20 {
+        let text = format!("post {n} of a busy feed");
+        assert_eq!(deliver_update(worker, &MAIN_BOT, &text_update(n, 42, &text)).await.status(), 200);
+        // Right after the publish's answer, with reads of the state in flight all the time.
+        let page: Value = reqwest::get(api.url("/api/feed?limit=1")).await.unwrap().json().await.unwrap();
+        assert_eq!(page["posts"][0]["text"], text.as_str(), "page 1 must have the post at once");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for lane in lanes {
+        lane.await.unwrap();
+    }
+    let requests = api.metrics.api_requests.with_label_values(&["/api/feed", "200"]).get();
+    let reads = api.metrics.feed_state_reads.get();
+    assert!(reads < requests, "{reads} reads of the state for {requests} requests: none shared");
+}
+
+#[tokio::test]
 async fn a_replica_that_lacks_the_newest_post_is_skipped_for_the_primary() {
     let db = TestDb::fresh().await;
     seed_posts(&db, 2).await;
