@@ -230,19 +230,12 @@ mod tests {
         assert_ne!(Page::new(b"one".to_vec(), None).etag, Page::new(b"two".to_vec(), None).etag);
         assert!(Page::decode(b"no newline").is_none());
     }
-}
-
-#[cfg(test)]
-mod shared_reads {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use tokio::sync::Semaphore;
-
-    use super::SharedReads;
 
     #[tokio::test]
     async fn callers_share_the_next_read_never_the_one_in_flight() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio::sync::Semaphore;
+
         let reads = Arc::new(SharedReads::default());
         let (started, gate) = (Arc::new(AtomicU32::new(0)), Arc::new(Semaphore::new(0)));
         // Each read takes the next number once the gate lets it finish.
