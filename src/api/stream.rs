@@ -52,8 +52,8 @@ impl std::fmt::Display for Offset {
     }
 }
 
-/// One post event (or a resync), encoded once for every client.
-#[derive(Debug)]
+/// One post event (or a resync), encoded once for every client (cloning it shares the bytes).
+#[derive(Debug, Clone)]
 pub struct Event {
     pub offset: Offset,
     pub bytes: Bytes,
@@ -64,7 +64,7 @@ pub struct Event {
 /// future per client (each would cost a lock or a timer entry per event per client).
 #[derive(Debug, Clone)]
 enum Live {
-    Event(Arc<Event>),
+    Event(Event),
     /// A comment that keeps idle connections (and the proxies on their way) open.
     Heartbeat,
     /// The node is draining: every stream ends, and its browser resumes on another node.
@@ -163,7 +163,7 @@ impl Hub {
 
     fn send(&self, event: Event) {
         // No receivers (no open stream) is no error.
-        let _ = self.sender.send(Live::Event(Arc::new(event)));
+        let _ = self.sender.send(Live::Event(event));
     }
 
     /// Sends every stream a heartbeat every `heartbeat`, and [`Live::Close`] once the node
@@ -317,7 +317,7 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Respon
                         }
                         replayed_to = None;
                         slot.1.sse_events.inc();
-                        event.bytes.clone()
+                        event.bytes
                     }
                     Ok(Live::Heartbeat) => Bytes::from_static(HEARTBEAT),
                     Ok(Live::Close) | Err(broadcast::error::RecvError::Closed) => return None,
