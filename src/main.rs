@@ -77,15 +77,20 @@ fn run(command: Command) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     // Settings are parsed before anything starts, so a bad value never half-starts a process.
-    let loaded = Process::load(command, &source).and_then(|p| Ok((p, TelemetrySettings::load(&source)?)));
-    let (process, telemetry) = match loaded {
+    let loaded = Process::load(command, &source)
+        .and_then(|p| Ok((p, TelemetrySettings::load(&source)?, settings::threads(&source)?)));
+    let (process, telemetry, threads) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => return config_error(&e),
     };
     telemetry::init_logs(&telemetry);
     // Kept until the end of main: dropping it sends what is still queued.
     let _sentry = telemetry::init_sentry(&telemetry, process.secrets());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("botfleet: cannot start the runtime: {e}");

@@ -26,6 +26,7 @@ pub const SENTRY_DSN: &str = "BOTFLEET_SENTRY_DSN";
 pub const LISTEN: &str = "BOTFLEET_LISTEN";
 pub const ADMIN_LISTEN: &str = "BOTFLEET_ADMIN_LISTEN";
 pub const SHUTDOWN_GRACE_SECS: &str = "BOTFLEET_SHUTDOWN_GRACE_SECS";
+pub const THREADS: &str = "BOTFLEET_THREADS";
 pub const DATABASE_URL: &str = "BOTFLEET_DATABASE_URL";
 pub const REPLICA_URLS: &str = "BOTFLEET_REPLICA_URLS";
 pub const DB_POOL_SIZE: &str = "BOTFLEET_DB_POOL_SIZE";
@@ -292,6 +293,14 @@ pub enum LogFormat {
     Json,
     /// Readable lines, coloured at a terminal.
     Text,
+}
+
+/// Threads of the process's runtime, when set; else one per core.
+pub fn threads(src: &Source) -> Result<Option<usize>, SettingsError> {
+    match src.parse_or::<usize>(THREADS, 1)? {
+        0 => Err(SettingsError::new(THREADS, "must be at least 1")),
+        n => Ok(src.get(THREADS).map(|_| n)),
+    }
 }
 
 /// Logs and error reports, for every command.
@@ -625,6 +634,17 @@ mod tests {
         for (key, value) in [(LOG_FORMAT, "xml"), (SENTRY_DSN, "not a dsn"), (LOG, "botfleet=loud")] {
             let err = load(&[(key, value)]).unwrap_err();
             assert_eq!(err.key, key, "{err}");
+        }
+    }
+
+    #[test]
+    fn threads_are_one_per_core_unless_set_to_a_positive_number() {
+        let threads = |value: &str| threads(&Source::from_pairs([(THREADS, value)]));
+        assert_eq!(threads("").unwrap(), None);
+        assert_eq!(threads("1").unwrap(), Some(1));
+        assert_eq!(threads(" 8 ").unwrap(), Some(8));
+        for bad in ["0", "-1", "two", "1.5"] {
+            assert_eq!(threads(bad).unwrap_err().key, THREADS, "{bad:?} should be refused");
         }
     }
 

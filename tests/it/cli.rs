@@ -32,6 +32,7 @@ fn missing_or_bad_settings_exit_64_naming_the_key() {
         ),
         ("migrate", &[("BOTFLEET_DATABASE_URL", "mysql://nope")], "BOTFLEET_DATABASE_URL"),
         ("fake-telegram", &[("BOTFLEET_LISTEN", "not an address")], "BOTFLEET_LISTEN"),
+        ("fake-telegram", &[("BOTFLEET_THREADS", "0")], "BOTFLEET_THREADS"),
         ("worker", &[("BOTFLEET_CONFIG_FILE", "/nonexistent/botfleet.env")], "BOTFLEET_CONFIG_FILE"),
     ];
     for (command, env, key) in cases {
