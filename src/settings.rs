@@ -297,9 +297,12 @@ pub enum LogFormat {
 
 /// Threads of the process's runtime, when set; else one per core.
 pub fn threads(src: &Source) -> Result<Option<usize>, SettingsError> {
-    match src.parse_or::<usize>(THREADS, 1)? {
+    if src.get(THREADS).is_none() {
+        return Ok(None);
+    }
+    match src.parse_or::<usize>(THREADS, 0)? {
         0 => Err(SettingsError::new(THREADS, "must be at least 1")),
-        n => Ok(src.get(THREADS).map(|_| n)),
+        n => Ok(Some(n)),
     }
 }
 
