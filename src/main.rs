@@ -94,7 +94,7 @@ fn run(command: Command) -> ExitCode {
     let _sentry = telemetry::init_sentry(&telemetry, process.secrets());
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = threads {
-        builder.worker_threads(threads);
+        builder.worker_threads(threads.get());
     }
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -296,13 +297,10 @@ pub enum LogFormat {
 }
 
 /// Threads of the process's runtime, when set; else one per core.
-pub fn threads(src: &Source) -> Result<Option<usize>, SettingsError> {
-    if src.get(THREADS).is_none() {
-        return Ok(None);
-    }
-    match src.parse_or::<usize>(THREADS, 0)? {
-        0 => Err(SettingsError::new(THREADS, "must be at least 1")),
-        n => Ok(Some(n)),
+pub fn threads(src: &Source) -> Result<Option<NonZeroUsize>, SettingsError> {
+    match src.get(THREADS) {
+        None => Ok(None),
+        Some(_) => src.parse_or(THREADS, NonZeroUsize::MIN).map(Some),
     }
 }
 
@@ -644,8 +642,8 @@ mod tests {
     fn threads_are_one_per_core_unless_set_to_a_positive_number() {
         let threads = |value: &str| threads(&Source::from_pairs([(THREADS, value)]));
         assert_eq!(threads("").unwrap(), None);
-        assert_eq!(threads("1").unwrap(), Some(1));
-        assert_eq!(threads(" 8 ").unwrap(), Some(8));
+        assert_eq!(threads("1").unwrap(), NonZeroUsize::new(1));
+        assert_eq!(threads(" 8 ").unwrap(), NonZeroUsize::new(8));
         for bad in ["0", "-1", "two", "1.5"] {
             assert_eq!(threads(bad).unwrap_err().key, THREADS, "{bad:?} should be refused");
         }
