@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::ApiState;
 use super::cache::Page;
@@ -163,8 +164,26 @@ async fn load_page(state: &ApiState, limit: i64, start: Start, fresh: Freshness)
     Ok(Page::new(body, link))
 }
 
+/// The most of a second an answer may still be served by Nginx's cache after the node made it.
+const EDGE_CACHE: Duration = Duration::from_millis(800);
+
+/// How long Nginx's cache may keep an answer made `now`, as `X-Accel-Expires` (which Nginx reads
+/// and does not pass on). Nginx counts whole seconds and serves an entry "valid until second S"
+/// until S ends, so an answer is kept until the end of its own second, and only when at most
+/// `EDGE_CACHE` of that second is left: through Nginx, a new post is on page 1 within a second
+/// (invariant 6). Answers made earlier in a second go through uncached.
+fn edge_expiry(now: SystemTime) -> HeaderValue {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let left = Duration::from_secs(1) - Duration::from_nanos(since_epoch.subsec_nanos().into());
+    let uncached = HeaderValue::from_static("0");
+    if left > EDGE_CACHE {
+        return uncached;
+    }
+    HeaderValue::try_from(format!("@{}", since_epoch.as_secs())).unwrap_or(uncached)
+}
+
 /// 304 when the client has this very page, else the page; either way fit for shared caches
-/// for a second (a new post must show within one).
+/// for a second (a new post must show within one), and for Nginx's as `edge_expiry` says.
 fn respond(page: &Page, headers: &HeaderMap) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
@@ -177,6 +196,7 @@ fn respond(page: &Page, headers: &HeaderMap) -> Response {
     };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
+    headers.insert("x-accel-expires", edge_expiry(SystemTime::now()));
     if let Ok(etag) = HeaderValue::from_str(&page.etag) {
         headers.insert(header::ETAG, etag);
     }
@@ -240,5 +260,23 @@ fn read_failed(error: ReadError) -> Response {
             crate::telemetry::report_error(&format!("feed read failed: {error}"));
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expiry_at(since_epoch: Duration) -> HeaderValue {
+        edge_expiry(UNIX_EPOCH + since_epoch)
+    }
+
+    #[test]
+    fn nginx_may_keep_an_answer_to_the_end_of_its_second_only_when_little_of_it_is_left() {
+        let second = Duration::from_secs(1_795_517_484);
+        assert_eq!(expiry_at(second), "0");
+        assert_eq!(expiry_at(second + Duration::from_millis(199)), "0");
+        assert_eq!(expiry_at(second + Duration::from_millis(200)), "@1795517484");
+        assert_eq!(expiry_at(second + Duration::from_nanos(999_999_999)), "@1795517484");
     }
 }

@@ -113,7 +113,9 @@ async fn openapi() -> impl IntoResponse {
 }
 
 /// CORS for the configured origins only: other origins get no CORS headers, so browsers keep
-/// their pages out. Preflights from allowed origins are answered here.
+/// their pages out. Preflights from allowed origins are answered here. With origins configured,
+/// every answer says it varies by `Origin`, so a shared cache (Nginx's) never hands an answer
+/// made for one origin, or for none, to another.
 async fn cors(State(allowed): State<Arc<Vec<String>>>, request: Request, next: Next) -> Response {
     let origin = request
         .headers()
@@ -126,10 +128,12 @@ async fn cors(State(allowed): State<Arc<Vec<String>>>, request: Request, next: N
         (Some(_), true) => StatusCode::NO_CONTENT.into_response(),
         _ => next.run(request).await,
     };
-    if let Some(origin) = origin {
-        let headers = response.headers_mut();
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    let headers = response.headers_mut();
+    if !allowed.is_empty() {
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("ETag, Link"));
         if preflight {
             headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, OPTIONS"));

@@ -237,6 +237,9 @@ async fn cors_answers_configured_origins_only() {
     let other =
         client.get(api.url("/api/feed")).header("origin", "https://evil.example").send().await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
+    // Every answer varies by Origin, so a shared cache never hands one origin's answer to another.
+    assert_eq!(other.headers()["vary"], "Origin");
+    assert_eq!(client.get(api.url("/api/feed")).send().await.unwrap().headers()["vary"], "Origin");
     let preflight = client
         .request(reqwest::Method::OPTIONS, api.url("/api/feed"))
         .header("origin", "https://feed.example.org")
