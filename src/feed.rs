@@ -25,29 +25,23 @@ pub struct PostView {
     pub author: Author,
 }
 
-/// Publishes a committed post: stream entry, live message and page-cache generation, at once
-/// (`publish_post.lua`). Returns the stream offset, or `None` if it went out before.
+/// Publishes committed posts: stream entries, live messages and the page-cache generation, in
+/// one call (`publish_post.lua`). Returns each post's stream offset, or `None` for a post that
+/// went out before.
 pub async fn publish(
     conn: &mut Conn,
     keys: &FeedKeys,
-    post: &PostView,
+    posts: &[PostView],
     stream_len: u64,
-) -> anyhow::Result<Option<String>> {
-    let (published, bit) = keys.published(post.id);
-    let offset: Option<String> = scripts::PUBLISH_POST
-        .key(&keys.stream)
-        .key(&keys.generation)
-        .key(published)
-        .key(&keys.newest)
-        .arg(&keys.channel)
-        .arg(serde_json::to_string(post)?)
-        .arg(stream_len)
-        .arg(PUBLISHED_MEMORY_MS)
-        .arg(post.id)
-        .arg(bit)
-        .invoke_async(conn)
-        .await?;
-    Ok(offset)
+) -> anyhow::Result<Vec<Option<String>>> {
+    let mut script = scripts::PUBLISH_POST.key(&keys.stream);
+    script.key(&keys.generation).key(&keys.newest);
+    script.arg(&keys.channel).arg(stream_len).arg(PUBLISHED_MEMORY_MS);
+    for post in posts {
+        let (published, bit) = keys.published(post.id);
+        script.key(published).arg(serde_json::to_string(post)?).arg(post.id).arg(bit);
+    }
+    Ok(script.invoke_async(conn).await?)
 }
 
 /// Posts left the feed (deleted, or their author banned or unbanned): every cached page is stale,

@@ -307,11 +307,9 @@ impl Ctx<'_> {
     }
 
     /// Publishes a committed, published post to the API nodes (once, however often called).
-    pub async fn publish(&self, post: &PostView) -> Result<(), HandleError> {
+    pub async fn publish(&self, post: PostView) -> Result<(), HandleError> {
         let published =
-            feed::publish(&mut self.conn(), &self.state.feed_keys, post, self.state.feed_stream_len)
-                .await
-                .map_err(HandleError::Unavailable)?;
+            self.state.publisher.publish(self.conn(), post).await.map_err(HandleError::Unavailable)?;
         if published.is_some() {
             self.state.metrics.publishes.with_label_values(&[self.bot.config.name.as_str()]).inc();
         }

@@ -5,6 +5,7 @@
 //! (posts, users) or Redis (turns, dialogues, the user cache), so any worker can take any update
 //! and killing one loses nothing. It never calls setWebhook or deleteWebhook.
 
+mod batch;
 mod bot;
 mod broadcast;
 mod dialogue;
@@ -14,6 +15,7 @@ mod intake;
 mod keyed;
 mod outbox;
 mod posts;
+mod publish;
 mod record;
 mod store;
 mod users;
@@ -39,6 +41,7 @@ use dialogue::Dialogues;
 use flood::Flood;
 use group_commit::PostWriter;
 use intake::{Intake, IntakeConfig, Waker};
+use publish::Publisher;
 use users::Users;
 
 /// For the fuzz targets (`crate::fuzz`).
@@ -67,8 +70,9 @@ pub(crate) struct WorkerState {
     pub flood: Arc<Flood>,
     /// New posts go to the primary through here, in batches.
     pub posts: PostWriter,
-    pub feed_keys: FeedKeys,
-    pub feed_stream_len: u64,
+    pub feed_keys: Arc<FeedKeys>,
+    /// Published posts go to the API nodes through here, in batches.
+    pub publisher: Publisher,
     /// Failed attempts at one update before it is dead-lettered.
     pub max_attempts: u64,
     /// Update handling runs in tasks tracked here, so a caller that hangs up cannot cut the
@@ -131,8 +135,8 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         dialogues: Arc::new(Dialogues { ttl: settings.dialogue_ttl }),
         flood: flood.clone(),
         posts: PostWriter::start(db.clone(), metrics.clone()),
-        feed_keys: FeedKeys::new(prefix),
-        feed_stream_len: settings.feed_stream_len,
+        feed_keys: Arc::new(FeedKeys::new(prefix)),
+        publisher: Publisher::start(FeedKeys::new(prefix), settings.feed_stream_len),
         max_attempts: settings.max_attempts,
         tasks: tasks.clone(),
         in_flight: in_flight.clone(),

@@ -125,7 +125,7 @@ async fn create(
 /// its author.
 async fn announce(ctx: &Ctx<'_>, post: &StoredPost, from: &User) -> Result<String, HandleError> {
     if let Some(view) = post.view(ctx.bot.config.id, author_of(from)) {
-        ctx.publish(&view).await?;
+        ctx.publish(view).await?;
         return Ok(format!("Published as post #{}.", post.id));
     }
     if let Some(moderators) = ctx.bot.config.moderator_chat {
@@ -237,7 +237,7 @@ async fn moderate(
         ("rejected", format!("Your post #{id} was not accepted."))
     };
     if let Some(view) = post.view(ctx.bot.config.id, author) {
-        ctx.publish(&view).await?;
+        ctx.publish(view).await?;
     }
     ctx.notify(&format!("verdict:{id}"), post.chat_id, &notice, None).await?;
     if !ours {

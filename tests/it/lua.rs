@@ -1,5 +1,6 @@
 //! Each Lua script on its own, against the real Redis.
 
+use botfleet::feed::{self, Author, PostView};
 use botfleet::kv::{BotKeys, FeedKeys, scripts, turns_channel};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
@@ -217,45 +218,46 @@ async fn dialogue_save_is_compare_and_set_fenced_by_the_lease() {
 }
 
 #[tokio::test]
-async fn publish_post_goes_out_once_atomically() {
+async fn publish_post_sends_each_post_once_and_bumps_the_generation_once_per_call() {
     let mut conn = redis().await;
     let deployment = unique("lua");
     let keys = FeedKeys::new(&deployment);
     let client = redis::Client::open(env("BOTFLEET_TEST_REDIS_URL")).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(&keys.channel).await.unwrap();
-    let publish = async |conn: &mut MultiplexedConnection, post_id: i64, json: &str| -> Option<String> {
-        let (published, bit) = keys.published(post_id);
-        scripts::PUBLISH_POST
-            .key(&keys.stream)
-            .key(&keys.generation)
-            .key(published)
-            .key(&keys.newest)
-            .arg(&keys.channel)
-            .arg(json)
-            .arg(100)
-            .arg(60_000)
-            .arg(post_id)
-            .arg(bit)
-            .invoke_async(conn)
-            .await
-            .unwrap()
+    let post = |id: i64| PostView {
+        id,
+        bot_id: 1,
+        text: format!("post {id}"),
+        has_media: false,
+        published_at: chrono::DateTime::UNIX_EPOCH,
+        author: Author { first_name: "Ada".into(), username: None },
     };
-    let first = publish(&mut conn, 1, r#"{"id":1}"#).await;
-    let offset = first.expect("the first publish must return the stream offset");
-    let again = publish(&mut conn, 1, r#"{"id":1}"#).await;
-    assert_eq!(again, None, "publishing the same post twice must do nothing");
+    let read = async |conn: &mut MultiplexedConnection, key: &str| -> Option<i64> {
+        redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+    };
+    let first = feed::publish(&mut conn, &keys, &[post(1)], 100).await.unwrap();
+    let [Some(offset)] = first.as_slice() else {
+        panic!("the first publish must return an offset: {first:?}")
+    };
     let ttl: i64 = redis::cmd("PTTL").arg(keys.published(1).0).query_async(&mut conn).await.unwrap();
-    assert!((59_000..=60_000).contains(&ttl), "remembered as long as asked (60 s here), PTTL {ttl}");
-    assert!(publish(&mut conn, 2, r#"{"id":2}"#).await.is_some(), "its neighbour still goes out");
-    let generation: i64 = redis::cmd("GET").arg(&keys.generation).query_async(&mut conn).await.unwrap();
-    assert_eq!(generation, 2);
-    let newest: i64 = redis::cmd("GET").arg(&keys.newest).query_async(&mut conn).await.unwrap();
-    assert_eq!(newest, 2, "the newest published post is recorded for the replica-lag guard");
+    assert!(ttl > 23 * 3600 * 1000, "a published post is remembered for a day, PTTL {ttl}");
+    // A batch with a post that went out before: only the new one goes out.
+    let second = feed::publish(&mut conn, &keys, &[post(1), post(2)], 100).await.unwrap();
+    assert!(second[0].is_none() && second[1].is_some(), "{second:?}");
+    assert_eq!(read(&mut conn, &keys.generation).await, Some(2), "one bump per call that published");
+    assert_eq!(read(&mut conn, &keys.newest).await, Some(2), "the newest post, for the replica-lag guard");
+    // Nothing new: nothing changes.
+    let again = feed::publish(&mut conn, &keys, &[post(2), post(1)], 100).await.unwrap();
+    assert_eq!(again, vec![None, None]);
+    assert_eq!(read(&mut conn, &keys.generation).await, Some(2));
     let length: i64 = redis::cmd("XLEN").arg(&keys.stream).query_async(&mut conn).await.unwrap();
     assert_eq!(length, 2);
-    let message: String = pubsub.on_message().next().await.unwrap().get_payload().unwrap();
-    assert_eq!(message, format!(r#"{offset} {{"id":1}}"#));
+    let mut messages = pubsub.on_message();
+    let message: String = messages.next().await.unwrap().get_payload().unwrap();
+    assert_eq!(message, format!("{offset} {}", serde_json::to_string(&post(1)).unwrap()));
+    let message: String = messages.next().await.unwrap().get_payload().unwrap();
+    assert!(message.ends_with(&serde_json::to_string(&post(2)).unwrap()), "{message}");
 }
 
 #[tokio::test]
