@@ -172,7 +172,13 @@ async fn cluster_up_twice_serves_a_post_end_to_end_then_down_is_clean() {
     assert!(pids.len() >= 9, "expected a pid file per process, got {pids:?}");
     assert!(pids.iter().all(|(_, pid)| alive(pid)), "every process must run: {pids:?}");
 
+    let nginx_conf = std::fs::read_to_string(cluster.dir.join("nginx/nginx.conf")).unwrap();
+    let feed_cache =
+        nginx_conf.split("proxy_cache_path ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap();
+    assert!(Path::new(feed_cache).is_dir(), "nginx's feed cache at {feed_cache}");
+
     cluster.run(&["down"]).await;
+    assert!(!Path::new(feed_cache).exists(), "nginx's feed cache left after down: {feed_cache}");
     let left: Vec<_> = pids.iter().filter(|(_, pid)| alive(pid)).collect();
     assert!(left.is_empty(), "processes left after down: {left:?}");
     let front = env["BOTFLEET_URL"].trim_start_matches("http://").to_owned();
