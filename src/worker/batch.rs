@@ -16,10 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 /// posts; 12 and 24 made them larger and the worker cheaper per update (`loadtest/README.md`).
 const YIELDS: usize = 24;
 
-type Queue<T, R> = mpsc::UnboundedSender<(T, oneshot::Sender<R>)>;
-
 pub struct Batches<T, R> {
-    queue: Queue<T, R>,
+    queue: mpsc::UnboundedSender<(T, oneshot::Sender<R>)>,
 }
 
 impl<T, R> Clone for Batches<T, R> {
