@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use teloxide_core::Bot;
+use teloxide_core::requests::{JsonRequest, Payload};
+use teloxide_core::types::MessageId;
 
 use crate::kv::Conn;
 use url::Url;
@@ -23,6 +26,25 @@ pub fn bot(token: &Secret, api_url: &Url) -> anyhow::Result<Bot> {
     let client =
         teloxide_core::net::default_reqwest_settings().timeout(CALL_TIMEOUT).user_agent(agent).build()?;
     Ok(Bot::with_client(token.expose(), client).set_api_url(api_url.clone()))
+}
+
+/// `sendMessage` as teloxide sends it, answered with the one thing the bot uses of the message
+/// it sent, its id: teloxide's whole `Message` (with the quoted message inside) took longer to
+/// parse than the rest of the answer (`loadtest/README.md`, W1).
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct SendMessage(pub teloxide_core::payloads::SendMessage);
+
+impl Payload for SendMessage {
+    /// Read from the sent message's `message_id`; the rest of it is skipped.
+    type Output = MessageId;
+    const NAME: &'static str = "SendMessage";
+}
+
+impl SendMessage {
+    pub fn request(self, bot: &Bot) -> JsonRequest<Self> {
+        JsonRequest::new(bot.clone(), self)
+    }
 }
 
 /// `text` with every occurrence of the token replaced, for logs and error reports.

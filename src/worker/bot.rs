@@ -7,9 +7,8 @@
 use std::sync::Arc;
 
 use teloxide_core::RequestError;
-use teloxide_core::payloads::AnswerCallbackQuerySetters;
+use teloxide_core::payloads::{self, AnswerCallbackQuerySetters};
 use teloxide_core::prelude::Requester;
-use teloxide_core::requests::HasPayload;
 use teloxide_core::types::{
     CallbackQuery, ChatId, InlineKeyboardMarkup, Message, MessageId, Update, UpdateKind, User,
 };
@@ -325,15 +324,14 @@ impl Ctx<'_> {
         &self,
         chat: i64,
         reply: impl Into<Reply>,
-    ) -> Result<Option<Message>, HandleError> {
+    ) -> Result<Option<MessageId>, HandleError> {
         let Reply { text, buttons } = reply.into();
         let quote = self.quote(chat);
         self.send("sendMessage", chat, || {
-            let mut request = self.bot.api.send_message(ChatId(chat), text.clone());
-            let payload = request.payload_mut();
+            let mut payload = payloads::SendMessage::new(ChatId(chat), text.clone());
             payload.reply_parameters = quote.clone();
             payload.reply_markup = buttons.clone().map(Into::into);
-            request
+            telegram::SendMessage(payload).request(&self.bot.api)
         })
         .await
     }

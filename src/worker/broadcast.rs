@@ -65,7 +65,7 @@ pub async fn start(ctx: &Ctx<'_>, chat: i64, from: &User, text: &str) -> Result<
         .arg("chat")
         .arg(chat)
         .arg("message")
-        .arg(sent.id.0)
+        .arg(sent.0)
         .ignore()
         .cmd("PEXPIRE")
         .arg(&progress)
@@ -80,7 +80,7 @@ pub async fn start(ctx: &Ctx<'_>, chat: i64, from: &User, text: &str) -> Result<
     // Every recipient may have been served before the senders knew where to report.
     let done = done.0.unwrap_or(0) + done.1.unwrap_or(0);
     if done >= total {
-        ctx.edit(chat, sent.id, progress_text(broadcast.id, done, total)).await?;
+        ctx.edit(chat, sent, progress_text(broadcast.id, done, total)).await?;
     }
     Ok(())
 }
