@@ -319,7 +319,7 @@ impl Ctx<'_> {
         self.say_message(chat, reply).await.map(drop)
     }
 
-    /// Like [`Ctx::say`], with the message sent (`None` if Telegram refused it for good).
+    /// Like [`Ctx::say`], with the sent message's id (`None` if Telegram refused it for good).
     pub async fn say_message(
         &self,
         chat: i64,
