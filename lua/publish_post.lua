@@ -3,7 +3,9 @@
 --
 -- KEYS[1]    feed stream       <prefix>:feed:stream   capped stream; its entry ids are the offsets
 -- KEYS[2]    page generation   <prefix>:feed:gen      bumped so every cached page is stale
--- KEYS[3]    newest post       <prefix>:feed:newest   the post a fresh replica must already have
+-- KEYS[3]    newest post       <prefix>:feed:newest   the post a fresh replica must already have:
+--                                                      the highest id published, whatever order
+--                                                      the posts of a call or of two workers come in
 -- KEYS[3+i]  published posts   <prefix>:feed:pub:<post id / 65536>   bitmap of the i-th post
 -- ARGV[1]    channel           <prefix>:feed:live     PUBLISHed "<offset> <post JSON>"
 -- ARGV[2]    how many entries the stream keeps (approximately)
@@ -26,11 +28,13 @@ for i = 1, #KEYS - 3 do
     local offset = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'post', json)
     redis.call('PUBLISH', ARGV[1], offset .. ' ' .. json)
     offsets[i] = offset
-    newest = id
+    newest = math.max(newest or 0, tonumber(id))
   end
 end
 if newest then
   redis.call('INCR', KEYS[2])
-  redis.call('SET', KEYS[3], newest)
+  if newest > tonumber(redis.call('GET', KEYS[3]) or '0') then
+    redis.call('SET', KEYS[3], newest)
+  end
 end
 return offsets

@@ -126,6 +126,7 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         let (in_flight, max) = (in_flight.clone(), settings.max_in_flight);
         move |metrics| metrics.webhook_in_flight.set((max - in_flight.available_permits()) as i64)
     });
+    let feed_keys = Arc::new(FeedKeys::new(prefix));
     let state = WorkerState {
         bots: bots.clone(),
         db: db.clone(),
@@ -135,8 +136,8 @@ pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::R
         dialogues: Arc::new(Dialogues { ttl: settings.dialogue_ttl }),
         flood: flood.clone(),
         posts: PostWriter::start(db.clone(), metrics.clone()),
-        feed_keys: Arc::new(FeedKeys::new(prefix)),
-        publisher: Publisher::start(FeedKeys::new(prefix), settings.feed_stream_len),
+        publisher: Publisher::start(feed_keys.clone(), settings.feed_stream_len),
+        feed_keys,
         max_attempts: settings.max_attempts,
         tasks: tasks.clone(),
         in_flight: in_flight.clone(),

@@ -3,6 +3,8 @@
 //! each. Every caller has committed its post before it asks, and gets its answer once its post
 //! is out, so a reply never announces a post the feed does not have yet.
 
+use std::sync::Arc;
+
 use super::batch::Batches;
 use crate::feed::{self, PostView};
 use crate::kv::{Conn, FeedKeys};
@@ -18,7 +20,7 @@ pub struct Publisher(Batches<(Conn, PostView), Published>);
 
 impl Publisher {
     /// Starts the publisher; it ends once every clone of it is dropped.
-    pub fn start(keys: FeedKeys, stream_len: u64) -> Self {
+    pub fn start(keys: Arc<FeedKeys>, stream_len: u64) -> Self {
         Self(Batches::start(MAX_BATCH, move |requests: Vec<(Conn, PostView)>| {
             let keys = keys.clone();
             async move {

@@ -253,6 +253,11 @@ async fn publish_post_sends_each_post_once_and_bumps_the_generation_once_per_cal
     assert_eq!(read(&mut conn, &keys.generation).await, Some(2));
     let length: i64 = redis::cmd("XLEN").arg(&keys.stream).query_async(&mut conn).await.unwrap();
     assert_eq!(length, 2);
+    // The newest post is the highest id published, in whatever order posts come.
+    feed::publish(&mut conn, &keys, &[post(5), post(4)], 100).await.unwrap();
+    assert_eq!(read(&mut conn, &keys.newest).await, Some(5));
+    feed::publish(&mut conn, &keys, &[post(3)], 100).await.unwrap();
+    assert_eq!(read(&mut conn, &keys.newest).await, Some(5), "never back to an older post");
     let mut messages = pubsub.on_message();
     let message: String = messages.next().await.unwrap().get_payload().unwrap();
     assert_eq!(message, format!("{offset} {}", serde_json::to_string(&post(1)).unwrap()));
