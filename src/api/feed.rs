@@ -182,13 +182,18 @@ fn edge_expiry(now: SystemTime) -> HeaderValue {
     HeaderValue::try_from(format!("@{}", since_epoch.as_secs())).unwrap_or(uncached)
 }
 
+/// Whether the request's `If-None-Match` names `etag` (or any version at all).
+pub(super) fn client_has(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"))
+}
+
 /// 304 when the client has this very page, else the page; either way fit for shared caches
 /// for a second (a new post must show within one), and for Nginx's as `edge_expiry` says.
 fn respond(page: &Page, headers: &HeaderMap) -> Response {
-    let fresh = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == page.etag || tag.trim() == "*"));
+    let fresh = client_has(headers, &page.etag);
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {

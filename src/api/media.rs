@@ -2,14 +2,17 @@
 //!
 //! Telegram's file URLs carry the bot token, so browsers never see one: this proxy resolves the
 //! post's `file_id` with `getFile`, downloads the file with the token on the server side and
-//! streams the bytes. The answer is immutable for a given post, so CDNs may keep it.
+//! streams the bytes. A post's file never changes, but the post may leave the feed (its author
+//! banned, the post deleted), and then so must its photo: browsers and CDNs may keep it for a
+//! second only, and then ask again with its `ETag`, which the node answers with a 304 from the
+//! database alone while the post is still shown, and with a 404 once it is not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use teloxide_core::RequestError;
@@ -18,7 +21,7 @@ use teloxide_core::prelude::Requester;
 use teloxide_core::types::FileId;
 
 use super::ApiState;
-use super::feed::VISIBLE;
+use super::feed::{VISIBLE, client_has};
 use super::reader::{Freshness, ReadError};
 use crate::http::json_error;
 use crate::kv::{self, BotKeys};
@@ -78,12 +81,15 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
-pub async fn media(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+/// How long browsers and CDNs may keep a photo without asking again: as long as a feed page.
+const MEDIA_CACHE: &str = "public, max-age=1";
+
+pub async fn media(State(state): State<ApiState>, Path(id): Path<String>, request: HeaderMap) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return json_error(StatusCode::BAD_REQUEST, "post id must be a whole number");
     };
     let sql = format!(
-        "SELECT p.bot_id, p.media_file_id FROM posts p
+        "SELECT p.bot_id, p.media_file_id, p.media_unique_id FROM posts p
          JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
          WHERE {VISIBLE} AND p.id = $1 AND p.media_file_id IS NOT NULL"
     );
@@ -101,14 +107,33 @@ pub async fn media(State(state): State<ApiState>, Path(id): Path<String>) -> Res
     let Some(row) = rows.first() else {
         return json_error(StatusCode::NOT_FOUND, "no such post with media");
     };
-    let (bot_id, file_id): (i64, String) = (row.get(0), row.get(1));
+    let (bot_id, file_id, unique_id): (i64, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+    // Telegram's file_unique_id is the same for the same file, whichever bot or upload: the
+    // photo's version. (Rows from before it was stored go without one.)
+    let etag = unique_id.map(|unique| format!("\"{unique}\""));
+    let mut response = match &etag {
+        Some(etag) if client_has(&request, etag) => StatusCode::NOT_MODIFIED.into_response(),
+        _ => fetch(&state, bot_id, FileId(file_id), id).await,
+    };
+    if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(MEDIA_CACHE));
+        if let Some(etag) = etag.and_then(|etag| HeaderValue::try_from(etag).ok()) {
+            headers.insert(header::ETAG, etag);
+        }
+    }
+    response
+}
+
+/// The file, through the bot of the post: `getFile`, then its bytes streamed on.
+async fn fetch(state: &ApiState, bot_id: i64, file_id: FileId, post: i64) -> Response {
     let Some((bot, config, pause_key)) = state.media.bots.get(&bot_id) else {
         return json_error(StatusCode::NOT_FOUND, "media of this bot is not served here");
     };
     if let Some(seconds) = state.media.paused(pause_key).await {
         return paused(seconds);
     }
-    let file = match bot.get_file(FileId(file_id)).await {
+    let file = match bot.get_file(file_id).await {
         Ok(file) => file,
         Err(RequestError::RetryAfter(after)) => {
             if let Ok(mut conn) = state.media.redis.get().await {
@@ -117,7 +142,7 @@ pub async fn media(State(state): State<ApiState>, Path(id): Path<String>) -> Res
             return paused(after.duration().as_secs().max(1));
         }
         Err(e) => {
-            tracing::warn!(post = id, error = %redact(&e.to_string(), &config.token), "getFile failed");
+            tracing::warn!(post, error = %redact(&e.to_string(), &config.token), "getFile failed");
             return json_error(StatusCode::BAD_GATEWAY, "media unavailable");
         }
     };
@@ -125,9 +150,5 @@ pub async fn media(State(state): State<ApiState>, Path(id): Path<String>) -> Res
     let bytes = bot
         .download_file_stream(&file.path)
         .map(move |chunk| chunk.map_err(|e| std::io::Error::other(redact(&e.to_string(), &token))));
-    let mut response = Body::from_stream(bytes).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&file.path)));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400, immutable"));
-    response
+    ([(header::CONTENT_TYPE, content_type(&file.path))], Body::from_stream(bytes)).into_response()
 }

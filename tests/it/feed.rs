@@ -327,14 +327,28 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
         !feed.contains(MAIN_BOT.token) && !feed.contains(&file_id),
         "the feed must not expose files or tokens"
     );
-    let media = reqwest::get(api.url(&format!("/api/media/{with_photo}"))).await.unwrap();
+    let media_url = api.url(&format!("/api/media/{with_photo}"));
+    let media = reqwest::get(&media_url).await.unwrap();
     assert_eq!(media.status(), 200);
-    assert!(media.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    // Kept for a second only: the post may leave the feed, and its photo with it.
+    assert_eq!(media.headers()["cache-control"], "public, max-age=1");
+    let etag = media.headers()["etag"].to_str().unwrap().to_owned();
     let headers = format!("{:?}", media.headers());
     assert_eq!(media.bytes().await.unwrap().as_ref(), b"\xff\xd8 jpeg bytes");
     assert!(!headers.contains(MAIN_BOT.token), "the token leaked into the media response's headers");
     assert_eq!(reqwest::get(api.url(&format!("/api/media/{without}"))).await.unwrap().status(), 404);
     assert_eq!(reqwest::get(api.url("/api/media/x")).await.unwrap().status(), 400);
+    let revalidate = || async {
+        let asked = fake.calls().iter().filter(|c| c.method == "getFile").count();
+        let client = reqwest::Client::new();
+        let answer = client.get(&media_url).header("if-none-match", &etag).send().await.unwrap();
+        let asked_now = fake.calls().iter().filter(|c| c.method == "getFile").count();
+        assert_eq!(asked_now, asked, "a photo the browser has is confirmed without Telegram");
+        answer
+    };
+    let unchanged = revalidate().await;
+    assert_eq!(unchanged.status(), 304);
+    assert_eq!(unchanged.headers()["etag"], etag.as_str());
 
     // While Telegram has the bot wait after a 429 (met by any process), the proxy asks nothing.
     let pause = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.id()).flood_pause();
@@ -355,6 +369,13 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
         asked,
         "no getFile during the pause"
     );
+    assert_eq!(revalidate().await.status(), 304, "confirming a photo needs no Telegram");
+
+    // Its author banned, the photo is gone too, for a browser that has it as for one that has not.
+    let ban = "UPDATE users SET is_banned = true WHERE user_id = (SELECT author_id FROM posts WHERE id = $1)";
+    db.owner().await.execute(ban, &[&with_photo]).await.unwrap();
+    assert_eq!(revalidate().await.status(), 404);
+    assert_eq!(reqwest::get(&media_url).await.unwrap().status(), 404);
 }
 
 /// Resumes WAL replay on the shared test replica when dropped, even if the test fails.
