@@ -190,8 +190,17 @@ pub(super) fn client_has(headers: &HeaderMap, etag: &str) -> bool {
         .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"))
 }
 
-/// 304 when the client has this very page, else the page; either way fit for shared caches
-/// for a second (a new post must show within one), and for Nginx's as `edge_expiry` says.
+/// Lets browsers and shared caches keep an answer for a second (a new post must show within
+/// one, and a removed one must go), Nginx's as `edge_expiry` says, then revalidate by `etag`.
+pub(super) fn cache_for_a_second(headers: &mut HeaderMap, etag: Option<&str>) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
+    headers.insert("x-accel-expires", edge_expiry(SystemTime::now()));
+    if let Some(etag) = etag.and_then(|etag| HeaderValue::from_str(etag).ok()) {
+        headers.insert(header::ETAG, etag);
+    }
+}
+
+/// 304 when the client has this very page, else the page; either way cached for a second.
 fn respond(page: &Page, headers: &HeaderMap) -> Response {
     let fresh = client_has(headers, &page.etag);
     let mut response = if fresh {
@@ -200,11 +209,7 @@ fn respond(page: &Page, headers: &HeaderMap) -> Response {
         ([(header::CONTENT_TYPE, "application/json")], page.body.clone()).into_response()
     };
     let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
-    headers.insert("x-accel-expires", edge_expiry(SystemTime::now()));
-    if let Ok(etag) = HeaderValue::from_str(&page.etag) {
-        headers.insert(header::ETAG, etag);
-    }
+    cache_for_a_second(headers, Some(&page.etag));
     if let Some(link) = page.link.as_deref().and_then(|l| HeaderValue::from_str(l).ok())
         && !fresh
     {

@@ -3,9 +3,10 @@
 //! Telegram's file URLs carry the bot token, so browsers never see one: this proxy resolves the
 //! post's `file_id` with `getFile`, downloads the file with the token on the server side and
 //! streams the bytes. A post's file never changes, but the post may leave the feed (its author
-//! banned, the post deleted), and then so must its photo: browsers and CDNs may keep it for a
-//! second only, and then ask again with its `ETag`, which the node answers with a 304 from the
-//! database alone while the post is still shown, and with a 404 once it is not.
+//! banned, the post deleted), and then so must its photo: browsers, CDNs and Nginx keep it as
+//! they keep a feed page, for a second at most, and then ask again with its `ETag`, which the
+//! node answers with a 304 from the database alone while the post is still shown, and with a
+//! 404 once it is not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use teloxide_core::prelude::Requester;
 use teloxide_core::types::FileId;
 
 use super::ApiState;
-use super::feed::{VISIBLE, client_has};
+use super::feed::{VISIBLE, cache_for_a_second, client_has};
 use super::reader::{Freshness, ReadError};
 use crate::http::json_error;
 use crate::kv::{self, BotKeys};
@@ -81,9 +82,6 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
-/// How long browsers and CDNs may keep a photo without asking again: as long as a feed page.
-const MEDIA_CACHE: &str = "public, max-age=1";
-
 pub async fn media(State(state): State<ApiState>, Path(id): Path<String>, request: HeaderMap) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return json_error(StatusCode::BAD_REQUEST, "post id must be a whole number");
@@ -116,11 +114,7 @@ pub async fn media(State(state): State<ApiState>, Path(id): Path<String>, reques
         _ => fetch(&state, bot_id, FileId(file_id), id).await,
     };
     if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
-        let headers = response.headers_mut();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(MEDIA_CACHE));
-        if let Some(etag) = etag.and_then(|etag| HeaderValue::try_from(etag).ok()) {
-            headers.insert(header::ETAG, etag);
-        }
+        cache_for_a_second(response.headers_mut(), etag.as_deref());
     }
     response
 }
