@@ -6,9 +6,12 @@
 //! One task takes whatever is queued (up to a maximum) as soon as its previous batch is handled.
 //! Before taking it, the task lets the scheduler run [`YIELDS`] times, so that the updates already
 //! runnable in this process reach their request too; an idle process loses a few microseconds by
-//! it (no timer, no waiting for requests that may never come).
+//! it. A batcher may also *linger* while it is busy: after a batch of more than one, wait up to a
+//! bound after the next batch's first request for more, when each batch costs so much that the
+//! wait pays (the group commit: see `group_commit.rs`).
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,8 +31,10 @@ impl<T, R> Clone for Batches<T, R> {
 
 impl<T: Send + 'static, R: Send + 'static> Batches<T, R> {
     /// Starts the task that hands batches of at most `max` requests to `handle`, which answers
-    /// each, in order. The task ends once every clone of the returned handle is dropped.
-    pub fn start<F, Fut>(max: usize, mut handle: F) -> Self
+    /// each, in order. After a batch of more than one, the next waits up to `linger` after its
+    /// first request for more (until it has `max`). The task ends once every clone of the
+    /// returned handle is dropped.
+    pub fn start<F, Fut>(max: usize, linger: Duration, mut handle: F) -> Self
     where
         F: FnMut(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Vec<R>> + Send,
@@ -37,9 +42,19 @@ impl<T: Send + 'static, R: Send + 'static> Batches<T, R> {
         let (queue, mut queued) = mpsc::unbounded_channel::<(T, oneshot::Sender<R>)>();
         tokio::spawn(async move {
             let mut batch = Vec::new();
+            // Only after a batch of more than one: under light load, a request waits for nothing.
+            let mut lingering = false;
             while queued.recv_many(&mut batch, max).await > 0 {
                 for _ in 0..YIELDS {
                     tokio::task::yield_now().await;
+                }
+                let until = tokio::time::Instant::now() + linger;
+                while lingering && batch.len() < max {
+                    let room = max - batch.len();
+                    let more = queued.recv_many(&mut batch, room);
+                    if !matches!(tokio::time::timeout_at(until, more).await, Ok(1..)) {
+                        break;
+                    }
                 }
                 while batch.len() < max {
                     match queued.try_recv() {
@@ -48,6 +63,7 @@ impl<T: Send + 'static, R: Send + 'static> Batches<T, R> {
                     }
                 }
                 let (requests, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
+                lingering = !linger.is_zero() && requests.len() > 1;
                 for (reply, answer) in replies.into_iter().zip(handle(requests).await) {
                     let _ = reply.send(answer);
                 }
@@ -73,12 +89,44 @@ mod tests {
     async fn concurrent_requests_share_a_batch_and_each_gets_its_own_answer() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let doubler = Batches::start(4, move |numbers: Vec<u32>| {
+        let doubler = Batches::start(4, Duration::ZERO, move |numbers: Vec<u32>| {
             seen.lock().unwrap().push(numbers.len());
             async move { numbers.into_iter().map(|n| n * 2).collect::<Vec<_>>() }
         });
         let answers = futures_util::future::join_all((0..10).map(|n| doubler.submit(n))).await;
         assert_eq!(answers, (0..10).map(|n| Some(n * 2)).collect::<Vec<_>>());
         assert_eq!(*sizes.lock().unwrap(), [4, 4, 2], "at most 4 at a time, no request alone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_batcher_lingers_for_more_up_to_its_bound_and_an_idle_one_does_not() {
+        let start = tokio::time::Instant::now();
+        let batches_seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches_seen.clone();
+        let batches = Batches::start(4, Duration::from_millis(50), move |numbers: Vec<u32>| {
+            seen.lock().unwrap().push((numbers.clone(), start.elapsed().as_millis()));
+            async move { numbers }
+        });
+        let at = |ms, n| {
+            let batches = batches.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                batches.submit(n).await
+            }
+        };
+        let arrivals = [(0, 1), (0, 2), (30, 3), (60, 4), (300, 5), (600, 6), (800, 7), (800, 8)];
+        let full = [(900, 9), (901, 10), (902, 11), (903, 12)];
+        let answers =
+            futures_util::future::join_all(arrivals.into_iter().chain(full).map(|(ms, n)| at(ms, n))).await;
+        assert_eq!(answers, (1..=12).map(Some).collect::<Vec<_>>());
+        let expected = [
+            (vec![1, 2], 0),            // the first batch waits for nothing
+            (vec![3, 4], 80),           // after a batch of two, 3 waits 50 ms, and 4 joins it
+            (vec![5], 350),             // nobody joins 5 within its 50 ms
+            (vec![6], 600),             // after a batch of one, 6 goes at once
+            (vec![7, 8], 800),          // so do 7 and 8, which came together
+            (vec![9, 10, 11, 12], 903), // a full batch goes without waiting out its 50 ms
+        ];
+        assert_eq!(*batches_seen.lock().unwrap(), expected);
     }
 }

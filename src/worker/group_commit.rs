@@ -4,12 +4,17 @@
 //!
 //! One writer takes the queued posts in batches (`batch.rs`); under load they grow by
 //! themselves while the previous batch commits (`botfleet_posts_per_commit` shows how large). A
-//! second writer made no batch larger and cost Postgres more per post. Every caller gets its own
-//! post back once it is committed, and a redelivered update the post its first delivery
-//! created. A batch that fails on a statement error is retried post by post, so that one bad
-//! post cannot fail the others.
+//! second writer made no batch larger and cost Postgres more per post. While busy (its last
+//! commit had more than one post), the writer also lingers: it waits up to [`LINGER`] after a
+//! batch's first post for more. A commit's price is mostly fixed (the WAL flush, and waking the
+//! walsender and every replica's receiver and startup process), so a few milliseconds buy fewer
+//! commits: at W1's half rate, a third as many, and a fifth to a quarter less CPU per update for
+//! the whole cluster (`loadtest/README.md`). Every caller gets its own post back once it is
+//! committed, and a redelivered update the post its first delivery created. A batch that fails
+//! on a statement error is retried post by post, so that one bad post cannot fail the others.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
@@ -19,6 +24,8 @@ use crate::metrics::Metrics;
 
 /// Most posts in one INSERT.
 const MAX_BATCH: usize = 64;
+/// How long a batch waits for more posts after its first.
+const LINGER: Duration = Duration::from_millis(4);
 
 #[derive(Clone)]
 pub struct PostWriter(Batches<NewPost, Result<StoredPost, StoreError>>);
@@ -26,7 +33,7 @@ pub struct PostWriter(Batches<NewPost, Result<StoredPost, StoreError>>);
 impl PostWriter {
     /// Starts the writer; it ends once every clone of the writer is dropped.
     pub fn start(db: Pool, metrics: Arc<Metrics>) -> Self {
-        Self(Batches::start(MAX_BATCH, move |posts| {
+        Self(Batches::start(MAX_BATCH, LINGER, move |posts| {
             let (db, metrics) = (db.clone(), metrics.clone());
             async move {
                 metrics.posts_per_commit.observe(posts.len() as f64);

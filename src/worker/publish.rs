@@ -4,6 +4,7 @@
 //! is out, so a reply never announces a post the feed does not have yet.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::batch::Batches;
 use crate::feed::{self, PostView};
@@ -21,7 +22,7 @@ pub struct Publisher(Batches<(Conn, PostView), Published>);
 impl Publisher {
     /// Starts the publisher; it ends once every clone of it is dropped.
     pub fn start(keys: Arc<FeedKeys>, stream_len: u64) -> Self {
-        Self(Batches::start(MAX_BATCH, move |requests: Vec<(Conn, PostView)>| {
+        Self(Batches::start(MAX_BATCH, Duration::ZERO, move |requests: Vec<(Conn, PostView)>| {
             let keys = keys.clone();
             async move {
                 // Every request carries a clone of the process's one Redis connection.
