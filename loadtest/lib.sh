@@ -43,7 +43,8 @@ SQL
     pgbench -n -c 16 -j 2 -T "$seconds" -f "$work/insert.sql" "$BOTFLEET_PRIMARY_URL" >"$work/pgbench.txt" 2>&1 \
         || { cat "$work/pgbench.txt" >&2; rm -rf "$work"; die "pgbench failed"; }
     sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.txt" | head -n 1
-    # Vacuumed now, so that autovacuum does not clean the baseline's rows up during a measured run.
-    psql "$BOTFLEET_PRIMARY_URL" -XAtq -c "DELETE FROM posts WHERE bot_id = 0" -c "VACUUM posts" >/dev/null
+    # Vacuumed and checkpointed now, so that neither autovacuum's cleanup of the baseline's rows
+    # nor the writing out of the pages it dirtied lands in a measured run.
+    psql "$BOTFLEET_PRIMARY_URL" -XAtq -c "DELETE FROM posts WHERE bot_id = 0" -c "VACUUM posts" -c CHECKPOINT >/dev/null
     rm -rf "$work"
 }
