@@ -48,18 +48,21 @@ impl<T: Send + 'static, R: Send + 'static> Batches<T, R> {
                 for _ in 0..YIELDS {
                     tokio::task::yield_now().await;
                 }
-                let until = tokio::time::Instant::now() + linger;
-                while lingering && batch.len() < max {
-                    let room = max - batch.len();
-                    let more = queued.recv_many(&mut batch, room);
-                    if !matches!(tokio::time::timeout_at(until, more).await, Ok(1..)) {
-                        break;
+                if lingering {
+                    let until = tokio::time::Instant::now() + linger;
+                    while batch.len() < max {
+                        let room = max - batch.len();
+                        let more = queued.recv_many(&mut batch, room);
+                        if !matches!(tokio::time::timeout_at(until, more).await, Ok(1..)) {
+                            break;
+                        }
                     }
-                }
-                while batch.len() < max {
-                    match queued.try_recv() {
-                        Ok(request) => batch.push(request),
-                        Err(_) => break,
+                } else {
+                    while batch.len() < max {
+                        match queued.try_recv() {
+                            Ok(request) => batch.push(request),
+                            Err(_) => break,
+                        }
                     }
                 }
                 let (requests, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
@@ -107,10 +110,13 @@ mod tests {
             seen.lock().unwrap().push((numbers.clone(), start.elapsed().as_millis()));
             async move { numbers }
         });
+        // Request `n` arrives at `ms` on the test's paused clock, which jumps straight to the
+        // next timer whenever every task waits: the arrival schedule, exact, not a wait for
+        // anything to be ready.
         let at = |ms, n| {
             let batches = batches.clone();
             async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
                 batches.submit(n).await
             }
         };
