@@ -25,6 +25,14 @@ write_section() {
     ' "$results" >"$results.new" && mv "$results.new" "$results"
 }
 
+# settle_tables TABLE...: vacuums, analyses and checkpoints now, so that neither autovacuum nor
+# the writing out of the pages it dirties lands in a measured run. Needs BOTFLEET_PRIMARY_URL.
+settle_tables() {
+    local tables
+    tables=$(IFS=,; echo "$*")
+    psql "$BOTFLEET_PRIMARY_URL" -XAtq -c "VACUUM (ANALYZE) $tables" -c CHECKPOINT >/dev/null
+}
+
 # pgbench_baseline SECONDS: single-row inserts into the cluster's posts table by 16 clients for
 # SECONDS (rows of bot id 0, removed afterwards); prints the inserts per second. Needs
 # BOTFLEET_PRIMARY_URL (source .cluster/cluster.env).
@@ -43,8 +51,7 @@ SQL
     pgbench -n -c 16 -j 2 -T "$seconds" -f "$work/insert.sql" "$BOTFLEET_PRIMARY_URL" >"$work/pgbench.txt" 2>&1 \
         || { cat "$work/pgbench.txt" >&2; rm -rf "$work"; die "pgbench failed"; }
     sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.txt" | head -n 1
-    # Vacuumed and checkpointed now, so that neither autovacuum's cleanup of the baseline's rows
-    # nor the writing out of the pages it dirtied lands in a measured run.
-    psql "$BOTFLEET_PRIMARY_URL" -XAtq -c "DELETE FROM posts WHERE bot_id = 0" -c "VACUUM posts" -c CHECKPOINT >/dev/null
+    psql "$BOTFLEET_PRIMARY_URL" -XAtqc "DELETE FROM posts WHERE bot_id = 0" >/dev/null
+    settle_tables posts
     rm -rf "$work"
 }

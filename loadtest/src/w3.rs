@@ -67,8 +67,9 @@ struct Shared {
 
 impl Shared {
     /// An event of the post of `update_id` arrived at `arrived` and was read at `read` (both
-    /// [`now_us`]).
-    fn record(&self, update_id: i64, arrived: u64, read: u64) {
+    /// [`now_us`]); an event the kernel did not stamp counts as arrived when it was read.
+    fn record(&self, update_id: i64, arrived: Option<u64>, read: u64) {
+        let arrived = arrived.unwrap_or(read);
         let Some(k) = usize::try_from(update_id - self.first_update_id).ok().filter(|k| *k < self.sent.len())
         else {
             return;
@@ -146,6 +147,13 @@ struct Scratch {
     control: Vec<u8>,
 }
 
+impl Scratch {
+    /// Reads of at most `chunk` bytes, with room for a receive timestamp.
+    fn new(chunk: usize) -> Self {
+        Self { chunk: vec![0; chunk], control: nix::cmsg_space!(nix::sys::time::TimeSpec) }
+    }
+}
+
 /// One client's stream, read by [`read_streams`].
 struct Client {
     stream: mio::net::TcpStream,
@@ -157,8 +165,10 @@ struct Client {
 impl Client {
     /// Reads everything the socket holds, then records every whole event in the buffer as
     /// arrived when the last byte read did (an event read together with later ones is counted
-    /// late, never early): `record(update id, arrived, read)`, in [`now_us`].
-    fn read(&mut self, scratch: &mut Scratch, mut record: impl FnMut(i64, u64, u64)) {
+    /// late, never early): `record(update id, arrived, read)`, in [`now_us`]. `arrived` is
+    /// `None` when the kernel stamped nothing: it starts stamping a moment after the first
+    /// socket asks it to (the switch is deferred), so the first bytes may come unstamped.
+    fn read(&mut self, scratch: &mut Scratch, mut record: impl FnMut(i64, Option<u64>, u64)) {
         let mut arrived = None;
         loop {
             let mut into = [IoSliceMut::new(&mut scratch.chunk)];
@@ -197,7 +207,6 @@ impl Client {
             }
         }
         let read = now_us();
-        let arrived = arrived.unwrap_or(read);
         // Events end with a blank line. Only the post's id is needed, from its text "w3-<id> …".
         let mut start = 0;
         while let Some(end) = find(&self.buffer[start..], b"\n\n") {
@@ -214,24 +223,28 @@ impl Client {
 /// [`IDLE`] whenever nothing is ready.
 fn read_streams(mut clients: Vec<Client>, shared: &Shared, stop: &AtomicBool) -> std::io::Result<()> {
     let mut poll = mio::Poll::new()?;
-    let mut scratch =
-        Scratch { chunk: vec![0; 16 * 1024], control: nix::cmsg_space!(nix::sys::time::TimeSpec) };
+    let mut scratch = Scratch::new(16 * 1024);
+    let mut record = |id, arrived, read| shared.record(id, arrived, read);
     for (k, client) in clients.iter_mut().enumerate() {
         poll.registry().register(&mut client.stream, mio::Token(k), mio::Interest::READABLE)?;
         // Whatever came with the answer's head, and whatever arrived before the registration
         // (readiness is reported on edges only).
-        client.read(&mut scratch, |id, arrived, read| shared.record(id, arrived, read));
+        client.read(&mut scratch, &mut record);
     }
     let mut events = mio::Events::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
         poll.poll(&mut events, Some(Duration::ZERO))?;
         if events.is_empty() {
+            // Not a wait for readiness but the poll's interval: blocking in epoll until a
+            // stream is readable is what would make every write of the node wake this thread.
+            // An event's latency does not include this sleep (its arrival is the kernel's
+            // stamp); only the reading does.
             std::thread::sleep(IDLE);
         }
         for event in &events {
             let client = &mut clients[event.token().0];
             if client.open {
-                client.read(&mut scratch, |id, arrived, read| shared.record(id, arrived, read));
+                client.read(&mut scratch, &mut record);
                 if !client.open {
                     poll.registry().deregister(&mut client.stream)?;
                 }
@@ -374,7 +387,7 @@ pub async fn run(w3: W3) -> anyhow::Result<Value> {
         let (shared, stop) = (shared.clone(), stop.clone());
         std::thread::spawn(move || read_streams(clients, &shared, &stop))
     };
-    let connected = proc_stat_or_none(w3.pid);
+    let connected = w3.pid.and_then(proc_stat);
     let generator_connected = proc_stat(std::process::id());
 
     let publisher = reqwest::Client::new();
@@ -409,7 +422,7 @@ pub async fn run(w3: W3) -> anyhow::Result<Value> {
     }
     let expected = (posts - failed) as u64 * connected_clients;
     shared.received_all(expected, Duration::from_secs(10)).await;
-    let after = proc_stat_or_none(w3.pid);
+    let after = w3.pid.and_then(proc_stat);
     let generator_after = proc_stat(std::process::id());
     stop.store(true, Ordering::Relaxed);
     match reader.join() {
@@ -449,10 +462,6 @@ pub async fn run(w3: W3) -> anyhow::Result<Value> {
     }))
 }
 
-fn proc_stat_or_none(pid: Option<u32>) -> Option<(u64, f64)> {
-    pid.and_then(proc_stat)
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -479,13 +488,13 @@ mod tests {
         connected.set_nonblocking(true)?;
         let stream = mio::net::TcpStream::from_std(connected);
         nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::ReceiveTimestampns, &true)?;
-        let mut client = Client { stream, buffer: b"id: 1-0\nevent: post\ndata: {\"te".to_vec(), open: true };
+        let mut client = Client { stream, buffer: Vec::new(), open: true };
         let mut poll = mio::Poll::new()?;
         poll.registry().register(&mut client.stream, mio::Token(0), mio::Interest::READABLE)?;
-        let mut scratch = Scratch { chunk: vec![0; 16], control: nix::cmsg_space!(nix::sys::time::TimeSpec) };
+        let mut scratch = Scratch::new(16);
         let mut events = mio::Events::with_capacity(1);
         // (update id, arrived, read) per event recorded.
-        type Recorded = Vec<(i64, u64, u64)>;
+        type Recorded = Vec<(i64, Option<u64>, u64)>;
         let mut deliver = |bytes: &[u8]| -> anyhow::Result<(u64, u64, Recorded)> {
             let sent = now_us();
             node.write_all(bytes)?;
@@ -496,17 +505,33 @@ mod tests {
             Ok((sent, readable, recorded))
         };
 
-        // The first event's head came earlier; its end comes now, with a heartbeat and half of
-        // the next event, in more bytes than one read takes.
+        // The kernel turns stamping on a moment after this first socket asked: events go until
+        // one comes stamped.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, _, recorded) = deliver(b"id: 1-0\nevent: post\ndata: {\"text\":\"w3-1 first\"}\n\n")?;
+            if let [(1, Some(_), _)] = recorded[..] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no event came stamped by the kernel: {recorded:?}");
+        }
+        // An event's head, then its end with a heartbeat and half of the next event, each in
+        // more bytes than one read takes.
+        let (_, _, recorded) = deliver(b"id: 1-1\nevent: post\ndata: {\"te")?;
+        assert_eq!(recorded, [], "nothing whole arrived yet");
         let (sent, readable, recorded) =
-            deliver(b"xt\":\"w3-7 seven\"}\n\n: heartbeat\n\nid: 1-1\nevent: post\ndata: {\"text\":\"w3-8")?;
-        let [(7, arrived, read)] = recorded[..] else { panic!("expected event 7 alone, got {recorded:?}") };
+            deliver(b"xt\":\"w3-7 seven\"}\n\n: heartbeat\n\nid: 1-2\nevent: post\ndata: {\"text\":\"w3-8")?;
+        let [(7, Some(arrived), read)] = recorded[..] else {
+            panic!("expected event 7 alone, stamped, got {recorded:?}")
+        };
         assert!(
             sent <= arrived && arrived <= readable && readable <= read,
             "{sent} {arrived} {readable} {read}"
         );
         let (sent, readable, recorded) = deliver(b" eight\"}\n\n")?;
-        let [(8, arrived, _)] = recorded[..] else { panic!("expected event 8 alone, got {recorded:?}") };
+        let [(8, Some(arrived), _)] = recorded[..] else {
+            panic!("expected event 8 alone, stamped, got {recorded:?}")
+        };
         assert!(sent <= arrived && arrived <= readable, "{sent} {arrived} {readable}");
 
         drop(node);
