@@ -3,7 +3,8 @@
 //! Before a message goes out, `flood_take.lua` reserves its moment on the bot's schedule and
 //! the chat's (about 30 a second per bot, 1 a second per private chat, 20 a minute per group),
 //! and the caller sleeps until then: workers never race for a slot, and no slot is asked for
-//! twice. A 429 sets the bot's pause for `retry_after`, which every later reservation on every
+//! twice. A caller that wakes well after its moment books another rather than go out late with
+//! the others due meanwhile, in a burst. A 429 sets the bot's pause for `retry_after`, which every later reservation on every
 //! worker waits out; the refused message is sent again after it. A failure that may pass (see
 //! [`is_transient`]) is tried again after a backoff with jitter. Both are bounded; what Telegram refuses for good (blocked by the user,
 //! chat not found) is never tried again. A message that would wait longer than the configured
@@ -11,7 +12,7 @@
 
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use teloxide_core::{ApiError, RequestError};
 
@@ -43,6 +44,12 @@ pub enum FloodError {
 /// two absorbs the difference (up to 40 ms of delay on the way at 30 a second) and still uses
 /// 96% of the allowed rate.
 const MARGIN: f64 = 1.04;
+
+/// How late a sender may wake for its moment and still take it. The margin leaves 40 ms at 30
+/// a second for lateness and the way together; a sender later than this (its process stalled,
+/// and with it every other sender there, all due meanwhile) books a new moment once rather than
+/// go out in a burst with the others.
+const LATE: Duration = Duration::from_millis(20);
 
 /// Who is waiting for a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +120,8 @@ impl Flood {
     }
 
     /// Reserves this message's moment and sleeps until it; after a sleep, waits out a pause
-    /// that began meanwhile (a 429 seen by another worker) and reserves again.
+    /// that began meanwhile (a 429 seen by another worker) and reserves again; woken more than
+    /// [`LATE`] after it, reserves once more.
     async fn wait_for_moment(
         &self,
         conn: &mut Conn,
@@ -133,7 +141,9 @@ impl Flood {
             Urgency::Queued => (QUEUED_AHEAD, QUEUED_MAX_WAIT),
         };
         let mut waited = Duration::ZERO;
+        let mut rebooked = false;
         loop {
+            let asked = Instant::now();
             let wait_ms: i64 = scripts::FLOOD_TAKE
                 .key(bot_key)
                 .key(chat_key)
@@ -154,13 +164,16 @@ impl Flood {
                 waited += until_in_reach;
                 continue;
             }
-            if wait.is_zero() {
-                self.metrics.flood_wait_seconds.with_label_values(&[bot]).observe(waited.as_secs_f64());
-                return Ok(());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+                waited += wait;
             }
-            tokio::time::sleep(wait).await;
-            waited += wait;
-            if telegram::paused(conn, pause_key).await?.is_none() {
+            if !rebooked && asked.elapsed() > wait + LATE {
+                rebooked = true;
+                continue;
+            }
+            // A pause that began while this sender slept (a 429 another worker saw) is waited out.
+            if wait.is_zero() || telegram::paused(conn, pause_key).await?.is_none() {
                 self.metrics.flood_wait_seconds.with_label_values(&[bot]).observe(waited.as_secs_f64());
                 return Ok(());
             }
