@@ -3,12 +3,13 @@
 //! Before a message goes out, `flood_take.lua` reserves its moment on the bot's schedule and
 //! the chat's (about 30 a second per bot, 1 a second per private chat, 20 a minute per group),
 //! and the caller sleeps until then: workers never race for a slot, and no slot is asked for
-//! twice. A caller that wakes well after its moment books another rather than go out late with
-//! the others due meanwhile, in a burst. A 429 sets the bot's pause for `retry_after`, which every later reservation on every
-//! worker waits out; the refused message is sent again after it. A failure that may pass (see
-//! [`is_transient`]) is tried again after a backoff with jitter. Both are bounded; what Telegram refuses for good (blocked by the user,
-//! chat not found) is never tried again. A message that would wait longer than the configured
-//! bound is not sent: the update is answered 503, and Telegram redelivers it later.
+//! twice. A caller that wakes well after its moment books another rather than go out late in a
+//! burst with the others due meanwhile. A 429 sets the bot's pause for `retry_after`, which
+//! every later reservation on every worker waits out; the refused message is sent again after
+//! it. A failure that may pass (see [`is_transient`]) is tried again after a backoff with
+//! jitter. Both are bounded; what Telegram refuses for good (blocked by the user, chat not
+//! found) is never tried again. A message that would wait longer than the configured bound is
+//! not sent: the update is answered 503, and Telegram redelivers it later.
 
 use std::future::IntoFuture;
 use std::sync::Arc;
