@@ -318,18 +318,8 @@ pub(crate) fn dechunk(raw: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
     true
 }
 
-pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let (&first, rest) = needle.split_first()?;
-    let mut from = 0;
-    while let Some(k) = haystack[from..].iter().position(|&b| b == first) {
-        let at = from + k;
-        if haystack[at + 1..].starts_with(rest) {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
-}
+/// Where `needle` first starts in `haystack` (SIMD, on the generator's hot path).
+pub(crate) use memchr::memmem::find;
 
 /// The update id in a post event's text `"w3-<id> …"`, if the event is one.
 fn post_id(event: &[u8]) -> Option<i64> {
