@@ -3,6 +3,16 @@
 # field NAME < JSON: one top-level field of the load generator's flat JSON summary.
 field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tr -d '"'; }
 
+# A benchmark and its baseline take turns for this many rounds, so that the machine's drift (the
+# same baseline moved by a fifth between runs a minute apart) falls on both.
+ROUNDS=3
+
+# median: the middle one of the lines on stdin, ordered by their first field as numbers.
+median() { local lines; mapfile -t lines; printf '%s\n' "${lines[@]}" | sort -n | sed -n "$(((${#lines[@]} + 1) / 2))p"; }
+
+# joined: the lines on stdin as one, comma-separated.
+joined() { paste -sd, | sed 's/,/, /g'; }
+
 # machine: one line describing where a benchmark ran.
 machine() {
     printf '%s at commit %s, %s cores, %s' "$(date -u +%Y-%m-%d)" "$(git rev-parse --short HEAD)" "$(nproc)" \
