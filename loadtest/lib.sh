@@ -8,7 +8,7 @@ field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tr -d '"'; }
 ROUNDS=3
 
 # median: the middle one of the lines on stdin, ordered by their first field as numbers.
-median() { local lines; mapfile -t lines; printf '%s\n' "${lines[@]}" | sort -n | sed -n "$(((${#lines[@]} + 1) / 2))p"; }
+median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
 # joined: the lines on stdin as one, comma-separated.
 joined() { paste -sd, | sed 's/,/, /g'; }
