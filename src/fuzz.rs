@@ -5,15 +5,16 @@
 
 use serde_json::Value;
 
-use crate::api::{Cursor, Offset};
+use crate::feed::cursor::Cursor;
+use crate::feed::hub::Offset;
 
 /// A webhook body, as the worker reads it: parsed, classified, its chat's turn named; what a
 /// recording keeps of it has the same chat for the same chat.
 pub fn update(data: &[u8]) {
-    if let Ok(update) = crate::worker::parse_update(data) {
-        let kind = crate::worker::kind_name(&update);
+    if let Ok(update) = crate::bot::parse_update(data) {
+        let kind = crate::bot::kind_name(&update);
         assert!(!kind.is_empty());
-        assert!(!crate::worker::turn_key(&update).is_empty());
+        assert!(!crate::bot::turn_key(&update).is_empty());
     }
     if let Ok(value) = serde_json::from_slice::<Value>(data) {
         let recorded = crate::replay::Recorded { at_ms: 0, bot: None, update: value.clone() };

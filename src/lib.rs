@@ -2,37 +2,57 @@
 //!
 //! # Layout
 //!
-//! - [`settings`]: typed settings read once from the environment (or a file) and passed down.
-//! - [`domain`]: parsed newtypes (`PostText`, `WebhookSecret`, `BotName`, …).
-//! - [`db`]: Postgres pools, the embedded migrations and the least-privilege roles.
-//! - [`worker`]: the webhook worker — intake of updates and the bot's behaviour.
-//! - [`api`]: the API node — the public feed, read from replicas with the read-only role.
-//! - [`admin`]: the admin port every long-running process serves (`/healthz`, `/readyz`,
-//!   `/metrics`) and the drain state behind `/readyz`.
-//! - [`kv`]: Redis connections and key prefixes.
-//! - [`http`]: JSON errors and serving with a bounded drain, shared by every server.
-//! - [`metrics`]: the one Prometheus registry of a process and its metric families.
-//! - [`telegram`]: the Bot API client (teloxide's) pointed at Telegram or the fake.
-//! - [`webhook`]: the deploy-time `botfleet webhook set/info/delete` commands.
-//! - [`feed`]: the feed's shared model (`PostView`) and publishing to it.
+//! Modules sit on four floors; a module may use the modules of the floors below its own, and of
+//! its own floor only along the arrows listed there (never in a circle). `tests/it/layout.rs`
+//! reads `src/` and fails on any other `use crate::…`, and on any cycle between files.
+//!
+//! **Roles** — each builds its process, and owns its routes and loops, nothing more:
+//! - [`worker`]: the webhook worker (`POST /webhook/{bot}`), its loops (outbox senders, the
+//!   chat-turn waker, the webhook watcher).
+//! - [`api`]: the API node — feed, posts, media proxy, SSE route, live page; one error type.
 //! - [`fake_telegram`]: the Bot API double used by tests, the local cluster and load tests.
-//! - [`shutdown`]: the shutdown signal every server and loop selects on.
+//! - [`migrate`]: `botfleet migrate`, the schema and the least-privilege roles.
+//! - [`webhook`]: the deploy-time `botfleet webhook set/info/delete` commands.
+//!
+//! **Domain** — what the product does, with no HTTP types; `bot` → `feed` is the one arrow
+//! inside the floor:
+//! - [`bot`]: the bot's behaviour — commands, posts, dialogues, moderation, bans, broadcasts.
+//! - [`feed`]: the post model, publishing, pages with their cursors and caches, the stream's hub.
+//!
+//! **Adapters** — how the domain reaches Postgres, Redis and Telegram. Arrows inside the floor:
+//! `intake` → `kv`, `store` → `kv`, `telegram` → `kv`, `telegram` → `store`, `replay` → none.
+//! - [`intake`]: exactly-once intake and the chat's turn (dedup, leases, the dialogue store).
+//! - [`store`]: Postgres — pools, migrations, writes, group commit, feed reads, the user cache.
+//! - [`kv`]: Redis — connections, key names and the Lua scripts.
+//! - [`telegram`]: the whole sending path — client, flood control, pause, outbox, refusals.
+//! - [`replay`]: delivering updates to a webhook the way Telegram does (fake Telegram, loadtest).
+//!
+//! **Foundations** — used by everything above, using only each other (in this order: a module
+//! may use those listed after it): [`admin`], [`http`], [`telemetry`], [`metrics`],
+//! [`settings`], [`types`], [`batch`], [`keyed`], [`random`], [`shutdown`].
 
 pub mod admin;
 pub mod api;
-pub mod db;
-pub mod domain;
+pub mod batch;
+pub mod bot;
 pub mod fake_telegram;
 pub mod feed;
-#[doc(hidden)]
+/// The fuzz targets' bodies: test tooling, built only with the `test-tooling` feature.
+#[cfg(feature = "test-tooling")]
 pub mod fuzz;
 pub mod http;
+pub mod intake;
+pub mod keyed;
 pub mod kv;
 pub mod metrics;
+pub mod migrate;
+pub mod random;
 pub mod replay;
 pub mod settings;
 pub mod shutdown;
+pub mod store;
 pub mod telegram;
 pub mod telemetry;
+pub mod types;
 pub mod webhook;
 pub mod worker;

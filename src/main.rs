@@ -10,19 +10,8 @@ use botfleet::settings::{
     TelemetrySettings, WebhookSettings, WorkerSettings,
 };
 use botfleet::shutdown::{self, CancellationToken};
-use botfleet::{api, db, fake_telegram, telemetry, webhook, worker};
-
-const USAGE: &str = "usage: botfleet <command>
-
-commands:
-  worker                 serve the webhook (POST /webhook/{bot})
-  api                    serve the feed API
-  migrate                apply schema migrations and roles on the primary
-  webhook set|info|delete
-                         manage each bot's webhook with Telegram (a deploy step)
-  fake-telegram          run the Bot API double for tests and the local cluster
-
-Settings come from BOTFLEET_* environment variables (see the README).";
+use botfleet::{api, fake_telegram, migrate, telemetry, webhook, worker};
+use clap::{Parser, Subcommand};
 
 /// mimalloc: under W1, glibc's malloc and free were a fifth of a worker's CPU time, and a worker
 /// spends a fifth less per update with mimalloc; SSE streams cost no more memory with it
@@ -33,43 +22,125 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit code for a command line that makes no sense (sysexits' EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    let command = match words.as_slice() {
-        [] | ["-h" | "--help" | "help"] => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        ["--version" | "-V"] => {
-            println!("botfleet {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        ["worker"] => Command::Worker,
-        ["api"] => Command::Api,
-        ["fake-telegram"] => Command::FakeTelegram,
-        ["migrate"] => Command::Migrate,
-        ["webhook", sub] => match webhook::Command::parse(sub) {
-            Some(sub) => Command::Webhook(sub),
-            None => return usage_error(&format!("unknown webhook command {sub:?}")),
-        },
-        _ => return usage_error(&format!("unknown command {:?}", args.join(" "))),
-    };
-    run(command)
+/// A Telegram bot backend that scales out: stateless webhook workers, Redis, Postgres replicas,
+/// a live feed.
+///
+/// Every setting comes from a BOTFLEET_* environment variable (or BOTFLEET_CONFIG_FILE); each
+/// command's help lists those it reads, and the README says what they mean.
+#[derive(Parser)]
+#[command(
+    name = "botfleet",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = "Common settings: BOTFLEET_CONFIG_FILE (a KEY=VALUE file under the environment), \
+BOTFLEET_LOG, BOTFLEET_LOG_FORMAT, BOTFLEET_ENVIRONMENT, BOTFLEET_SENTRY_DSN, BOTFLEET_THREADS."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Subcommand, Clone, Copy)]
 enum Command {
+    /// Serve the webhook (POST /webhook/{bot}) and run the bot.
+    #[command(after_help = concat!(
+        "Settings: BOTFLEET_DATABASE_URL, BOTFLEET_REDIS_URL, BOTFLEET_BOTS and per bot ",
+        "BOTFLEET_BOT_<NAME>_TOKEN, _WEBHOOK_SECRET, _MODERATOR_CHAT, _ADMINS; BOTFLEET_LISTEN, ",
+        "BOTFLEET_ADMIN_LISTEN, BOTFLEET_SHUTDOWN_GRACE_SECS, BOTFLEET_DB_POOL_SIZE, ",
+        "BOTFLEET_REDIS_PREFIX, BOTFLEET_TELEGRAM_API_URL, BOTFLEET_MAX_BODY_BYTES, ",
+        "BOTFLEET_MAX_IN_FLIGHT, BOTFLEET_CHAT_LEASE_MS, BOTFLEET_MAX_WAIT_MS, BOTFLEET_MAX_ATTEMPTS, ",
+        "BOTFLEET_DIALOGUE_TTL_SECS, BOTFLEET_USER_CACHE_TTL_SECS, BOTFLEET_FEED_STREAM_LEN, ",
+        "BOTFLEET_FLOOD_PER_BOT, BOTFLEET_FLOOD_PER_CHAT, BOTFLEET_FLOOD_PER_GROUP, ",
+        "BOTFLEET_FLOOD_MAX_WAIT_MS, BOTFLEET_OUTBOX_CLAIM_MS, BOTFLEET_OUTBOX_MAX_DELIVERIES, ",
+        "BOTFLEET_WEBHOOK_WATCH_SECS, BOTFLEET_RECORD_PATH; and the common ones (botfleet --help)."
+    ))]
     Worker,
+    /// Serve the public feed: JSON, Server-Sent Events, media and the live page.
+    #[command(after_help = concat!(
+        "Settings: BOTFLEET_DATABASE_URL, BOTFLEET_REPLICA_URLS, BOTFLEET_REDIS_URL, BOTFLEET_LISTEN, ",
+        "BOTFLEET_ADMIN_LISTEN, BOTFLEET_SHUTDOWN_GRACE_SECS, BOTFLEET_DB_POOL_SIZE, ",
+        "BOTFLEET_REDIS_PREFIX, BOTFLEET_SSE_MAX_CLIENTS, BOTFLEET_SSE_HEARTBEAT_SECS, ",
+        "BOTFLEET_CORS_ORIGINS, BOTFLEET_BOTS (for media) with BOTFLEET_BOT_<NAME>_TOKEN, ",
+        "BOTFLEET_TELEGRAM_API_URL; and the common ones (botfleet --help)."
+    ))]
     Api,
-    FakeTelegram,
+    /// Apply the schema migrations and the least-privilege roles on the primary.
+    #[command(
+        after_help = "Settings: BOTFLEET_DATABASE_URL (the owner), BOTFLEET_WORKER_ROLE, BOTFLEET_API_ROLE."
+    )]
     Migrate,
-    Webhook(webhook::Command),
+    /// Manage each bot's webhook and command menu with Telegram (a deploy step).
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+    /// Run the Bot API double for tests, the local cluster and load tests.
+    #[command(after_help = concat!(
+        "Settings: BOTFLEET_LISTEN, BOTFLEET_ADMIN_LISTEN, BOTFLEET_SHUTDOWN_GRACE_SECS, ",
+        "BOTFLEET_FAKE_LIMITS; and the common ones (botfleet --help)."
+    ))]
+    FakeTelegram,
 }
 
-fn usage_error(problem: &str) -> ExitCode {
-    eprintln!("botfleet: {problem}\n\n{USAGE}");
-    ExitCode::from(EXIT_USAGE)
+const WEBHOOK_SETTINGS: &str = concat!(
+    "Settings: BOTFLEET_BOTS with BOTFLEET_BOT_<NAME>_TOKEN and _WEBHOOK_SECRET, BOTFLEET_WEBHOOK_URL ",
+    "(set), BOTFLEET_WEBHOOK_MAX_CONNECTIONS, BOTFLEET_TELEGRAM_API_URL, BOTFLEET_REDIS_URL and ",
+    "BOTFLEET_REDIS_PREFIX (optional: where set remembers the secret's fingerprint)."
+);
+
+#[derive(Subcommand, Clone, Copy)]
+enum WebhookCommand {
+    /// Point Telegram at <BOTFLEET_WEBHOOK_URL>/<bot> and register the command menu, each only
+    /// if it differs from what Telegram has.
+    #[command(after_help = WEBHOOK_SETTINGS)]
+    Set,
+    /// Show what Telegram says of each bot's webhook.
+    #[command(after_help = WEBHOOK_SETTINGS)]
+    Info,
+    /// Remove each bot's webhook (never done by a worker: it would cut off every other replica).
+    #[command(after_help = WEBHOOK_SETTINGS)]
+    Delete,
+}
+
+impl From<WebhookCommand> for webhook::Command {
+    fn from(command: WebhookCommand) -> Self {
+        match command {
+            WebhookCommand::Set => webhook::Command::Set,
+            WebhookCommand::Info => webhook::Command::Info,
+            WebhookCommand::Delete => webhook::Command::Delete,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(&e),
+    };
+    run(cli.command)
+}
+
+/// `--help` and `--version` print and succeed; anything else is a usage error: one line saying
+/// what is wrong, then where to look, and exit code 64.
+fn usage(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            print!("{error}");
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprint!("{error}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        _ => {
+            let text = error.to_string();
+            let problem = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            eprintln!("botfleet: {problem}\nSee 'botfleet --help'.");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
 }
 
 fn config_error(e: &SettingsError) -> ExitCode {
@@ -128,7 +199,7 @@ impl Process {
             Command::Api => Self::Api(ApiSettings::load(source)?),
             Command::FakeTelegram => Self::FakeTelegram(FakeTelegramSettings::load(source)?),
             Command::Migrate => Self::Migrate(MigrateSettings::load(source)?),
-            Command::Webhook(sub) => Self::Webhook(sub, WebhookSettings::load(source)?),
+            Command::Webhook { command } => Self::Webhook(command.into(), WebhookSettings::load(source)?),
         })
     }
 
@@ -150,11 +221,7 @@ impl Process {
             Self::Api(settings) => api::build(settings, metrics("api")?).await?,
             Self::FakeTelegram(settings) => fake_telegram::build(settings, metrics("fake-telegram")?).await?,
             Self::Migrate(settings) => {
-                let applied = db::migrations::apply(&settings).await?;
-                println!(
-                    "migrations applied: {applied:?}; roles {} and {} granted",
-                    settings.worker_role, settings.api_role
-                );
+                println!("{}", migrate::run(&settings).await?);
                 return Ok(());
             }
             Self::Webhook(command, settings) => {
@@ -167,5 +234,14 @@ impl Process {
         let stop = CancellationToken::new();
         shutdown::cancel_on_signal(stop.clone());
         server.run_until_stopped(stop).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

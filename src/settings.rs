@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::domain::{BotName, WebhookSecret};
+use crate::types::{BotName, WebhookSecret};
 
 /// Exit code for a bad or missing setting (`EX_USAGE` of sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;

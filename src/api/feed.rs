@@ -1,47 +1,22 @@
-//! `GET /api/feed` (newest first, keyset pagination) and `GET /api/posts/{id}`.
+//! `GET /api/feed` (newest first, keyset pagination) and `GET /api/posts/{id}`: requests are
+//! read here, pages made by `feed::pages` and kept by `feed::cache`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
+use serde::Deserialize;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use super::ApiState;
-use super::cache::Page;
-use super::cursor::Cursor;
-use super::reader::{Freshness, ReadError};
-use crate::feed::{Author, PostView};
-use crate::http::json_error;
-
-pub const DEFAULT_LIMIT: i64 = 20;
-pub const MAX_LIMIT: i64 = 100;
-
-const POST_COLUMNS: &str = "p.id, p.bot_id, p.text, p.media_file_id IS NOT NULL AS has_media, p.published_at,
-     u.first_name, u.username";
-/// What the public may see: published, public, and not by a banned author.
-pub(super) const VISIBLE: &str = "p.status = 'published' AND p.is_public AND NOT u.is_banned";
-
-fn post_view(row: &Row) -> PostView {
-    PostView {
-        id: row.get("id"),
-        bot_id: row.get("bot_id"),
-        text: row.get("text"),
-        has_media: row.get("has_media"),
-        published_at: row.get("published_at"),
-        author: Author { first_name: row.get("first_name"), username: row.get("username") },
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct FeedPage {
-    pub posts: Vec<PostView>,
-    /// Pass as `cursor` to get the next (older) page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
+use super::error::ApiError;
+use super::state::ApiState;
+use crate::feed::cache::Page;
+use crate::feed::cursor::Cursor;
+use crate::feed::pages::{self, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_DEPTH};
+use crate::store::feed::Start;
+use crate::store::replicas::Freshness;
 
 #[derive(Debug, Deserialize)]
 pub struct FeedQuery {
@@ -51,117 +26,76 @@ pub struct FeedQuery {
     page: Option<String>,
 }
 
-/// Deepest post an old-style `page=` request may reach; cursors go anywhere.
-pub const MAX_PAGE_DEPTH: i64 = 1000;
-
-/// Where a page starts.
-#[derive(Clone, Copy)]
-enum Start {
-    Newest,
-    After(Cursor),
-    /// Rows to skip (from `page=`), at most `MAX_PAGE_DEPTH`.
-    Skip(i64),
+impl FeedQuery {
+    /// The page size and where the page starts, or what is wrong with the query.
+    fn parse(&self) -> Result<(i64, Start), ApiError> {
+        let bad = |message: &str| ApiError::BadRequest(message.to_owned());
+        let limit = match self.limit.as_deref().map(str::parse::<i64>) {
+            None => DEFAULT_LIMIT,
+            Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
+            Some(_) => return Err(bad("limit must be a whole number from 1 to 100")),
+        };
+        let start = match (self.cursor.as_deref(), self.page.as_deref()) {
+            (Some(_), Some(_)) => return Err(bad("use either cursor or page, not both")),
+            (Some(cursor), None) => pages::after(Cursor::decode(cursor).map_err(|_| bad("invalid cursor"))?),
+            (None, Some(page)) => match page.parse::<i64>() {
+                Ok(page) if page >= 1 && (page - 1).saturating_mul(limit) < MAX_PAGE_DEPTH => {
+                    Start::Skip((page - 1) * limit)
+                }
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "page must be a whole number from 1, within the newest {MAX_PAGE_DEPTH} posts; use cursor beyond"
+                    )));
+                }
+            },
+            (None, None) => Start::Newest,
+        };
+        Ok((limit, start))
+    }
 }
 
 pub async fn page(
     State(state): State<ApiState>,
     query: Result<Query<FeedQuery>, QueryRejection>,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     // A query axum cannot read (a parameter given twice) gets the same JSON error as the rest.
     let Ok(Query(query)) = query else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid query: give limit, cursor and page at most once each",
-        );
+        return Err(ApiError::BadRequest(
+            "invalid query: give limit, cursor and page at most once each".into(),
+        ));
     };
-    let limit = match query.limit.as_deref().map(str::parse::<i64>) {
-        None => DEFAULT_LIMIT,
-        Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
-        Some(_) => return json_error(StatusCode::BAD_REQUEST, "limit must be a whole number from 1 to 100"),
-    };
-    let start = match (query.cursor.as_deref(), query.page.as_deref()) {
-        (Some(_), Some(_)) => {
-            return json_error(StatusCode::BAD_REQUEST, "use either cursor or page, not both");
-        }
-        (Some(cursor), None) => match Cursor::decode(cursor) {
-            Ok(cursor) => Start::After(cursor),
-            Err(_) => return json_error(StatusCode::BAD_REQUEST, "invalid cursor"),
-        },
-        (None, Some(page)) => match page.parse::<i64>() {
-            Ok(page) if page >= 1 && (page - 1).saturating_mul(limit) < MAX_PAGE_DEPTH => {
-                Start::Skip((page - 1) * limit)
-            }
-            _ => {
-                let message = format!(
-                    "page must be a whole number from 1, within the newest {MAX_PAGE_DEPTH} posts; use cursor beyond"
-                );
-                return json_error(StatusCode::BAD_REQUEST, &message);
-            }
-        },
-        (None, None) => Start::Newest,
-    };
-    let name = match start {
-        Start::Newest => format!("{limit}:first"),
-        Start::After(cursor) => format!("{limit}:{}", cursor.encode()),
-        Start::Skip(skip) => format!("{limit}:skip{skip}"),
-    };
+    let (limit, start) = query.parse()?;
+    let reader = &state.reader;
     let page = match state.cache.state().await {
         Some(feed) => {
             // Only pages after a cursor keep their content while new posts arrive.
-            let version = match start {
-                Start::After(_) => feed.removals,
-                Start::Newest | Start::Skip(_) => feed.generation,
-            };
-            let kind = if matches!(start, Start::After(_)) { "after" } else { "top" };
-            let name = format!("{kind}:{name}");
-            state.cache.get(version, &name, || load_page(&state, limit, start, feed.fresh)).await
+            let version = if matches!(start, Start::After(..)) { feed.removals } else { feed.generation };
+            let name = pages::cache_name(limit, start);
+            state.cache.get(version, &name, || pages::load_page(reader, limit, start, feed.fresh)).await?
         }
         // Redis cannot say what is current: serve straight from the database, uncached.
-        None => load_page(&state, limit, start, Freshness::default()).await.map(Arc::new),
+        None => Arc::new(pages::load_page(reader, limit, start, Freshness::default()).await?),
     };
-    match page {
-        Ok(page) => respond(&page, &headers),
-        Err(e) => read_failed(e),
-    }
+    Ok(respond(&page, &headers))
 }
 
-/// Reads one page from the database; `newest` guards against lagging replicas.
-async fn load_page(state: &ApiState, limit: i64, start: Start, fresh: Freshness) -> Result<Page, ReadError> {
-    // One more row than asked tells whether there is a next page.
-    let fetch = limit + 1;
-    let from = format!(
-        "SELECT {POST_COLUMNS} FROM posts p JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id"
-    );
-    let order = "ORDER BY p.published_at DESC, p.id DESC";
-    let rows = match start {
-        Start::Newest => {
-            let sql = format!("{from} WHERE {VISIBLE} {order} LIMIT $1");
-            state.reader.query(&sql, &[&fetch], fresh).await?
+pub async fn post(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = id.parse::<i64>().map_err(|_| ApiError::BadRequest("post id must be a whole number".into()))?;
+    let reader = &state.reader;
+    // A published post changes only when posts are removed: cache it under that version.
+    let post = match state.cache.state().await {
+        Some(feed) => {
+            let load = || pages::load_post(reader, id, feed.fresh);
+            state.cache.get(feed.removals, &format!("post:{id}"), load).await?
         }
-        Start::After(cursor) => {
-            let sql =
-                format!("{from} WHERE {VISIBLE} AND (p.published_at, p.id) < ($1, $2) {order} LIMIT $3");
-            state.reader.query(&sql, &[&cursor.published_at, &cursor.id, &fetch], fresh).await?
-        }
-        Start::Skip(skip) => {
-            let sql = format!("{from} WHERE {VISIBLE} {order} LIMIT $1 OFFSET $2");
-            state.reader.query(&sql, &[&fetch, &skip], fresh).await?
-        }
+        None => Arc::new(pages::load_post(reader, id, Freshness::default()).await?),
     };
-    let mut posts: Vec<PostView> = rows.iter().map(post_view).collect();
-    let next_cursor = if posts.len() as i64 > limit {
-        posts.truncate(limit as usize);
-        posts.last().map(|last| Cursor { published_at: last.published_at, id: last.id }.encode())
-    } else {
-        None
-    };
-    // Cursors are base64url, so they need no escaping inside the URL.
-    let link =
-        next_cursor.as_ref().map(|next| format!("</api/feed?limit={limit}&cursor={next}>; rel=\"next\""));
-    let body = serde_json::to_vec(&FeedPage { posts, next_cursor })
-        .map_err(|e| ReadError::Unavailable(format!("encoding a page: {e}")))?;
-    Ok(Page::new(body, link))
+    Ok(respond(&post, &headers))
 }
 
 /// The most of a second an answer may still be served by Nginx's cache after the node made it.
@@ -183,7 +117,7 @@ fn edge_expiry(now: SystemTime) -> HeaderValue {
 }
 
 /// Whether the request's `If-None-Match` names `etag` (or any version at all).
-pub(super) fn client_has(headers: &HeaderMap, etag: &str) -> bool {
+pub fn client_has(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -192,7 +126,7 @@ pub(super) fn client_has(headers: &HeaderMap, etag: &str) -> bool {
 
 /// Lets browsers and shared caches keep an answer for a second (a new post must show within
 /// one, and a removed one must go), Nginx's as `edge_expiry` says, then revalidate by `etag`.
-pub(super) fn cache_for_a_second(headers: &mut HeaderMap, etag: Option<&str>) {
+pub fn cache_for_a_second(headers: &mut HeaderMap, etag: Option<&str>) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
     headers.insert("x-accel-expires", edge_expiry(SystemTime::now()));
     if let Some(etag) = etag.and_then(|etag| HeaderValue::from_str(etag).ok()) {
@@ -216,61 +150,6 @@ fn respond(page: &Page, headers: &HeaderMap) -> Response {
         headers.insert(header::LINK, link);
     }
     response
-}
-
-/// Why one post could not be served.
-enum PostError {
-    /// Not published, not public, or its author banned; never cached, since it may be published
-    /// later.
-    NotFound,
-    Read(ReadError),
-}
-
-pub async fn post(State(state): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let Ok(id) = id.parse::<i64>() else {
-        return json_error(StatusCode::BAD_REQUEST, "post id must be a whole number");
-    };
-    // A published post changes only when posts are removed: cache it under that version.
-    let post = match state.cache.state().await {
-        Some(feed) => {
-            state.cache.get(feed.removals, &format!("post:{id}"), || load_post(&state, id, feed.fresh)).await
-        }
-        None => load_post(&state, id, Freshness::default()).await.map(Arc::new),
-    };
-    match post {
-        Ok(page) => respond(&page, &headers),
-        Err(PostError::NotFound) => json_error(StatusCode::NOT_FOUND, "no such post"),
-        Err(PostError::Read(e)) => read_failed(e),
-    }
-}
-
-async fn load_post(state: &ApiState, id: i64, fresh: Freshness) -> Result<Page, PostError> {
-    let sql = format!(
-        "SELECT {POST_COLUMNS} FROM posts p
-         JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
-         WHERE {VISIBLE} AND p.id = $1"
-    );
-    let rows = state.reader.query(&sql, &[&id], fresh).await.map_err(PostError::Read)?;
-    let row = rows.first().ok_or(PostError::NotFound)?;
-    let body = serde_json::to_vec(&post_view(row))
-        .map_err(|e| PostError::Read(ReadError::Unavailable(format!("encoding a post: {e}"))))?;
-    Ok(Page::new(body, None))
-}
-
-fn read_failed(error: ReadError) -> Response {
-    match error {
-        ReadError::Unavailable(_) => {
-            tracing::warn!(error = %error, "feed read: no database reachable");
-            let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-            response
-        }
-        ReadError::Query(_) => {
-            tracing::error!(error = %error, "feed read failed");
-            crate::telemetry::report_error(&format!("feed read failed: {error}"));
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,11 +3,10 @@
 //! It never writes to Postgres (its role cannot) and never holds a bot token in anything it
 //! serves.
 
-mod cache;
-mod cursor;
+mod error;
 mod feed;
 mod media;
-mod reader;
+mod state;
 mod stream;
 
 use std::sync::Arc;
@@ -21,38 +20,27 @@ use axum::routing::get;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{Health, Readiness};
+use crate::feed::cache::PageCache;
+use crate::feed::hub::Hub;
 use crate::http::{Server, json_error};
-use crate::kv::FeedKeys;
+use crate::kv::{self, FeedKeys};
 use crate::metrics::Metrics;
 use crate::settings::ApiSettings;
 use crate::shutdown::CancellationToken;
-use crate::{db, kv, telemetry};
-
-use cache::PageCache;
-pub use cursor::Cursor;
-use media::MediaBots;
-use reader::Reader;
-use stream::Hub;
-pub(crate) use stream::Offset;
+use crate::store::{self, replicas::Reader};
+use crate::telegram::files::FileBots;
+use crate::telemetry;
+use state::ApiState;
 
 const STREAM_PATH: &str = "/api/feed/stream";
 
-#[derive(Clone)]
-pub(crate) struct ApiState {
-    pub reader: Arc<Reader>,
-    pub metrics: Arc<Metrics>,
-    pub hub: Arc<Hub>,
-    pub cache: Arc<PageCache>,
-    pub media: Arc<MediaBots>,
-}
-
 /// Binds an API node's listeners; `run_until_stopped` on the result serves.
 pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Result<Server> {
-    let primary = db::pool(&settings.database_url, settings.db_pool_size)?;
+    let primary = store::pool(&settings.database_url, settings.db_pool_size)?;
     let replicas = settings
         .replica_urls
         .iter()
-        .map(|url| db::pool(url, settings.db_pool_size))
+        .map(|url| store::pool(url, settings.db_pool_size))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let redis = kv::pool(&settings.redis_url, 8)?;
     watch_pools(&metrics, &primary, &replicas, &redis);
@@ -61,7 +49,7 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
     let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
     let keys = FeedKeys::new(&settings.redis_prefix);
     let media =
-        MediaBots::new(&settings.bots, &settings.telegram_api_url, &settings.redis_prefix, redis.clone())?;
+        FileBots::new(&settings.bots, &settings.telegram_api_url, &settings.redis_prefix, redis.clone())?;
     let cache = Arc::new(PageCache::new(redis.clone(), keys.clone(), metrics.clone()));
     let hub = Hub::new(keys, redis.clone(), settings.sse_max_clients, settings.sse_heartbeat);
     metrics.sse_max_clients.set(settings.sse_max_clients as i64);

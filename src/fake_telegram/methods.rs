@@ -5,7 +5,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Failure, Inner, Webhook, now_ms};
+use super::state::{Failure, Inner, Webhook, now_ms};
 
 /// Telegram's longest message text.
 const MAX_TEXT_CHARS: usize = 4096;
@@ -46,6 +46,8 @@ const METHODS: &[&str] = &[
     "setWebhook",
     "getWebhookInfo",
     "deleteWebhook",
+    "setMyCommands",
+    "getMyCommands",
     "sendMessage",
     "sendPhoto",
     "editMessageText",
@@ -94,6 +96,8 @@ pub fn answer(inner: &mut Inner, bot_id: i64, method: &str, params: &Value, now:
             inner.webhooks.remove(&bot_id);
             Ok(json!(true))
         }
+        "setMyCommands" => set_my_commands(inner, bot_id, params),
+        "getMyCommands" => Ok(inner.commands.get(&bot_id).cloned().unwrap_or_else(|| json!([]))),
         "sendMessage" => send_message(inner, bot_id, params, now),
         "sendPhoto" => send_photo(inner, bot_id, params, now),
         "editMessageText" => edit_message_text(inner, bot_id, params, now),
@@ -289,6 +293,26 @@ fn set_webhook(inner: &mut Inner, bot_id: i64, params: &Value) -> Value {
     };
     inner.webhooks.insert(bot_id, webhook);
     json!(true)
+}
+
+/// The default scope's menu only, as botfleet sets it: 1 to 100 commands of 1-32 characters
+/// of a-z, 0-9 and _, each described in 1 to 256 characters.
+fn set_my_commands(inner: &mut Inner, bot_id: i64, params: &Value) -> Result<Value, Answer> {
+    let Some(Value::Array(commands)) = params.get("commands") else {
+        return Err(Answer::bad_request("commands not specified"));
+    };
+    let valid = |c: &Value| {
+        let name = c.get("command").and_then(Value::as_str).unwrap_or_default();
+        let description = c.get("description").and_then(Value::as_str).unwrap_or_default();
+        (1..=32).contains(&name.len())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && (1..=256).contains(&description.chars().count())
+    };
+    if commands.len() > 100 || !commands.iter().all(valid) {
+        return Err(Answer::bad_request("BOT_COMMAND_INVALID"));
+    }
+    inner.commands.insert(bot_id, Value::Array(commands.clone()));
+    Ok(json!(true))
 }
 
 fn webhook_info(inner: &Inner, bot_id: i64) -> Value {

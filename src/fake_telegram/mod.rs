@@ -1,7 +1,7 @@
 //! The fake Telegram: a Bot API double for tests, the local cluster and load tests.
 //!
 //! It answers the methods botfleet uses (`getMe`, `setWebhook`, `getWebhookInfo`,
-//! `deleteWebhook`, `sendMessage`, `sendPhoto`, `editMessageText`, `answerCallbackQuery`,
+//! `deleteWebhook`, `setMyCommands`, `getMyCommands`, `sendMessage`, `sendPhoto`, `editMessageText`, `answerCallbackQuery`,
 //! `getFile` and file download) the way Telegram does, closely enough that teloxide's own client
 //! cannot tell the difference. It records every call for assertions (`GET /__fake/calls`),
 //! when asked answers 429 with `retry_after` past Telegram's send limits, and delivers captures
@@ -12,9 +12,10 @@
 
 mod limits;
 mod methods;
+mod state;
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -22,7 +23,7 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio_util::task::TaskTracker;
 
@@ -33,70 +34,11 @@ use crate::settings::FakeTelegramSettings;
 
 pub use limits::Limits;
 use methods::Answer;
+pub use state::{Call, Failure};
+use state::{Inner, now_ms};
 
 /// Largest body the fake accepts (Telegram allows 10 MB photo uploads).
 const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
-
-/// One recorded Bot API call.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Call {
-    /// Order of arrival, from 1.
-    pub seq: u64,
-    pub bot_id: i64,
-    pub method: String,
-    /// The call's parameters, as JSON (uploaded files appear as the file_id they were given).
-    pub params: Value,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// The HTTP status the fake answered with.
-    pub status: u16,
-    /// The caller's `User-Agent`: which process made the call (botfleet's name their pid).
-    #[serde(default)]
-    pub client: String,
-}
-
-/// The webhook a bot registered with `setWebhook`.
-#[derive(Debug, Clone, Default)]
-struct Webhook {
-    url: String,
-    /// The `secret_token` deliveries carry.
-    secret: String,
-    max_connections: u64,
-    allowed_updates: Vec<Value>,
-    /// What getWebhookInfo reports of deliveries (see [`Fake::webhook_trouble`]).
-    pending: u64,
-    last_error: Option<(u64, String)>,
-}
-
-#[derive(Default)]
-struct Inner {
-    calls: Vec<Call>,
-    next_message_id: i64,
-    next_file: u64,
-    /// file_id → (file_unique_id, bytes)
-    files: std::collections::HashMap<String, (String, Vec<u8>)>,
-    webhooks: std::collections::HashMap<i64, Webhook>,
-    limits: Limits,
-    /// Chats whose user blocked the bot: sends to them get 403.
-    blocked: std::collections::HashSet<i64>,
-    /// Calls of this method are answered only after this long (a slow Telegram); `true`: they
-    /// are taken (recorded, and their effect made) at once, and only their answer waits.
-    delay: Option<(String, Duration, bool)>,
-    /// The next calls of this method (this many) fail so, whatever their parameters and the
-    /// limits.
-    fail_next: Option<(String, Failure, u32)>,
-}
-
-/// A failure the fake can be told to answer the next call of a method with.
-#[derive(Debug, Clone, Copy)]
-pub enum Failure {
-    /// 429 with this `retry_after`, in seconds.
-    TooManyRequests(u64),
-    /// 409 "Conflict: terminated by other setWebhook", as when two deploys set it at once.
-    Conflict,
-    /// 500 "Internal Server Error", which Telegram answers now and then.
-    ServerError,
-}
 
 /// The fake's shared state. Cheap to clone.
 #[derive(Clone)]
@@ -202,10 +144,6 @@ impl Fake {
             .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
             .with_state(self.clone())
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The bot id of a path segment `bot<id>:<secret>`, if it is well formed.

@@ -16,6 +16,8 @@
 //! An update's latency runs from its due time to its acknowledgement, so a stalled server shows
 //! up as latency rather than as fewer requests (no coordinated omission).
 
+/// The exactly-once audit of a replay: test tooling, built only with the `test-tooling` feature.
+#[cfg(feature = "test-tooling")]
 pub mod audit;
 
 use std::collections::BTreeMap;

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use teloxide_core::prelude::Requester;
 
-use super::BotRuntime;
-use super::intake::rand_u64;
 use crate::kv::{self, Conn, scripts};
 use crate::metrics::Metrics;
+use crate::random::rand_u64;
 use crate::shutdown::CancellationToken;
+use crate::telegram::Client;
 
 pub async fn watch(
-    bots: Arc<HashMap<String, Arc<BotRuntime>>>,
+    bots: Vec<Arc<Client>>,
     redis: deadpool_redis::Pool,
     metrics: Arc<Metrics>,
     every: Duration,
@@ -33,7 +33,7 @@ pub async fn watch(
             _ = tick.tick() => {}
         }
         let Ok(mut conn) = kv::conn(&redis).await else { continue };
-        for bot in bots.values() {
+        for bot in &bots {
             match holds(&mut conn, &bot.keys.webhook_watcher(), &me, every * 3).await {
                 Ok(true) => export(bot, &metrics, &mut messages).await,
                 Ok(false) => {}
@@ -55,7 +55,7 @@ async fn holds(conn: &mut Conn, key: &str, me: &str, lease: Duration) -> redis::
     Ok(renewed == 1)
 }
 
-async fn export(bot: &BotRuntime, metrics: &Metrics, messages: &mut HashMap<String, String>) {
+async fn export(bot: &Client, metrics: &Metrics, messages: &mut HashMap<String, String>) {
     let name = bot.config.name.as_str();
     let info = match bot.api.get_webhook_info().await {
         Ok(info) => info,

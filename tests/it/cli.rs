@@ -60,11 +60,46 @@ fn settings_file_is_read_and_environment_wins() {
 }
 
 #[test]
-fn unknown_commands_exit_64_with_usage() {
-    for args in [&["serve"][..], &["webhook", "nuke"], &["worker", "extra"]] {
+fn unknown_commands_and_flags_exit_64_with_a_one_line_reason() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["frobnicate"], "'frobnicate'"),
+        (&["serve"], "'serve'"),
+        (&["webhook", "nuke"], "'nuke'"),
+        (&["worker", "extra"], "'extra'"),
+        (&["worker", "--bogus"], "'--bogus'"),
+        (&["webhook"], "Usage: botfleet webhook"),
+        (&[], "Usage: botfleet"),
+    ];
+    for (args, named) in cases {
         let output = botfleet(args, &[]);
-        assert_eq!(output.status.code(), Some(64), "{args:?}");
-        assert!(String::from_utf8_lossy(&output.stderr).contains("usage: botfleet"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?}: the message must name {named}: {stderr}");
+        if !named.starts_with("Usage") {
+            assert!(stderr.starts_with("botfleet: "), "{args:?}: one line saying what is wrong: {stderr}");
+            assert_eq!(stderr.lines().count(), 2, "{args:?}: the reason, then where to look: {stderr}");
+        }
     }
-    assert!(botfleet(&["--help"], &[]).status.success());
+}
+
+#[test]
+fn every_command_has_help_and_the_version() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--help"], "webhook"),
+        (&["worker", "--help"], "BOTFLEET_MAX_IN_FLIGHT"),
+        (&["api", "--help"], "BOTFLEET_REPLICA_URLS"),
+        (&["migrate", "--help"], "BOTFLEET_API_ROLE"),
+        (&["fake-telegram", "--help"], "BOTFLEET_FAKE_LIMITS"),
+        (&["webhook", "--help"], "set"),
+        (&["webhook", "set", "--help"], "BOTFLEET_WEBHOOK_URL"),
+        (&["webhook", "info", "-h"], "BOTFLEET_BOTS"),
+        (&["--version"], env!("CARGO_PKG_VERSION")),
+        (&["webhook", "set", "--version"], env!("CARGO_PKG_VERSION")),
+    ];
+    for (args, shown) in cases {
+        let output = botfleet(args, &[]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains(shown), "{args:?} must show {shown}: {stdout}");
+    }
 }

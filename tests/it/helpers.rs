@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use botfleet::db::migrations;
 use botfleet::fake_telegram::Fake;
 use botfleet::metrics::Metrics;
 use botfleet::settings::{self, ApiSettings, MigrateSettings, Secret, Source, WorkerSettings};
 use botfleet::shutdown::CancellationToken;
+use botfleet::store::migrations;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};

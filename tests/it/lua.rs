@@ -236,27 +236,27 @@ async fn publish_post_sends_each_post_once_and_bumps_the_generation_once_per_cal
     let read = async |conn: &mut MultiplexedConnection, key: &str| -> Option<i64> {
         redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
     };
-    let first = feed::publish(&mut conn, &keys, &[post(1)], 100).await.unwrap();
+    let first = feed::publish::publish(&mut conn, &keys, &[post(1)], 100).await.unwrap();
     let [Some(offset)] = first.as_slice() else {
         panic!("the first publish must return an offset: {first:?}")
     };
     let ttl: i64 = redis::cmd("PTTL").arg(keys.published(1).0).query_async(&mut conn).await.unwrap();
     assert!(ttl > 23 * 3600 * 1000, "a published post is remembered for a day, PTTL {ttl}");
     // A batch with a post that went out before: only the new one goes out.
-    let second = feed::publish(&mut conn, &keys, &[post(1), post(2)], 100).await.unwrap();
+    let second = feed::publish::publish(&mut conn, &keys, &[post(1), post(2)], 100).await.unwrap();
     assert!(second[0].is_none() && second[1].is_some(), "{second:?}");
     assert_eq!(read(&mut conn, &keys.generation).await, Some(2), "one bump per call that published");
     assert_eq!(read(&mut conn, &keys.newest).await, Some(2), "the newest post, for the replica-lag guard");
     // Nothing new: nothing changes.
-    let again = feed::publish(&mut conn, &keys, &[post(2), post(1)], 100).await.unwrap();
+    let again = feed::publish::publish(&mut conn, &keys, &[post(2), post(1)], 100).await.unwrap();
     assert_eq!(again, vec![None, None]);
     assert_eq!(read(&mut conn, &keys.generation).await, Some(2));
     let length: i64 = redis::cmd("XLEN").arg(&keys.stream).query_async(&mut conn).await.unwrap();
     assert_eq!(length, 2);
     // The newest post is the highest id published, in whatever order posts come.
-    feed::publish(&mut conn, &keys, &[post(5), post(4)], 100).await.unwrap();
+    feed::publish::publish(&mut conn, &keys, &[post(5), post(4)], 100).await.unwrap();
     assert_eq!(read(&mut conn, &keys.newest).await, Some(5));
-    feed::publish(&mut conn, &keys, &[post(3)], 100).await.unwrap();
+    feed::publish::publish(&mut conn, &keys, &[post(3)], 100).await.unwrap();
     assert_eq!(read(&mut conn, &keys.newest).await, Some(5), "never back to an older post");
     let mut messages = pubsub.on_message();
     let message: String = messages.next().await.unwrap().get_payload().unwrap();

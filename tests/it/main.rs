@@ -17,6 +17,7 @@ mod feed;
 mod flood;
 mod helpers;
 mod hostile;
+mod layout;
 mod lua;
 mod openapi;
 mod outbox;

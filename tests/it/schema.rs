@@ -1,7 +1,7 @@
 //! The schema: migrations (idempotent, safe concurrently) and least-privilege roles
 //! (invariant 7: the API's role cannot write).
 
-use botfleet::db::migrations::{self, MIGRATIONS};
+use botfleet::store::migrations::{self, MIGRATIONS};
 
 use crate::helpers::{API_ROLE, TestDb, WORKER_ROLE, connect};
 

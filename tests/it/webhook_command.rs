@@ -40,8 +40,14 @@ async fn set_calls_telegram_only_when_the_webhook_changes() {
     let (fake, telegram) = spawn_fake(false).await;
     let prefix = unique("r");
     let settings = webhook_settings(&telegram, &prefix, &[]);
-    assert_eq!(set(&settings).await, "main: webhook set to https://bots.example.org/webhook/main");
-    assert_eq!(set(&settings).await, "main: webhook already set to https://bots.example.org/webhook/main");
+    assert_eq!(
+        set(&settings).await,
+        "main: webhook set to https://bots.example.org/webhook/main; commands registered"
+    );
+    assert_eq!(
+        set(&settings).await,
+        "main: webhook already set to https://bots.example.org/webhook/main; commands already registered"
+    );
     assert_eq!(set_calls(&fake), [200], "an unchanged webhook must not be set again");
 
     let more_connections = webhook_settings(&telegram, &prefix, &[(settings::WEBHOOK_MAX_CONNECTIONS, "80")]);
@@ -52,6 +58,45 @@ async fn set_calls_telegram_only_when_the_webhook_changes() {
     assert_eq!(set_calls(&fake), [200, 200, 200], "a new max_connections, then a new secret, are set");
     let sent = fake.calls().into_iter().rfind(|c| c.method == "setWebhook").unwrap();
     assert_eq!(sent.params["secret_token"], "another_secret");
+}
+
+/// The setMyCommands calls the fake took.
+fn menu_calls(fake: &Fake) -> Vec<serde_json::Value> {
+    fake.calls().into_iter().filter(|c| c.method == "setMyCommands").map(|c| c.params).collect()
+}
+
+#[tokio::test]
+async fn set_registers_the_command_menu_only_when_telegram_shows_another() {
+    let (fake, telegram) = spawn_fake(false).await;
+    let settings = webhook_settings(&telegram, &unique("r"), &[]);
+    set(&settings).await;
+    let registered = menu_calls(&fake);
+    assert_eq!(registered.len(), 1, "the first deploy registers the menu");
+    let names: Vec<&str> = registered[0]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["start", "help", "post", "my", "cancel"], "everyone's commands, in menu order");
+    set(&settings).await;
+    assert_eq!(menu_calls(&fake).len(), 1, "an unchanged menu is not registered again");
+
+    // Someone changed the menu by hand (with @BotFather, or an older deploy): set puts it back.
+    let token = MAIN_BOT.token;
+    let other = serde_json::json!({ "commands": [{ "command": "old", "description": "an old menu" }] });
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{telegram}/bot{token}/setMyCommands"))
+        .json(&other)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert!(set(&settings).await.ends_with("; commands registered"));
+    assert_eq!(menu_calls(&fake).len(), 3, "the hand-made menu, then ours again");
 }
 
 #[tokio::test]

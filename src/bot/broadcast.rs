@@ -1,0 +1,106 @@
+//! `/broadcast <text>` and `/broadcast_cancel`, for the bot's admins.
+//!
+//! A broadcast queues one outbox message per recipient (every user of the bot neither banned
+//! nor unreachable), once per user (`bc:<broadcast>:<user>` ids), page by page in user id order
+//! with its cursor in Postgres: if the worker dies while queueing, Telegram redelivers the
+//! admin's update and queueing resumes where it stopped. The outbox's senders deliver within
+//! the flood limits and keep editing the admin's progress message; `/broadcast_cancel` makes
+//! them drop what is still queued. A message in flight when its sender dies may go out twice
+//! (counted in `botfleet_outbox_redeliveries_total`); nobody is missed.
+
+use teloxide_core::types::User;
+
+use super::ctx::Ctx;
+use super::error::HandleError;
+use crate::store::broadcasts;
+use crate::telegram::outbox::{self, Message, progress_text};
+
+/// Recipients read and queued at a time.
+const PAGE: i64 = 500;
+/// Telegram's longest message.
+const MAX_CHARS: usize = 4096;
+/// How long a cancellation is remembered (longer than any broadcast takes).
+const CANCELLED_FOR_MS: u64 = 7 * 24 * 3600 * 1000;
+
+pub async fn start(ctx: &Ctx<'_>, chat: i64, from: &User, text: &str) -> Result<(), HandleError> {
+    if !ctx.is_admin(from) {
+        return ctx.say(chat, "Only the bot's admins may do that.").await;
+    }
+    if text.is_empty() || text.chars().count() > MAX_CHARS {
+        return ctx.say(chat, format!("Usage: /broadcast <text of 1 to {MAX_CHARS} characters>")).await;
+    }
+    let (db, bot_id) = (&ctx.services.db, ctx.bot.config.id);
+    let mut broadcast = broadcasts::start_broadcast(db, bot_id, ctx.update_id, chat, text).await?;
+    if broadcast.status == "cancelled" {
+        return ctx.say(chat, format!("Broadcast #{} was cancelled.", broadcast.id)).await;
+    }
+    let mut conn = ctx.conn();
+    while broadcast.status == "queueing" {
+        let page = broadcasts::recipients(db, bot_id, broadcast.next_user_id, PAGE).await?;
+        for &user in &page {
+            let id = format!("bc:{}:{user}", broadcast.id);
+            let message = Message { id: &id, chat: user, text, buttons: None, broadcast: Some(broadcast.id) };
+            outbox::add(&mut conn, &ctx.bot.keys, &message).await.map_err(HandleError::Unavailable)?;
+        }
+        let last = page.len() < PAGE as usize;
+        let next = page.last().copied().unwrap_or(broadcast.next_user_id);
+        broadcasts::advance_broadcast(db, broadcast.id, next, page.len() as i32, last).await?;
+        broadcast.next_user_id = next;
+        broadcast.queued += page.len() as i32;
+        if last {
+            broadcast.status = "sending".to_owned();
+        }
+    }
+    // The progress message, which the senders edit from here on.
+    let total = i64::from(broadcast.queued);
+    let Some(sent) = ctx.say_message(chat, progress_text(broadcast.id, 0, total)).await? else {
+        return Ok(());
+    };
+    let [progress, _] = ctx.bot.keys.broadcast(broadcast.id);
+    let (done,): ((Option<i64>, Option<i64>),) = redis::pipe()
+        .atomic()
+        .cmd("HSET")
+        .arg(&progress)
+        .arg("total")
+        .arg(total)
+        .arg("chat")
+        .arg(chat)
+        .arg("message")
+        .arg(sent.0)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&progress)
+        .arg(CANCELLED_FOR_MS)
+        .ignore()
+        .cmd("HMGET")
+        .arg(&progress)
+        .arg(&["sent", "refused"])
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| HandleError::Unavailable(e.into()))?;
+    // Every recipient may have been served before the senders knew where to report.
+    let done = done.0.unwrap_or(0) + done.1.unwrap_or(0);
+    if done >= total {
+        ctx.edit(chat, sent, progress_text(broadcast.id, done, total)).await?;
+    }
+    Ok(())
+}
+
+pub async fn cancel(ctx: &Ctx<'_>, chat: i64, from: &User) -> Result<(), HandleError> {
+    if !ctx.is_admin(from) {
+        return ctx.say(chat, "Only the bot's admins may do that.").await;
+    }
+    let Some(id) = broadcasts::cancel_broadcast(&ctx.services.db, ctx.bot.config.id, chat).await? else {
+        return ctx.say(chat, "No broadcast to cancel.").await;
+    };
+    let [_, cancelled] = ctx.bot.keys.broadcast(id);
+    let () = redis::cmd("SET")
+        .arg(&cancelled)
+        .arg(1)
+        .arg("PX")
+        .arg(CANCELLED_FOR_MS)
+        .query_async(&mut ctx.conn())
+        .await
+        .map_err(|e| HandleError::Unavailable(e.into()))?;
+    ctx.say(chat, format!("Broadcast #{id} cancelled: what is still queued will not be sent.")).await
+}

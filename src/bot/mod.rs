@@ -1,0 +1,151 @@
+//! What the bot does: each update's behaviour — commands, posts, the `/post` dialogue, `/my`,
+//! moderation, bans and broadcasts. Handlers return once every effect is durable; the webhook
+//! answers after that.
+//!
+//! Written against narrow interfaces: [`Services`] (storage, the sending path, the feed), the
+//! chat's [`Turn`] and the bot's [`Client`]; never against the worker's whole state. No HTTP here,
+//! no SQL or Redis text: those are the adapters'.
+
+mod bans;
+mod broadcast;
+pub mod commands;
+mod ctx;
+pub mod dialogue;
+mod error;
+mod moderation;
+mod posts;
+
+use teloxide_core::types::{CallbackQuery, Message, Update, UpdateKind};
+
+use crate::intake::{ReadAhead, Turn};
+use crate::kv::{BotKeys, Conn};
+use crate::telegram::Client;
+use commands::{Command, HELP};
+pub use ctx::Services;
+use ctx::{Ctx, user_id};
+use dialogue::State;
+pub use error::HandleError;
+
+/// Handles one update, under its chat's turn.
+pub async fn handle(
+    services: &Services,
+    redis: &Conn,
+    bot: &Client,
+    turn: &Turn,
+    update: &Update,
+) -> Result<(), HandleError> {
+    let ctx = Ctx::new(services, redis.clone(), bot, turn, update);
+    match &update.kind {
+        UpdateKind::Message(message) if message.chat.is_private() => on_private_message(&ctx, message).await,
+        UpdateKind::EditedMessage(message) if message.chat.is_private() => {
+            posts::on_edit(&ctx, message).await
+        }
+        UpdateKind::CallbackQuery(query) => on_callback(&ctx, query).await,
+        _ => {
+            let labels = [bot.config.name.as_str(), kind_name(update)];
+            services.metrics.updates_ignored.with_label_values(&labels).inc();
+            Ok(())
+        }
+    }
+}
+
+/// Reads an update (boxed: it is large, and moves with its handling). teloxide's deserializer
+/// panics on some malformed updates (a `message_reaction` with neither `user` nor `actor_chat`:
+/// found by the `update` fuzz target); such a body is unparseable like any other, not a dropped
+/// connection.
+pub fn parse_update(bytes: &[u8]) -> Result<Box<Update>, String> {
+    match std::panic::catch_unwind(|| serde_json::from_slice::<Box<Update>>(bytes)) {
+        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Err(_) => Err("a malformed update (the parser gave up)".to_owned()),
+    }
+}
+
+/// A bounded label for metrics: the update's kind as Telegram names it.
+pub fn kind_name(update: &Update) -> &'static str {
+    match &update.kind {
+        UpdateKind::Message(_) => "message",
+        UpdateKind::EditedMessage(_) => "edited_message",
+        UpdateKind::ChannelPost(_) => "channel_post",
+        UpdateKind::EditedChannelPost(_) => "edited_channel_post",
+        UpdateKind::CallbackQuery(_) => "callback_query",
+        UpdateKind::InlineQuery(_) => "inline_query",
+        UpdateKind::Error(_) => "unknown",
+        _ => "other",
+    }
+}
+
+/// The key of the chat whose turn an update takes: updates of one chat are handled in order.
+pub fn turn_key(update: &Update) -> String {
+    match &update.kind {
+        UpdateKind::Message(m) | UpdateKind::EditedMessage(m) => m.chat.id.0.to_string(),
+        UpdateKind::CallbackQuery(q) => match &q.message {
+            Some(message) => message.chat().id.0.to_string(),
+            None => format!("u{}", q.from.id.0),
+        },
+        // Nothing else we handle has an order to keep.
+        _ => format!("x{}", update.id.0),
+    }
+}
+
+/// The keys the update's handler reads first, read with its turn in one round trip.
+pub fn read_ahead(update: &Update, keys: &BotKeys) -> Option<ReadAhead> {
+    let (user, dialogue_chat) = match &update.kind {
+        UpdateKind::Message(m) if m.chat.is_private() => (m.from.as_ref()?, m.chat.id.0),
+        // Buttons that use a dialogue are pressed in the user's private chat.
+        UpdateKind::CallbackQuery(q) => (&q.from, user_id(&q.from)),
+        _ => return None,
+    };
+    Some(ReadAhead { user: keys.user(user_id(user)), dialogue: keys.dialogue(dialogue_chat) })
+}
+
+async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), HandleError> {
+    let Some(from) = message.from.as_ref() else {
+        return Ok(());
+    };
+    let user = ctx.touch_user(from).await?;
+    let chat = message.chat.id.0;
+    if user.is_banned {
+        return ctx.say(chat, "You are banned from posting here.").await;
+    }
+    let key = ctx.bot.keys.dialogue(chat);
+    let stored = ctx.dialogue(&key).await?;
+    let text = message.text().unwrap_or_default();
+    let invocation = commands::parse(text);
+    let (next, reply) = match invocation.map(|i| (i.command, i.args)) {
+        Some((Some(Command::Start), payload)) => {
+            let greeting = match payload {
+                "" => format!("Welcome, {}!\n\n{HELP}", from.first_name),
+                payload => {
+                    format!("Welcome, {}! You came here through “{payload}”.\n\n{HELP}", from.first_name)
+                }
+            };
+            (stored.state.clone(), greeting.into())
+        }
+        Some((Some(Command::Help), _)) => (stored.state.clone(), HELP.into()),
+        Some((Some(Command::Cancel), _)) => {
+            let reply = if stored.state == State::Idle { "Nothing to cancel." } else { "Cancelled." };
+            (State::Idle, reply.into())
+        }
+        // These leave the dialogue as it is.
+        Some((Some(Command::Ban), args)) => return bans::ban(ctx, chat, from, args, true).await,
+        Some((Some(Command::Unban), args)) => return bans::ban(ctx, chat, from, args, false).await,
+        Some((Some(Command::Broadcast), text)) => return broadcast::start(ctx, chat, from, text).await,
+        Some((Some(Command::BroadcastCancel), _)) => return broadcast::cancel(ctx, chat, from).await,
+        Some((Some(Command::My), _)) => return posts::list_mine(ctx, chat, from).await,
+        _ => posts::on_message(ctx, message, from, &stored.state, invocation).await?,
+    };
+    // The step is durable before its reply goes out (see `intake::dialogue`).
+    ctx.save_dialogue(&key, &stored, &next).await?;
+    ctx.say(chat, reply).await
+}
+
+async fn on_callback(ctx: &Ctx<'_>, query: &CallbackQuery) -> Result<(), HandleError> {
+    let user = ctx.touch_user(&query.from).await?;
+    let data = query.data.as_deref().unwrap_or_default();
+    let answer = if user.is_banned {
+        "You are banned from posting here.".to_owned()
+    } else {
+        posts::on_button(ctx, query, data).await?
+    };
+    ctx.answer(query, &answer).await
+}

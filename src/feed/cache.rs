@@ -1,0 +1,278 @@
+//! The feed page cache: in-process for the hottest pages, then Redis, then the database.
+//!
+//! Keys carry a version of the feed, so one INCR makes cached pages stale on every node — never
+//! `KEYS`, never a delete. Two versions: the generation, which every publish and removal bumps,
+//! for pages that start at the newest post; and the removal count, which only removals (a
+//! deleted post, a banned author) bump, for pages after a cursor — a new post never changes
+//! what comes after a given post, so those pages stay cached while the feed grows. Concurrent
+//! misses of one page on one node make one database query (single-flight). A page is only
+//! cached from a database that has the newest published post (see `store::replicas::Reader`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::AsyncCommands;
+use tokio::sync::OnceCell;
+
+use crate::kv::{self, FeedKeys};
+use crate::metrics::Metrics;
+use crate::store::replicas::Freshness;
+
+/// Pages kept in process (of the current versions; all are dropped when full).
+const LOCAL_PAGES: usize = 64;
+/// How long Redis keeps a page (a new generation makes it unreachable long before).
+const REDIS_TTL: Duration = Duration::from_secs(60);
+
+/// A rendered page: the JSON body, its entity tag and the `Link` to the next page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub body: Bytes,
+    pub etag: String,
+    pub link: Option<String>,
+}
+
+impl Page {
+    pub fn new(body: Vec<u8>, link: Option<String>) -> Self {
+        // DefaultHasher::new() has fixed keys: the same body gets the same tag on every node.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut hasher);
+        Self { etag: format!("\"{:016x}\"", hasher.finish()), body: Bytes::from(body), link }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = format!("{}\n{}\n", self.etag, self.link.as_deref().unwrap_or("")).into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Option<Self> {
+        let mut parts = raw.splitn(3, |b| *b == b'\n');
+        let etag = String::from_utf8(parts.next()?.to_vec()).ok()?;
+        let link = String::from_utf8(parts.next()?.to_vec()).ok()?;
+        let body = Bytes::copy_from_slice(parts.next()?);
+        Some(Self { etag, link: (!link.is_empty()).then_some(link), body })
+    }
+}
+
+/// What the cache needs to know about the feed right now.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedState {
+    /// Bumped by every publish and removal.
+    pub generation: i64,
+    /// Bumped by removals only.
+    pub removals: i64,
+    /// What a replica must have replayed to be read from.
+    pub fresh: Freshness,
+}
+
+pub struct PageCache {
+    redis: kv::Shared,
+    keys: FeedKeys,
+    metrics: Arc<Metrics>,
+    /// Cache key → page; keys carry their version, so stale entries are never found.
+    local: Mutex<HashMap<String, Arc<Page>>>,
+    flights: Mutex<HashMap<String, Arc<OnceCell<Arc<Page>>>>>,
+    states: SharedReads<Option<FeedState>>,
+}
+
+impl PageCache {
+    pub fn new(redis: deadpool_redis::Pool, keys: FeedKeys, metrics: Arc<Metrics>) -> Self {
+        Self {
+            redis: kv::Shared::new(redis),
+            keys,
+            metrics,
+            local: Mutex::default(),
+            flights: Mutex::default(),
+            states: SharedReads::default(),
+        }
+    }
+
+    /// The feed's generation and newest post, or `None` if Redis cannot tell (then pages are
+    /// served uncached). Every request needs it: concurrent requests share a read.
+    pub async fn state(&self) -> Option<FeedState> {
+        self.states
+            .get(|| {
+                self.metrics.feed_state_reads.inc();
+                self.read_state()
+            })
+            .await
+    }
+
+    async fn read_state(&self) -> Option<FeedState> {
+        let mut conn = self.redis.get().await.ok()?;
+        let keys = [&self.keys.generation, &self.keys.removals, &self.keys.newest, &self.keys.removal_lsn];
+        let (generation, removals, newest_post, wal_position): (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        ) = conn.mget(&keys).await.ok()?;
+        Some(FeedState {
+            generation: generation.unwrap_or(0),
+            removals: removals.unwrap_or(0),
+            fresh: Freshness { newest_post, wal_position },
+        })
+    }
+
+    /// The page `name` as of feed `version`, loading it with `load` on a miss.
+    pub async fn get<E, F, Fut>(&self, version: i64, name: &str, load: F) -> Result<Arc<Page>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Page, E>>,
+    {
+        let key = self.keys.page(version, name);
+        if let Some(page) = self.local_get(&key) {
+            self.metrics.page_cache.with_label_values(&["local_hit"]).inc();
+            return Ok(page);
+        }
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            flights.entry(key.clone()).or_default().clone()
+        };
+        let page = flight
+            .get_or_try_init(|| async {
+                if let Some(page) = self.redis_get(&key).await {
+                    self.metrics.page_cache.with_label_values(&["redis_hit"]).inc();
+                    return Ok(Arc::new(page));
+                }
+                self.metrics.page_cache.with_label_values(&["miss"]).inc();
+                let page = load().await?;
+                self.redis_set(&key, &page).await;
+                Ok(Arc::new(page))
+            })
+            .await
+            .cloned();
+        self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        if let Ok(page) = &page {
+            self.local_put(&key, page.clone());
+        }
+        page
+    }
+
+    fn local_get(&self, key: &str) -> Option<Arc<Page>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    fn local_put(&self, key: &str, page: Arc<Page>) {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if local.len() >= LOCAL_PAGES {
+            // Mostly stale versions by then: start afresh rather than track ages.
+            local.clear();
+        }
+        local.insert(key.to_owned(), page);
+    }
+
+    async fn redis_get(&self, key: &str) -> Option<Page> {
+        let mut conn = self.redis.get().await.ok()?;
+        let raw: Option<Vec<u8>> = conn.get(key).await.inspect_err(|_| self.redis.reset()).ok()?;
+        raw.and_then(|raw| Page::decode(&raw))
+    }
+
+    async fn redis_set(&self, key: &str, page: &Page) {
+        // A page that could not be cached is still served.
+        if let Ok(mut conn) = self.redis.get().await {
+            let _: Result<(), _> = conn.set_ex(key, page.encode(), REDIS_TTL.as_secs()).await;
+        }
+    }
+}
+
+/// Concurrent reads of one value that share a round trip, yet never answer from a read that
+/// started before they asked: one read is in flight at a time, and whoever asks meanwhile waits
+/// for it to end and shares the next, which starts after all of them asked. (So a page 1 asked
+/// for after a publish's answer always has the new post.)
+struct SharedReads<T> {
+    /// The next read, not yet started: whoever asks joins it.
+    next: Mutex<Arc<OnceLock<T>>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl<T> Default for SharedReads<T> {
+    fn default() -> Self {
+        Self { next: Mutex::default(), turn: tokio::sync::Mutex::default() }
+    }
+}
+
+impl<T: Copy> SharedReads<T> {
+    async fn get<F: Future<Output = T>>(&self, read: impl FnOnce() -> F) -> T {
+        let batch = self.next.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _turn = self.turn.lock().await;
+        if let Some(value) = batch.get() {
+            return *value;
+        }
+        {
+            // Later arrivals wait for the next read. (The batch may have been replaced already,
+            // if whoever started it was cancelled: then its members read without it.)
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            if Arc::ptr_eq(&next, &batch) {
+                *next = Arc::default();
+            }
+        }
+        let value = read().await;
+        let _ = batch.set(value);
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_round_trip_through_their_redis_form() {
+        let page = Page::new(b"{\"posts\":[]}\n".to_vec(), Some("</api/feed?cursor=x>; rel=\"next\"".into()));
+        let back = Page::decode(&page.encode()).unwrap();
+        assert_eq!((back.etag, back.link, back.body), (page.etag.clone(), page.link, page.body));
+        assert_eq!(Page::new(b"same".to_vec(), None).etag, Page::new(b"same".to_vec(), None).etag);
+        assert_ne!(Page::new(b"one".to_vec(), None).etag, Page::new(b"two".to_vec(), None).etag);
+        assert!(Page::decode(b"no newline").is_none());
+    }
+
+    #[tokio::test]
+    async fn callers_share_the_next_read_never_the_one_in_flight() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio::sync::Semaphore;
+
+        let reads = Arc::new(SharedReads::default());
+        let (started, gate) = (Arc::new(AtomicU32::new(0)), Arc::new(Semaphore::new(0)));
+        // Each read takes the next number once the gate lets it finish.
+        let ask = || {
+            let (reads, started, gate) = (reads.clone(), started.clone(), gate.clone());
+            tokio::spawn(async move {
+                reads
+                    .get(|| async {
+                        let n = started.fetch_add(1, Ordering::SeqCst) + 1;
+                        gate.acquire().await.unwrap().forget();
+                        n
+                    })
+                    .await
+            })
+        };
+        let until_started = |n| {
+            let started = started.clone();
+            async move {
+                while started.load(Ordering::SeqCst) < n {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        let first = ask();
+        until_started(1).await;
+        // Asked while read 1 is in flight: both wait for it, then share read 2.
+        let (second, third) = (ask(), ask());
+        tokio::task::yield_now().await;
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap(), 1);
+        let second_read = tokio::time::timeout(std::time::Duration::from_secs(5), until_started(2)).await;
+        assert!(
+            second_read.is_ok(),
+            "those who asked while read 1 was in flight must get a read of their own"
+        );
+        gate.add_permits(1);
+        assert_eq!((second.await.unwrap(), third.await.unwrap()), (2, 2));
+        assert_eq!(started.load(Ordering::SeqCst), 2, "one read for the two of them");
+    }
+}

@@ -1,0 +1,193 @@
+//! Exactly-once intake and per-chat order across the cluster (invariants 2 and 3).
+//!
+//! Before an update is handled, [`Intake::begin`] asks Redis (one Lua script) whether it was
+//! handled already and whether its chat's turn is free; the same round trip brings the cached
+//! user and the dialogue state the handler reads first. Updates of one chat are handled one at
+//! a time by whichever worker holds the chat's lease; those waiting at the same moment go in
+//! `update_id` order. A waiting worker sleeps until the holder's release wakes it (Redis
+//! pub/sub) or a short poll interval passes, and gives up after `max_wait`, answering 503 with
+//! `Retry-After` so that Telegram redelivers later. The lease expires if its holder dies, and is
+//! renewed while a slow update is still being handled.
+//!
+//! Redis is the fast path only: the Postgres unique constraints are what make a redelivery
+//! after a Redis flush harmless.
+
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::kv::{BotKeys, Conn, scripts, turns_channel};
+use crate::random::rand_u64;
+
+pub mod dialogue;
+mod turn;
+mod waker;
+
+use turn::ReadValues;
+pub use turn::{Begin, ReadAhead, Turn};
+pub use waker::Waker;
+
+/// How a worker waits for a chat's turn.
+#[derive(Debug, Clone, Copy)]
+pub struct IntakeConfig {
+    /// Lease length; renewed every third of it while the update is handled.
+    pub lease: Duration,
+    /// Longest wait for a chat's turn before answering 503 (Telegram then redelivers).
+    pub max_wait: Duration,
+    /// How long a handled update is remembered in Redis.
+    pub remember: Duration,
+}
+
+/// Longest sleep between two asks for a turn when no wake-up arrives.
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("redis unavailable: {0}")]
+    Unavailable(#[from] anyhow::Error),
+    #[error("the chat's turn did not come within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl From<redis::RedisError> for IntakeError {
+    fn from(e: redis::RedisError) -> Self {
+        IntakeError::Unavailable(e.into())
+    }
+}
+
+pub struct Intake {
+    pub keys: BotKeys,
+    pub deployment: String,
+    pub config: IntakeConfig,
+    pub waker: Arc<Waker>,
+}
+
+impl Intake {
+    /// Waits for `chat`'s turn at `update_id`, or finds the update already handled.
+    pub async fn begin(
+        &self,
+        conn: &mut Conn,
+        update_id: i64,
+        chat: &str,
+        read_ahead: Option<ReadAhead>,
+    ) -> Result<Begin, IntakeError> {
+        let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
+        let (handled_key, handled_bit) = self.keys.handled(update_id);
+        let [lease_key, queue_key, waiters_key] = self.keys.chat_turn(chat);
+        let notify = self.waker.waiting(&lease_key);
+        let started = Instant::now();
+        let mut poll = Duration::from_millis(2);
+        loop {
+            // Listen before asking, so that a release right after the answer is not missed.
+            let mut woken = pin!(notify.notified());
+            woken.as_mut().enable();
+            let mut script = scripts::INTAKE_BEGIN.key(&handled_key);
+            script.key(&lease_key).key(&queue_key).key(&waiters_key);
+            if let Some(keys) = &read_ahead {
+                script.key(&keys.user).key(&keys.dialogue);
+            }
+            let answer: Vec<Option<String>> = script
+                .arg(update_id)
+                .arg(&token)
+                .arg(self.config.lease.as_millis() as u64)
+                .arg((MAX_POLL * 5).as_millis() as u64)
+                .arg(handled_bit)
+                .invoke_async(conn)
+                .await?;
+            match answer.first().and_then(Option::as_deref) {
+                Some("done") => return Ok(Begin::Done),
+                Some("go") => {
+                    let read = read_values(read_ahead, answer);
+                    let handled = (handled_key, handled_bit);
+                    return Ok(Begin::Go(Box::new(Turn { token, handled, lease_key, queue_key, read })));
+                }
+                _ => {}
+            }
+            let waited = started.elapsed();
+            if waited >= self.config.max_wait {
+                return Err(IntakeError::TimedOut(self.config.max_wait));
+            }
+            let nap = poll.min(self.config.max_wait - waited);
+            tokio::select! {
+                () = woken => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+            poll = (poll * 2).min(MAX_POLL);
+        }
+    }
+
+    /// Runs `work` (the update's handling) while keeping the turn: the lease is renewed every
+    /// third of its length for as long as `work` runs, in the same task (no task per update).
+    pub async fn hold<T>(&self, conn: &Conn, turn: &Turn, mut work: Pin<&mut impl Future<Output = T>>) -> T {
+        let mut renewing = true;
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                () = tokio::time::sleep(self.config.lease / 3), if renewing => {
+                    renewing = renew(conn.clone(), turn, self.config.lease).await;
+                }
+            }
+        }
+    }
+
+    /// Ends the turn: `handled` marks the update done (never handled again); otherwise it is
+    /// left for Telegram's redelivery. Either way the chat's next update may go.
+    pub async fn end(&self, conn: &mut Conn, turn: Box<Turn>, handled: bool) -> Result<(), IntakeError> {
+        let held: i64 = scripts::INTAKE_END
+            .key(&turn.handled.0)
+            .key(&turn.lease_key)
+            .key(&turn.queue_key)
+            .arg(&turn.token)
+            .arg(if handled { "done" } else { "retry" })
+            .arg(self.config.remember.as_millis() as u64)
+            .arg(turns_channel(&self.deployment))
+            .arg(&turn.lease_key)
+            .arg(turn.handled.1)
+            .invoke_async(conn)
+            .await?;
+        if held == 0 {
+            tracing::warn!(lease = %turn.lease_key, "a chat's turn expired while its update was handled");
+        }
+        Ok(())
+    }
+
+    /// Counts a failed attempt at `update_id`; returns how many there were.
+    pub async fn count_failure(&self, conn: &mut Conn, update_id: i64) -> Result<u64, IntakeError> {
+        let key = self.keys.attempts(update_id);
+        let (attempts,): (u64,) = redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .pexpire(&key, self.config.remember.as_millis() as i64)
+            .ignore()
+            .query_async(conn)
+            .await?;
+        Ok(attempts)
+    }
+}
+
+/// Pairs the read-ahead keys with the values `intake_begin` returned after "go".
+fn read_values(keys: Option<ReadAhead>, answer: Vec<Option<String>>) -> ReadValues {
+    let Some(keys) = keys else {
+        return ReadValues::default();
+    };
+    let mut values = answer.into_iter().skip(1);
+    let user = values.next().flatten();
+    ReadValues { user: Some((keys.user, user)), dialogue: Some((keys.dialogue, values.collect())) }
+}
+
+/// Renews the turn's lease; false once it is no longer ours (renewing further is pointless).
+async fn renew(mut conn: Conn, turn: &Turn, lease: Duration) -> bool {
+    let renewed: Result<i64, _> = scripts::LEASE_RENEW
+        .key(&turn.lease_key)
+        .arg(&turn.token)
+        .arg(lease.as_millis() as u64)
+        .invoke_async(&mut conn)
+        .await;
+    match renewed {
+        Ok(renewed) => renewed == 1,
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing a chat's turn failed");
+            true
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! One worker's turn at one update of one chat, and what was read with it.
+
+/// The keys the handler reads first: the sender's cached user and the chat's dialogue.
+pub struct ReadAhead {
+    pub user: String,
+    pub dialogue: String,
+}
+
+/// Their values, read under the turn: only the turn's holder writes a chat's dialogue, so the
+/// state stays current until the turn ends.
+#[derive(Debug, Default)]
+pub(super) struct ReadValues {
+    pub user: Option<(String, Option<String>)>,
+    /// The dialogue hash's fields, in the order of `dialogue::Fields::NAMES`.
+    pub dialogue: Option<(String, Vec<Option<String>>)>,
+}
+
+pub enum Begin {
+    /// Handled before: acknowledge without doing anything.
+    Done,
+    /// The chat's turn is ours until [`Turn::end`].
+    Go(Box<Turn>),
+}
+
+/// This worker's turn at one update of one chat.
+pub struct Turn {
+    pub(super) token: String,
+    /// The bitmap key and bit that mark the update handled.
+    pub(super) handled: (String, i64),
+    pub(super) lease_key: String,
+    pub(super) queue_key: String,
+    pub(super) read: ReadValues,
+}
+
+impl Turn {
+    /// The token that fences this attempt's writes (see `dialogue_save.lua`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn lease_key(&self) -> &str {
+        &self.lease_key
+    }
+
+    /// The cached user under `key` as read with the turn, if it was.
+    pub fn user_read(&self, key: &str) -> Option<Option<String>> {
+        self.read.user.as_ref().filter(|(k, _)| k == key).map(|(_, value)| value.clone())
+    }
+
+    /// The dialogue hash under `key` as read with the turn, if it was.
+    pub fn dialogue_read(&self, key: &str) -> Option<Vec<Option<String>>> {
+        self.read.dialogue.as_ref().filter(|(k, _)| k == key).map(|(_, fields)| fields.clone())
+    }
+}

@@ -1,0 +1,100 @@
+//! An admin's broadcast: its text, stored once, and how far queueing its recipients got.
+
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+
+use super::sql::{StoreError, query};
+
+/// An admin's broadcast, as far as its queueing got.
+pub struct Broadcast {
+    pub id: i64,
+    pub status: String,
+    /// Recipients above this user id are still to be queued.
+    pub next_user_id: i64,
+    pub queued: i32,
+}
+
+impl Broadcast {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get("id"),
+            status: row.get("status"),
+            next_user_id: row.get("next_user_id"),
+            queued: row.get("queued"),
+        }
+    }
+}
+
+/// The broadcast of this update: a new one, or the one its first delivery started.
+pub async fn start_broadcast(
+    db: &Pool,
+    bot_id: i64,
+    update_id: i64,
+    admin_chat: i64,
+    text: &str,
+) -> Result<Broadcast, StoreError> {
+    let rows = query(
+        db,
+        "WITH started AS (
+             INSERT INTO broadcasts (bot_id, update_id, admin_chat, text) VALUES ($1, $2, $3, $4)
+             ON CONFLICT ON CONSTRAINT broadcasts_update_once DO NOTHING
+             RETURNING id, status, next_user_id, queued
+         )
+         SELECT * FROM started
+         UNION ALL
+         SELECT id, status, next_user_id, queued FROM broadcasts
+         WHERE bot_id = $1 AND update_id = $2 AND NOT EXISTS (SELECT 1 FROM started)",
+        &[&bot_id, &update_id, &admin_chat, &text],
+    )
+    .await?;
+    rows.first()
+        .map(Broadcast::from_row)
+        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("broadcast vanished")))
+}
+
+/// The next `limit` recipients of a broadcast after `after`: every user of the bot who is
+/// neither banned nor unreachable, in user id order.
+pub async fn recipients(db: &Pool, bot_id: i64, after: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
+    let rows = query(
+        db,
+        "SELECT user_id FROM users
+         WHERE bot_id = $1 AND user_id > $2 AND NOT is_banned AND unreachable_at IS NULL
+         ORDER BY user_id LIMIT $3",
+        &[&bot_id, &after, &limit],
+    )
+    .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Records that the recipients up to `next_user_id` are queued (`done`: all of them).
+pub async fn advance_broadcast(
+    db: &Pool,
+    id: i64,
+    next_user_id: i64,
+    more: i32,
+    done: bool,
+) -> Result<(), StoreError> {
+    query(
+        db,
+        "UPDATE broadcasts SET next_user_id = $2, queued = queued + $3,
+                status = CASE WHEN $4 AND status = 'queueing' THEN 'sending' ELSE status END
+         WHERE id = $1",
+        &[&id, &next_user_id, &more, &done],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Cancels the admin's latest broadcast still going; returns its id.
+pub async fn cancel_broadcast(db: &Pool, bot_id: i64, admin_chat: i64) -> Result<Option<i64>, StoreError> {
+    let rows = query(
+        db,
+        "UPDATE broadcasts SET status = 'cancelled'
+         WHERE id = (SELECT id FROM broadcasts WHERE bot_id = $1 AND admin_chat = $2 AND status <> 'cancelled'
+                     ORDER BY id DESC LIMIT 1)
+         RETURNING id",
+        &[&bot_id, &admin_chat],
+    )
+    .await?;
+    Ok(rows.first().map(|row| row.get(0)))
+}

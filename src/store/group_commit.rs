@@ -1,0 +1,73 @@
+//! Group commit of new posts: the posts of concurrent updates reach Postgres in one multi-row
+//! INSERT — one statement, one transaction, one WAL flush — rather than one each: less work for
+//! the primary and for every replica per post (see `loadtest/README.md`).
+//!
+//! One writer takes the queued posts in batches (`crate::batch`); under load they grow by
+//! themselves while the previous batch commits (`botfleet_posts_per_commit` shows how large). A
+//! second writer made no batch larger and cost Postgres more per post. While busy (its last
+//! commit had more than one post), the writer also lingers: it waits up to [`LINGER`] after a
+//! batch's first post for more. A commit's price is mostly fixed (the WAL flush, and waking the
+//! walsender and every replica's receiver and startup process), so a few milliseconds buy fewer
+//! commits: at W1's half rate, a third as many, and a fifth to a quarter less CPU per update for
+//! the whole cluster (`loadtest/README.md`). Every caller gets its own post back once it is
+//! committed, and a redelivered update the post its first delivery created. A batch that fails
+//! on a statement error is retried post by post, so that one bad post cannot fail the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use super::posts::{self, NewPost, StoredPost};
+use super::sql::StoreError;
+use crate::batch::Batches;
+use crate::metrics::Metrics;
+
+/// Most posts in one INSERT.
+const MAX_BATCH: usize = 64;
+/// How long a batch waits for more posts after its first.
+const LINGER: Duration = Duration::from_millis(4);
+
+#[derive(Clone)]
+pub struct PostWriter(Batches<NewPost, Result<StoredPost, StoreError>>);
+
+impl PostWriter {
+    /// Starts the writer; it ends once every clone of the writer is dropped.
+    pub fn start(db: Pool, metrics: Arc<Metrics>) -> Self {
+        Self(Batches::start(MAX_BATCH, LINGER, move |posts| {
+            let (db, metrics) = (db.clone(), metrics.clone());
+            async move {
+                metrics.posts_per_commit.observe(posts.len() as f64);
+                let started = std::time::Instant::now();
+                let written = write(&db, posts).await;
+                metrics
+                    .db_query_seconds
+                    .with_label_values(&["insert_posts"])
+                    .observe(started.elapsed().as_secs_f64());
+                written
+            }
+        }))
+    }
+
+    /// Inserts the post of an update and returns it, once committed.
+    pub async fn insert(&self, post: NewPost) -> Result<StoredPost, StoreError> {
+        let stopped = || StoreError::Other(anyhow::anyhow!("the post writer stopped"));
+        self.0.submit(post).await.ok_or_else(stopped)?
+    }
+}
+
+async fn write(db: &Pool, posts: Vec<NewPost>) -> Vec<Result<StoredPost, StoreError>> {
+    match posts::insert_posts(db, &posts).await {
+        Ok(stored) => stored.into_iter().map(Ok).collect(),
+        Err(StoreError::Other(e)) if posts.len() > 1 => {
+            tracing::warn!(error = %format!("{e:#}"), posts = posts.len(), "a batch of posts failed; writing them one by one");
+            let mut written = Vec::with_capacity(posts.len());
+            for post in &posts {
+                let one = posts::insert_posts(db, std::slice::from_ref(post)).await;
+                written.push(one.map(|mut stored| stored.remove(0)));
+            }
+            written
+        }
+        Err(e) => posts.iter().map(|_| Err(e.for_another())).collect(),
+    }
+}

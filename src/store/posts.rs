@@ -1,0 +1,248 @@
+//! Posts as the worker writes them, and the updates that kept failing (dead letters).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+
+use super::sql::{StoreError, query};
+use crate::types::{Author, PostView};
+
+pub struct NewPost {
+    pub bot_id: i64,
+    pub update_id: i64,
+    pub chat_id: i64,
+    pub message_id: Option<i64>,
+    pub author_id: i64,
+    pub text: String,
+    /// Telegram's `file_id` and `file_unique_id` of the photo.
+    pub photo: Option<(String, String)>,
+    /// Published at once, or pending a moderator's decision.
+    pub published: bool,
+}
+
+/// A stored post, as the worker needs it after a write.
+#[derive(Debug, Clone)]
+pub struct StoredPost {
+    pub id: i64,
+    pub chat_id: i64,
+    pub text: String,
+    pub has_media: bool,
+    pub status: String,
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+impl StoredPost {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get("id"),
+            chat_id: row.get("chat_id"),
+            text: row.get("text"),
+            has_media: row.get("has_media"),
+            status: row.get("status"),
+            published_at: row.get("published_at"),
+        }
+    }
+
+    /// The post as the feed shows it, if it is published.
+    pub fn view(&self, bot_id: i64, author: Author) -> Option<PostView> {
+        Some(PostView {
+            id: self.id,
+            bot_id,
+            text: self.text.clone(),
+            has_media: self.has_media,
+            published_at: self.published_at.filter(|_| self.status == "published")?,
+            author,
+        })
+    }
+}
+
+const POST_RETURNING: &str =
+    "id, chat_id, text, media_file_id IS NOT NULL AS has_media, status, published_at";
+
+/// Inserts the posts of several updates in one statement, hence one transaction; returns them
+/// in the same order. A redelivered update gets the post its first delivery created.
+pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost>, StoreError> {
+    let column = |f: fn(&NewPost) -> i64| posts.iter().map(f).collect::<Vec<_>>();
+    let (bot_ids, update_ids) = (column(|p| p.bot_id), column(|p| p.update_id));
+    let (chat_ids, author_ids) = (column(|p| p.chat_id), column(|p| p.author_id));
+    let message_ids: Vec<_> = posts.iter().map(|p| p.message_id).collect();
+    let texts: Vec<_> = posts.iter().map(|p| p.text.as_str()).collect();
+    let file_ids: Vec<_> = posts.iter().map(|p| p.photo.as_ref().map(|(id, _)| id.as_str())).collect();
+    let unique_ids: Vec<_> = posts.iter().map(|p| p.photo.as_ref().map(|(_, id)| id.as_str())).collect();
+    let statuses: Vec<_> = posts.iter().map(|p| if p.published { "published" } else { "pending" }).collect();
+    let mut found = query(
+        db,
+        &format!(
+            "INSERT INTO posts (bot_id, update_id, chat_id, message_id, author_id, text,
+                                media_file_id, media_unique_id, status, published_at)
+             SELECT b, u, c, m, a, t, f, q, s, CASE WHEN s = 'published' THEN now() END
+             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
+                         $7::text[], $8::text[], $9::text[]) AS n(b, u, c, m, a, t, f, q, s)
+             ON CONFLICT ON CONSTRAINT posts_update_once DO NOTHING
+             RETURNING bot_id, update_id, {POST_RETURNING}"
+        ),
+        &[
+            &bot_ids,
+            &update_ids,
+            &chat_ids,
+            &message_ids,
+            &author_ids,
+            &texts,
+            &file_ids,
+            &unique_ids,
+            &statuses,
+        ],
+    )
+    .await?;
+    if found.len() < posts.len() {
+        // Some were there already (redeliveries).
+        found.extend(
+            query(
+                db,
+                &format!(
+                    "SELECT bot_id, update_id, {POST_RETURNING} FROM posts
+                     WHERE (bot_id, update_id) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))"
+                ),
+                &[&bot_ids, &update_ids],
+            )
+            .await?,
+        );
+    }
+    let by_update: HashMap<(i64, i64), StoredPost> = found
+        .iter()
+        .map(|row| ((row.get("bot_id"), row.get("update_id")), StoredPost::from_row(row)))
+        .collect();
+    posts
+        .iter()
+        .map(|p| {
+            by_update
+                .get(&(p.bot_id, p.update_id))
+                .cloned()
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("post of update {} vanished", p.update_id)))
+        })
+        .collect()
+}
+
+/// A moderator's decision on a pending post, by the update of their click. Only the first
+/// decision counts: returns the post as decided (now or before), its author, and whether this
+/// update decided it (now, or in an earlier delivery of it); `None` if the post is gone or still
+/// pending.
+pub async fn decide(
+    db: &Pool,
+    bot_id: i64,
+    post_id: i64,
+    approve: bool,
+    update_id: i64,
+) -> Result<Option<(StoredPost, Author, bool)>, StoreError> {
+    let rows = query(
+        db,
+        "WITH decided AS (
+             UPDATE posts p
+             SET status = CASE WHEN $3 THEN 'published' ELSE 'rejected' END,
+                 published_at = CASE WHEN $3 THEN now() END,
+                 decided_update = $4
+             FROM users u
+             WHERE p.bot_id = $1 AND p.id = $2 AND p.status = 'pending'
+               AND u.bot_id = p.bot_id AND u.user_id = p.author_id
+             RETURNING p.id, p.chat_id, p.text, p.media_file_id IS NOT NULL AS has_media,
+                       p.status, p.published_at, u.first_name, u.username
+         )
+         SELECT *, true AS now FROM decided
+         UNION ALL
+         SELECT p.id, p.chat_id, p.text, p.media_file_id IS NOT NULL, p.status, p.published_at,
+                u.first_name, u.username, p.decided_update IS NOT DISTINCT FROM $4
+         FROM posts p JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
+         WHERE p.bot_id = $1 AND p.id = $2 AND p.status IN ('published', 'rejected')
+           AND NOT EXISTS (SELECT 1 FROM decided)",
+        &[&bot_id, &post_id, &approve, &update_id],
+    )
+    .await?;
+    Ok(rows.first().map(|row| {
+        let author = Author { first_name: row.get("first_name"), username: row.get("username") };
+        (StoredPost::from_row(row), author, row.get("now"))
+    }))
+}
+
+/// The author's latest posts, newest first.
+pub async fn posts_of(
+    db: &Pool,
+    bot_id: i64,
+    author_id: i64,
+    limit: i64,
+) -> Result<Vec<StoredPost>, StoreError> {
+    let rows = query(
+        db,
+        &format!(
+            "SELECT {POST_RETURNING} FROM posts
+             WHERE bot_id = $1 AND author_id = $2 AND status <> 'rejected'
+             ORDER BY id DESC LIMIT $3"
+        ),
+        &[&bot_id, &author_id, &limit],
+    )
+    .await?;
+    Ok(rows.iter().map(StoredPost::from_row).collect())
+}
+
+/// Deletes one of the author's own posts; returns it if it existed.
+pub async fn delete_post(
+    db: &Pool,
+    bot_id: i64,
+    author_id: i64,
+    post_id: i64,
+) -> Result<Option<StoredPost>, StoreError> {
+    let rows = query(
+        db,
+        &format!(
+            "DELETE FROM posts WHERE bot_id = $1 AND author_id = $2 AND id = $3 RETURNING {POST_RETURNING}"
+        ),
+        &[&bot_id, &author_id, &post_id],
+    )
+    .await?;
+    Ok(rows.first().map(StoredPost::from_row))
+}
+
+/// An edit of the message that created a post still pending updates the post's text.
+pub async fn edit_pending(
+    db: &Pool,
+    bot_id: i64,
+    chat_id: i64,
+    message_id: i64,
+    text: &str,
+) -> Result<bool, StoreError> {
+    let rows = query(
+        db,
+        "UPDATE posts SET text = $4
+         WHERE bot_id = $1 AND chat_id = $2 AND message_id = $3 AND status = 'pending' RETURNING 1",
+        &[&bot_id, &chat_id, &message_id, &text],
+    )
+    .await?;
+    Ok(!rows.is_empty())
+}
+
+/// The primary's WAL position now, in bytes: after a commit, every replica that has replayed
+/// this far has seen it.
+pub async fn wal_position(db: &Pool) -> Result<i64, StoreError> {
+    let rows = query(db, "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[]).await?;
+    rows.first().map(|row| row.get(0)).ok_or_else(|| StoreError::Other(anyhow::anyhow!("no WAL position")))
+}
+
+/// Keeps an update that kept failing, whole, with the last error.
+pub async fn dead_letter(
+    db: &Pool,
+    bot_id: i64,
+    update_id: i64,
+    payload: &str,
+    error: &str,
+    attempts: i32,
+) -> Result<(), StoreError> {
+    query(
+        db,
+        "INSERT INTO dead_letters (bot_id, update_id, payload, error, attempts) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (bot_id, update_id) DO UPDATE SET error = EXCLUDED.error, attempts = EXCLUDED.attempts",
+        &[&bot_id, &update_id, &payload, &error, &attempts],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! One statement at a time on the primary, and what its failure means for the caller.
+
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (pool timeout, connection refused or closed).
+    #[error("postgres unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+impl StoreError {
+    /// The same kind of error, for one more caller (a failed batch answers each of its posts).
+    pub fn for_another(&self) -> Self {
+        match self {
+            StoreError::Unavailable(e) => StoreError::Unavailable(anyhow::anyhow!("{e:#}")),
+            StoreError::Other(e) => StoreError::Other(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Unavailable(e.into())
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // No SQLSTATE means the failure was the connection, not the statement.
+        if e.is_closed() || e.code().is_none() {
+            StoreError::Unavailable(e.into())
+        } else {
+            StoreError::Other(e.into())
+        }
+    }
+}
+
+/// Runs one prepared (and cached) statement.
+pub(super) async fn query(
+    db: &Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let client = db.get().await?;
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query(&statement, params).await?)
+}

@@ -1,0 +1,155 @@
+//! Values every floor passes around. Each newtype can only hold a valid value: parse once at
+//! the edge, then pass the type around. The published post's shape lives here too, as the one
+//! thing the store reads, the feed serves and the stream carries (`feed` re-exports it).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Author {
+    pub first_name: String,
+    pub username: Option<String>,
+}
+
+/// A published post as the API serves it, and as SSE events carry it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PostView {
+    pub id: i64,
+    pub bot_id: i64,
+    pub text: String,
+    pub has_media: bool,
+    pub published_at: DateTime<Utc>,
+    pub author: Author,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DomainError {
+    #[error("bot name {0:?} must be 1-32 characters of a-z, 0-9 and _")]
+    BotName(String),
+    #[error("webhook secret must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)")]
+    WebhookSecret,
+}
+
+/// A bot's short name: the key of its settings and the last segment of its webhook path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BotName(String);
+
+impl BotName {
+    pub fn parse(raw: &str) -> Result<Self, DomainError> {
+        let valid = (1..=32).contains(&raw.len())
+            && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if valid { Ok(Self(raw.to_owned())) } else { Err(DomainError::BotName(raw.to_owned())) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The secret Telegram sends in `X-Telegram-Bot-Api-Secret-Token`. Never printed; compared
+/// in constant time.
+#[derive(Clone)]
+pub struct WebhookSecret(String);
+
+impl WebhookSecret {
+    pub fn parse(raw: &str) -> Result<Self, DomainError> {
+        let valid = (1..=256).contains(&raw.len())
+            && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if valid { Ok(Self(raw.to_owned())) } else { Err(DomainError::WebhookSecret) }
+    }
+
+    /// Whether `presented` is this secret. The time taken depends only on the lengths, never on
+    /// where the first differing byte is.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret([redacted])")
+    }
+}
+
+/// The text of a post: 10 to 2000 characters (Unicode scalar values) after trimming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostText(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PostTextError {
+    #[error("too short: a post needs at least {min} characters, this one has {0}", min = PostText::MIN_CHARS)]
+    TooShort(usize),
+    #[error("too long: a post may have at most {max} characters, this one has {0}", max = PostText::MAX_CHARS)]
+    TooLong(usize),
+}
+
+impl PostText {
+    pub const MIN_CHARS: usize = 10;
+    pub const MAX_CHARS: usize = 2000;
+
+    pub fn parse(raw: &str) -> Result<Self, PostTextError> {
+        let text = raw.trim();
+        let chars = text.chars().count();
+        if chars < Self::MIN_CHARS {
+            Err(PostTextError::TooShort(chars))
+        } else if chars > Self::MAX_CHARS {
+            Err(PostTextError::TooLong(chars))
+        } else {
+            Ok(Self(text.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn post_text_bounds_count_characters_not_bytes() {
+        assert_eq!(PostText::parse("short"), Err(PostTextError::TooShort(5)));
+        assert_eq!(PostText::parse("   123456789   "), Err(PostTextError::TooShort(9)));
+        assert_eq!(PostText::parse("1234567890").unwrap().as_str(), "1234567890");
+        // Ten Cyrillic letters are 20 bytes but 10 characters.
+        assert!(PostText::parse("абвгдежзий").is_ok());
+        assert!(PostText::parse(&"x".repeat(2000)).is_ok());
+        assert_eq!(PostText::parse(&"ы".repeat(2001)), Err(PostTextError::TooLong(2001)));
+    }
+
+    #[test]
+    fn webhook_secret_rules_and_comparison() {
+        let secret = WebhookSecret::parse("abc_DEF-123").unwrap();
+        assert!(secret.matches(b"abc_DEF-123"));
+        assert!(!secret.matches(b"abc_DEF-124"));
+        assert!(!secret.matches(b"abc_DEF-1234"));
+        assert!(!secret.matches(b""));
+        assert!(WebhookSecret::parse("").is_err());
+        assert!(WebhookSecret::parse("with space").is_err());
+        assert!(WebhookSecret::parse(&"a".repeat(257)).is_err());
+        assert_eq!(format!("{secret:?}"), "WebhookSecret([redacted])");
+    }
+
+    #[test]
+    fn bot_names() {
+        assert!(BotName::parse("main_2").is_ok());
+        assert!(BotName::parse("Main").is_err());
+        assert!(BotName::parse("").is_err());
+        assert!(BotName::parse(&"a".repeat(33)).is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! `POST /webhook/{bot}`: authenticate, read, parse, take the chat's turn, run the bot, and
+//! answer Telegram with a status it understands (invariants 1, 2, 3 and 10 of DESIGN.md).
+//!
+//! The answer is 2xx only after the update's effects are durable, or after it was deliberately
+//! ignored or dead-lettered. All the work after parsing runs in its own task, so that a caller
+//! that hangs up (axum then drops this handler's future) cannot stop it half way — a post
+//! stored but never published or answered.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use teloxide_core::types::Update;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::state::{BotRuntime, WorkerState};
+use crate::bot::{self, HandleError};
+use crate::http::json_error;
+use crate::intake::{Begin, IntakeError};
+use crate::kv::Conn;
+use crate::store::posts;
+use crate::telegram::redact;
+use crate::telemetry;
+
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
+/// Seconds Telegram is asked to wait before redelivering when a dependency is down or the
+/// chat is busy.
+const RETRY_AFTER_SECS: &str = "5";
+
+pub async fn receive(
+    State(state): State<WorkerState>,
+    Path(bot_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(bot) = state.bots.get(&bot_name).cloned() else {
+        return json_error(StatusCode::NOT_FOUND, "unknown bot");
+    };
+    let response = authenticated(&state, &bot, &headers, body).await;
+    state
+        .metrics
+        .webhook_requests
+        .with_label_values(&[bot.client.config.name.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn authenticated(
+    state: &WorkerState,
+    bot: &Arc<BotRuntime>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let presented = headers.get(SECRET_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
+    if !bot.client.config.webhook_secret.matches(presented) {
+        return json_error(StatusCode::UNAUTHORIZED, "missing or wrong secret token");
+    }
+    // Past its capacity the worker sheds load at once, before reading the body: Telegram
+    // backs off and redelivers, where a slow answer would time out and be retried as hard.
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "overloaded: too many updates in progress");
+    };
+    // The secret is checked before the body is read, so strangers cannot make us read anything.
+    let bytes = match to_bytes(body, state.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "body over the size limit"),
+    };
+    let update = match bot::parse_update(&bytes) {
+        Ok(update) => update,
+        Err(e) => {
+            state.metrics.updates_unparseable.with_label_values(&[bot.client.config.name.as_str()]).inc();
+            tracing::warn!(bot = %bot.client.config.name, error = %e, "unparseable update");
+            return json_error(StatusCode::BAD_REQUEST, &format!("not a Telegram update: {e}"));
+        }
+    };
+    if let Some(recorder) = &state.recorder {
+        recorder.record(&bot.client.config, &bytes);
+    }
+    let started = Instant::now();
+    let kind = bot::kind_name(&update);
+    let work =
+        state.tasks.spawn(telemetry::own_scope(process(state.clone(), bot.clone(), update, bytes, permit)));
+    let outcome =
+        work.await.unwrap_or_else(|panic| Outcome::Failed(format!("update handler panicked: {panic}")));
+    state.metrics.update_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+    outcome.response(bot)
+}
+
+/// How one delivery of an update ended.
+enum Outcome {
+    /// Handled now, handled before, ignored, or dead-lettered: acknowledge.
+    Acknowledged,
+    /// A dependency is down, or the chat stayed busy: Telegram should retry later.
+    RetryLater(String),
+    /// The handling failed; Telegram redelivers, up to the dead-letter bound.
+    Failed(String),
+}
+
+impl Outcome {
+    fn response(self, bot: &BotRuntime) -> Response {
+        match self {
+            Outcome::Acknowledged => StatusCode::OK.into_response(),
+            Outcome::RetryLater(why) => {
+                tracing::warn!(bot = %bot.client.config.name, reason = %redact(&why, &bot.client.config.token), "asking Telegram to retry");
+                retry_later(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable")
+            }
+            Outcome::Failed(why) => {
+                tracing::error!(bot = %bot.client.config.name, error = %redact(&why, &bot.client.config.token), "update failed");
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        }
+    }
+}
+
+/// `status` with `Retry-After`, so that Telegram waits before it redelivers.
+fn retry_later(status: StatusCode, message: &str) -> Response {
+    let mut response = json_error(status, message);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response
+}
+
+/// The work on one update, in its own task; `_in_flight` is its place among those the worker
+/// handles at once. (Not an `async fn` with `#[instrument]`: that nests the future in one of
+/// the same size, and every update's task would move twice the bytes.)
+fn process(
+    state: WorkerState,
+    bot: Arc<BotRuntime>,
+    update: Box<Update>,
+    raw: Bytes,
+    _in_flight: OwnedSemaphorePermit,
+) -> impl Future<Output = Outcome> {
+    let span = tracing::info_span!("process", bot = %bot.client.config.name, update_id = update.id.0);
+    async move {
+        let _in_flight = _in_flight; // held until the work ends
+        handle_update(state, bot, update, raw).await
+    }
+    .instrument(span)
+}
+
+async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Update>, raw: Bytes) -> Outcome {
+    let update_id = i64::from(update.id.0);
+    telemetry::tag("bot", bot.client.config.name.as_str());
+    telemetry::tag("update_kind", bot::kind_name(&update));
+    if let Some(chat) = update.chat() {
+        telemetry::tag(
+            "chat",
+            &telemetry::chat_tag(bot.client.config.webhook_secret.expose().as_bytes(), chat.id.0),
+        );
+    }
+    let mut redis = match state.redis.get().await {
+        Ok(conn) => conn,
+        Err(e) => return Outcome::RetryLater(format!("redis unavailable: {e}")),
+    };
+    let waiting = Instant::now();
+    let turn = match bot
+        .intake
+        .begin(&mut redis, update_id, &bot::turn_key(&update), bot::read_ahead(&update, &bot.client.keys))
+        .await
+    {
+        Ok(Begin::Go(turn)) => turn,
+        Ok(Begin::Done) => {
+            state.metrics.dedup_hits.with_label_values(&[bot.client.config.name.as_str()]).inc();
+            return Outcome::Acknowledged;
+        }
+        Err(e @ IntakeError::TimedOut(_)) => return Outcome::RetryLater(e.to_string()),
+        Err(e @ IntakeError::Unavailable(_)) => {
+            // The shared connection may be broken: the next update takes a fresh one.
+            state.redis.reset();
+            return Outcome::RetryLater(e.to_string());
+        }
+    };
+    state
+        .metrics
+        .lease_wait_seconds
+        .with_label_values(&[bot.client.config.name.as_str()])
+        .observe(waiting.elapsed().as_secs_f64());
+    let held = {
+        let handling = pin!(bot::handle(&state.services, &redis, &bot.client, &turn, &update));
+        bot.intake.hold(&redis, &turn, handling).await
+    };
+    let (handled, outcome) = match held {
+        Ok(()) => (true, Outcome::Acknowledged),
+        Err(HandleError::Unavailable(e)) => (false, Outcome::RetryLater(format!("{e:#}"))),
+        Err(HandleError::Failed(e)) => {
+            failed(&state, &mut redis, &bot, update_id, &raw, &format!("{e:#}")).await
+        }
+    };
+    if let Err(e) = bot.intake.end(&mut redis, turn, handled).await {
+        // The effects are durable; at worst a redelivery finds them done in Postgres.
+        tracing::warn!(error = %e, "could not record the end of an update's turn");
+        state.redis.reset();
+    }
+    outcome
+}
+
+/// Counts a failed attempt; after too many, keeps the update in the dead-letter table and
+/// acknowledges it, so that nothing is retried forever or dropped silently.
+async fn failed(
+    state: &WorkerState,
+    redis: &mut Conn,
+    bot: &BotRuntime,
+    update_id: i64,
+    raw: &[u8],
+    error: &str,
+) -> (bool, Outcome) {
+    let attempts = match bot.intake.count_failure(redis, update_id).await {
+        Ok(attempts) => attempts,
+        Err(e) => return (false, Outcome::RetryLater(e.to_string())),
+    };
+    // One error report per failed delivery; the reports of one update group together.
+    let report = redact(error, &bot.client.config.token);
+    if attempts < state.max_attempts {
+        telemetry::report_error(&format!("update failed: {report}"));
+        return (false, Outcome::Failed(format!("attempt {attempts}: {error}")));
+    }
+    let payload = String::from_utf8_lossy(raw);
+    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+    match posts::dead_letter(&state.services.db, bot.client.config.id, update_id, &payload, error, attempts)
+        .await
+    {
+        Ok(()) => {
+            state.metrics.dead_letters.with_label_values(&[bot.client.config.name.as_str()]).inc();
+            telemetry::report_error(&format!("update dead-lettered: {report}"));
+            tracing::error!(attempts, error = %report, "update dead-lettered");
+            (true, Outcome::Acknowledged)
+        }
+        Err(e) => (false, Outcome::RetryLater(e.to_string())),
+    }
+}
