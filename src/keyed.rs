@@ -1,4 +1,5 @@
-//! Per-key values shared inside a process — a notifier per chat, a lock per user — that live
+//! Per-key values shared inside a process — a notifier per chat, a lock per user, a page being
+//! loaded (single-flight) — that live
 //! only while someone holds them: the map keeps weak references and sheds the dead ones.
 
 use std::collections::HashMap;

@@ -29,12 +29,13 @@
 //!
 //! **Foundations** — used by everything above, using only each other (in this order: a module
 //! may use those listed after it): [`admin`], [`http`], [`telemetry`], [`metrics`],
-//! [`settings`], [`types`], [`batch`], [`keyed`], [`random`], [`shutdown`].
+//! [`settings`], [`types`], [`cli`], [`batch`], [`keyed`], [`random`], [`shutdown`].
 
 pub mod admin;
 pub mod api;
 pub mod batch;
 pub mod bot;
+pub mod cli;
 pub mod fake_telegram;
 pub mod feed;
 /// The fuzz targets' bodies: test tooling, built only with the `test-tooling` feature.

@@ -10,7 +10,7 @@ use botfleet::settings::{
     TelemetrySettings, WebhookSettings, WorkerSettings,
 };
 use botfleet::shutdown::{self, CancellationToken};
-use botfleet::{api, fake_telegram, migrate, telemetry, webhook, worker};
+use botfleet::{api, cli, fake_telegram, migrate, telemetry, webhook, worker};
 use clap::{Parser, Subcommand};
 
 /// mimalloc: under W1, glibc's malloc and free were a fifth of a worker's CPU time, and a worker
@@ -18,9 +18,6 @@ use clap::{Parser, Subcommand};
 /// (`loadtest/README.md`, W1 and W3).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Exit code for a command line that makes no sense (sysexits' EX_USAGE).
-const EXIT_USAGE: u8 = 64;
 
 /// A Telegram bot backend that scales out: stateless webhook workers, Redis, Postgres replicas,
 /// a live feed.
@@ -116,31 +113,9 @@ impl From<WebhookCommand> for webhook::Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage(&e),
+        Err(e) => return cli::exit("botfleet", &e),
     };
     run(cli.command)
-}
-
-/// `--help` and `--version` print and succeed; anything else is a usage error: one line saying
-/// what is wrong, then where to look, and exit code 64.
-fn usage(error: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            print!("{error}");
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprint!("{error}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        _ => {
-            let text = error.to_string();
-            let problem = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
-            eprintln!("botfleet: {problem}\nSee 'botfleet --help'.");
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
 }
 
 fn config_error(e: &SettingsError) -> ExitCode {

@@ -243,24 +243,10 @@ impl Source {
     }
 }
 
-/// Parses `KEY=VALUE` lines; blank lines and `#` comments are skipped, values may be quoted.
+/// Parses `KEY=VALUE` lines as dotenv files have them (`#` comments, quoted values,
+/// `export` prefixes), without touching the process environment.
 fn parse_env_file(text: &str) -> Result<HashMap<String, String>, String> {
-    let mut vars = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (key, value) = line.split_once('=').ok_or_else(|| format!("line {} is not KEY=VALUE", n + 1))?;
-        let value = value.trim();
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-            .unwrap_or(value);
-        vars.insert(key.trim().to_owned(), value.to_owned());
-    }
-    Ok(vars)
+    dotenvy::from_read_iter(text.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
 /// The bot's numeric id is the part of its token before the colon.

@@ -17,13 +17,18 @@ use std::time::{Duration, Instant};
 
 mod broadcast;
 mod chart;
+mod cli;
 mod histogram;
 mod replay;
 mod scenario;
 mod w3;
 
+use std::process::ExitCode;
+
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use clap::Parser;
+use cli::{Cli, Command, Common};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -31,136 +36,34 @@ use serde_json::json;
 const USERS: usize = 10_000;
 const ZIPF_S: f64 = 1.1;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Workload {
-    W1,
-    W2,
-    W3,
-    Broadcast,
-    Replay,
-}
-
+/// What the W1 and W2 lanes read of the command line.
 struct Options {
-    workload: Workload,
-    env: HashMap<String, String>,
-    /// W2 only: request this path for every request instead (the static-file baseline).
-    static_path: Option<String>,
-    /// W3 only: the stream URL of one API node, how many clients, and that node's pid.
-    stream: Option<String>,
-    clients: usize,
-    pid: Option<u32>,
-    /// Broadcast only: users it must reach.
-    recipients: usize,
+    /// Lanes at once.
     concurrency: usize,
-    seconds: u64,
+    duration: Duration,
     /// Updates per second (open loop); none for closed loop.
     rate: Option<f64>,
-    first_update_id: i64,
-    /// Whether --first-update-id was given.
-    first_update_id_set: bool,
-    /// Replay only: what to replay and how.
-    captures: Vec<String>,
-    scenario: Option<String>,
-    arrival: Option<botfleet::replay::Arrival>,
-    max_connections: usize,
-    subscribers: usize,
-    out: Option<String>,
-    give_up_secs: u64,
+    /// W2 only: request this path for every request instead (the static-file baseline).
+    static_path: Option<String>,
 }
 
-/// `--ramp FROM:TO:SECONDS` or `--step R1,R2,…:SECONDS`.
-fn parse_shape(flag: &str, value: &str) -> anyhow::Result<botfleet::replay::Arrival> {
-    use botfleet::replay::Arrival;
-    let bad = || {
-        anyhow::anyhow!(
-            "{flag} {value:?}: expected {}",
-            if flag == "--ramp" { "FROM:TO:SECONDS" } else { "R1,R2,…:SECONDS" }
-        )
-    };
-    let (rates, seconds) = value.rsplit_once(':').ok_or_else(bad)?;
-    let seconds = Duration::from_secs_f64(seconds.parse().map_err(|_| bad())?);
-    if flag == "--ramp" {
-        let (from, to) = rates.split_once(':').ok_or_else(bad)?;
-        return Ok(Arrival::Ramp { from: from.parse()?, to: to.parse()?, over: seconds });
-    }
-    let rates = rates.split(',').map(str::parse).collect::<Result<Vec<f64>, _>>().map_err(|_| bad())?;
-    Ok(Arrival::Step { rates, every: seconds })
-}
+/// The cluster's KEY=VALUE file.
+struct Env(HashMap<String, String>);
 
-fn parse_args() -> anyhow::Result<Options> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let workload = match args.first().map(String::as_str) {
-        Some("w1") => Workload::W1,
-        Some("w2") => Workload::W2,
-        Some("w3") => Workload::W3,
-        Some("broadcast") => Workload::Broadcast,
-        Some("replay") => Workload::Replay,
-        _ => bail!(
-            "usage: loadtest w1 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--rate N] [--first-update-id N] [--out DIR]\n       loadtest w2 [--env .cluster/cluster.env] [--concurrency 64] [--seconds 20] [--static /path] [--out DIR]\n       loadtest w3 --stream URL [--clients 1000] [--rate 50] [--seconds 20] [--pid API_PID] [--first-update-id N]\n       loadtest broadcast --recipients N --rate ALLOWED [--first-update-id N]\n       loadtest replay (--capture FILE[,FILE…] | --scenario FILE) [--speed X|max | --rate R | --ramp FROM:TO:SECS | --step R1,R2,…:SECS]\n                      [--max-connections 40] [--sse K] [--out DIR] [--first-update-id N] [--give-up-secs 60] [--env .cluster/cluster.env]"
-        ),
-    };
-    let mut static_path = None;
-    let (mut stream, mut clients, mut pid, mut recipients) = (None, 1000, None, 0);
-    let mut env_file = ".cluster/cluster.env".to_owned();
-    let (mut concurrency, mut seconds, mut rate, mut first_update_id) = (64, 20, None, 1);
-    let (mut captures, mut scenario, mut arrival, mut first_update_id_set) = (Vec::new(), None, None, false);
-    let (mut max_connections, mut subscribers, mut out, mut give_up_secs) = (40, 0, None, 60);
-    let mut rest = args[1..].iter();
-    while let Some(flag) = rest.next() {
-        let value = rest.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--env" => env_file = value.clone(),
-            "--concurrency" => concurrency = value.parse()?,
-            "--seconds" => seconds = value.parse()?,
-            "--rate" => rate = Some(value.parse()?),
-            "--first-update-id" => {
-                first_update_id = value.parse()?;
-                first_update_id_set = true;
-            }
-            "--capture" => captures.extend(value.split(',').map(str::to_owned)),
-            "--scenario" => scenario = Some(value.clone()),
-            "--speed" if value == "max" => arrival = Some(botfleet::replay::Arrival::Closed),
-            "--speed" => arrival = Some(botfleet::replay::Arrival::Capture { speed: value.parse()? }),
-            "--ramp" | "--step" => arrival = Some(parse_shape(flag, value)?),
-            "--max-connections" => max_connections = value.parse()?,
-            "--sse" => subscribers = value.parse()?,
-            "--out" => out = Some(value.clone()),
-            "--give-up-secs" => give_up_secs = value.parse()?,
-            "--static" => static_path = Some(value.clone()),
-            "--stream" => stream = Some(value.clone()),
-            "--clients" => clients = value.parse()?,
-            "--pid" => pid = Some(value.parse()?),
-            "--recipients" => recipients = value.parse()?,
-            _ => bail!("unknown flag {flag}"),
-        }
+impl Env {
+    fn read(path: &str) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        Ok(Self(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        ))
     }
-    if concurrency == 0 || concurrency > USERS {
-        bail!("--concurrency must be 1 to {USERS}, so that every lane owns senders");
+
+    fn get(&self, key: &str) -> anyhow::Result<String> {
+        self.0.get(key).cloned().with_context(|| format!("{key} missing from the env file"))
     }
-    let text = std::fs::read_to_string(&env_file).with_context(|| format!("reading {env_file}"))?;
-    let env =
-        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-    Ok(Options {
-        workload,
-        env,
-        static_path,
-        stream,
-        clients,
-        pid,
-        recipients,
-        concurrency,
-        seconds,
-        rate,
-        first_update_id,
-        first_update_id_set,
-        captures,
-        scenario,
-        arrival,
-        max_connections,
-        subscribers,
-        out,
-        give_up_secs,
-    })
 }
 
 /// xorshift64*: fast, seedable, plenty for picking senders and texts.
@@ -303,7 +206,7 @@ async fn lane(target: Arc<Target>, lane: usize, options: Arc<Options>, started: 
     let senders = Senders::for_lane(lane, options.concurrency);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (lane as u64 + 1).wrapping_mul(0x1000_0000_01b3));
     let mut result = LaneResult::default();
-    let end = started + Duration::from_secs(options.seconds);
+    let end = started + options.duration;
     let mut k = 0u64;
     let mut connection = None;
     loop {
@@ -363,7 +266,7 @@ async fn w2_lane(
     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (lane as u64 + 1).wrapping_mul(0x9e37_79b9));
     let mut etags: HashMap<String, String> = HashMap::new();
     let mut result = LaneResult::default();
-    let end = started + Duration::from_secs(options.seconds);
+    let end = started + options.duration;
     while Instant::now() < end {
         // 80% page 1, 15% a next page by cursor, 5% one post (as WORKLOADS.md says).
         let path = match (&options.static_path, rng.unit()) {
@@ -419,23 +322,123 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index].as_secs_f64() * 1000.0
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // `loadtest chart --csv FILE --out FILE.svg`: a chart of a CSV file's columns (loadtest/soak).
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [chart, csv_flag, csv, out_flag, out] = args.as_slice()
-        && chart == "chart"
-        && csv_flag == "--csv"
-        && out_flag == "--out"
-    {
-        let text = std::fs::read_to_string(csv).with_context(|| format!("reading {csv}"))?;
-        std::fs::write(out, chart::csv(&text)?)?;
-        return Ok(());
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return botfleet::cli::exit("loadtest", &e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("loadtest: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    let options = Arc::new(parse_args()?);
-    let get =
-        |key: &str| options.env.get(key).cloned().with_context(|| format!("{key} missing from the env file"));
-    let webhook = reqwest::Url::parse(&get("BOTFLEET_WEBHOOK_URL")?)?;
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Chart { csv, out } => {
+            let text = std::fs::read_to_string(&csv).with_context(|| format!("reading {csv}"))?;
+            std::fs::write(out, chart::csv(&text)?)?;
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let passed = replay::run(replay::Replay {
+                env: Env::read(&args.common.env)?.0,
+                arrival: args.arrival(),
+                captures: args.capture,
+                scenario: args.scenario,
+                max_connections: args.max_connections,
+                first_update_id: args.common.first_update_id,
+                subscribers: args.subscribers,
+                out: args.out,
+                give_up_after: args.give_up_after,
+            })
+            .await?;
+            if !passed {
+                bail!("the audit failed: see the summary above");
+            }
+            Ok(())
+        }
+        Command::Broadcast(args) => {
+            let env = Env::read(&args.common.env)?;
+            let summary = broadcast::run(broadcast::Broadcast {
+                webhook_url: env.get("BOTFLEET_WEBHOOK_URL")?,
+                secret: env.get("BOTFLEET_WEBHOOK_SECRET")?,
+                telegram_url: env.get("BOTFLEET_TELEGRAM_URL")?,
+                recipients: args.recipients,
+                allowed: args.rate,
+                update_id: args.common.first_update_id.unwrap_or(1),
+            })
+            .await?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::W3(args) => {
+            let env = Env::read(&args.common.env)?;
+            let summary = w3::run(w3::W3 {
+                clients: args.clients,
+                stream_url: args.stream,
+                webhook_url: env.get("BOTFLEET_WEBHOOK_URL")?,
+                secret: env.get("BOTFLEET_WEBHOOK_SECRET")?,
+                rate: args.rate,
+                seconds: args.duration.as_secs(),
+                first_update_id: args.common.first_update_id.unwrap_or(1),
+                pid: args.pid,
+            })
+            .await?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::W1(args) => {
+            let options = Options {
+                concurrency: args.concurrency,
+                duration: args.duration,
+                rate: args.rate,
+                static_path: None,
+            };
+            closed_or_open(Workload::W1, &args.common, options, args.out).await
+        }
+        Command::W2(args) => {
+            let options = Options {
+                concurrency: args.concurrency,
+                duration: args.duration,
+                rate: None,
+                static_path: args.static_path,
+            };
+            closed_or_open(Workload::W2, &args.common, options, None).await
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    W1,
+    W2,
+}
+
+/// W1 or W2: lanes sending for the run's duration, then one JSON summary.
+async fn closed_or_open(
+    workload: Workload,
+    common: &Common,
+    options: Options,
+    out: Option<String>,
+) -> anyhow::Result<()> {
+    if options.concurrency == 0 || options.concurrency > USERS {
+        bail!("--concurrency must be 1 to {USERS}, so that every lane owns senders");
+    }
+    let env = Env::read(&common.env)?;
+    let options = Arc::new(options);
+    let first_update_id = common.first_update_id.unwrap_or(1);
+    let webhook = reqwest::Url::parse(&env.get("BOTFLEET_WEBHOOK_URL")?)?;
     let target = Arc::new(Target {
         client: reqwest::Client::builder().pool_max_idle_per_host(options.concurrency).build()?,
         host: format!(
@@ -444,77 +447,16 @@ async fn main() -> anyhow::Result<()> {
             webhook.port_or_known_default().unwrap_or(80)
         ),
         path: webhook.path().to_owned(),
-        secret: get("BOTFLEET_WEBHOOK_SECRET")?,
-        next_id: AtomicI64::new(options.first_update_id),
+        secret: env.get("BOTFLEET_WEBHOOK_SECRET")?,
+        next_id: AtomicI64::new(first_update_id),
     });
-    if options.workload == Workload::Replay {
-        use botfleet::replay::Arrival;
-        if options.captures.is_empty() == options.scenario.is_none() {
-            bail!("replay needs either --capture or --scenario");
-        }
-        let arrival = match (&options.arrival, options.rate) {
-            (Some(arrival), None) => arrival.clone(),
-            (None, Some(rate)) => Arrival::Constant { rate },
-            (None, None) => Arrival::Capture { speed: 1.0 },
-            (Some(_), Some(_)) => bail!("--rate goes with neither --speed, --ramp nor --step"),
-        };
-        let passed = replay::run(replay::Replay {
-            env: options.env.clone(),
-            captures: options.captures.clone(),
-            scenario: options.scenario.clone(),
-            arrival,
-            max_connections: options.max_connections,
-            first_update_id: options.first_update_id_set.then_some(options.first_update_id),
-            subscribers: options.subscribers,
-            out: options.out.clone(),
-            give_up_after: Duration::from_secs(options.give_up_secs),
-        })
-        .await?;
-        if !passed {
-            bail!("the audit failed: see the summary above");
-        }
-        return Ok(());
-    }
-    if options.workload == Workload::Broadcast {
-        let summary = broadcast::run(broadcast::Broadcast {
-            webhook_url: get("BOTFLEET_WEBHOOK_URL")?,
-            secret: get("BOTFLEET_WEBHOOK_SECRET")?,
-            telegram_url: get("BOTFLEET_TELEGRAM_URL")?,
-            recipients: options.recipients,
-            allowed: options.rate.context("broadcast needs --rate: the messages per second allowed")?,
-            update_id: options.first_update_id,
-        })
-        .await?;
-        println!("{summary}");
-        return Ok(());
-    }
-    if options.workload == Workload::W3 {
-        let summary = w3::run(w3::W3 {
-            clients: options.clients,
-            stream_url: options
-                .stream
-                .clone()
-                .context("w3 needs --stream http://<api node>/api/feed/stream")?,
-            webhook_url: get("BOTFLEET_WEBHOOK_URL")?,
-            secret: get("BOTFLEET_WEBHOOK_SECRET")?,
-            rate: options.rate.unwrap_or(50.0),
-            seconds: options.seconds,
-            first_update_id: options.first_update_id,
-            pid: options.pid,
-        })
-        .await?;
-        println!("{summary}");
-        return Ok(());
-    }
     let started = Instant::now();
-    let lanes: Vec<_> = match options.workload {
+    let lanes: Vec<_> = match workload {
         Workload::W1 => (0..options.concurrency)
             .map(|n| tokio::spawn(lane(target.clone(), n, options.clone(), started)))
             .collect(),
-        Workload::W3 | Workload::Broadcast | Workload::Replay => Vec::new(),
         Workload::W2 => {
-            let base = get("BOTFLEET_URL")?;
-            let reads = Arc::new(discover(&target.client, &base).await?);
+            let reads = Arc::new(discover(&target.client, &env.get("BOTFLEET_URL")?).await?);
             let started = Instant::now();
             (0..options.concurrency)
                 .map(|n| {
@@ -534,14 +476,14 @@ async fn main() -> anyhow::Result<()> {
         all.errors += result.errors;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    if let Some(out) = &options.out {
+    if let Some(out) = &out {
         let series = chart::per_second(all.finished.iter().copied().zip(all.latencies.iter().copied()));
         std::fs::create_dir_all(out)?;
         std::fs::write(format!("{out}/chart.svg"), chart::svg(&series))?;
     }
     all.latencies.sort();
     let summary = json!({
-        "workload": if options.workload == Workload::W1 { "W1" } else { "W2" },
+        "workload": if workload == Workload::W1 { "W1" } else { "W2" },
         "static": options.static_path,
         "not_modified": all.not_modified,
         "mode": if options.rate.is_some() { "open" } else { "closed" },
@@ -556,7 +498,7 @@ async fn main() -> anyhow::Result<()> {
         "p50_ms": percentile(&all.latencies, 0.50),
         "p99_ms": percentile(&all.latencies, 0.99),
         "p999_ms": percentile(&all.latencies, 0.999),
-        "first_update_id": options.first_update_id,
+        "first_update_id": first_update_id,
         "last_update_id": target.next_id.load(Ordering::Relaxed) - 1,
     });
     println!("{summary}");

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use redis::AsyncCommands;
 use tokio::sync::OnceCell;
 
+use crate::keyed::Keyed;
 use crate::kv::{self, FeedKeys};
 use crate::metrics::Metrics;
 use crate::store::replicas::Freshness;
@@ -75,7 +76,8 @@ pub struct PageCache {
     metrics: Arc<Metrics>,
     /// Cache key → page; keys carry their version, so stale entries are never found.
     local: Mutex<HashMap<String, Arc<Page>>>,
-    flights: Mutex<HashMap<String, Arc<OnceCell<Arc<Page>>>>>,
+    /// One load per key at a time on this node (single-flight).
+    flights: Keyed<OnceCell<Arc<Page>>>,
     states: SharedReads<Option<FeedState>>,
 }
 
@@ -86,7 +88,7 @@ impl PageCache {
             keys,
             metrics,
             local: Mutex::default(),
-            flights: Mutex::default(),
+            flights: Keyed::default(),
             states: SharedReads::default(),
         }
     }
@@ -129,10 +131,7 @@ impl PageCache {
             self.metrics.page_cache.with_label_values(&["local_hit"]).inc();
             return Ok(page);
         }
-        let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            flights.entry(key.clone()).or_default().clone()
-        };
+        let flight = self.flights.acquire(&key);
         let page = flight
             .get_or_try_init(|| async {
                 if let Some(page) = self.redis_get(&key).await {
@@ -146,7 +145,6 @@ impl PageCache {
             })
             .await
             .cloned();
-        self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         if let Ok(page) = &page {
             self.local_put(&key, page.clone());
         }

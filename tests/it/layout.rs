@@ -21,6 +21,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "metrics",
             "settings",
             "types",
+            "cli",
             "batch",
             "keyed",
             "random",
