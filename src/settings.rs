@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::types::{BotName, WebhookSecret};
+use crate::types::{BotId, BotName, ChatId, UserId, WebhookSecret};
 
 /// Exit code for a bad or missing setting (`EX_USAGE` of sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -212,7 +212,7 @@ impl Source {
             let moderator_key = format!("BOTFLEET_BOT_{}_MODERATOR_CHAT", raw.to_ascii_uppercase());
             let moderator_chat = match self.get(&moderator_key) {
                 None => None,
-                Some(_) => Some(self.parse_or(&moderator_key, 0i64)?),
+                Some(_) => Some(ChatId(self.parse_or(&moderator_key, 0i64)?)),
             };
             let admins_key = format!("BOTFLEET_BOT_{}_ADMINS", raw.to_ascii_uppercase());
             let admins = self
@@ -222,7 +222,7 @@ impl Source {
                 .map(str::trim)
                 .filter(|id| !id.is_empty())
                 .map(|id| {
-                    id.parse::<i64>().map_err(|_| {
+                    id.parse::<i64>().map(UserId).map_err(|_| {
                         SettingsError::new(&admins_key, format!("{id:?} is not a Telegram user id"))
                     })
                 })
@@ -250,12 +250,12 @@ fn parse_env_file(text: &str) -> Result<HashMap<String, String>, String> {
 }
 
 /// The bot's numeric id is the part of its token before the colon.
-fn bot_id_of_token(token: &str) -> Option<i64> {
+fn bot_id_of_token(token: &str) -> Option<BotId> {
     let (id, rest) = token.split_once(':')?;
     let valid_rest =
         !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     let id: i64 = id.parse().ok()?;
-    (id > 0 && valid_rest).then_some(id)
+    (id > 0 && valid_rest).then_some(BotId(id))
 }
 
 /// One bot served by this deployment.
@@ -264,13 +264,13 @@ pub struct BotConfig {
     /// The name in `BOTFLEET_BOTS` and in the webhook path `/webhook/{name}`.
     pub name: BotName,
     /// Telegram's id of the bot (its token's prefix); rows are namespaced by it.
-    pub id: i64,
+    pub id: BotId,
     pub token: Secret,
     pub webhook_secret: WebhookSecret,
     /// With a moderator chat, new posts wait there for approval; without, they publish at once.
-    pub moderator_chat: Option<i64>,
+    pub moderator_chat: Option<ChatId>,
     /// User ids that may `/ban`, `/unban` and `/broadcast`.
-    pub admins: Vec<i64>,
+    pub admins: Vec<UserId>,
 }
 
 /// How log lines are written to stderr.
@@ -600,7 +600,7 @@ mod tests {
     #[test]
     fn worker_settings_load_with_defaults() {
         let settings = WorkerSettings::load(&worker_source(&[])).unwrap();
-        assert_eq!(settings.bots[0].id, 123456);
+        assert_eq!(settings.bots[0].id, BotId(123456));
         assert_eq!(settings.redis_prefix, "botfleet");
         assert_eq!(settings.max_body_bytes, 256 * 1024);
     }

@@ -4,9 +4,128 @@
 
 use std::fmt;
 
+use bytes::BytesMut;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+
+/// Declares an id newtype: an `i64` as Telegram and Postgres have it, which cannot be passed
+/// where another kind of id is wanted. `.0` is for the edges (SQL parameters, Bot API calls).
+macro_rules! id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        /// Stored as `bigint`.
+        impl<'a> FromSql<'a> for $name {
+            fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+                i64::from_sql(ty, raw).map(Self)
+            }
+
+            fn accepts(ty: &Type) -> bool {
+                <i64 as FromSql>::accepts(ty)
+            }
+        }
+
+        impl ToSql for $name {
+            fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+                self.0.to_sql(ty, out)
+            }
+
+            fn accepts(ty: &Type) -> bool {
+                <i64 as ToSql>::accepts(ty)
+            }
+
+            to_sql_checked!();
+        }
+
+        /// Passed to Redis as the number.
+        impl redis::ToRedisArgs for $name {
+            fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+                self.0.write_redis_args(out)
+            }
+        }
+    };
+}
+
+id!(
+    /// Telegram's id of a bot: its token's prefix. Rows and Redis keys are namespaced by it.
+    BotId
+);
+id!(
+    /// A chat. A private chat's id is its user's; groups' are negative.
+    ChatId
+);
+id!(
+    /// A Telegram user (Telegram's ids fit in 52 bits, so `i64` holds every one).
+    UserId
+);
+id!(
+    /// The transport's id of an update: unique per bot while Telegram keeps counting.
+    UpdateId
+);
+id!(
+    /// A post, as Postgres numbers them.
+    PostId
+);
+id!(
+    /// A message within its chat.
+    MessageId
+);
+
+impl ChatId {
+    /// A private chat's user (a private chat's id is its user's); `None` for groups.
+    pub fn private_user(self) -> Option<UserId> {
+        (self.0 > 0).then_some(UserId(self.0))
+    }
+}
+
+impl UserId {
+    /// The user's private chat with the bot.
+    pub fn private_chat(self) -> ChatId {
+        ChatId(self.0)
+    }
+}
+
+impl From<teloxide_core::types::ChatId> for ChatId {
+    fn from(id: teloxide_core::types::ChatId) -> Self {
+        Self(id.0)
+    }
+}
+
+impl From<ChatId> for teloxide_core::types::Recipient {
+    fn from(id: ChatId) -> Self {
+        teloxide_core::types::ChatId(id.0).into()
+    }
+}
+
+impl From<&teloxide_core::types::User> for UserId {
+    fn from(user: &teloxide_core::types::User) -> Self {
+        // Telegram's ids fit in 52 bits.
+        Self(user.id.0 as i64)
+    }
+}
+
+impl From<teloxide_core::types::MessageId> for MessageId {
+    fn from(id: teloxide_core::types::MessageId) -> Self {
+        Self(i64::from(id.0))
+    }
+}
+
+impl From<teloxide_core::types::UpdateId> for UpdateId {
+    fn from(id: teloxide_core::types::UpdateId) -> Self {
+        Self(i64::from(id.0))
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Author {
@@ -17,8 +136,8 @@ pub struct Author {
 /// A published post as the API serves it, and as SSE events carry it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PostView {
-    pub id: i64,
-    pub bot_id: i64,
+    pub id: PostId,
+    pub bot_id: BotId,
     pub text: String,
     pub has_media: bool,
     pub published_at: DateTime<Utc>,

@@ -23,6 +23,7 @@ use super::feed::{cache_for_a_second, client_has};
 use super::state::ApiState;
 use crate::store::feed::Media;
 use crate::telegram::redact;
+use crate::types::{BotId, PostId};
 
 fn content_type(path: &str) -> &'static str {
     match path.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
@@ -40,7 +41,10 @@ pub async fn media(
     Path(id): Path<String>,
     request: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = id.parse::<i64>().map_err(|_| ApiError::BadRequest("post id must be a whole number".into()))?;
+    let id = id
+        .parse::<i64>()
+        .map(PostId)
+        .map_err(|_| ApiError::BadRequest("post id must be a whole number".into()))?;
     let media = crate::store::feed::media(&state.reader, id).await?;
     let Some(Media { bot_id, file_id, unique_id }) = media else {
         return Err(ApiError::NotFound("no such post with media"));
@@ -57,7 +61,7 @@ pub async fn media(
 }
 
 /// The file, through the bot of the post: `getFile`, then its bytes streamed on.
-async fn fetch(state: &ApiState, bot_id: i64, file_id: FileId, post: i64) -> Result<Response, ApiError> {
+async fn fetch(state: &ApiState, bot_id: BotId, file_id: FileId, post: PostId) -> Result<Response, ApiError> {
     let Some((bot, config, pause_key)) = state.media.bot(bot_id) else {
         return Err(ApiError::NotFound("media of this bot is not served here"));
     };
@@ -71,7 +75,7 @@ async fn fetch(state: &ApiState, bot_id: i64, file_id: FileId, post: i64) -> Res
             return Err(ApiError::Paused(after.duration().as_secs().max(1)));
         }
         Err(e) => {
-            tracing::warn!(post, error = %redact(&e.to_string(), &config.token), "getFile failed");
+            tracing::warn!(post = post.0, error = %redact(&e.to_string(), &config.token), "getFile failed");
             return Err(ApiError::BadGateway("media unavailable"));
         }
     };

@@ -6,13 +6,20 @@ use teloxide_core::types::User;
 use super::ctx::Ctx;
 use super::error::HandleError;
 use crate::store::users;
+use crate::types::{ChatId, UserId};
 
 /// `/ban <user id>` and `/unban <user id>`, for the bot's admins.
-pub async fn ban(ctx: &Ctx<'_>, chat: i64, from: &User, args: &str, banned: bool) -> Result<(), HandleError> {
+pub async fn ban(
+    ctx: &Ctx<'_>,
+    chat: ChatId,
+    from: &User,
+    args: &str,
+    banned: bool,
+) -> Result<(), HandleError> {
     if !ctx.is_admin(from) {
         return ctx.say(chat, "Only the bot's admins may do that.").await;
     }
-    let Ok(target) = args.parse::<i64>() else {
+    let Ok(target) = args.parse::<i64>().map(UserId) else {
         let usage = if banned { "/ban <user id>" } else { "/unban <user id>" };
         return ctx.say(chat, format!("Usage: {usage}")).await;
     };

@@ -14,6 +14,7 @@ use super::ctx::Ctx;
 use super::error::HandleError;
 use crate::store::broadcasts;
 use crate::telegram::outbox::{self, Message, progress_text};
+use crate::types::ChatId;
 
 /// Recipients read and queued at a time.
 const PAGE: i64 = 500;
@@ -22,7 +23,7 @@ const MAX_CHARS: usize = 4096;
 /// How long a cancellation is remembered (longer than any broadcast takes).
 const CANCELLED_FOR_MS: u64 = 7 * 24 * 3600 * 1000;
 
-pub async fn start(ctx: &Ctx<'_>, chat: i64, from: &User, text: &str) -> Result<(), HandleError> {
+pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Result<(), HandleError> {
     if !ctx.is_admin(from) {
         return ctx.say(chat, "Only the bot's admins may do that.").await;
     }
@@ -39,7 +40,13 @@ pub async fn start(ctx: &Ctx<'_>, chat: i64, from: &User, text: &str) -> Result<
         let page = broadcasts::recipients(db, bot_id, broadcast.next_user_id, PAGE).await?;
         for &user in &page {
             let id = format!("bc:{}:{user}", broadcast.id);
-            let message = Message { id: &id, chat: user, text, buttons: None, broadcast: Some(broadcast.id) };
+            let message = Message {
+                id: &id,
+                chat: user.private_chat(),
+                text,
+                buttons: None,
+                broadcast: Some(broadcast.id),
+            };
             outbox::add(&mut conn, &ctx.bot.keys, &message).await.map_err(HandleError::Unavailable)?;
         }
         let last = page.len() < PAGE as usize;
@@ -86,7 +93,7 @@ pub async fn start(ctx: &Ctx<'_>, chat: i64, from: &User, text: &str) -> Result<
     Ok(())
 }
 
-pub async fn cancel(ctx: &Ctx<'_>, chat: i64, from: &User) -> Result<(), HandleError> {
+pub async fn cancel(ctx: &Ctx<'_>, chat: ChatId, from: &User) -> Result<(), HandleError> {
     if !ctx.is_admin(from) {
         return ctx.say(chat, "Only the bot's admins may do that.").await;
     }

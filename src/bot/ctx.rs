@@ -8,9 +8,7 @@ use std::sync::Arc;
 use teloxide_core::RequestError;
 use teloxide_core::payloads::{self, AnswerCallbackQuerySetters};
 use teloxide_core::prelude::Requester;
-use teloxide_core::types::{
-    CallbackQuery, ChatId, InlineKeyboardMarkup, MessageId, Update, UpdateKind, User,
-};
+use teloxide_core::types::{CallbackQuery, InlineKeyboardMarkup, MessageId, Update, UpdateKind, User};
 
 use super::dialogue::State;
 use super::error::HandleError;
@@ -26,6 +24,7 @@ use crate::store::user_cache::{CachedUser, Users};
 use crate::store::users::Profile;
 use crate::telegram::flood::{Flood, Urgency};
 use crate::telegram::{self, Client, outbox, redact, refusals};
+use crate::types::{BotId, ChatId, UpdateId, UserId};
 
 /// What the bot's behaviour needs of the process it runs in: storage, the sending path and
 /// the feed, shared by every update.
@@ -74,11 +73,11 @@ pub struct Ctx<'a> {
     pub redis: Conn,
     pub bot: &'a Client,
     pub turn: &'a Turn,
-    pub update_id: i64,
+    pub update_id: UpdateId,
     /// The message this update brought, until the first message sent back into its chat
     /// quotes it: each message gets one reply that names it, which is how an audit of a replay
     /// tells a reply sent twice (a duplicate) from two updates' replies.
-    quote: std::sync::Mutex<Option<(i64, MessageId)>>,
+    quote: std::sync::Mutex<Option<(ChatId, MessageId)>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -90,10 +89,10 @@ impl<'a> Ctx<'a> {
         update: &Update,
     ) -> Self {
         let quote = match &update.kind {
-            UpdateKind::Message(message) => Some((message.chat.id.0, message.id)),
+            UpdateKind::Message(message) => Some((message.chat.id.into(), message.id)),
             _ => None,
         };
-        let update_id = i64::from(update.id.0);
+        let update_id = update.id.into();
         Ctx { services, redis, bot, turn, update_id, quote: std::sync::Mutex::new(quote) }
     }
 
@@ -101,7 +100,7 @@ impl<'a> Ctx<'a> {
         self.redis.clone()
     }
 
-    pub fn bot_id(&self) -> i64 {
+    pub fn bot_id(&self) -> BotId {
         self.bot.config.id
     }
 
@@ -166,20 +165,20 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
-    pub async fn say(&self, chat: i64, reply: impl Into<Reply>) -> Result<(), HandleError> {
+    pub async fn say(&self, chat: ChatId, reply: impl Into<Reply>) -> Result<(), HandleError> {
         self.say_message(chat, reply).await.map(drop)
     }
 
     /// Like [`Ctx::say`], with the sent message's id (`None` if Telegram refused it for good).
     pub async fn say_message(
         &self,
-        chat: i64,
+        chat: ChatId,
         reply: impl Into<Reply>,
     ) -> Result<Option<MessageId>, HandleError> {
         let Reply { text, buttons } = reply.into();
         let quote = self.quote(chat);
         self.send("sendMessage", chat, || {
-            let mut payload = payloads::SendMessage::new(ChatId(chat), text.clone());
+            let mut payload = payloads::SendMessage::new(chat, text.clone());
             payload.reply_parameters = quote.clone();
             payload.reply_markup = buttons.clone().map(Into::into);
             telegram::SendMessage(payload).request(&self.bot.api)
@@ -189,7 +188,7 @@ impl<'a> Ctx<'a> {
 
     /// Quotes the update's message in the first message sent back into its chat (see
     /// `Ctx::quote`); Telegram sends it all the same if the message is gone.
-    fn quote(&self, chat: i64) -> Option<teloxide_core::types::ReplyParameters> {
+    fn quote(&self, chat: ChatId) -> Option<teloxide_core::types::ReplyParameters> {
         let mut quote = self.quote.lock().unwrap_or_else(|p| p.into_inner());
         let (quoted_chat, message) = (*quote)?;
         (quoted_chat == chat).then(|| {
@@ -200,16 +199,14 @@ impl<'a> Ctx<'a> {
 
     pub async fn edit(
         &self,
-        chat: i64,
+        chat: ChatId,
         message: MessageId,
         text: impl Into<String>,
     ) -> Result<(), HandleError> {
         let text = text.into();
-        self.send("editMessageText", chat, || {
-            self.bot.api.edit_message_text(ChatId(chat), message, text.clone())
-        })
-        .await
-        .map(drop)
+        self.send("editMessageText", chat, || self.bot.api.edit_message_text(chat, message, text.clone()))
+            .await
+            .map(drop)
     }
 
     /// Queues a message that is not the reply to this update in the outbox, once per `id`: it
@@ -217,7 +214,7 @@ impl<'a> Ctx<'a> {
     pub async fn notify(
         &self,
         id: &str,
-        chat: i64,
+        chat: ChatId,
         text: &str,
         buttons: Option<&InlineKeyboardMarkup>,
     ) -> Result<(), HandleError> {
@@ -232,7 +229,7 @@ impl<'a> Ctx<'a> {
     async fn send<T, R>(
         &self,
         method: &str,
-        chat: i64,
+        chat: ChatId,
         call: impl Fn() -> R,
     ) -> Result<Option<T>, HandleError>
     where
@@ -277,9 +274,8 @@ impl<'a> Ctx<'a> {
     }
 }
 
-pub fn user_id(user: &User) -> i64 {
-    // Telegram's ids fit in 52 bits.
-    user.id.0 as i64
+pub fn user_id(user: &User) -> UserId {
+    UserId::from(user)
 }
 
 pub fn author_of(user: &User) -> Author {

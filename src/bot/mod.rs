@@ -20,6 +20,7 @@ use teloxide_core::types::{CallbackQuery, Message, Update, UpdateKind};
 use crate::intake::{ReadAhead, Turn};
 use crate::kv::{BotKeys, Conn};
 use crate::telegram::Client;
+use crate::types::ChatId;
 use commands::{Command, HELP};
 pub use ctx::Services;
 use ctx::{Ctx, user_id};
@@ -90,9 +91,9 @@ pub fn turn_key(update: &Update) -> String {
 /// The keys the update's handler reads first, read with its turn in one round trip.
 pub fn read_ahead(update: &Update, keys: &BotKeys) -> Option<ReadAhead> {
     let (user, dialogue_chat) = match &update.kind {
-        UpdateKind::Message(m) if m.chat.is_private() => (m.from.as_ref()?, m.chat.id.0),
+        UpdateKind::Message(m) if m.chat.is_private() => (m.from.as_ref()?, m.chat.id.into()),
         // Buttons that use a dialogue are pressed in the user's private chat.
-        UpdateKind::CallbackQuery(q) => (&q.from, user_id(&q.from)),
+        UpdateKind::CallbackQuery(q) => (&q.from, user_id(&q.from).private_chat()),
         _ => return None,
     };
     Some(ReadAhead { user: keys.user(user_id(user)), dialogue: keys.dialogue(dialogue_chat) })
@@ -103,7 +104,7 @@ async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), Hand
         return Ok(());
     };
     let user = ctx.touch_user(from).await?;
-    let chat = message.chat.id.0;
+    let chat = ChatId::from(message.chat.id);
     if user.is_banned {
         return ctx.say(chat, "You are banned from posting here.").await;
     }

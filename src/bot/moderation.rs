@@ -5,6 +5,7 @@ use teloxide_core::types::{CallbackQuery, User};
 use super::ctx::Ctx;
 use super::error::HandleError;
 use crate::store::posts;
+use crate::types::PostId;
 
 /// Approve or Reject in the moderator chat. The first decision wins; a second click, by another
 /// moderator or through another worker, changes nothing. The post is published and its author
@@ -15,7 +16,7 @@ pub async fn moderate(
     ctx: &Ctx<'_>,
     query: &CallbackQuery,
     moderator: &User,
-    id: i64,
+    id: PostId,
     approve: bool,
 ) -> Result<String, HandleError> {
     let decided = posts::decide(&ctx.services.db, ctx.bot.config.id, id, approve, ctx.update_id).await?;
@@ -36,7 +37,7 @@ pub async fn moderate(
     }
     if let Some(message) = &query.message {
         let text = format!("Post #{id}: {verdict} by {}.\n\n{}", moderator.first_name, post.text);
-        ctx.edit(message.chat().id.0, message.id(), text).await?;
+        ctx.edit(message.chat().id.into(), message.id(), text).await?;
     }
     Ok(format!("Post #{id} {verdict}."))
 }

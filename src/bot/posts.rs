@@ -10,6 +10,7 @@ use super::error::HandleError;
 use super::moderation::moderate;
 use crate::store::posts::{self, NewPost, StoredPost};
 use crate::types::PostText;
+use crate::types::{ChatId, MessageId, PostId};
 
 /// How many of their posts `/my` shows.
 const MY_POSTS: i64 = 10;
@@ -92,21 +93,21 @@ async fn quick_post(
     text: &str,
     photo: Option<Photo>,
 ) -> Result<Reply, HandleError> {
-    let chat = message.chat.id.0;
+    let chat = ChatId::from(message.chat.id);
     let text = match PostText::parse(text) {
         Ok(text) => text,
         Err(why) if photo.is_some() => return Ok(format!("Not posted: the caption is {why}.").into()),
         Err(why) => return Ok(format!("Not posted: {why}.").into()),
     };
-    let post = create(ctx, chat, Some(i64::from(message.id.0)), from, text.as_str(), photo.as_ref()).await?;
+    let post = create(ctx, chat, Some(message.id.into()), from, text.as_str(), photo.as_ref()).await?;
     Ok(announce(ctx, &post, from).await?.into())
 }
 
 /// Stores a new post of this update: published at once, or pending with a moderator chat.
 async fn create(
     ctx: &Ctx<'_>,
-    chat: i64,
-    message_id: Option<i64>,
+    chat: ChatId,
+    message_id: Option<MessageId>,
     from: &User,
     text: &str,
     photo: Option<&Photo>,
@@ -151,14 +152,16 @@ pub async fn on_button(ctx: &Ctx<'_>, query: &CallbackQuery, data: &str) -> Resu
     let parts: Vec<&str> = data.split(':').collect();
     match parts.as_slice() {
         ["post", choice @ ("publish" | "cancel")] => confirm(ctx, from, *choice == "publish").await,
-        ["del", id] => match id.parse() {
+        ["del", id] => match id.parse().map(PostId) {
             Ok(id) => delete(ctx, from, id).await,
             Err(_) => Ok("Unknown button.".to_owned()),
         },
         ["mod", verdict @ ("ok" | "no"), id] => {
-            let in_moderator_chat =
-                query.message.as_ref().is_some_and(|m| Some(m.chat().id.0) == ctx.bot.config.moderator_chat);
-            match (in_moderator_chat, id.parse()) {
+            let in_moderator_chat = query
+                .message
+                .as_ref()
+                .is_some_and(|m| Some(m.chat().id.into()) == ctx.bot.config.moderator_chat);
+            match (in_moderator_chat, id.parse().map(PostId)) {
                 (true, Ok(id)) => moderate(ctx, query, from, id, *verdict == "ok").await,
                 _ => Ok("Only moderators may do that.".to_owned()),
             }
@@ -171,7 +174,7 @@ pub async fn on_button(ctx: &Ctx<'_>, query: &CallbackQuery, data: &str) -> Resu
 /// and a redelivery (the answer failed) must not tell the author twice: the message to them goes
 /// through the outbox, once per update, before the dialogue ends.
 async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, HandleError> {
-    let chat = user_id(from);
+    let chat = user_id(from).private_chat();
     let key = ctx.bot.keys.dialogue(chat);
     let stored = ctx.dialogue(&key).await?;
     let State::Confirm { text, photo } = &stored.state else {
@@ -189,7 +192,7 @@ async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, Ha
 }
 
 /// `/my`: the author's latest posts, each with a Delete button.
-pub async fn list_mine(ctx: &Ctx<'_>, chat: i64, from: &User) -> Result<(), HandleError> {
+pub async fn list_mine(ctx: &Ctx<'_>, chat: ChatId, from: &User) -> Result<(), HandleError> {
     let posts = posts::posts_of(&ctx.services.db, ctx.bot.config.id, user_id(from), MY_POSTS).await?;
     if posts.is_empty() {
         return ctx.say(chat, "You have no posts yet.").await;
@@ -208,7 +211,7 @@ pub async fn list_mine(ctx: &Ctx<'_>, chat: i64, from: &User) -> Result<(), Hand
 /// Deletes one of the author's posts, then invalidates the feed's pages. A click that finds
 /// nothing to delete invalidates them too: it may be the redelivery of a delete whose
 /// invalidation failed (Redis was down), and the row is all that said the post was there.
-async fn delete(ctx: &Ctx<'_>, from: &User, id: i64) -> Result<String, HandleError> {
+async fn delete(ctx: &Ctx<'_>, from: &User, id: PostId) -> Result<String, HandleError> {
     let Some(post) = posts::delete_post(&ctx.services.db, ctx.bot.config.id, user_id(from), id).await? else {
         ctx.removed().await?;
         return Ok("That post is gone already.".to_owned());
@@ -216,7 +219,7 @@ async fn delete(ctx: &Ctx<'_>, from: &User, id: i64) -> Result<String, HandleErr
     if post.status == "published" {
         ctx.removed().await?;
     }
-    ctx.say(user_id(from), format!("Post #{id} deleted.")).await?;
+    ctx.say(user_id(from).private_chat(), format!("Post #{id} deleted.")).await?;
     Ok("Deleted.".to_owned())
 }
 
@@ -225,11 +228,11 @@ pub async fn on_edit(ctx: &Ctx<'_>, message: &Message) -> Result<(), HandleError
     let Some(text) = message.text().or(message.caption()) else {
         return Ok(());
     };
-    let chat = message.chat.id.0;
+    let chat = ChatId::from(message.chat.id);
     let Ok(text) = PostText::parse(text) else {
         return Ok(());
     };
-    let message_id = i64::from(message.id.0);
+    let message_id = MessageId::from(message.id);
     if posts::edit_pending(&ctx.services.db, ctx.bot.config.id, chat, message_id, text.as_str()).await? {
         ctx.say(chat, "Your pending post was updated.").await?;
     }

@@ -1,6 +1,7 @@
 //! Opaque feed cursors: the keyset position `(published_at, id)` of the last post of a page,
 //! base64url-encoded so clients treat it as a token, not as something to construct.
 
+use crate::types::PostId;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -10,7 +11,7 @@ const VERSION: &str = "v1";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     pub published_at: DateTime<Utc>,
-    pub id: i64,
+    pub id: PostId,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,9 +34,9 @@ impl Cursor {
             return Err(InvalidCursor);
         };
         let micros: i64 = micros.parse().map_err(|_| InvalidCursor)?;
-        let id: i64 = id.parse().map_err(|_| InvalidCursor)?;
+        let id = PostId(id.parse().map_err(|_| InvalidCursor)?);
         let published_at = DateTime::from_timestamp_micros(micros).ok_or(InvalidCursor)?;
-        if id <= 0 {
+        if id.0 <= 0 {
             return Err(InvalidCursor);
         }
         Ok(Self { published_at, id })
@@ -48,8 +49,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let cursor =
-            Cursor { published_at: DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap(), id: 42 };
+        let cursor = Cursor {
+            published_at: DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap(),
+            id: PostId(42),
+        };
         assert_eq!(Cursor::decode(&cursor.encode()), Ok(cursor));
     }
 

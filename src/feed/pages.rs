@@ -7,7 +7,7 @@ use super::cache::Page;
 use super::cursor::Cursor;
 use crate::store::feed::{self, Start};
 use crate::store::replicas::{Freshness, ReadError, Reader};
-use crate::types::PostView;
+use crate::types::{PostId, PostView};
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
@@ -68,7 +68,7 @@ pub async fn load_page(
 }
 
 /// Reads and renders one visible post.
-pub async fn load_post(reader: &Reader, id: i64, fresh: Freshness) -> Result<Page, PostError> {
+pub async fn load_post(reader: &Reader, id: PostId, fresh: Freshness) -> Result<Page, PostError> {
     let post = feed::post(reader, id, fresh).await.map_err(PostError::Read)?.ok_or(PostError::NotFound)?;
     let body = serde_json::to_vec(&post)
         .map_err(|e| PostError::Read(ReadError::Unavailable(format!("encoding a post: {e}"))))?;

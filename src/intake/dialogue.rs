@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::turn::Turn;
 use crate::kv::{Conn, scripts};
+use crate::types::UpdateId;
 
 /// A chat's dialogue hash as Redis keeps it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -50,7 +51,7 @@ pub struct Stored<S> {
     pub state: S,
     version: i64,
     /// The update reading it, whose step a save records.
-    update_id: i64,
+    update_id: UpdateId,
     /// This update's step was saved already (this is its redelivery): `state` is the one the step
     /// started from, so that it is answered the same way, and saving it again changes nothing.
     saved: bool,
@@ -58,8 +59,8 @@ pub struct Stored<S> {
 
 impl<S: DeserializeOwned + Default> Stored<S> {
     /// What `update_id` reads in `fields`; a state this version cannot read counts as no dialogue.
-    pub fn read(fields: Fields, update_id: i64) -> Self {
-        let saved = fields.update == Some(update_id);
+    pub fn read(fields: Fields, update_id: UpdateId) -> Self {
+        let saved = fields.update == Some(update_id.0);
         let state = if saved { fields.previous } else { fields.state };
         let state = state.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
         Stored { state, version: fields.version.unwrap_or(0), update_id, saved }
@@ -85,7 +86,7 @@ impl Dialogues {
         conn: &mut Conn,
         key: &str,
         turn: &Turn,
-        update_id: i64,
+        update_id: UpdateId,
     ) -> Result<Stored<S>, DialogueError> {
         if let Some(values) = turn.dialogue_read(key) {
             return Ok(Stored::read(Fields::from_values(values.into_iter()), update_id));
@@ -162,10 +163,10 @@ mod tests {
 
     #[test]
     fn the_update_whose_step_was_saved_reads_the_state_it_started_from() {
-        let later: Stored<State> = Stored::read(fields(7), 8);
+        let later: Stored<State> = Stored::read(fields(7), UpdateId(8));
         assert_eq!(later.state, State::AwaitPhoto { text: "a text of a post".to_owned() });
         assert!(!later.saved);
-        let redelivered: Stored<State> = Stored::read(fields(7), 7);
+        let redelivered: Stored<State> = Stored::read(fields(7), UpdateId(7));
         assert_eq!(redelivered.state, State::AwaitText);
         assert!(redelivered.saved);
         assert_eq!(redelivered.version, 2);
@@ -174,10 +175,10 @@ mod tests {
     #[test]
     fn an_ended_or_unreadable_dialogue_is_idle() {
         let ended = Fields { state: Some(String::new()), ..fields(7) };
-        assert_eq!(Stored::<State>::read(ended, 8).state, State::Idle);
+        assert_eq!(Stored::<State>::read(ended, UpdateId(8)).state, State::Idle);
         let unknown = Fields { state: Some(r#"{"step":"from_the_future"}"#.to_owned()), ..fields(7) };
-        assert_eq!(Stored::<State>::read(unknown, 8).state, State::Idle);
-        assert_eq!(Stored::<State>::read(Fields::default(), 1).state, State::Idle);
+        assert_eq!(Stored::<State>::read(unknown, UpdateId(8)).state, State::Idle);
+        assert_eq!(Stored::<State>::read(Fields::default(), UpdateId(1)).state, State::Idle);
     }
 
     #[test]

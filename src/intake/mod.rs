@@ -23,6 +23,7 @@ pub mod dialogue;
 mod turn;
 mod waker;
 
+use crate::types::UpdateId;
 use turn::ReadValues;
 pub use turn::{Begin, ReadAhead, Turn};
 pub use waker::Waker;
@@ -67,7 +68,7 @@ impl Intake {
     pub async fn begin(
         &self,
         conn: &mut Conn,
-        update_id: i64,
+        update_id: UpdateId,
         chat: &str,
         read_ahead: Option<ReadAhead>,
     ) -> Result<Begin, IntakeError> {
@@ -152,7 +153,7 @@ impl Intake {
     }
 
     /// Counts a failed attempt at `update_id`; returns how many there were.
-    pub async fn count_failure(&self, conn: &mut Conn, update_id: i64) -> Result<u64, IntakeError> {
+    pub async fn count_failure(&self, conn: &mut Conn, update_id: UpdateId) -> Result<u64, IntakeError> {
         let key = self.keys.attempts(update_id);
         let (attempts,): (u64,) = redis::pipe()
             .atomic()

@@ -7,6 +7,7 @@ use anyhow::Context;
 use deadpool_redis::{Config, Pool, Runtime};
 
 use crate::settings::Secret;
+use crate::types::{BotId, ChatId, PostId, UpdateId, UserId};
 
 /// How long a request may wait for a Redis connection before Redis counts as unavailable.
 const POOL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -72,7 +73,7 @@ pub async fn ping(pool: &Pool) -> bool {
 }
 
 /// The key prefix of one bot: `<deployment prefix>:<bot id>:`.
-pub fn bot_prefix(deployment: &str, bot_id: i64) -> String {
+pub fn bot_prefix(deployment: &str, bot_id: BotId) -> String {
     format!("{deployment}:{bot_id}:")
 }
 
@@ -114,17 +115,17 @@ pub struct BotKeys {
 }
 
 impl BotKeys {
-    pub fn new(deployment: &str, bot_id: i64) -> Self {
+    pub fn new(deployment: &str, bot_id: BotId) -> Self {
         Self { prefix: bot_prefix(deployment, bot_id) }
     }
 
     /// Where the update is marked handled.
-    pub fn handled(&self, update_id: i64) -> (String, i64) {
-        bit(&format!("{}h", self.prefix), update_id)
+    pub fn handled(&self, update_id: UpdateId) -> (String, i64) {
+        bit(&format!("{}h", self.prefix), update_id.0)
     }
 
     /// How many attempts at the update failed.
-    pub fn attempts(&self, update_id: i64) -> String {
+    pub fn attempts(&self, update_id: UpdateId) -> String {
         format!("{}att:{update_id}", self.prefix)
     }
 
@@ -135,7 +136,7 @@ impl BotKeys {
     }
 
     /// The bot's send schedule, one chat's, and the bot's pause after a 429 (`flood_take.lua`).
-    pub fn flood(&self, chat_id: i64) -> [String; 3] {
+    pub fn flood(&self, chat_id: ChatId) -> [String; 3] {
         let base = format!("{}flood", self.prefix);
         [format!("{base}:bot"), format!("{base}:c:{chat_id}"), self.flood_pause()]
     }
@@ -172,11 +173,11 @@ impl BotKeys {
         format!("{}webhook:secret-sha256", self.prefix)
     }
 
-    pub fn dialogue(&self, chat_id: i64) -> String {
+    pub fn dialogue(&self, chat_id: ChatId) -> String {
         format!("{}d:{chat_id}", self.prefix)
     }
 
-    pub fn user(&self, user_id: i64) -> String {
+    pub fn user(&self, user_id: UserId) -> String {
         format!("{}user:{user_id}", self.prefix)
     }
 }
@@ -215,8 +216,8 @@ impl FeedKeys {
     }
 
     /// Where a post is marked published to the stream, so that it goes out once.
-    pub fn published(&self, post_id: i64) -> (String, i64) {
-        bit(&format!("{}:feed:pub", self.prefix), post_id)
+    pub fn published(&self, post_id: PostId) -> (String, i64) {
+        bit(&format!("{}:feed:pub", self.prefix), post_id.0)
     }
 }
 

@@ -4,13 +4,14 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
 use super::sql::{StoreError, query};
+use crate::types::{BotId, ChatId, UpdateId, UserId};
 
 /// An admin's broadcast, as far as its queueing got.
 pub struct Broadcast {
     pub id: i64,
     pub status: String,
     /// Recipients above this user id are still to be queued.
-    pub next_user_id: i64,
+    pub next_user_id: UserId,
     pub queued: i32,
 }
 
@@ -28,9 +29,9 @@ impl Broadcast {
 /// The broadcast of this update: a new one, or the one its first delivery started.
 pub async fn start_broadcast(
     db: &Pool,
-    bot_id: i64,
-    update_id: i64,
-    admin_chat: i64,
+    bot_id: BotId,
+    update_id: UpdateId,
+    admin_chat: ChatId,
     text: &str,
 ) -> Result<Broadcast, StoreError> {
     let rows = query(
@@ -54,7 +55,12 @@ pub async fn start_broadcast(
 
 /// The next `limit` recipients of a broadcast after `after`: every user of the bot who is
 /// neither banned nor unreachable, in user id order.
-pub async fn recipients(db: &Pool, bot_id: i64, after: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
+pub async fn recipients(
+    db: &Pool,
+    bot_id: BotId,
+    after: UserId,
+    limit: i64,
+) -> Result<Vec<UserId>, StoreError> {
     let rows = query(
         db,
         "SELECT user_id FROM users
@@ -70,7 +76,7 @@ pub async fn recipients(db: &Pool, bot_id: i64, after: i64, limit: i64) -> Resul
 pub async fn advance_broadcast(
     db: &Pool,
     id: i64,
-    next_user_id: i64,
+    next_user_id: UserId,
     more: i32,
     done: bool,
 ) -> Result<(), StoreError> {
@@ -86,7 +92,11 @@ pub async fn advance_broadcast(
 }
 
 /// Cancels the admin's latest broadcast still going; returns its id.
-pub async fn cancel_broadcast(db: &Pool, bot_id: i64, admin_chat: i64) -> Result<Option<i64>, StoreError> {
+pub async fn cancel_broadcast(
+    db: &Pool,
+    bot_id: BotId,
+    admin_chat: ChatId,
+) -> Result<Option<i64>, StoreError> {
     let rows = query(
         db,
         "UPDATE broadcasts SET status = 'cancelled'

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::replicas::{Freshness, ReadError, Reader};
-use crate::types::{Author, PostView};
+use crate::types::{Author, BotId, PostId, PostView};
 
 const POST_COLUMNS: &str = "p.id, p.bot_id, p.text, p.media_file_id IS NOT NULL AS has_media, p.published_at,
      u.first_name, u.username";
@@ -19,7 +19,7 @@ const NEWEST_FIRST: &str = "ORDER BY p.published_at DESC, p.id DESC";
 pub enum Start {
     Newest,
     /// After the post published at that moment with that id (a cursor).
-    After(DateTime<Utc>, i64),
+    After(DateTime<Utc>, PostId),
     /// Rows to skip, for the seed's `page=`: the caller bounds it.
     Skip(i64),
 }
@@ -63,14 +63,14 @@ pub async fn page(
 }
 
 /// One visible post.
-pub async fn post(reader: &Reader, id: i64, fresh: Freshness) -> Result<Option<PostView>, ReadError> {
+pub async fn post(reader: &Reader, id: PostId, fresh: Freshness) -> Result<Option<PostView>, ReadError> {
     let sql = format!("SELECT {POST_COLUMNS} {FROM} WHERE {VISIBLE} AND p.id = $1");
     Ok(reader.query(&sql, &[&id], fresh).await?.first().map(post_view))
 }
 
 /// A visible post's photo as Telegram knows it.
 pub struct Media {
-    pub bot_id: i64,
+    pub bot_id: BotId,
     pub file_id: String,
     /// Telegram's `file_unique_id`: the same for the same file (absent on rows from before it
     /// was stored).
@@ -78,7 +78,7 @@ pub struct Media {
 }
 
 /// The photo of a visible post, if it has one.
-pub async fn media(reader: &Reader, id: i64) -> Result<Option<Media>, ReadError> {
+pub async fn media(reader: &Reader, id: PostId) -> Result<Option<Media>, ReadError> {
     let sql = format!(
         "SELECT p.bot_id, p.media_file_id, p.media_unique_id {FROM}
          WHERE {VISIBLE} AND p.id = $1 AND p.media_file_id IS NOT NULL"

@@ -7,14 +7,14 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
 use super::sql::{StoreError, query};
-use crate::types::{Author, PostView};
+use crate::types::{Author, BotId, ChatId, MessageId, PostId, PostView, UpdateId, UserId};
 
 pub struct NewPost {
-    pub bot_id: i64,
-    pub update_id: i64,
-    pub chat_id: i64,
-    pub message_id: Option<i64>,
-    pub author_id: i64,
+    pub bot_id: BotId,
+    pub update_id: UpdateId,
+    pub chat_id: ChatId,
+    pub message_id: Option<MessageId>,
+    pub author_id: UserId,
     pub text: String,
     /// Telegram's `file_id` and `file_unique_id` of the photo.
     pub photo: Option<(String, String)>,
@@ -25,8 +25,8 @@ pub struct NewPost {
 /// A stored post, as the worker needs it after a write.
 #[derive(Debug, Clone)]
 pub struct StoredPost {
-    pub id: i64,
-    pub chat_id: i64,
+    pub id: PostId,
+    pub chat_id: ChatId,
     pub text: String,
     pub has_media: bool,
     pub status: String,
@@ -46,7 +46,7 @@ impl StoredPost {
     }
 
     /// The post as the feed shows it, if it is published.
-    pub fn view(&self, bot_id: i64, author: Author) -> Option<PostView> {
+    pub fn view(&self, bot_id: BotId, author: Author) -> Option<PostView> {
         Some(PostView {
             id: self.id,
             bot_id,
@@ -65,8 +65,8 @@ const POST_RETURNING: &str =
 /// in the same order. A redelivered update gets the post its first delivery created.
 pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost>, StoreError> {
     let column = |f: fn(&NewPost) -> i64| posts.iter().map(f).collect::<Vec<_>>();
-    let (bot_ids, update_ids) = (column(|p| p.bot_id), column(|p| p.update_id));
-    let (chat_ids, author_ids) = (column(|p| p.chat_id), column(|p| p.author_id));
+    let (bot_ids, update_ids) = (column(|p| p.bot_id.0), column(|p| p.update_id.0));
+    let (chat_ids, author_ids) = (column(|p| p.chat_id.0), column(|p| p.author_id.0));
     let message_ids: Vec<_> = posts.iter().map(|p| p.message_id).collect();
     let texts: Vec<_> = posts.iter().map(|p| p.text.as_str()).collect();
     let file_ids: Vec<_> = posts.iter().map(|p| p.photo.as_ref().map(|(id, _)| id.as_str())).collect();
@@ -110,7 +110,7 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost
             .await?,
         );
     }
-    let by_update: HashMap<(i64, i64), StoredPost> = found
+    let by_update: HashMap<(BotId, UpdateId), StoredPost> = found
         .iter()
         .map(|row| ((row.get("bot_id"), row.get("update_id")), StoredPost::from_row(row)))
         .collect();
@@ -131,10 +131,10 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost
 /// pending.
 pub async fn decide(
     db: &Pool,
-    bot_id: i64,
-    post_id: i64,
+    bot_id: BotId,
+    post_id: PostId,
     approve: bool,
-    update_id: i64,
+    update_id: UpdateId,
 ) -> Result<Option<(StoredPost, Author, bool)>, StoreError> {
     let rows = query(
         db,
@@ -168,8 +168,8 @@ pub async fn decide(
 /// The author's latest posts, newest first.
 pub async fn posts_of(
     db: &Pool,
-    bot_id: i64,
-    author_id: i64,
+    bot_id: BotId,
+    author_id: UserId,
     limit: i64,
 ) -> Result<Vec<StoredPost>, StoreError> {
     let rows = query(
@@ -188,9 +188,9 @@ pub async fn posts_of(
 /// Deletes one of the author's own posts; returns it if it existed.
 pub async fn delete_post(
     db: &Pool,
-    bot_id: i64,
-    author_id: i64,
-    post_id: i64,
+    bot_id: BotId,
+    author_id: UserId,
+    post_id: PostId,
 ) -> Result<Option<StoredPost>, StoreError> {
     let rows = query(
         db,
@@ -206,9 +206,9 @@ pub async fn delete_post(
 /// An edit of the message that created a post still pending updates the post's text.
 pub async fn edit_pending(
     db: &Pool,
-    bot_id: i64,
-    chat_id: i64,
-    message_id: i64,
+    bot_id: BotId,
+    chat_id: ChatId,
+    message_id: MessageId,
     text: &str,
 ) -> Result<bool, StoreError> {
     let rows = query(
@@ -231,8 +231,8 @@ pub async fn wal_position(db: &Pool) -> Result<i64, StoreError> {
 /// Keeps an update that kept failing, whole, with the last error.
 pub async fn dead_letter(
     db: &Pool,
-    bot_id: i64,
-    update_id: i64,
+    bot_id: BotId,
+    update_id: UpdateId,
     payload: &str,
     error: &str,
     attempts: i32,

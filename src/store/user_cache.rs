@@ -17,6 +17,7 @@ use super::users::{self, Profile};
 use crate::keyed::Keyed;
 use crate::kv::{BotKeys, Conn};
 use crate::metrics::Metrics;
+use crate::types::{BotId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedUser {
@@ -48,7 +49,7 @@ impl Users {
         conn: &mut Conn,
         key: &str,
         seen: Option<Option<String>>,
-        (bot_id, user_id): (i64, i64),
+        (bot_id, user_id): (BotId, UserId),
         profile: Profile,
     ) -> Result<CachedUser, StoreError> {
         let seen = match seen {
@@ -86,7 +87,7 @@ impl Users {
         &self,
         conn: &mut Conn,
         keys: &BotKeys,
-        (bot_id, user_id): (i64, i64),
+        (bot_id, user_id): (BotId, UserId),
     ) -> Result<(), StoreError> {
         users::mark_unreachable(&self.db, bot_id, user_id).await?;
         let () = conn.del(keys.user(user_id)).await.map_err(unavailable)?;
@@ -94,7 +95,12 @@ impl Users {
     }
 
     /// Forgets the cached user at once (after a ban, an unban or a profile change).
-    pub async fn invalidate(&self, conn: &mut Conn, keys: &BotKeys, user_id: i64) -> Result<(), StoreError> {
+    pub async fn invalidate(
+        &self,
+        conn: &mut Conn,
+        keys: &BotKeys,
+        user_id: UserId,
+    ) -> Result<(), StoreError> {
         let () = conn.del(keys.user(user_id)).await.map_err(unavailable)?;
         Ok(())
     }

@@ -3,6 +3,7 @@
 use deadpool_postgres::Pool;
 
 use super::sql::{StoreError, query};
+use crate::types::{BotId, UserId};
 
 /// A user as Telegram describes them; the row is rewritten only when this changes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -14,7 +15,7 @@ pub struct Profile {
 }
 
 /// Upserts the user only if the profile changed; returns whether they are banned.
-pub async fn upsert_user(db: &Pool, bot_id: i64, user_id: i64, p: &Profile) -> Result<bool, StoreError> {
+pub async fn upsert_user(db: &Pool, bot_id: BotId, user_id: UserId, p: &Profile) -> Result<bool, StoreError> {
     let rows = query(
         db,
         "WITH changed AS (
@@ -40,7 +41,7 @@ pub async fn upsert_user(db: &Pool, bot_id: i64, user_id: i64, p: &Profile) -> R
 }
 
 /// Sets a user's ban; returns false if the bot has never seen that user.
-pub async fn set_banned(db: &Pool, bot_id: i64, user_id: i64, banned: bool) -> Result<bool, StoreError> {
+pub async fn set_banned(db: &Pool, bot_id: BotId, user_id: UserId, banned: bool) -> Result<bool, StoreError> {
     let rows = query(
         db,
         "UPDATE users SET is_banned = $3, updated_at = now() WHERE bot_id = $1 AND user_id = $2 RETURNING 1",
@@ -51,7 +52,7 @@ pub async fn set_banned(db: &Pool, bot_id: i64, user_id: i64, banned: bool) -> R
 }
 
 /// Telegram refused a message to the user for good: broadcasts skip them until they write again.
-pub async fn mark_unreachable(db: &Pool, bot_id: i64, user_id: i64) -> Result<(), StoreError> {
+pub async fn mark_unreachable(db: &Pool, bot_id: BotId, user_id: UserId) -> Result<(), StoreError> {
     query(
         db,
         "UPDATE users SET unreachable_at = now() WHERE bot_id = $1 AND user_id = $2 AND unreachable_at IS NULL",

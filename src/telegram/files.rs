@@ -7,12 +7,13 @@ use std::sync::Arc;
 use super::pause;
 use crate::kv::{self, BotKeys};
 use crate::settings::BotConfig;
+use crate::types::BotId;
 
 /// The Bot API clients of the bots whose media this node may fetch, by bot id, with the key of
 /// each bot's pause after a 429 (kept by every process of the cluster, see the worker's flood
 /// control).
 pub struct FileBots {
-    bots: HashMap<i64, (teloxide_core::Bot, BotConfig, String)>,
+    bots: HashMap<BotId, (teloxide_core::Bot, BotConfig, String)>,
     redis: kv::Shared,
 }
 
@@ -42,7 +43,7 @@ impl FileBots {
 
 impl FileBots {
     /// The client of bot `id`, its settings and the key of its pause, if this node serves it.
-    pub fn bot(&self, id: i64) -> Option<&(teloxide_core::Bot, BotConfig, String)> {
+    pub fn bot(&self, id: BotId) -> Option<&(teloxide_core::Bot, BotConfig, String)> {
         self.bots.get(&id)
     }
 

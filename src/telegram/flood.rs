@@ -23,6 +23,7 @@ use crate::kv::{BotKeys, Conn, scripts};
 use crate::metrics::Metrics;
 use crate::random::rand_u64;
 use crate::settings::FloodLimits;
+use crate::types::ChatId;
 
 /// Attempts at one message: the first, and those after a 429 or a network failure.
 const ATTEMPTS: u32 = 3;
@@ -39,7 +40,7 @@ pub enum FloodError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("a message to chat {chat} would wait {wait:?} for Telegram's limits")]
-    TooLong { chat: i64, wait: Duration },
+    TooLong { chat: ChatId, wait: Duration },
     #[error("Telegram asked to wait {0:?}")]
     Paused(Duration),
 }
@@ -92,7 +93,7 @@ impl Flood {
         &self,
         conn: &mut Conn,
         (keys, bot): (&BotKeys, &str),
-        chat: i64,
+        chat: ChatId,
         urgency: Urgency,
         call: impl Fn() -> R,
     ) -> Result<Result<T, RequestError>, FloodError>
@@ -131,15 +132,18 @@ impl Flood {
         conn: &mut Conn,
         [bot_key, chat_key, pause_key]: &[String; 3],
         bot: &str,
-        chat: i64,
+        chat: ChatId,
         urgency: Urgency,
     ) -> Result<(), FloodError> {
         if !self.enabled() {
             return Ok(());
         }
         let limits = &self.limits;
-        let per_chat =
-            if chat > 0 { limits.per_chat } else { limits.per_group.map(|per_minute| per_minute / 60.0) };
+        let per_chat = if chat.private_user().is_some() {
+            limits.per_chat
+        } else {
+            limits.per_group.map(|per_minute| per_minute / 60.0)
+        };
         let (horizon, max_wait) = match urgency {
             Urgency::Reply => (limits.max_wait, limits.max_wait),
             Urgency::Queued => (QUEUED_AHEAD, QUEUED_MAX_WAIT),

@@ -18,7 +18,7 @@ use redis::streams::{StreamId, StreamInfoConsumersReply, StreamPendingCountReply
 use teloxide_core::RequestError;
 use teloxide_core::payloads::SendMessageSetters;
 use teloxide_core::prelude::Requester;
-use teloxide_core::types::{ChatId, InlineKeyboardMarkup, MessageId};
+use teloxide_core::types::{InlineKeyboardMarkup, MessageId};
 
 use futures_util::{StreamExt, TryStreamExt};
 use redis::AsyncConnectionConfig;
@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::random::rand_u64;
 use crate::shutdown::CancellationToken;
 use crate::store::user_cache::Users;
+use crate::types::ChatId;
 
 const GROUP: &str = "senders";
 /// A broadcast's progress message is edited after this many recipients, and at the end: each
@@ -64,7 +65,7 @@ pub struct OutboxConfig {
 pub struct Message<'a> {
     /// Queued once per id.
     pub id: &'a str,
-    pub chat: i64,
+    pub chat: ChatId,
     pub text: &'a str,
     pub buttons: Option<&'a InlineKeyboardMarkup>,
     pub broadcast: Option<i64>,
@@ -257,7 +258,8 @@ impl Sender {
 
     /// Sends one entry; acknowledges it unless the failure may pass (then it stays pending).
     async fn deliver(&self, conn: &mut Conn, entry: &StreamId) -> anyhow::Result<()> {
-        let (Some(chat), Some(text)) = (entry.get::<i64>("chat"), entry.get::<String>("text")) else {
+        let (Some(chat), Some(text)) = (entry.get::<i64>("chat").map(ChatId), entry.get::<String>("text"))
+        else {
             tracing::error!(id = %entry.id, "an outbox entry without chat or text; dropped");
             let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
             return Ok(());
@@ -275,7 +277,7 @@ impl Sender {
         let sent = self
             .flood
             .send(conn, (&self.bot.keys, name), chat, Urgency::Queued, || {
-                let request = api.send_message(ChatId(chat), text.clone());
+                let request = api.send_message(chat, text.clone());
                 let request = match markup.clone() {
                     Some(markup) => request.reply_markup(markup),
                     None => request,
@@ -342,7 +344,8 @@ impl Sender {
             .await?;
         let field = |n: usize| fields.get(n).copied().flatten();
         let done = field(0).unwrap_or(0) + field(1).unwrap_or(0);
-        let (total, chat, message) = (field(2), field(3), field(4).and_then(|m| i32::try_from(m).ok()));
+        let (total, chat, message) =
+            (field(2), field(3).map(ChatId), field(4).and_then(|m| i32::try_from(m).ok()));
         if let (Some(total), Some(chat), Some(message)) = (total, chat, message)
             && (done % PROGRESS_EVERY == 0 || done == total)
         {
@@ -352,7 +355,7 @@ impl Sender {
             let edited = self
                 .flood
                 .send(conn, (&self.bot.keys, name), chat, Urgency::Queued, || {
-                    api.edit_message_text(ChatId(chat), MessageId(message), text.clone())
+                    api.edit_message_text(chat, MessageId(message), text.clone())
                 })
                 .await?;
             if let Err(e) = edited {

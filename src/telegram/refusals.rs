@@ -8,6 +8,7 @@ use teloxide_core::{ApiError, RequestError};
 use crate::kv::{BotKeys, Conn};
 use crate::store::StoreError;
 use crate::store::user_cache::Users;
+use crate::types::{BotId, ChatId};
 
 /// A failure that may pass: the network, an answer that is not Telegram's JSON (a proxy in
 /// trouble), or Telegram's own 5xx (teloxide gives it no code of its own, only its text, and
@@ -40,16 +41,17 @@ pub async fn refused(
     users: &Users,
     conn: &mut Conn,
     keys: &BotKeys,
-    (bot_id, chat): (i64, i64),
+    (bot_id, chat): (BotId, ChatId),
     error: &RequestError,
 ) -> Result<(), StoreError> {
     let gone = matches!(
         error,
         RequestError::Api(ApiError::BotBlocked | ApiError::UserDeactivated | ApiError::ChatNotFound)
     );
-    // A private chat's id is its user's.
-    if gone && chat > 0 {
-        users.unreachable(conn, keys, (bot_id, chat)).await?;
+    if let Some(user) = chat.private_user()
+        && gone
+    {
+        users.unreachable(conn, keys, (bot_id, user)).await?;
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use crate::kv::Conn;
 use crate::store::posts;
 use crate::telegram::redact;
 use crate::telemetry;
+use crate::types::UpdateId;
 
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
@@ -144,7 +145,7 @@ fn process(
 }
 
 async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Update>, raw: Bytes) -> Outcome {
-    let update_id = i64::from(update.id.0);
+    let update_id = UpdateId::from(update.id);
     telemetry::tag("bot", bot.client.config.name.as_str());
     telemetry::tag("update_kind", bot::kind_name(&update));
     if let Some(chat) = update.chat() {
@@ -205,7 +206,7 @@ async fn failed(
     state: &WorkerState,
     redis: &mut Conn,
     bot: &BotRuntime,
-    update_id: i64,
+    update_id: UpdateId,
     raw: &[u8],
     error: &str,
 ) -> (bool, Outcome) {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use botfleet::fake_telegram::{Call, Failure, Fake};
 use botfleet::kv::{BotKeys, FeedKeys};
+use botfleet::types::{ChatId, UserId};
 use serde_json::{Value, json};
 
 use crate::helpers::redis;
@@ -60,7 +61,7 @@ async fn two_hundred_updates_of_one_chat_across_three_workers_drain_one_at_a_tim
     }
     // Hold the chat's turn, as a worker handling an earlier update would.
     let mut conn = redis().await;
-    let [lease, queue, _] = BotKeys::new(&prefix, MAIN_BOT.id()).chat_turn("42");
+    let [lease, queue, _] = BotKeys::new(&prefix, MAIN_BOT.bot_id()).chat_turn("42");
     let () = redis::cmd("SET").arg(&lease).arg("held-by-the-test").query_async(&mut conn).await.unwrap();
 
     let ids: Vec<i64> = (1000..1200).collect();
@@ -168,7 +169,7 @@ async fn post_dialogue_moves_between_workers_and_survives_a_restart() {
 /// The chat's dialogue state as stored ("" once it ended).
 async fn dialogue_step(prefix: &str, chat: i64) -> String {
     let state: Option<String> = redis::cmd("HGET")
-        .arg(BotKeys::new(prefix, MAIN_BOT.id()).dialogue(chat))
+        .arg(BotKeys::new(prefix, MAIN_BOT.bot_id()).dialogue(ChatId(chat)))
         .arg("s")
         .query_async(&mut redis().await)
         .await
@@ -279,7 +280,7 @@ async fn an_abandoned_dialogue_expires_and_cancel_ends_one() {
         spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &[("BOTFLEET_DIALOGUE_TTL_SECS", "600")])
             .await;
     deliver_ok(&worker, &text_update(1, 42, "/post")).await;
-    let key = BotKeys::new(&prefix, MAIN_BOT.id()).dialogue(42);
+    let key = BotKeys::new(&prefix, MAIN_BOT.bot_id()).dialogue(ChatId(42));
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis().await).await.unwrap();
     assert!(ttl > 590_000 && ttl <= 600_000, "the dialogue must expire after the configured TTL, PTTL {ttl}");
     deliver_ok(&worker, &text_update(2, 42, "/cancel")).await;
@@ -475,7 +476,7 @@ async fn user_cache_hits_refreshes_on_change_and_upserts_only_changes() {
     assert_eq!((cache("miss"), cache("hit")), (1, 1));
     let updated_at = "SELECT extract(epoch from updated_at)::float8 FROM users WHERE user_id = 42";
     let before: f64 = db.owner().await.query_one(updated_at, &[]).await.unwrap().get(0);
-    let key = BotKeys::new(&prefix, MAIN_BOT.id()).user(42);
+    let key = BotKeys::new(&prefix, MAIN_BOT.bot_id()).user(UserId(42));
     let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis().await).await.unwrap();
     assert!(ttl > 290 && ttl <= 300, "five-minute TTL, got {ttl}");
     // The user renames themselves: the row and the cache follow at once.

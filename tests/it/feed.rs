@@ -352,7 +352,7 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
     assert_eq!(unchanged.headers()["etag"], etag.as_str());
 
     // While Telegram has the bot wait after a 429 (met by any process), the proxy asks nothing.
-    let pause = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.id()).flood_pause();
+    let pause = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.bot_id()).flood_pause();
     let () = redis::cmd("SET")
         .arg(&pause)
         .arg(1)

@@ -225,6 +225,11 @@ impl TestBot {
         self.token.split(':').next().unwrap().parse().unwrap()
     }
 
+    /// The bot's id as botfleet types it.
+    pub fn bot_id(&self) -> botfleet::types::BotId {
+        botfleet::types::BotId(self.id())
+    }
+
     pub fn settings(&self) -> Vec<(String, String)> {
         let upper = self.name.to_ascii_uppercase();
         vec![
@@ -429,7 +434,7 @@ pub async fn deliver_update(worker: &Running, bot: &TestBot, update: &Value) -> 
 /// bot under `prefix`: entries are deleted once done, so an empty stream means every message is
 /// in the fake's log.
 pub async fn outbox_drained(prefix: &str) {
-    let [outbox, _] = botfleet::kv::BotKeys::new(prefix, MAIN_BOT.id()).outbox();
+    let [outbox, _] = botfleet::kv::BotKeys::new(prefix, MAIN_BOT.bot_id()).outbox();
     eventually(Duration::from_secs(30), "the outbox drained", || async {
         let queued: i64 = redis::cmd("XLEN").arg(&outbox).query_async(&mut redis().await).await.ok()?;
         (queued == 0).then_some(())

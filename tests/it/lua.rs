@@ -2,6 +2,7 @@
 
 use botfleet::feed::{self, Author, PostView};
 use botfleet::kv::{BotKeys, FeedKeys, scripts, turns_channel};
+use botfleet::types::{BotId, ChatId, PostId, UpdateId, UserId};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 
@@ -18,7 +19,7 @@ async fn begin_reading(
     read_ahead: &[&str],
 ) -> Vec<Option<String>> {
     let [lease, queue, waiters] = keys.chat_turn("7");
-    let (handled, bit) = keys.handled(update);
+    let (handled, bit) = keys.handled(UpdateId(update));
     let mut script = scripts::INTAKE_BEGIN.key(handled);
     script.key(lease).key(queue).key(waiters);
     for key in read_ahead {
@@ -41,7 +42,7 @@ async fn end(
     outcome: &str,
 ) -> i64 {
     let [lease, queue, _] = keys.chat_turn("7");
-    let (handled, bit) = keys.handled(update);
+    let (handled, bit) = keys.handled(UpdateId(update));
     scripts::INTAKE_END
         .key(handled)
         .key(&lease)
@@ -60,7 +61,7 @@ async fn end(
 #[tokio::test]
 async fn intake_gives_one_turn_per_chat_in_update_id_order() {
     let mut conn = redis().await;
-    let keys = BotKeys::new(&unique("lua"), 1);
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
     assert_eq!(begin(&mut conn, &keys, 10, "a").await, "go");
     assert_eq!(begin(&mut conn, &keys, 10, "a").await, "go", "the holder asking again keeps its turn");
     // Three updates wait while 10 is handled, arriving out of order.
@@ -84,8 +85,8 @@ async fn intake_gives_one_turn_per_chat_in_update_id_order() {
 #[tokio::test]
 async fn intake_reads_the_user_and_dialogue_with_the_turn_only() {
     let mut conn = redis().await;
-    let keys = BotKeys::new(&unique("lua"), 1);
-    let (user, dialogue) = (keys.user(7), keys.dialogue(7));
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
+    let (user, dialogue) = (keys.user(UserId(7)), keys.dialogue(ChatId(7)));
     let () = redis::cmd("SET").arg(&user).arg("cached").query_async(&mut conn).await.unwrap();
     let go = begin_reading(&mut conn, &keys, 1, "a", &[&user, &dialogue]).await;
     assert_eq!(go, [Some("go".into()), Some("cached".into()), None, None, None, None], "no dialogue yet");
@@ -108,7 +109,7 @@ async fn intake_reads_the_user_and_dialogue_with_the_turn_only() {
 #[tokio::test]
 async fn intake_end_wakes_the_chat_only_when_someone_waits() {
     let mut conn = redis().await;
-    let keys = BotKeys::new(&unique("lua"), 1);
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
     let [lease, _, _] = keys.chat_turn("7");
     let channel = turns_channel(&lease);
     let mut wakes =
@@ -131,23 +132,24 @@ async fn intake_end_wakes_the_chat_only_when_someone_waits() {
 #[tokio::test]
 async fn intake_remembers_handled_updates_one_bit_each_for_a_day() {
     let mut conn = redis().await;
-    let keys = BotKeys::new(&unique("lua"), 1);
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
     let (high, low) = ((5 << 16) + 10, 10);
-    assert_eq!(keys.handled(high).1, keys.handled(low).1, "the same bit in two bitmaps");
+    assert_eq!(keys.handled(UpdateId(high)).1, keys.handled(UpdateId(low)).1, "the same bit in two bitmaps");
     assert_eq!(begin(&mut conn, &keys, high, "a").await, "go");
     end(&mut conn, &keys, high, "a", "done").await;
     assert_eq!(begin(&mut conn, &keys, high, "b").await, "done");
     assert_eq!(begin(&mut conn, &keys, high + 1, "c").await, "go", "its neighbour is not handled");
     end(&mut conn, &keys, high + 1, "c", "retry").await;
     assert_eq!(begin(&mut conn, &keys, low, "d").await, "go", "nor is the same bit of another bitmap");
-    let ttl: i64 = redis::cmd("PTTL").arg(keys.handled(high).0).query_async(&mut conn).await.unwrap();
+    let ttl: i64 =
+        redis::cmd("PTTL").arg(keys.handled(UpdateId(high)).0).query_async(&mut conn).await.unwrap();
     assert!((59_000..=60_000).contains(&ttl), "remembered as long as asked (60 s here), PTTL {ttl}");
 }
 
 #[tokio::test]
 async fn intake_drops_a_waiter_that_stopped_asking() {
     let mut conn = redis().await;
-    let keys = BotKeys::new(&unique("lua"), 1);
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
     assert_eq!(begin(&mut conn, &keys, 20, "a").await, "go");
     // 21 queues, then its worker dies; 22 waits behind it.
     assert_eq!(begin(&mut conn, &keys, 21, "dead").await, "wait");
@@ -163,7 +165,7 @@ async fn intake_drops_a_waiter_that_stopped_asking() {
 #[tokio::test]
 async fn lease_renewal_only_for_the_holder() {
     let mut conn = redis().await;
-    let keys = BotKeys::new(&unique("lua"), 1);
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
     assert_eq!(begin(&mut conn, &keys, 1, "a").await, "go");
     let [lease, _, _] = keys.chat_turn("7");
     let renew = async |conn: &mut MultiplexedConnection, token: &str| -> i64 {
@@ -180,10 +182,10 @@ async fn lease_renewal_only_for_the_holder() {
 #[tokio::test]
 async fn dialogue_save_is_compare_and_set_fenced_by_the_lease() {
     let mut conn = redis().await;
-    let keys = BotKeys::new(&unique("lua"), 1);
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
     assert_eq!(begin(&mut conn, &keys, 1, "holder").await, "go");
     let [lease, _, _] = keys.chat_turn("7");
-    let key = keys.dialogue(7);
+    let key = keys.dialogue(ChatId(7));
     let save = async |conn: &mut MultiplexedConnection, version: i64, state: &str, token: &str| -> i64 {
         let script = &scripts::DIALOGUE_SAVE;
         script
@@ -226,8 +228,8 @@ async fn publish_post_sends_each_post_once_and_bumps_the_generation_once_per_cal
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(&keys.channel).await.unwrap();
     let post = |id: i64| PostView {
-        id,
-        bot_id: 1,
+        id: PostId(id),
+        bot_id: BotId(1),
         text: format!("post {id}"),
         has_media: false,
         published_at: chrono::DateTime::UNIX_EPOCH,
@@ -240,7 +242,7 @@ async fn publish_post_sends_each_post_once_and_bumps_the_generation_once_per_cal
     let [Some(offset)] = first.as_slice() else {
         panic!("the first publish must return an offset: {first:?}")
     };
-    let ttl: i64 = redis::cmd("PTTL").arg(keys.published(1).0).query_async(&mut conn).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(keys.published(PostId(1)).0).query_async(&mut conn).await.unwrap();
     assert!(ttl > 23 * 3600 * 1000, "a published post is remembered for a day, PTTL {ttl}");
     // A batch with a post that went out before: only the new one goes out.
     let second = feed::publish::publish(&mut conn, &keys, &[post(1), post(2)], 100).await.unwrap();
@@ -290,10 +292,10 @@ async fn feed_removed_bumps_both_versions_and_only_moves_the_wal_position_forwar
 #[tokio::test]
 async fn flood_take_reserves_spaced_moments_and_waits_out_a_pause() {
     let mut conn = redis().await;
-    let keys = BotKeys::new(&unique("r"), 1);
+    let keys = BotKeys::new(&unique("r"), BotId(1));
     // The bot: one message a second; each chat: one in ten seconds.
     let take = async |conn: &mut MultiplexedConnection, chat: i64, max_ms: u64| -> i64 {
-        let [bot, chat, pause] = keys.flood(chat);
+        let [bot, chat, pause] = keys.flood(ChatId(chat));
         let mut script = scripts::FLOOD_TAKE.key(bot);
         script.key(chat).key(pause).arg(1_000_000).arg(10_000_000).arg(max_ms);
         script.invoke_async(conn).await.unwrap()
@@ -309,7 +311,7 @@ async fn flood_take_reserves_spaced_moments_and_waits_out_a_pause() {
     let again = take(&mut conn, 3, 60_000).await;
     assert!((10_500..=11_000).contains(&again), "a refused wait must not move the schedule: {again}");
     // A pause after a 429 holds back every chat of the bot until it ends.
-    let [_, _, pause] = keys.flood(4);
+    let [_, _, pause] = keys.flood(ChatId(4));
     let () = redis::cmd("SET").arg(&pause).arg(1).arg("PX").arg(30_000).query_async(&mut conn).await.unwrap();
     let paused = take(&mut conn, 4, 60_000).await;
     assert!((29_500..=30_000).contains(&paused), "{paused}");

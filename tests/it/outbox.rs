@@ -18,7 +18,7 @@ use crate::helpers::{
 /// The outbox's stream and dead stream, its group created, and one message queued for chat 42
 /// that a sender ("ghost") took and then died with.
 async fn a_message_left_by_a_dead_sender(prefix: &str) -> [String; 2] {
-    let [outbox, dead] = BotKeys::new(prefix, MAIN_BOT.id()).outbox();
+    let [outbox, dead] = BotKeys::new(prefix, MAIN_BOT.bot_id()).outbox();
     let mut conn = redis().await;
     let () = redis::cmd("XGROUP")
         .arg("CREATE")
