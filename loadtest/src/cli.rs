@@ -48,16 +48,23 @@ pub struct Common {
     pub first_update_id: Option<i64>,
 }
 
+/// How W1 and W2 send: lanes at once, for how long.
 #[derive(Args)]
-pub struct W1 {
-    #[command(flatten)]
-    pub common: Common,
+pub struct Lanes {
     /// Lanes sending at once (1 to 10000; each owns its senders).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// How long to send.
     #[arg(long, alias = "seconds", value_parser = duration, default_value = "20s")]
     pub duration: Duration,
+}
+
+#[derive(Args)]
+pub struct W1 {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub lanes: Lanes,
     /// Updates per second (open loop); without it, closed loop.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -70,10 +77,8 @@ pub struct W1 {
 pub struct W2 {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    #[arg(long, alias = "seconds", value_parser = duration, default_value = "20s")]
-    pub duration: Duration,
+    #[command(flatten)]
+    pub lanes: Lanes,
     /// Read this path for every request instead (the static-file baseline).
     #[arg(long = "static")]
     pub static_path: Option<String>,

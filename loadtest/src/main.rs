@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
-use cli::{Cli, Command, Common};
+use cli::{Cli, Command, Common, Lanes};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -38,9 +38,7 @@ const ZIPF_S: f64 = 1.1;
 
 /// What the W1 and W2 lanes read of the command line.
 struct Options {
-    /// Lanes at once.
-    concurrency: usize,
-    duration: Duration,
+    lanes: Lanes,
     /// Updates per second (open loop); none for closed loop.
     rate: Option<f64>,
     /// W2 only: request this path for every request instead (the static-file baseline).
@@ -203,10 +201,10 @@ impl Target {
 }
 
 async fn lane(target: Arc<Target>, lane: usize, options: Arc<Options>, started: Instant) -> LaneResult {
-    let senders = Senders::for_lane(lane, options.concurrency);
+    let senders = Senders::for_lane(lane, options.lanes.concurrency);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (lane as u64 + 1).wrapping_mul(0x1000_0000_01b3));
     let mut result = LaneResult::default();
-    let end = started + options.duration;
+    let end = started + options.lanes.duration;
     let mut k = 0u64;
     let mut connection = None;
     loop {
@@ -214,7 +212,9 @@ async fn lane(target: Arc<Target>, lane: usize, options: Arc<Options>, started: 
         let due = match options.rate {
             Some(rate) => {
                 started
-                    + Duration::from_secs_f64((k * options.concurrency as u64 + lane as u64) as f64 / rate)
+                    + Duration::from_secs_f64(
+                        (k * options.lanes.concurrency as u64 + lane as u64) as f64 / rate,
+                    )
             }
             None => Instant::now(),
         };
@@ -266,7 +266,7 @@ async fn w2_lane(
     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (lane as u64 + 1).wrapping_mul(0x9e37_79b9));
     let mut etags: HashMap<String, String> = HashMap::new();
     let mut result = LaneResult::default();
-    let end = started + options.duration;
+    let end = started + options.lanes.duration;
     while Instant::now() < end {
         // 80% page 1, 15% a next page by cursor, 5% one post (as WORKLOADS.md says).
         let path = match (&options.static_path, rng.unit()) {
@@ -399,21 +399,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::W1(args) => {
-            let options = Options {
-                concurrency: args.concurrency,
-                duration: args.duration,
-                rate: args.rate,
-                static_path: None,
-            };
+            let options = Options { lanes: args.lanes, rate: args.rate, static_path: None };
             closed_or_open(Workload::W1, &args.common, options, args.out).await
         }
         Command::W2(args) => {
-            let options = Options {
-                concurrency: args.concurrency,
-                duration: args.duration,
-                rate: None,
-                static_path: args.static_path,
-            };
+            let options = Options { lanes: args.lanes, rate: None, static_path: args.static_path };
             closed_or_open(Workload::W2, &args.common, options, None).await
         }
     }
@@ -432,7 +422,7 @@ async fn closed_or_open(
     options: Options,
     out: Option<String>,
 ) -> anyhow::Result<()> {
-    if options.concurrency == 0 || options.concurrency > USERS {
+    if options.lanes.concurrency == 0 || options.lanes.concurrency > USERS {
         bail!("--concurrency must be 1 to {USERS}, so that every lane owns senders");
     }
     let env = Env::read(&common.env)?;
@@ -440,7 +430,7 @@ async fn closed_or_open(
     let first_update_id = common.first_update_id.unwrap_or(1);
     let webhook = reqwest::Url::parse(&env.get("BOTFLEET_WEBHOOK_URL")?)?;
     let target = Arc::new(Target {
-        client: reqwest::Client::builder().pool_max_idle_per_host(options.concurrency).build()?,
+        client: reqwest::Client::builder().pool_max_idle_per_host(options.lanes.concurrency).build()?,
         host: format!(
             "{}:{}",
             webhook.host_str().unwrap_or("127.0.0.1"),
@@ -452,13 +442,13 @@ async fn closed_or_open(
     });
     let started = Instant::now();
     let lanes: Vec<_> = match workload {
-        Workload::W1 => (0..options.concurrency)
+        Workload::W1 => (0..options.lanes.concurrency)
             .map(|n| tokio::spawn(lane(target.clone(), n, options.clone(), started)))
             .collect(),
         Workload::W2 => {
             let reads = Arc::new(discover(&target.client, &env.get("BOTFLEET_URL")?).await?);
             let started = Instant::now();
-            (0..options.concurrency)
+            (0..options.lanes.concurrency)
                 .map(|n| {
                     tokio::spawn(w2_lane(target.client.clone(), reads.clone(), n, options.clone(), started))
                 })
@@ -487,7 +477,7 @@ async fn closed_or_open(
         "static": options.static_path,
         "not_modified": all.not_modified,
         "mode": if options.rate.is_some() { "open" } else { "closed" },
-        "concurrency": options.concurrency,
+        "concurrency": options.lanes.concurrency,
         "rate": options.rate,
         "seconds": elapsed,
         "sent": all.latencies.len(),

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use crate::feed::pages::PostError;
 use crate::http::json_error;
 use crate::store::replicas::ReadError;
+use crate::types::PostId;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -32,6 +33,11 @@ pub enum ApiError {
 impl ApiError {
     pub fn redis(error: anyhow::Error) -> Self {
         Self::Unavailable(format!("redis: {error:#}"))
+    }
+
+    /// A post id from a path segment, or what is wrong with it.
+    pub fn post_id(raw: &str) -> Result<PostId, Self> {
+        raw.parse().map(PostId).map_err(|_| Self::BadRequest("post id must be a whole number".into()))
     }
 }
 

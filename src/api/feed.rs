@@ -17,7 +17,6 @@ use crate::feed::cursor::Cursor;
 use crate::feed::pages::{self, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_DEPTH};
 use crate::store::feed::Start;
 use crate::store::replicas::Freshness;
-use crate::types::PostId;
 
 #[derive(Debug, Deserialize)]
 pub struct FeedQuery {
@@ -86,10 +85,7 @@ pub async fn post(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = id
-        .parse::<i64>()
-        .map(PostId)
-        .map_err(|_| ApiError::BadRequest("post id must be a whole number".into()))?;
+    let id = ApiError::post_id(&id)?;
     let reader = &state.reader;
     // A published post changes only when posts are removed: cache it under that version.
     let post = match state.cache.state().await {

@@ -41,10 +41,7 @@ pub async fn media(
     Path(id): Path<String>,
     request: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = id
-        .parse::<i64>()
-        .map(PostId)
-        .map_err(|_| ApiError::BadRequest("post id must be a whole number".into()))?;
+    let id = ApiError::post_id(&id)?;
     let media = crate::store::feed::media(&state.reader, id).await?;
     let Some(Media { bot_id, file_id, unique_id }) = media else {
         return Err(ApiError::NotFound("no such post with media"));
