@@ -1,49 +1,40 @@
-//! A latency histogram of bounded size: logarithmic buckets 1% wide from 1 µs to over an hour,
-//! so a percentile is within 1% of the true value whatever the run's length.
+//! A latency histogram of bounded size (hdrhistogram's): 1 µs to an hour at two significant
+//! digits, so a percentile is within 1% of the true value whatever the run's length.
 
 use std::time::Duration;
 
-/// Relative width of a bucket.
-const GROWTH: f64 = 1.01;
-/// Buckets up to GROWTH^2500 µs ≈ 18 hours.
-const BUCKETS: usize = 2500;
+/// Longest latency kept apart; longer ones count as this.
+const MAX_MICROS: u64 = 3_600_000_000;
 
 #[derive(Clone)]
-pub struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
+pub struct Histogram(hdrhistogram::Histogram<u64>);
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { counts: vec![0; BUCKETS], total: 0 }
+        // The bounds are constants that hdrhistogram accepts (low ≥ 1, high ≥ 2 × low, 2 digits):
+        // the test below builds one.
+        #[allow(clippy::expect_used)]
+        let histogram = hdrhistogram::Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("valid bounds");
+        Self(histogram)
     }
 }
 
 impl Histogram {
     pub fn record(&mut self, latency: Duration) {
-        let micros = latency.as_micros().max(1) as f64;
-        let bucket = (micros.ln() / GROWTH.ln()) as usize;
-        self.counts[bucket.min(BUCKETS - 1)] += 1;
-        self.total += 1;
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(MAX_MICROS);
+        self.0.saturating_record(micros.clamp(1, MAX_MICROS));
     }
 
     pub fn count(&self) -> u64 {
-        self.total
+        self.0.len()
     }
 
-    /// The `p` quantile (0.99 for p99) in milliseconds: the upper bound of the bucket holding
-    /// it (0 when empty).
+    /// The `p` quantile (0.99 for p99) in milliseconds (0 when empty).
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        let target = ((self.total as f64) * p).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (bucket, count) in self.counts.iter().enumerate() {
-            seen += count;
-            if seen >= target {
-                return GROWTH.powi(bucket as i32 + 1) / 1000.0;
-            }
+        if self.0.is_empty() {
+            return 0.0;
         }
-        0.0
+        self.0.value_at_quantile(p) as f64 / 1000.0
     }
 }
 
@@ -67,5 +58,8 @@ mod tests {
         one.record(Duration::from_micros(250));
         assert!((one.percentile_ms(0.5) - 0.25).abs() / 0.25 <= 0.01);
         assert_eq!(Histogram::default().percentile_ms(0.99), 0.0);
+        let mut long = Histogram::default();
+        long.record(Duration::from_secs(7200));
+        assert!((long.percentile_ms(1.0) - 3_600_000.0).abs() / 3_600_000.0 <= 0.01, "kept at the bound");
     }
 }

@@ -29,6 +29,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use cli::{Cli, Command, Common, Lanes};
+use histogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -314,14 +315,6 @@ async fn w2_lane(
     result
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index].as_secs_f64() * 1000.0
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -471,7 +464,8 @@ async fn closed_or_open(
         std::fs::create_dir_all(out)?;
         std::fs::write(format!("{out}/chart.svg"), chart::svg(&series))?;
     }
-    all.latencies.sort();
+    let mut latency = Histogram::default();
+    all.latencies.iter().for_each(|l| latency.record(*l));
     let summary = json!({
         "workload": if workload == Workload::W1 { "W1" } else { "W2" },
         "static": options.static_path,
@@ -485,9 +479,9 @@ async fn closed_or_open(
         "non_2xx": all.non_2xx,
         "errors": all.errors,
         "throughput": all.ok as f64 / elapsed,
-        "p50_ms": percentile(&all.latencies, 0.50),
-        "p99_ms": percentile(&all.latencies, 0.99),
-        "p999_ms": percentile(&all.latencies, 0.999),
+        "p50_ms": latency.percentile_ms(0.50),
+        "p99_ms": latency.percentile_ms(0.99),
+        "p999_ms": latency.percentile_ms(0.999),
         "first_update_id": first_update_id,
         "last_update_id": target.next_id.load(Ordering::Relaxed) - 1,
     });

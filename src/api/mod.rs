@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{Health, Readiness};
 use crate::feed::cache::PageCache;
 use crate::feed::hub::Hub;
-use crate::http::{Server, json_error};
+use crate::http::Server;
 use crate::kv::{self, FeedKeys};
 use crate::metrics::Metrics;
 use crate::settings::ApiSettings;
@@ -30,6 +30,7 @@ use crate::shutdown::CancellationToken;
 use crate::store::{self, replicas::Reader};
 use crate::telegram::files::FileBots;
 use crate::telemetry;
+use error::ApiError;
 use state::ApiState;
 
 const STREAM_PATH: &str = "/api/feed/stream";
@@ -61,7 +62,7 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .route("/api/media/{id}", get(media::media))
         .route("/", get(live_page))
         .route("/api/openapi.json", get(openapi))
-        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .fallback(|| async { ApiError::NotFound("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(middleware::from_fn_with_state(Arc::new(settings.cors_origins.clone()), cors))
         .layer(middleware::from_fn(telemetry::request_context))

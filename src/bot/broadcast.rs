@@ -20,8 +20,6 @@ use crate::types::ChatId;
 const PAGE: i64 = 500;
 /// Telegram's longest message.
 const MAX_CHARS: usize = 4096;
-/// How long a cancellation is remembered (longer than any broadcast takes).
-const CANCELLED_FOR_MS: u64 = 7 * 24 * 3600 * 1000;
 
 pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Result<(), HandleError> {
     if !ctx.is_admin(from) {
@@ -63,30 +61,9 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
     let Some(sent) = ctx.say_message(chat, progress_text(broadcast.id, 0, total)).await? else {
         return Ok(());
     };
-    let [progress, _] = ctx.bot.keys.broadcast(broadcast.id);
-    let (done,): ((Option<i64>, Option<i64>),) = redis::pipe()
-        .atomic()
-        .cmd("HSET")
-        .arg(&progress)
-        .arg("total")
-        .arg(total)
-        .arg("chat")
-        .arg(chat)
-        .arg("message")
-        .arg(sent.0)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&progress)
-        .arg(CANCELLED_FOR_MS)
-        .ignore()
-        .cmd("HMGET")
-        .arg(&progress)
-        .arg(&["sent", "refused"])
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| HandleError::Unavailable(e.into()))?;
+    let done =
+        outbox::report_progress_to(&mut conn, &ctx.bot.keys, broadcast.id, total, (chat, sent)).await?;
     // Every recipient may have been served before the senders knew where to report.
-    let done = done.0.unwrap_or(0) + done.1.unwrap_or(0);
     if done >= total {
         ctx.edit(chat, sent, progress_text(broadcast.id, done, total)).await?;
     }
@@ -100,14 +77,6 @@ pub async fn cancel(ctx: &Ctx<'_>, chat: ChatId, from: &User) -> Result<(), Hand
     let Some(id) = broadcasts::cancel_broadcast(&ctx.services.db, ctx.bot.config.id, chat).await? else {
         return ctx.say(chat, "No broadcast to cancel.").await;
     };
-    let [_, cancelled] = ctx.bot.keys.broadcast(id);
-    let () = redis::cmd("SET")
-        .arg(&cancelled)
-        .arg(1)
-        .arg("PX")
-        .arg(CANCELLED_FOR_MS)
-        .query_async(&mut ctx.conn())
-        .await
-        .map_err(|e| HandleError::Unavailable(e.into()))?;
+    outbox::cancel_broadcast(&mut ctx.conn(), &ctx.bot.keys, id).await?;
     ctx.say(chat, format!("Broadcast #{id} cancelled: what is still queued will not be sent.")).await
 }

@@ -25,6 +25,12 @@ impl From<StoreError> for HandleError {
     }
 }
 
+impl From<redis::RedisError> for HandleError {
+    fn from(e: redis::RedisError) -> Self {
+        HandleError::Unavailable(e.into())
+    }
+}
+
 impl From<FloodError> for HandleError {
     fn from(e: FloodError) -> Self {
         HandleError::Unavailable(e.into())

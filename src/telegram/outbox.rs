@@ -46,6 +46,48 @@ pub fn progress_text(id: i64, done: i64, total: i64) -> String {
         format!("Broadcast #{id}: {done} of {total} recipients so far. /broadcast_cancel stops it.")
     }
 }
+/// How long a broadcast's progress and cancellation are remembered (longer than any takes).
+const BROADCAST_MEMORY_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Tells the senders where broadcast `id`'s progress message is (`at`: the admin's chat and the
+/// message), so that they edit it as they go; returns how many recipients they served already.
+pub async fn report_progress_to(
+    conn: &mut Conn,
+    keys: &BotKeys,
+    id: i64,
+    total: i64,
+    (chat, message): (ChatId, MessageId),
+) -> redis::RedisResult<i64> {
+    let [progress, _] = keys.broadcast(id);
+    let (done,): ((Option<i64>, Option<i64>),) = redis::pipe()
+        .atomic()
+        .cmd("HSET")
+        .arg(&progress)
+        .arg("total")
+        .arg(total)
+        .arg("chat")
+        .arg(chat)
+        .arg("message")
+        .arg(message.0)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&progress)
+        .arg(BROADCAST_MEMORY_MS)
+        .ignore()
+        .cmd("HMGET")
+        .arg(&progress)
+        .arg(&["sent", "refused"])
+        .query_async(conn)
+        .await?;
+    Ok(done.0.unwrap_or(0) + done.1.unwrap_or(0))
+}
+
+/// Makes every sender drop what is still queued of broadcast `id`.
+pub async fn cancel_broadcast(conn: &mut Conn, keys: &BotKeys, id: i64) -> redis::RedisResult<()> {
+    let [_, cancelled] = keys.broadcast(id);
+    redis::cmd("SET").arg(&cancelled).arg(1).arg("PX").arg(BROADCAST_MEMORY_MS).query_async(conn).await
+}
+
 /// Entries a sender takes at a time.
 const BATCH: usize = 16;
 /// Entries a sender delivers at once.

@@ -8,6 +8,7 @@
 //! user cache), so any worker can take any update and killing one loses nothing. It never calls
 //! setWebhook or deleteWebhook.
 
+mod answer;
 mod record;
 mod route;
 mod state;

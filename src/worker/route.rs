@@ -12,15 +12,15 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use teloxide_core::types::Update;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use super::answer::Answer;
 use super::state::{BotRuntime, WorkerState};
 use crate::bot::{self, HandleError};
-use crate::http::json_error;
 use crate::intake::{Begin, IntakeError};
 use crate::kv::Conn;
 use crate::store::posts;
@@ -30,10 +30,6 @@ use crate::types::UpdateId;
 
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
-/// Seconds Telegram is asked to wait before redelivering when a dependency is down or the
-/// chat is busy.
-const RETRY_AFTER_SECS: &str = "5";
-
 pub async fn receive(
     State(state): State<WorkerState>,
     Path(bot_name): Path<String>,
@@ -41,9 +37,9 @@ pub async fn receive(
     body: Body,
 ) -> Response {
     let Some(bot) = state.bots.get(&bot_name).cloned() else {
-        return json_error(StatusCode::NOT_FOUND, "unknown bot");
+        return Answer::UnknownBot.into_response();
     };
-    let response = authenticated(&state, &bot, &headers, body).await;
+    let response = authenticated(&state, &bot, &headers, body).await.into_response();
     state
         .metrics
         .webhook_requests
@@ -57,27 +53,27 @@ async fn authenticated(
     bot: &Arc<BotRuntime>,
     headers: &HeaderMap,
     body: Body,
-) -> Response {
+) -> Answer {
     let presented = headers.get(SECRET_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
     if !bot.client.config.webhook_secret.matches(presented) {
-        return json_error(StatusCode::UNAUTHORIZED, "missing or wrong secret token");
+        return Answer::Unauthorized;
     }
     // Past its capacity the worker sheds load at once, before reading the body: Telegram
     // backs off and redelivers, where a slow answer would time out and be retried as hard.
     let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
-        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "overloaded: too many updates in progress");
+        return Answer::Overloaded;
     };
     // The secret is checked before the body is read, so strangers cannot make us read anything.
     let bytes = match to_bytes(body, state.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "body over the size limit"),
+        Err(_) => return Answer::TooLarge,
     };
     let update = match bot::parse_update(&bytes) {
         Ok(update) => update,
         Err(e) => {
             state.metrics.updates_unparseable.with_label_values(&[bot.client.config.name.as_str()]).inc();
             tracing::warn!(bot = %bot.client.config.name, error = %e, "unparseable update");
-            return json_error(StatusCode::BAD_REQUEST, &format!("not a Telegram update: {e}"));
+            return Answer::Unparseable(e);
         }
     };
     if let Some(recorder) = &state.recorder {
@@ -90,7 +86,7 @@ async fn authenticated(
     let outcome =
         work.await.unwrap_or_else(|panic| Outcome::Failed(format!("update handler panicked: {panic}")));
     state.metrics.update_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
-    outcome.response(bot)
+    outcome.answer(bot)
 }
 
 /// How one delivery of an update ended.
@@ -104,26 +100,21 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn response(self, bot: &BotRuntime) -> Response {
+    /// The answer to Telegram, with the cause logged (the token redacted).
+    fn answer(self, bot: &BotRuntime) -> Answer {
+        let config = &bot.client.config;
         match self {
-            Outcome::Acknowledged => StatusCode::OK.into_response(),
+            Outcome::Acknowledged => Answer::Acknowledged,
             Outcome::RetryLater(why) => {
-                tracing::warn!(bot = %bot.client.config.name, reason = %redact(&why, &bot.client.config.token), "asking Telegram to retry");
-                retry_later(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable")
+                tracing::warn!(bot = %config.name, reason = %redact(&why, &config.token), "asking Telegram to retry");
+                Answer::RetryLater
             }
             Outcome::Failed(why) => {
-                tracing::error!(bot = %bot.client.config.name, error = %redact(&why, &bot.client.config.token), "update failed");
-                json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                tracing::error!(bot = %config.name, error = %redact(&why, &config.token), "update failed");
+                Answer::Failed
             }
         }
     }
-}
-
-/// `status` with `Retry-After`, so that Telegram waits before it redelivers.
-fn retry_later(status: StatusCode, message: &str) -> Response {
-    let mut response = json_error(status, message);
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-    response
 }
 
 /// The work on one update, in its own task; `_in_flight` is its place among those the worker
