@@ -1,5 +1,6 @@
 //! The command line: one sub-command per workload, each with only the flags it reads. Durations
-//! are written `30s`, `5m`, `1h` or `500ms` (a bare number counts seconds). A command line that
+//! are written `30s`, `5m`, `1h` or `500ms` (a bare number counts seconds). A flag given twice
+//! takes its last value (the bench scripts append to a common command). A command line that
 //! makes no sense exits with 64 and one line saying why.
 
 use std::time::Duration;
@@ -20,14 +21,19 @@ pub struct Cli {
 pub enum Command {
     /// W1: private text messages to the webhook through Nginx, closed loop at a concurrency or
     /// open loop at a rate.
+    #[command(args_override_self = true)]
     W1(W1),
     /// W2: cached feed reads through Nginx (80% page 1, 15% a next page, 5% one post).
+    #[command(args_override_self = true)]
     W2(W2),
     /// W3: SSE clients on one API node while posts are published; delivery latency per event.
+    #[command(args_override_self = true)]
     W3(W3),
     /// A broadcast to N users through the fake Telegram's limits.
+    #[command(args_override_self = true)]
     Broadcast(BroadcastArgs),
     /// Replays a capture or a scenario the way Telegram delivers, then audits exactly-once.
+    #[command(args_override_self = true)]
     Replay(ReplayArgs),
     /// Draws a chart of a CSV file's columns (loadtest/soak).
     Chart {
@@ -234,5 +240,8 @@ mod tests {
             Cli::try_parse_from(["loadtest", "replay", "--scenario", "s", "--rate", "5", "--speed", "max"]);
         assert!(both.is_err(), "two paces at once make no sense");
         assert!(Cli::try_parse_from(["loadtest", "replay"]).is_err(), "a capture or a scenario is needed");
+        let twice = Cli::try_parse_from(["loadtest", "w1", "--seconds", "20", "--seconds", "5"]).unwrap();
+        let Command::W1(w1) = twice.command else { panic!("w1") };
+        assert_eq!(w1.lanes.duration, Duration::from_secs(5), "the last value wins");
     }
 }
