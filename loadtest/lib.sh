@@ -65,3 +65,32 @@ SQL
     settle_tables posts
     rm -rf "$work"
 }
+
+# cpu_snapshot FILE: for every process of the cluster (BOTFLEET_PIDS_DIR), its name and the CPU
+# time, in clock ticks, of it and its children (Postgres backends, Nginx workers), one per line.
+cpu_snapshot() {
+    local file pid ticks p t
+    : >"$1"
+    for file in "$BOTFLEET_PIDS_DIR"/*.pid; do
+        pid=$(cat "$file")
+        [ -n "$pid" ] || continue
+        ticks=0
+        for p in $pid $(pgrep -P "$pid"); do
+            # utime and stime, the 14th and 15th fields, counted after the command's ")".
+            t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }')
+            ticks=$((ticks + ${t:-0}))
+        done
+        echo "$(basename "$file" .pid) $ticks" >>"$1"
+    done
+    sort -o "$1" "$1"
+}
+
+# cpu_per_update BEFORE AFTER UPDATES: CPU µs per update of each kind of process (worker-1 and
+# worker-2 add up as worker) between two snapshots, and their total, as "name µs" lines.
+cpu_per_update() {
+    local tick_us
+    tick_us=$((1000000 / $(getconf CLK_TCK)))
+    join "$1" "$2" | awk -v n="$3" -v us="$tick_us" '
+        { kind = $1; sub(/-[0-9]+$/, "", kind); sum[kind] += ($3 - $2) * us; total += ($3 - $2) * us }
+        END { for (k in sum) printf "%s %.0f\n", k, sum[k] / n; printf "total %.0f\n", total / n }' | sort
+}
