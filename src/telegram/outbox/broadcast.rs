@@ -1,0 +1,118 @@
+//! A broadcast's share of the outbox: the admin's progress message, which the senders edit as
+//! recipients are served, and the cancellation that makes them drop what is still queued.
+
+use teloxide_core::prelude::Requester;
+use teloxide_core::types::MessageId;
+
+use super::sender::Sender;
+use crate::kv::{BotKeys, Conn};
+use crate::telegram::flood::Urgency;
+use crate::types::ChatId;
+
+/// A broadcast's progress message is edited after this many recipients, and at the end: each
+/// edit takes a moment of the bot's rate from the broadcast (at 50, 2% of it).
+const PROGRESS_EVERY: i64 = 250;
+
+/// What the admin's progress message says.
+pub fn progress_text(id: i64, done: i64, total: i64) -> String {
+    if done >= total {
+        format!("Broadcast #{id}: done, {total} of {total} recipients.")
+    } else {
+        format!("Broadcast #{id}: {done} of {total} recipients so far. /broadcast_cancel stops it.")
+    }
+}
+/// How long a broadcast's progress and cancellation are remembered (longer than any takes).
+const BROADCAST_MEMORY_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Tells the senders where broadcast `id`'s progress message is (`at`: the admin's chat and the
+/// message), so that they edit it as they go; returns how many recipients they served already.
+pub async fn report_progress_to(
+    conn: &mut Conn,
+    keys: &BotKeys,
+    id: i64,
+    total: i64,
+    (chat, message): (ChatId, MessageId),
+) -> redis::RedisResult<i64> {
+    let [progress, _] = keys.broadcast(id);
+    let (done,): ((Option<i64>, Option<i64>),) = redis::pipe()
+        .atomic()
+        .cmd("HSET")
+        .arg(&progress)
+        .arg("total")
+        .arg(total)
+        .arg("chat")
+        .arg(chat)
+        .arg("message")
+        .arg(message.0)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&progress)
+        .arg(BROADCAST_MEMORY_MS)
+        .ignore()
+        .cmd("HMGET")
+        .arg(&progress)
+        .arg(&["sent", "refused"])
+        .query_async(conn)
+        .await?;
+    Ok(done.0.unwrap_or(0) + done.1.unwrap_or(0))
+}
+
+/// Makes every sender drop what is still queued of broadcast `id`.
+pub async fn cancel_broadcast(conn: &mut Conn, keys: &BotKeys, id: i64) -> redis::RedisResult<()> {
+    let [_, cancelled] = keys.broadcast(id);
+    redis::cmd("SET").arg(&cancelled).arg(1).arg("PX").arg(BROADCAST_MEMORY_MS).query_async(conn).await
+}
+
+impl Sender {
+    /// Whether the message belongs to a broadcast its admin cancelled.
+    pub(super) async fn cancelled(
+        &self,
+        conn: &mut Conn,
+        broadcast: Option<i64>,
+    ) -> redis::RedisResult<bool> {
+        let Some(id) = broadcast else {
+            return Ok(false);
+        };
+        let [_, cancelled] = self.bot.keys.broadcast(id);
+        redis::cmd("EXISTS").arg(&cancelled).query_async(conn).await
+    }
+
+    /// Counts one recipient of broadcast `id` done, and now and then (and at the end) edits the
+    /// admin's progress message.
+    pub(super) async fn progress(&self, conn: &mut Conn, id: i64, sent: bool) -> anyhow::Result<()> {
+        let [progress, _] = self.bot.keys.broadcast(id);
+        let (fields,): (Vec<Option<i64>>,) = redis::pipe()
+            .atomic()
+            .cmd("HINCRBY")
+            .arg(&progress)
+            .arg(if sent { "sent" } else { "refused" })
+            .arg(1)
+            .ignore()
+            .cmd("HMGET")
+            .arg(&progress)
+            .arg(&["sent", "refused", "total", "chat", "message"])
+            .query_async(conn)
+            .await?;
+        let field = |n: usize| fields.get(n).copied().flatten();
+        let done = field(0).unwrap_or(0) + field(1).unwrap_or(0);
+        let (total, chat, message) =
+            (field(2), field(3).map(ChatId), field(4).and_then(|m| i32::try_from(m).ok()));
+        if let (Some(total), Some(chat), Some(message)) = (total, chat, message)
+            && (done % PROGRESS_EVERY == 0 || done == total)
+        {
+            let text = progress_text(id, done, total);
+            let api = &self.bot.api;
+            let name = self.bot.config.name.as_str();
+            let edited = self
+                .flood
+                .send(conn, (&self.bot.keys, name), chat, Urgency::Queued, || {
+                    api.edit_message_text(chat, MessageId(message), text.clone())
+                })
+                .await?;
+            if let Err(e) = edited {
+                tracing::warn!(bot = name, broadcast = id, error = %e, "could not edit a broadcast's progress");
+            }
+        }
+        Ok(())
+    }
+}

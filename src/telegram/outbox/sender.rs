@@ -1,0 +1,180 @@
+//! A worker's sender: reads the bot's outbox in the consumer group and delivers each message
+//! within the flood limits, acknowledging it once Telegram took it or refused it for good.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use redis::AsyncConnectionConfig;
+use redis::streams::{StreamId, StreamReadReply};
+use teloxide_core::RequestError;
+use teloxide_core::payloads::SendMessageSetters;
+use teloxide_core::prelude::Requester;
+use teloxide_core::types::InlineKeyboardMarkup;
+
+use super::queue::{GROUP, OutboxConfig};
+use crate::kv::Conn;
+use crate::metrics::Metrics;
+use crate::random::rand_u64;
+use crate::shutdown::CancellationToken;
+use crate::store::user_cache::Users;
+use crate::telegram::client::Client;
+use crate::telegram::flood::{Flood, Urgency};
+use crate::telegram::refusals;
+use crate::types::ChatId;
+
+/// Entries a sender takes at a time.
+pub(super) const BATCH: usize = 16;
+/// Entries a sender delivers at once.
+const IN_FLIGHT: usize = 4;
+
+pub struct Sender {
+    pub bot: Arc<Client>,
+    /// Where a user Telegram refused for good is marked unreachable.
+    pub users: Arc<Users>,
+    pub flood: Arc<Flood>,
+    pub metrics: Arc<Metrics>,
+    pub config: OutboxConfig,
+}
+
+impl Sender {
+    /// Delivers the bot's outbox until `shutdown`, starting afresh after any Redis error. The
+    /// sender has a connection of its own: its blocking reads would hold up a shared one.
+    pub async fn run(self, client: redis::Client, shutdown: CancellationToken) {
+        let me = format!("{:016x}", rand_u64());
+        let config =
+            AsyncConnectionConfig::new().set_response_timeout(Some(self.block() + Duration::from_secs(5)));
+        loop {
+            let sending = async {
+                let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+                self.send_all(&mut conn, &me).await
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = sending => if let Err(e) = result {
+                    tracing::warn!(bot = %self.bot.config.name, error = %e, "outbox sender; starting again");
+                },
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn send_all(&self, conn: &mut Conn, me: &str) -> anyhow::Result<()> {
+        let [stream, _] = self.bot.keys.outbox();
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(e.into());
+        }
+        self.forget_departed(conn, me).await?;
+        let block_ms = self.block().as_millis() as u64;
+        loop {
+            let read: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(me)
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">")
+                .query_async(conn)
+                .await?;
+            let entries = read.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+            self.deliver_all(conn, entries).await?;
+            self.claim(conn, me).await?;
+            self.measure(conn).await?;
+        }
+    }
+
+    /// Sends `entries`, [`IN_FLIGHT`] at a time: each waits for its moment within the flood
+    /// limits, so a moment the limits allow is not left unused while a message is answered.
+    async fn deliver_all(
+        &self,
+        conn: &Conn,
+        entries: impl IntoIterator<Item = StreamId>,
+    ) -> anyhow::Result<()> {
+        futures_util::stream::iter(entries)
+            .map(|entry| {
+                let mut conn = conn.clone();
+                async move { self.deliver(&mut conn, &entry).await }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    /// Sends one entry; acknowledges it unless the failure may pass (then it stays pending).
+    pub(super) async fn deliver(&self, conn: &mut Conn, entry: &StreamId) -> anyhow::Result<()> {
+        let (Some(chat), Some(text)) = (entry.get::<i64>("chat").map(ChatId), entry.get::<String>("text"))
+        else {
+            tracing::error!(id = %entry.id, "an outbox entry without chat or text; dropped");
+            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            return Ok(());
+        };
+        let broadcast = entry.get::<i64>("broadcast");
+        if self.cancelled(conn, broadcast).await? {
+            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            return Ok(());
+        }
+        let markup: Option<InlineKeyboardMarkup> =
+            entry.get::<String>("markup").and_then(|json| serde_json::from_str(&json).ok());
+        let api = &self.bot.api;
+        let name = self.bot.config.name.as_str();
+        let check = conn.clone();
+        let sent = self
+            .flood
+            .send(conn, (&self.bot.keys, name), chat, Urgency::Queued, || {
+                let request = api.send_message(chat, text.clone());
+                let request = match markup.clone() {
+                    Some(markup) => request.reply_markup(markup),
+                    None => request,
+                };
+                let mut check = check.clone();
+                async move {
+                    // Asked again once its moment came: a broadcast cancelled while this
+                    // message waited for it sends nothing more. (A failed check is a failed
+                    // call: the entry stays pending and is tried again.)
+                    let unavailable =
+                        |e: redis::RedisError| RequestError::Io(Arc::new(std::io::Error::other(e)));
+                    if self.cancelled(&mut check, broadcast).await.map_err(unavailable)? {
+                        return Ok(None);
+                    }
+                    request.await.map(Some)
+                }
+            })
+            .await;
+        if let Ok(Ok(None)) = sent {
+            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            return Ok(());
+        }
+        if let Ok(Err(e)) = &sent {
+            refusals::refused(&self.users, conn, &self.bot.keys, (self.bot.config.id, chat), e).await?;
+        }
+        let label = match &sent {
+            Ok(result) => refusals::label(result),
+            Err(_) => "error",
+        };
+        self.metrics.bot_api_calls.with_label_values(&["sendMessage", label]).inc();
+        if label == "ok" || label == "refused" {
+            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            if let Some(id) = broadcast {
+                self.progress(conn, id, label == "ok").await?;
+            }
+        }
+        Ok(())
+    }
+}
