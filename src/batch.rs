@@ -1,5 +1,5 @@
 //! Requests of concurrent updates in one process, handled together: the posts they insert
-//! (`group_commit.rs`) and the posts they publish (`publish.rs`). Each costs a round trip and a
+//! (`store::group_commit`) and the posts they publish (`feed::publish`). Each costs a round trip and a
 //! fixed price at the other end (a commit, a Lua call), so under load one for many is much less
 //! per update; under light load a batch is one request and waits for nothing.
 //!
@@ -8,7 +8,7 @@
 //! runnable in this process reach their request too; an idle process loses a few microseconds by
 //! it. A batcher may also *linger* while it is busy: after a batch of more than one, wait up to a
 //! bound after the next batch's first request for more, when each batch costs so much that the
-//! wait pays (the group commit: see `group_commit.rs`).
+//! wait pays (the group commit: see `store::group_commit`).
 
 use std::future::Future;
 use std::time::Duration;

@@ -11,7 +11,7 @@ use crate::feed::hub::Offset;
 /// A webhook body, as the worker reads it: parsed, classified, its chat's turn named; what a
 /// recording keeps of it has the same chat for the same chat.
 pub fn update(data: &[u8]) {
-    if let Ok(update) = crate::bot::parse_update(data) {
+    if let Ok(update) = crate::bot::read_update(data) {
         let kind = crate::bot::kind_name(&update);
         assert!(!kind.is_empty());
         assert!(!crate::bot::turn_key(&update).is_empty());

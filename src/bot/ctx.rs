@@ -210,7 +210,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Queues a message that is not the reply to this update in the outbox, once per `id`: it
-    /// goes out however this update's handling ends (see `outbox.rs`).
+    /// goes out however this update's handling ends (see `telegram::outbox`).
     pub async fn notify(
         &self,
         id: &str,
@@ -225,7 +225,7 @@ impl<'a> Ctx<'a> {
             .map_err(HandleError::Unavailable)
     }
 
-    /// A message to `chat`, within Telegram's limits (see `flood.rs`).
+    /// A message to `chat`, within Telegram's limits (see `telegram::flood`).
     async fn send<T, R>(
         &self,
         method: &str,

@@ -22,8 +22,6 @@ pub enum Answer {
     Overloaded,
     /// 413: the body is over `BOTFLEET_MAX_BODY_BYTES`.
     TooLarge,
-    /// 400: not a Telegram update; the parser's reason.
-    Unparseable(String),
     /// 503 with `Retry-After`: a dependency is down, or the chat stayed busy.
     RetryLater,
     /// 500: the handling failed; Telegram redelivers, up to the dead-letter bound.
@@ -34,17 +32,16 @@ impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             Answer::Acknowledged => return StatusCode::OK.into_response(),
-            Answer::UnknownBot => (StatusCode::NOT_FOUND, "unknown bot".to_owned()),
-            Answer::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong secret token".to_owned()),
+            Answer::UnknownBot => (StatusCode::NOT_FOUND, "unknown bot"),
+            Answer::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong secret token"),
             Answer::Overloaded => {
-                (StatusCode::SERVICE_UNAVAILABLE, "overloaded: too many updates in progress".to_owned())
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded: too many updates in progress")
             }
-            Answer::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body over the size limit".to_owned()),
-            Answer::Unparseable(why) => (StatusCode::BAD_REQUEST, format!("not a Telegram update: {why}")),
-            Answer::RetryLater => (StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable".to_owned()),
-            Answer::Failed => (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned()),
+            Answer::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body over the size limit"),
+            Answer::RetryLater => (StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable"),
+            Answer::Failed => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         };
-        let mut response = json_error(status, &message);
+        let mut response = json_error(status, message);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         }

@@ -9,6 +9,7 @@
 //! setWebhook or deleteWebhook.
 
 mod answer;
+mod dead_letter;
 mod record;
 mod route;
 mod state;

@@ -19,11 +19,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::answer::Answer;
+use super::dead_letter;
 use super::state::{BotRuntime, WorkerState};
 use crate::bot::{self, HandleError};
 use crate::intake::{Begin, IntakeError};
-use crate::kv::Conn;
-use crate::store::posts;
 use crate::telegram::redact;
 use crate::telemetry;
 use crate::types::UpdateId;
@@ -68,13 +67,9 @@ async fn authenticated(
         Ok(bytes) => bytes,
         Err(_) => return Answer::TooLarge,
     };
-    let update = match bot::parse_update(&bytes) {
+    let update = match bot::read_update(&bytes) {
         Ok(update) => update,
-        Err(e) => {
-            state.metrics.updates_unparseable.with_label_values(&[bot.client.config.name.as_str()]).inc();
-            tracing::warn!(bot = %bot.client.config.name, error = %e, "unparseable update");
-            return Answer::Unparseable(e);
-        }
+        Err(why) => return dead_letter::unreadable(state, bot, &bytes, &why).await,
     };
     if let Some(recorder) = &state.recorder {
         recorder.record(&bot.client.config, &bytes);
@@ -180,7 +175,12 @@ async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Upd
         Ok(()) => (true, Outcome::Acknowledged),
         Err(HandleError::Unavailable(e)) => (false, Outcome::RetryLater(format!("{e:#}"))),
         Err(HandleError::Failed(e)) => {
-            failed(&state, &mut redis, &bot, update_id, &raw, &format!("{e:#}")).await
+            let error = format!("{e:#}");
+            match dead_letter::failed(&state, &mut redis, &bot, update_id, &raw, &error).await {
+                Ok(true) => (true, Outcome::Acknowledged),
+                Ok(false) => (false, Outcome::Failed(error)),
+                Err(e) => (false, Outcome::RetryLater(e)),
+            }
         }
     };
     if let Err(e) = bot.intake.end(&mut redis, turn, handled).await {
@@ -189,39 +189,4 @@ async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Upd
         state.redis.reset();
     }
     outcome
-}
-
-/// Counts a failed attempt; after too many, keeps the update in the dead-letter table and
-/// acknowledges it, so that nothing is retried forever or dropped silently.
-async fn failed(
-    state: &WorkerState,
-    redis: &mut Conn,
-    bot: &BotRuntime,
-    update_id: UpdateId,
-    raw: &[u8],
-    error: &str,
-) -> (bool, Outcome) {
-    let attempts = match bot.intake.count_failure(redis, update_id).await {
-        Ok(attempts) => attempts,
-        Err(e) => return (false, Outcome::RetryLater(e.to_string())),
-    };
-    // One error report per failed delivery; the reports of one update group together.
-    let report = redact(error, &bot.client.config.token);
-    if attempts < state.max_attempts {
-        telemetry::report_error(&format!("update failed: {report}"));
-        return (false, Outcome::Failed(format!("attempt {attempts}: {error}")));
-    }
-    let payload = String::from_utf8_lossy(raw);
-    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-    match posts::dead_letter(&state.services.db, bot.client.config.id, update_id, &payload, error, attempts)
-        .await
-    {
-        Ok(()) => {
-            state.metrics.dead_letters.with_label_values(&[bot.client.config.name.as_str()]).inc();
-            telemetry::report_error(&format!("update dead-lettered: {report}"));
-            tracing::error!(attempts, error = %report, "update dead-lettered");
-            (true, Outcome::Acknowledged)
-        }
-        Err(e) => (false, Outcome::RetryLater(e.to_string())),
-    }
 }

@@ -320,10 +320,10 @@ async fn a_production_worker_logs_json_lines_carrying_the_request_id() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
-    let line = eventually(Duration::from_secs(5), "the warning in the worker's log", || async {
+    assert_eq!(response.status(), 200, "kept as a dead letter");
+    let line = eventually(Duration::from_secs(5), "the error in the worker's log", || async {
         let log = std::fs::read_to_string(&worker.log).ok()?;
-        log.lines().find(|l| l.contains("unparseable update")).map(str::to_owned)
+        log.lines().find(|l| l.contains("update dead-lettered")).map(str::to_owned)
     })
     .await;
     let log = std::fs::read_to_string(&worker.log).unwrap();
@@ -332,7 +332,7 @@ async fn a_production_worker_logs_json_lines_carrying_the_request_id() {
             .unwrap_or_else(|e| panic!("not a JSON line ({e}): {other}"));
     }
     let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(entry["level"], "WARN");
+    assert_eq!(entry["level"], "ERROR");
     assert_eq!(entry["fields"]["bot"], "main");
     let spans = entry["spans"].as_array().expect("the line lists its spans");
     assert!(

@@ -149,21 +149,50 @@ async fn bad_input_gets_a_clear_answer_and_is_counted() {
     let huge = text_update(1, 42, &"x".repeat(70_000)).to_string();
     assert_eq!(deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), huge).await.status(), 413);
 
-    // Authenticated but not an update → 400 with the reason, counted.
-    for body in ["not json", "[]", r#"{"message": {}}"#, "\u{0}"] {
-        let response = deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), body).await;
-        assert_eq!(response.status(), 400, "{body:?}");
-        let answer: Value = response.json().await.unwrap();
-        assert!(answer["error"].as_str().unwrap().starts_with("not a Telegram update"), "{answer}");
+    // Authenticated but not an update → kept whole as a dead letter with the parser's reason,
+    // acknowledged (a 4xx would have Telegram retry it for a day, then drop it) and counted.
+    let bodies = ["not json", "[]", r#"{"message": {}}"#, "\u{0}"];
+    for body in bodies {
+        assert_eq!(deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), body).await.status(), 200, "{body:?}");
     }
     let invalid_utf8: Vec<u8> = vec![b'{', 0xff, 0xfe, b'}'];
-    assert_eq!(deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), invalid_utf8).await.status(), 400);
-    assert_eq!(worker.metrics.updates_unparseable.with_label_values(&["main"]).get(), 5);
+    assert_eq!(deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), invalid_utf8).await.status(), 200);
+    // A redelivery (our answer was lost) keeps no second copy.
+    assert_eq!(deliver(&worker, &MAIN_BOT, Some(MAIN_BOT.secret), "not json").await.status(), 200);
+    let kept: Vec<(String, String)> = db
+        .owner()
+        .await
+        .query("SELECT payload, error FROM dead_letters ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let payloads: Vec<&str> = kept.iter().map(|(payload, _)| payload.as_str()).collect();
+    assert_eq!(payloads, ["not json", "[]", r#"{"message": {}}"#, "base64:AA==", "base64:e//+fQ=="]);
+    assert!(kept.iter().all(|(_, error)| !error.is_empty()), "each with the parser's reason: {kept:?}");
+    assert_eq!(worker.metrics.updates_unparseable.with_label_values(&["main"]).get(), 6);
+    assert_eq!(worker.metrics.dead_letters.with_label_values(&["main"]).get(), 6);
 
     // A kind we do not know → 200, ignored and counted.
     let unknown = json!({ "update_id": 9, "new_kind_of_update": { "x": 1 } });
     assert_eq!(deliver_update(&worker, &MAIN_BOT, &unknown).await.status(), 200);
     assert_eq!(worker.metrics.updates_ignored.with_label_values(&["main", "unknown"]).get(), 1);
+
+    // A user's message the parser cannot read (its message_id past 2^31) is no new kind: it is
+    // kept as a dead letter with the parser's reason, not ignored.
+    let mut big_id = text_update(10, 42, "a post whose message id is past 2^31");
+    big_id["message"]["message_id"] = json!(1u64 << 31);
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &big_id).await.status(), 200);
+    assert_eq!(worker.metrics.updates_ignored.with_label_values(&["main", "unknown"]).get(), 1);
+    let error: String = db
+        .owner()
+        .await
+        .query_one("SELECT error FROM dead_letters WHERE update_id = 10", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.starts_with("a message the parser could not read: "), "{error}");
 
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 0);
     assert!(fake.calls().is_empty());
