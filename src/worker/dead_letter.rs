@@ -17,9 +17,17 @@ use crate::telegram::redact;
 use crate::telemetry;
 use crate::types::UpdateId;
 
+/// Whether a failed attempt still needs its error report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Now,
+    /// Reported already (a panic, by the panic hook).
+    Done,
+}
+
 /// Counts a failed attempt at `update_id`; after `BOTFLEET_MAX_ATTEMPTS`, keeps the update as a
-/// dead letter. Returns whether the update is done with (dead-lettered) and the answer; the
-/// error of a failed attempt is its cause, for the log.
+/// dead letter. Returns whether the update is done with (dead-lettered); an error is Redis' or
+/// Postgres', and the attempt then does not count.
 pub async fn failed(
     state: &WorkerState,
     redis: &mut Conn,
@@ -27,12 +35,14 @@ pub async fn failed(
     update_id: UpdateId,
     raw: &[u8],
     error: &str,
+    report: Report,
 ) -> Result<bool, String> {
     let attempts = bot.intake.count_failure(redis, update_id).await.map_err(|e| e.to_string())?;
-    // One error report per failed delivery; the reports of one update group together.
-    let report = redact(error, &bot.client.config.token);
     if attempts < state.max_attempts {
-        telemetry::report_error(&format!("update failed: {report}"));
+        // One error report per failed delivery; the reports of one update group together.
+        if report == Report::Now {
+            telemetry::report_error(&format!("update failed: {}", redact(error, &bot.client.config.token)));
+        }
         return Ok(false);
     }
     let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);

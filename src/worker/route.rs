@@ -6,6 +6,7 @@
 //! that hangs up (axum then drops this handler's future) cannot stop it half way — a post
 //! stored but never published or answered.
 
+use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,15 +15,17 @@ use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use teloxide_core::types::Update;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::answer::Answer;
-use super::dead_letter;
+use super::dead_letter::{self, Report};
 use super::state::{BotRuntime, WorkerState};
 use crate::bot::{self, HandleError};
 use crate::intake::{Begin, IntakeError};
+use crate::kv::Conn;
 use crate::telegram::redact;
 use crate::telemetry;
 use crate::types::UpdateId;
@@ -167,20 +170,23 @@ async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Upd
         .lease_wait_seconds
         .with_label_values(&[bot.client.config.name.as_str()])
         .observe(waiting.elapsed().as_secs_f64());
+    // A panic is a failed attempt like any other: the turn still ends (the chat's next update
+    // is not held up until the lease expires) and the update is dead-lettered after the bound.
     let held = {
-        let handling = pin!(bot::handle(&state.services, &redis, &bot.client, &turn, &update));
+        let handling = bot::handle(&state.services, &redis, &bot.client, &turn, &update);
+        let handling = pin!(AssertUnwindSafe(handling).catch_unwind());
         bot.intake.hold(&redis, &turn, handling).await
     };
     let (handled, outcome) = match held {
-        Ok(()) => (true, Outcome::Acknowledged),
-        Err(HandleError::Unavailable(e)) => (false, Outcome::RetryLater(format!("{e:#}"))),
-        Err(HandleError::Failed(e)) => {
-            let error = format!("{e:#}");
-            match dead_letter::failed(&state, &mut redis, &bot, update_id, &raw, &error).await {
-                Ok(true) => (true, Outcome::Acknowledged),
-                Ok(false) => (false, Outcome::Failed(error)),
-                Err(e) => (false, Outcome::RetryLater(e)),
-            }
+        Ok(Ok(())) => (true, Outcome::Acknowledged),
+        Ok(Err(HandleError::Unavailable(e))) => (false, Outcome::RetryLater(format!("{e:#}"))),
+        Ok(Err(HandleError::Failed(e))) => {
+            attempt_failed(&state, &mut redis, &bot, (update_id, &raw), format!("{e:#}"), Report::Now).await
+        }
+        Err(panic) => {
+            let error = format!("the handler panicked: {}", panic_message(&*panic));
+            // The panic hook has reported it already.
+            attempt_failed(&state, &mut redis, &bot, (update_id, &raw), error, Report::Done).await
         }
     };
     if let Err(e) = bot.intake.end(&mut redis, turn, handled).await {
@@ -189,4 +195,30 @@ async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Upd
         state.redis.reset();
     }
     outcome
+}
+
+/// A failed attempt: counted, and dead-lettered (then acknowledged) after the bound. Returns
+/// whether the update is done with, and how this delivery ends.
+async fn attempt_failed(
+    state: &WorkerState,
+    redis: &mut Conn,
+    bot: &BotRuntime,
+    (update_id, raw): (UpdateId, &[u8]),
+    error: String,
+    report: Report,
+) -> (bool, Outcome) {
+    match dead_letter::failed(state, redis, bot, update_id, raw, &error, report).await {
+        Ok(true) => (true, Outcome::Acknowledged),
+        Ok(false) => (false, Outcome::Failed(error)),
+        Err(e) => (false, Outcome::RetryLater(e)),
+    }
+}
+
+/// What a panic said, as far as it can be read.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }

@@ -527,6 +527,48 @@ async fn an_update_that_always_fails_is_dead_lettered_then_acknowledged() {
 }
 
 #[tokio::test]
+async fn a_panicking_update_releases_its_chat_counts_as_an_attempt_and_is_dead_lettered() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    // A lease much longer than a chat may wait: a turn the panic left held would show as 503s.
+    let settings = [
+        ("BOTFLEET_MAX_ATTEMPTS", "3"),
+        ("BOTFLEET_CHAT_LEASE_MS", "60000"),
+        ("BOTFLEET_MAX_WAIT_MS", "1000"),
+    ];
+    let worker = spawn_worker_with(&db, &unique("r"), &telegram, &[MAIN_BOT], &settings).await;
+    deliver_ok(&worker, &text_update(1, 42, "a fine post to list")).await;
+    // The author's post comes back from Postgres with a NULL text the code cannot expect (schema
+    // drift), so listing their posts panics in the handler.
+    db.owner()
+        .await
+        .batch_execute("ALTER TABLE posts ALTER COLUMN text DROP NOT NULL; UPDATE posts SET text = NULL")
+        .await
+        .unwrap();
+    let panicking = text_update(2, 42, "/my");
+    let mut statuses = Vec::new();
+    for attempt in 0..4 {
+        statuses.push(deliver_update(&worker, &MAIN_BOT, &panicking).await.status().as_u16());
+        if attempt == 0 {
+            // The chat's next update is not held up by the panic: its turn was released.
+            let help = deliver_update(&worker, &MAIN_BOT, &text_update(3, 42, "/help")).await;
+            assert_eq!(help.status(), 200, "the chat is not wedged after a panic");
+        }
+    }
+    assert_eq!(statuses, [500, 500, 200, 200], "two failed attempts, then dead-lettered and acknowledged");
+    let row = db
+        .owner()
+        .await
+        .query_one("SELECT update_id, attempts, error FROM dead_letters", &[])
+        .await
+        .expect("the panicking update must be in the dead-letter table");
+    assert_eq!((row.get::<_, Option<i64>>(0), row.get::<_, i32>(1)), (Some(2), 3));
+    assert!(row.get::<_, String>(2).starts_with("the handler panicked: "), "{}", row.get::<_, String>(2));
+    assert_eq!(worker.metrics.dead_letters.with_label_values(&["main"]).get(), 1);
+    assert_eq!(said_to(&fake, 42).len(), 2, "the first post's reply and /help's, nothing for the panics");
+}
+
+#[tokio::test]
 async fn bot_state_lost_in_redis_between_delivery_and_redelivery_still_makes_one_post() {
     let db = TestDb::fresh().await;
     let prefix = unique("r");
