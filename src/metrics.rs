@@ -199,9 +199,9 @@ metrics! {
     feed_state_reads: IntCounter = "botfleet_feed_state_reads_total",
         "Reads of the feed's versions from Redis, each shared by the requests that waited for it",
         [];
-    /// Feed reads that skipped a replica because it had not replayed the newest post.
+    /// Feed reads that skipped a replica because it had not replayed the latest publish or removal.
     replica_lagging: IntCounter = "botfleet_replica_lagging_total",
-        "Feed reads that skipped a replica lagging behind the newest post",
+        "Feed reads that skipped a replica lagging behind the latest publish or removal",
         [];
     /// Seconds each replica's replay is behind the primary (0 when caught up), by replica.
     replica_lag_seconds: GaugeVec = "botfleet_replica_lag_seconds",

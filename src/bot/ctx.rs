@@ -155,10 +155,13 @@ impl<'a> Ctx<'a> {
             .map_err(HandleError::Unavailable)
     }
 
-    /// Publishes a committed, published post to the API nodes (once, however often called).
-    pub async fn publish(&self, post: PostView) -> Result<(), HandleError> {
+    /// Publishes a committed, published post to the API nodes (once, however often called);
+    /// `wal_position` is the primary's after its commit, which replicas must have replayed to be
+    /// read for the feed.
+    pub async fn publish(&self, post: PostView, wal_position: i64) -> Result<(), HandleError> {
+        let publisher = &self.services.publisher;
         let published =
-            self.services.publisher.publish(self.conn(), post).await.map_err(HandleError::Unavailable)?;
+            publisher.publish(self.conn(), post, wal_position).await.map_err(HandleError::Unavailable)?;
         if published.is_some() {
             self.services.metrics.publishes.with_label_values(&[self.bot.config.name.as_str()]).inc();
         }

@@ -29,7 +29,9 @@ pub async fn moderate(
         ("rejected", format!("Your post #{id} was not accepted."))
     };
     if let Some(view) = post.view(ctx.bot.config.id, author) {
-        ctx.publish(view).await?;
+        // Read after the decision committed: a replica that has replayed this far has the post.
+        let position = posts::wal_position(&ctx.services.db).await?;
+        ctx.publish(view, position).await?;
     }
     ctx.notify(&format!("verdict:{id}"), post.chat_id, &notice, None).await?;
     if !ours {

@@ -8,7 +8,8 @@ use super::ctx::{Ctx, Reply, author_of, user_id};
 use super::dialogue::{Photo, State};
 use super::error::HandleError;
 use super::moderation::moderate;
-use crate::store::posts::{self, NewPost, StoredPost};
+use crate::store::Committed;
+use crate::store::posts::{self, NewPost};
 use crate::types::PostText;
 use crate::types::{ChatId, MessageId, PostId};
 
@@ -100,7 +101,7 @@ async fn quick_post(
         Err(why) => return Ok(format!("Not posted: {why}.").into()),
     };
     let post = create(ctx, chat, Some(message.id.into()), from, text.as_str(), photo.as_ref()).await?;
-    Ok(announce(ctx, &post, from).await?.into())
+    Ok(announce(ctx, post, from).await?.into())
 }
 
 /// Stores a new post of this update: published at once, or pending with a moderator chat.
@@ -111,7 +112,7 @@ async fn create(
     from: &User,
     text: &str,
     photo: Option<&Photo>,
-) -> Result<StoredPost, HandleError> {
+) -> Result<Committed, HandleError> {
     let post = NewPost {
         bot_id: ctx.bot.config.id,
         update_id: ctx.update_id,
@@ -129,9 +130,9 @@ async fn create(
 
 /// After the commit: publishes the post, or sends it to the moderators; returns what to tell
 /// its author.
-async fn announce(ctx: &Ctx<'_>, post: &StoredPost, from: &User) -> Result<String, HandleError> {
+async fn announce(ctx: &Ctx<'_>, (post, position): Committed, from: &User) -> Result<String, HandleError> {
     if let Some(view) = post.view(ctx.bot.config.id, author_of(from)) {
-        ctx.publish(view).await?;
+        ctx.publish(view, position).await?;
         return Ok(format!("Published as post #{}.", post.id));
     }
     if let Some(moderators) = ctx.bot.config.moderator_chat {
@@ -182,7 +183,7 @@ async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, Ha
     };
     let (told, answer) = if publish {
         let post = create(ctx, chat, None, from, text, photo.as_ref()).await?;
-        (announce(ctx, &post, from).await?, "Done.")
+        (announce(ctx, post, from).await?, "Done.")
     } else {
         ("Cancelled.".to_owned(), "Cancelled.")
     };

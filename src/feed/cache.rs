@@ -6,7 +6,8 @@
 //! deleted post, a banned author) bump, for pages after a cursor — a new post never changes
 //! what comes after a given post, so those pages stay cached while the feed grows. Concurrent
 //! misses of one page on one node make one database query (single-flight). A page is only
-//! cached from a database that has the newest published post (see `store::replicas::Reader`).
+//! cached from a database that has replayed the primary's WAL past the latest publish or removal
+//! (see `store::replicas::Reader`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -93,7 +94,7 @@ impl PageCache {
         }
     }
 
-    /// The feed's generation and newest post, or `None` if Redis cannot tell (then pages are
+    /// The feed's versions and WAL position, or `None` if Redis cannot tell (then pages are
     /// served uncached). Every request needs it: concurrent requests share a read.
     pub async fn state(&self) -> Option<FeedState> {
         self.states
@@ -106,17 +107,13 @@ impl PageCache {
 
     async fn read_state(&self) -> Option<FeedState> {
         let mut conn = self.redis.get().await.ok()?;
-        let keys = [&self.keys.generation, &self.keys.removals, &self.keys.newest, &self.keys.removal_lsn];
-        let (generation, removals, newest_post, wal_position): (
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-        ) = conn.mget(&keys).await.ok()?;
+        let keys = [&self.keys.generation, &self.keys.removals, &self.keys.wal_position];
+        let (generation, removals, wal_position): (Option<i64>, Option<i64>, Option<i64>) =
+            conn.mget(&keys).await.ok()?;
         Some(FeedState {
             generation: generation.unwrap_or(0),
             removals: removals.unwrap_or(0),
-            fresh: Freshness { newest_post, wal_position },
+            fresh: Freshness { wal_position },
         })
     }
 

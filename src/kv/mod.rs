@@ -187,12 +187,11 @@ impl BotKeys {
 pub struct FeedKeys {
     pub stream: String,
     pub generation: String,
-    /// The id of the newest published post: a replica that lacks it lags.
-    pub newest: String,
     /// Counts removals (deleted posts, bans): the version of pages after a cursor.
     pub removals: String,
-    /// The primary's WAL position after the latest removal: a replica behind it lags.
-    pub removal_lsn: String,
+    /// The primary's WAL position after the latest publish or removal committed: a replica that
+    /// has not replayed this far lags (ids are not commit order, so no post id can tell).
+    pub wal_position: String,
     pub channel: String,
     prefix: String,
 }
@@ -202,9 +201,8 @@ impl FeedKeys {
         Self {
             stream: format!("{deployment}:feed:stream"),
             generation: format!("{deployment}:feed:gen"),
-            newest: format!("{deployment}:feed:newest"),
             removals: format!("{deployment}:feed:removals"),
-            removal_lsn: format!("{deployment}:feed:lsn"),
+            wal_position: format!("{deployment}:feed:lsn"),
             channel: format!("{deployment}:feed:live"),
             prefix: deployment.to_owned(),
         }

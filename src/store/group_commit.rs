@@ -28,8 +28,12 @@ const MAX_BATCH: usize = 64;
 /// How long a batch waits for more posts after its first.
 const LINGER: Duration = Duration::from_millis(4);
 
+/// A post as committed, with the primary's WAL position after its commit: a replica that has
+/// replayed this far has it (`store::replicas`).
+pub type Committed = (StoredPost, i64);
+
 #[derive(Clone)]
-pub struct PostWriter(Batches<NewPost, Result<StoredPost, StoreError>>);
+pub struct PostWriter(Batches<NewPost, Result<Committed, StoreError>>);
 
 impl PostWriter {
     /// Starts the writer; it ends once every clone of the writer is dropped.
@@ -50,13 +54,23 @@ impl PostWriter {
     }
 
     /// Inserts the post of an update and returns it, once committed.
-    pub async fn insert(&self, post: NewPost) -> Result<StoredPost, StoreError> {
+    pub async fn insert(&self, post: NewPost) -> Result<Committed, StoreError> {
         let stopped = || StoreError::Other(anyhow::anyhow!("the post writer stopped"));
         self.0.submit(post).await.ok_or_else(stopped)?
     }
 }
 
-async fn write(db: &Pool, posts: Vec<NewPost>) -> Vec<Result<StoredPost, StoreError>> {
+/// Writes a batch, then reads the WAL position once for all of it.
+async fn write(db: &Pool, posts: Vec<NewPost>) -> Vec<Result<Committed, StoreError>> {
+    let written = insert(db, posts).await;
+    match posts::wal_position(db).await {
+        Ok(position) => written.into_iter().map(|post| post.map(|post| (post, position))).collect(),
+        // Committed, but where is unknown: the update is tried again and finds its post.
+        Err(e) => written.iter().map(|_| Err(e.for_another())).collect(),
+    }
+}
+
+async fn insert(db: &Pool, posts: Vec<NewPost>) -> Vec<Result<StoredPost, StoreError>> {
     match posts::insert_posts(db, &posts).await {
         Ok(stored) => stored.into_iter().map(Ok).collect(),
         Err(StoreError::Other(e)) if posts.len() > 1 => {

@@ -17,6 +17,6 @@ mod sql;
 pub mod user_cache;
 pub mod users;
 
-pub use group_commit::PostWriter;
+pub use group_commit::{Committed, PostWriter};
 pub use pool::{ping, pool};
 pub use sql::StoreError;

@@ -222,9 +222,10 @@ pub async fn edit_pending(
 }
 
 /// The primary's WAL position now, in bytes: after a commit, every replica that has replayed
-/// this far has seen it.
+/// this far has seen it. The insert position, not the write position: with asynchronous commit
+/// the commit record may not be written out yet when the commit returns.
 pub async fn wal_position(db: &Pool) -> Result<i64, StoreError> {
-    let rows = query(db, "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[]).await?;
+    let rows = query(db, "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint", &[]).await?;
     rows.first().map(|row| row.get(0)).ok_or_else(|| StoreError::Other(anyhow::anyhow!("no WAL position")))
 }
 

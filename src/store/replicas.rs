@@ -21,9 +21,7 @@ pub enum ReadError {
 /// What a replica must have replayed to be read from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Freshness {
-    /// The newest published post.
-    pub newest_post: Option<i64>,
-    /// The primary's WAL position after the latest removal, in bytes.
+    /// The primary's WAL position after the latest publish or removal committed, in bytes.
     pub wal_position: Option<i64>,
 }
 
@@ -107,11 +105,10 @@ impl Reader {
         client: &deadpool_postgres::Object,
         fresh: Freshness,
     ) -> Result<bool, tokio_postgres::Error> {
-        const CHECK: &str = "SELECT ($1::bigint IS NULL OR EXISTS (SELECT 1 FROM posts WHERE id = $1))
-                                AND ($2::bigint IS NULL
-                                     OR coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint >= $2, false))";
+        const CHECK: &str = "SELECT $1::bigint IS NULL
+                                OR coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint >= $1, false)";
         let statement = client.prepare_cached(CHECK).await?;
-        Ok(client.query_one(&statement, &[&fresh.newest_post, &fresh.wal_position]).await?.get(0))
+        Ok(client.query_one(&statement, &[&fresh.wal_position]).await?.get(0))
     }
 
     /// Measures every replica's replay lag every `every` until `shutdown`, into the metrics

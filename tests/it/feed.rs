@@ -179,21 +179,21 @@ async fn busy_requests_share_their_reads_of_the_feed_state_yet_see_each_post_at_
 }
 
 #[tokio::test]
-async fn a_replica_that_lacks_the_newest_post_is_skipped_for_the_primary() {
+async fn a_replica_behind_the_last_publish_is_skipped_for_the_primary() {
     let db = TestDb::fresh().await;
     seed_posts(&db, 2).await;
     // A database without the posts stands in for a replica that has not replayed them yet.
     let stale = TestDb::fresh().await;
     let prefix = unique("r");
-    let newest: i64 = db.count("SELECT max(id) FROM posts WHERE bot_id = 1 AND author_id = 2").await;
+    let position: i64 = db.count("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").await;
     let mut conn = redis::Client::open(crate::helpers::env("BOTFLEET_TEST_REDIS_URL"))
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
     let () = redis::cmd("SET")
-        .arg(botfleet::kv::FeedKeys::new(&prefix).newest)
-        .arg(newest)
+        .arg(botfleet::kv::FeedKeys::new(&prefix).wal_position)
+        .arg(position)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -425,6 +425,75 @@ async fn a_paused_replica_is_skipped_and_no_stale_page_is_cached() {
 }
 
 #[tokio::test]
+async fn a_replica_with_a_later_id_but_not_an_earlier_commit_is_not_read() {
+    // Ids are taken at insert and commits land in either order: post B, the higher id, can be on
+    // a replica while post A, the lower id committed later, is not. Only the WAL position after
+    // the publish's commit tells such a replica from a current one.
+    let db = TestDb::fresh().await;
+    seed_posts(&db, 1).await;
+    let prefix = unique("r");
+    let api = spawn_api(&db, &prefix, true).await;
+    let insert = |update_id: i64, text: &str| {
+        format!(
+            "INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, published_at)
+             VALUES (1, 2, 2, {update_id}, '{text}', now())"
+        )
+    };
+    let late = db.owner().await;
+    late.batch_execute(&format!("BEGIN; {}", insert(5001, "post A, committed last"))).await.unwrap();
+    db.owner().await.batch_execute(&insert(5002, "post B, committed first")).await.unwrap();
+    let replica = crate::helpers::connect(&crate::helpers::env("BOTFLEET_TEST_REPLICA_URL")).await;
+    let on_replica = crate::helpers::connect(&db.url("postgres", true)).await;
+    eventually(Duration::from_secs(5), "post B on the replica", || async {
+        let n: i64 = on_replica
+            .query_one("SELECT count(*) FROM posts WHERE text LIKE 'post B%'", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    // The replica stops replaying (kept short: other tests share it); then A commits.
+    replica.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
+    let paused = ReplayPaused;
+    eventually(Duration::from_secs(5), "the replica's replay to pause", || async {
+        let state: String =
+            replica.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.ok()?.get(0);
+        (state == "paused").then_some(())
+    })
+    .await;
+    late.batch_execute("COMMIT").await.unwrap();
+    // Both are published as a worker publishes them: with the WAL position after their commits.
+    let rows = db
+        .owner()
+        .await
+        .query("SELECT id, text FROM posts WHERE text LIKE 'post _,%' ORDER BY id", &[])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+    assert!(rows[0].get::<_, String>(1).starts_with("post A"), "A took the lower id: {ids:?}");
+    let position: i64 = db.count("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").await;
+    let view = |id: i64| botfleet::feed::PostView {
+        id: botfleet::types::PostId(id),
+        bot_id: botfleet::types::BotId(1),
+        text: String::new(),
+        has_media: false,
+        published_at: chrono::Utc::now(),
+        author: botfleet::feed::Author { first_name: "Ada".into(), username: None },
+    };
+    let keys = botfleet::kv::FeedKeys::new(&prefix);
+    let posts = [view(ids[1]), view(ids[0])];
+    botfleet::feed::publish::publish(&mut redis().await, &keys, &posts, 100, position).await.unwrap();
+
+    let feed: Value = reqwest::get(api.url("/api/feed")).await.unwrap().json().await.unwrap();
+    let texts: Vec<&str> =
+        feed["posts"].as_array().unwrap().iter().map(|p| p["text"].as_str().unwrap()).collect();
+    assert!(texts.contains(&"post A, committed last"), "page 1 must have A: {texts:?}");
+    assert!(api.metrics.replica_lagging.get() >= 1, "the replica without A must have been skipped");
+    drop(paused);
+}
+
+#[tokio::test]
 async fn pages_after_a_cursor_stay_cached_while_posts_arrive_but_not_after_a_removal() {
     let db = TestDb::fresh().await;
     seed_posts(&db, 30).await;
@@ -450,7 +519,7 @@ async fn pages_after_a_cursor_stay_cached_while_posts_arrive_but_not_after_a_rem
     let _: i64 = botfleet::kv::scripts::FEED_REMOVED
         .key(&keys.generation)
         .key(&keys.removals)
-        .key(&keys.removal_lsn)
+        .key(&keys.wal_position)
         .arg(0)
         .invoke_async(&mut conn)
         .await

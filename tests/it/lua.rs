@@ -238,28 +238,29 @@ async fn publish_post_sends_each_post_once_and_bumps_the_generation_once_per_cal
     let read = async |conn: &mut MultiplexedConnection, key: &str| -> Option<i64> {
         redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
     };
-    let first = feed::publish::publish(&mut conn, &keys, &[post(1)], 100).await.unwrap();
+    let first = feed::publish::publish(&mut conn, &keys, &[post(1)], 100, 1000).await.unwrap();
     let [Some(offset)] = first.as_slice() else {
         panic!("the first publish must return an offset: {first:?}")
     };
     let ttl: i64 = redis::cmd("PTTL").arg(keys.published(PostId(1)).0).query_async(&mut conn).await.unwrap();
     assert!(ttl > 23 * 3600 * 1000, "a published post is remembered for a day, PTTL {ttl}");
     // A batch with a post that went out before: only the new one goes out.
-    let second = feed::publish::publish(&mut conn, &keys, &[post(1), post(2)], 100).await.unwrap();
+    let second = feed::publish::publish(&mut conn, &keys, &[post(1), post(2)], 100, 2000).await.unwrap();
     assert!(second[0].is_none() && second[1].is_some(), "{second:?}");
     assert_eq!(read(&mut conn, &keys.generation).await, Some(2), "one bump per call that published");
-    assert_eq!(read(&mut conn, &keys.newest).await, Some(2), "the newest post, for the replica-lag guard");
+    assert_eq!(read(&mut conn, &keys.wal_position).await, Some(2000), "for the replica-lag guard");
     // Nothing new: nothing changes.
-    let again = feed::publish::publish(&mut conn, &keys, &[post(2), post(1)], 100).await.unwrap();
+    let again = feed::publish::publish(&mut conn, &keys, &[post(2), post(1)], 100, 3000).await.unwrap();
     assert_eq!(again, vec![None, None]);
     assert_eq!(read(&mut conn, &keys.generation).await, Some(2));
+    assert_eq!(read(&mut conn, &keys.wal_position).await, Some(2000));
     let length: i64 = redis::cmd("XLEN").arg(&keys.stream).query_async(&mut conn).await.unwrap();
     assert_eq!(length, 2);
-    // The newest post is the highest id published, in whatever order posts come.
-    feed::publish::publish(&mut conn, &keys, &[post(5), post(4)], 100).await.unwrap();
-    assert_eq!(read(&mut conn, &keys.newest).await, Some(5));
-    feed::publish::publish(&mut conn, &keys, &[post(3)], 100).await.unwrap();
-    assert_eq!(read(&mut conn, &keys.newest).await, Some(5), "never back to an older post");
+    // The position is the highest published, in whatever order two workers' calls come.
+    feed::publish::publish(&mut conn, &keys, &[post(5), post(4)], 100, 5000).await.unwrap();
+    assert_eq!(read(&mut conn, &keys.wal_position).await, Some(5000));
+    feed::publish::publish(&mut conn, &keys, &[post(3)], 100, 4000).await.unwrap();
+    assert_eq!(read(&mut conn, &keys.wal_position).await, Some(5000), "never back to an older position");
     let mut messages = pubsub.on_message();
     let message: String = messages.next().await.unwrap().get_payload().unwrap();
     assert_eq!(message, format!("{offset} {}", serde_json::to_string(&post(1)).unwrap()));
@@ -276,7 +277,7 @@ async fn feed_removed_bumps_both_versions_and_only_moves_the_wal_position_forwar
         script
             .key(&keys.generation)
             .key(&keys.removals)
-            .key(&keys.removal_lsn)
+            .key(&keys.wal_position)
             .arg(position)
             .invoke_async(conn)
             .await
@@ -285,7 +286,7 @@ async fn feed_removed_bumps_both_versions_and_only_moves_the_wal_position_forwar
     assert_eq!(removed(&mut conn, 500).await, 1);
     assert_eq!(removed(&mut conn, 300).await, 2, "a late, older removal still invalidates");
     let (removals, position): (i64, i64) =
-        redis::cmd("MGET").arg(&keys.removals).arg(&keys.removal_lsn).query_async(&mut conn).await.unwrap();
+        redis::cmd("MGET").arg(&keys.removals).arg(&keys.wal_position).query_async(&mut conn).await.unwrap();
     assert_eq!((removals, position), (2, 500), "the WAL position never goes back");
 }
 
