@@ -222,7 +222,7 @@ impl Source {
                 .map(str::trim)
                 .filter(|id| !id.is_empty())
                 .map(|id| {
-                    id.parse::<i64>().map(UserId).map_err(|_| {
+                    id.parse::<UserId>().map_err(|_| {
                         SettingsError::new(&admins_key, format!("{id:?} is not a Telegram user id"))
                     })
                 })

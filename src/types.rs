@@ -25,6 +25,15 @@ macro_rules! id {
             }
         }
 
+        /// A whole number, as users type ids and paths carry them.
+        impl std::str::FromStr for $name {
+            type Err = std::num::ParseIntError;
+
+            fn from_str(raw: &str) -> Result<Self, Self::Err> {
+                raw.parse().map(Self)
+            }
+        }
+
         /// Stored as `bigint`.
         impl<'a> FromSql<'a> for $name {
             fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {

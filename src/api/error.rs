@@ -37,7 +37,7 @@ impl ApiError {
 
     /// A post id from a path segment, or what is wrong with it.
     pub fn post_id(raw: &str) -> Result<PostId, Self> {
-        raw.parse().map(PostId).map_err(|_| Self::BadRequest("post id must be a whole number".into()))
+        raw.parse().map_err(|_| Self::BadRequest("post id must be a whole number".into()))
     }
 }
 

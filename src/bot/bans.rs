@@ -19,7 +19,7 @@ pub async fn ban(
     if !ctx.is_admin(from) {
         return ctx.say(chat, "Only the bot's admins may do that.").await;
     }
-    let Ok(target) = args.parse::<i64>().map(UserId) else {
+    let Ok(target) = args.parse::<UserId>() else {
         let usage = if banned { "/ban <user id>" } else { "/unban <user id>" };
         return ctx.say(chat, format!("Usage: {usage}")).await;
     };

@@ -23,7 +23,8 @@ use crate::store::posts;
 use crate::store::user_cache::{CachedUser, Users};
 use crate::store::users::Profile;
 use crate::telegram::flood::{Flood, Urgency};
-use crate::telegram::{self, Client, outbox, redact, refusals};
+use crate::telegram::refusals::{self, Verdict};
+use crate::telegram::{self, Client, outbox, redact};
 use crate::types::{BotId, ChatId, UpdateId, UserId};
 
 /// What the bot's behaviour needs of the process it runs in: storage, the sending path and
@@ -105,7 +106,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn is_admin(&self, user: &User) -> bool {
-        self.bot.config.admins.contains(&user_id(user))
+        self.bot.config.admins.contains(&UserId::from(user))
     }
 
     /// Brings the user's row up to date through the cache; tells whether they are banned.
@@ -116,12 +117,12 @@ impl<'a> Ctx<'a> {
             username: user.username.clone(),
             language_code: user.language_code.clone(),
         };
-        let key = self.bot.keys.user(user_id(user));
+        let key = self.bot.keys.user(UserId::from(user));
         let seen = self.turn.user_read(&key);
         Ok(self
             .services
             .users
-            .touch(&mut self.conn(), &key, seen, (self.bot_id(), user_id(user)), profile)
+            .touch(&mut self.conn(), &key, seen, (self.bot_id(), UserId::from(user)), profile)
             .await?)
     }
 
@@ -261,11 +262,11 @@ impl<'a> Ctx<'a> {
     /// succeed on redelivery, so it is logged and the update still acknowledged; a network
     /// error, 5xx or 429 asks Telegram to redeliver.
     fn outcome<T>(&self, method: &str, result: Result<T, RequestError>) -> Result<Option<T>, HandleError> {
-        let label = refusals::label(&result);
-        self.services.metrics.bot_api_calls.with_label_values(&[method, label]).inc();
+        let verdict = Verdict::of(&result);
+        self.services.metrics.bot_api_calls.with_label_values(&[method, verdict.label()]).inc();
         match result {
             Ok(value) => Ok(Some(value)),
-            Err(e) if label == "refused" => {
+            Err(e) if verdict == Verdict::Refused => {
                 tracing::warn!(method, error = %e, "Telegram refused a call; not retrying");
                 Ok(None)
             }
@@ -275,10 +276,6 @@ impl<'a> Ctx<'a> {
             }
         }
     }
-}
-
-pub fn user_id(user: &User) -> UserId {
-    UserId::from(user)
 }
 
 pub fn author_of(user: &User) -> Author {

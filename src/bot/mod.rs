@@ -15,15 +15,15 @@ mod error;
 mod moderation;
 mod posts;
 
-use teloxide_core::types::{CallbackQuery, Message, Update, UpdateKind};
+use teloxide_core::types::{AllowedUpdate, CallbackQuery, Message, Update, UpdateKind};
 
 use crate::intake::{ReadAhead, Turn};
 use crate::kv::{BotKeys, Conn};
 use crate::telegram::Client;
-use crate::types::ChatId;
+use crate::types::{ChatId, UserId};
 use commands::{Command, HELP};
+use ctx::Ctx;
 pub use ctx::Services;
-use ctx::{Ctx, user_id};
 use dialogue::State;
 pub use error::HandleError;
 
@@ -61,35 +61,6 @@ pub fn parse_update(bytes: &[u8]) -> Result<Box<Update>, String> {
     }
 }
 
-/// The update kinds teloxide reads. An update of one of these that it could not read (it comes
-/// back as `UpdateKind::Error`) is a known kind out of the shape teloxide expects — a user's
-/// message with a `message_id` past 2^31, say — not a kind Telegram added since.
-const KNOWN_KINDS: [&str; 23] = [
-    "message",
-    "edited_message",
-    "channel_post",
-    "edited_channel_post",
-    "business_connection",
-    "business_message",
-    "edited_business_message",
-    "deleted_business_messages",
-    "message_reaction",
-    "message_reaction_count",
-    "inline_query",
-    "chosen_inline_result",
-    "callback_query",
-    "shipping_query",
-    "pre_checkout_query",
-    "purchased_paid_media",
-    "poll",
-    "poll_answer",
-    "my_chat_member",
-    "chat_member",
-    "chat_join_request",
-    "chat_boost",
-    "removed_chat_boost",
-];
-
 /// Reads an authenticated body as an update, or says why it cannot be handled as what it is:
 /// it is no update at all, or a known kind the parser could not read. (A kind we do not know is
 /// read, as `UpdateKind::Error`, and ignored.)
@@ -98,12 +69,16 @@ pub fn read_update(bytes: &[u8]) -> Result<Box<Update>, String> {
     if !matches!(update.kind, UpdateKind::Error(_)) {
         return Ok(update);
     }
-    let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let Some((kind, value)) = KNOWN_KINDS.iter().find_map(|kind| Some((*kind, raw.get(*kind)?))) else {
+    // A key teloxide names among its update kinds is a known kind out of the shape it expects
+    // (a user's message with a `message_id` past 2^31, say), not a kind Telegram added since.
+    let raw: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let known = |key: &String| serde_json::from_value::<AllowedUpdate>(key.as_str().into()).is_ok();
+    let Some((kind, value)) = raw.iter().find(|(key, _)| known(key)) else {
         return Ok(update);
     };
     // Read the kinds the bot handles again on their own, for the parser's reason.
-    let why = match kind {
+    let why = match kind.as_str() {
         "message" | "edited_message" => serde_json::from_value::<Message>(value.clone()).err(),
         "callback_query" => serde_json::from_value::<CallbackQuery>(value.clone()).err(),
         _ => None,
@@ -146,10 +121,10 @@ pub fn read_ahead(update: &Update, keys: &BotKeys) -> Option<ReadAhead> {
     let (user, dialogue_chat) = match &update.kind {
         UpdateKind::Message(m) if m.chat.is_private() => (m.from.as_ref()?, m.chat.id.into()),
         // Buttons that use a dialogue are pressed in the user's private chat.
-        UpdateKind::CallbackQuery(q) => (&q.from, user_id(&q.from).private_chat()),
+        UpdateKind::CallbackQuery(q) => (&q.from, UserId::from(&q.from).private_chat()),
         _ => return None,
     };
-    Some(ReadAhead { user: keys.user(user_id(user)), dialogue: keys.dialogue(dialogue_chat) })
+    Some(ReadAhead { user: keys.user(UserId::from(user)), dialogue: keys.dialogue(dialogue_chat) })
 }
 
 async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), HandleError> {
@@ -202,4 +177,22 @@ async fn on_callback(ctx: &Ctx<'_>, query: &CallbackQuery) -> Result<(), HandleE
         posts::on_button(ctx, query, data).await?
     };
     ctx.answer(query, &answer).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_kind_the_parser_cannot_read_is_unreadable_and_a_new_kind_is_not() {
+        let message = r#"{"update_id": 1, "message": {"message_id": 2147483648, "date": 0,
+            "chat": {"id": 7, "type": "private", "first_name": "A"}, "text": "hi"}}"#;
+        let why = read_update(message.as_bytes()).unwrap_err();
+        assert!(why.starts_with("a message the parser could not read: "), "{why}");
+        let poll = r#"{"update_id": 2, "poll": {"id": 5}}"#;
+        assert_eq!(read_update(poll.as_bytes()).unwrap_err(), "a poll the parser could not read");
+        let new_kind = read_update(br#"{"update_id": 3, "a_kind_from_next_year": {}}"#).unwrap();
+        assert_eq!(kind_name(&new_kind), "unknown");
+        assert!(read_update(b"[]").is_err());
+    }
 }

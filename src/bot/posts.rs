@@ -4,14 +4,13 @@
 use teloxide_core::types::{CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, User};
 
 use super::commands::{Command, Invocation};
-use super::ctx::{Ctx, Reply, author_of, user_id};
+use super::ctx::{Ctx, Reply, author_of};
 use super::dialogue::{Photo, State};
 use super::error::HandleError;
 use super::moderation::moderate;
 use crate::store::Committed;
 use crate::store::posts::{self, NewPost};
-use crate::types::PostText;
-use crate::types::{ChatId, MessageId, PostId};
+use crate::types::{ChatId, MessageId, PostId, PostText, UserId};
 
 /// How many of their posts `/my` shows.
 const MY_POSTS: i64 = 10;
@@ -118,7 +117,7 @@ async fn create(
         update_id: ctx.update_id,
         chat_id: chat,
         message_id,
-        author_id: user_id(from),
+        author_id: UserId::from(from),
         text: text.to_owned(),
         photo: photo.map(|p| (p.file_id.clone(), p.unique_id.clone())),
         published: ctx.bot.config.moderator_chat.is_none(),
@@ -153,7 +152,7 @@ pub async fn on_button(ctx: &Ctx<'_>, query: &CallbackQuery, data: &str) -> Resu
     let parts: Vec<&str> = data.split(':').collect();
     match parts.as_slice() {
         ["post", choice @ ("publish" | "cancel")] => confirm(ctx, from, *choice == "publish").await,
-        ["del", id] => match id.parse().map(PostId) {
+        ["del", id] => match id.parse() {
             Ok(id) => delete(ctx, from, id).await,
             Err(_) => Ok("Unknown button.".to_owned()),
         },
@@ -162,7 +161,7 @@ pub async fn on_button(ctx: &Ctx<'_>, query: &CallbackQuery, data: &str) -> Resu
                 .message
                 .as_ref()
                 .is_some_and(|m| Some(m.chat().id.into()) == ctx.bot.config.moderator_chat);
-            match (in_moderator_chat, id.parse().map(PostId)) {
+            match (in_moderator_chat, id.parse()) {
                 (true, Ok(id)) => moderate(ctx, query, from, id, *verdict == "ok").await,
                 _ => Ok("Only moderators may do that.".to_owned()),
             }
@@ -175,7 +174,7 @@ pub async fn on_button(ctx: &Ctx<'_>, query: &CallbackQuery, data: &str) -> Resu
 /// and a redelivery (the answer failed) must not tell the author twice: the message to them goes
 /// through the outbox, once per update, before the dialogue ends.
 async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, HandleError> {
-    let chat = user_id(from).private_chat();
+    let chat = UserId::from(from).private_chat();
     let key = ctx.bot.keys.dialogue(chat);
     let stored = ctx.dialogue(&key).await?;
     let State::Confirm { text, photo } = &stored.state else {
@@ -194,7 +193,7 @@ async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, Ha
 
 /// `/my`: the author's latest posts, each with a Delete button.
 pub async fn list_mine(ctx: &Ctx<'_>, chat: ChatId, from: &User) -> Result<(), HandleError> {
-    let posts = posts::posts_of(&ctx.services.db, ctx.bot.config.id, user_id(from), MY_POSTS).await?;
+    let posts = posts::posts_of(&ctx.services.db, ctx.bot.config.id, UserId::from(from), MY_POSTS).await?;
     if posts.is_empty() {
         return ctx.say(chat, "You have no posts yet.").await;
     }
@@ -213,14 +212,15 @@ pub async fn list_mine(ctx: &Ctx<'_>, chat: ChatId, from: &User) -> Result<(), H
 /// nothing to delete invalidates them too: it may be the redelivery of a delete whose
 /// invalidation failed (Redis was down), and the row is all that said the post was there.
 async fn delete(ctx: &Ctx<'_>, from: &User, id: PostId) -> Result<String, HandleError> {
-    let Some(post) = posts::delete_post(&ctx.services.db, ctx.bot.config.id, user_id(from), id).await? else {
+    let Some(post) = posts::delete_post(&ctx.services.db, ctx.bot.config.id, UserId::from(from), id).await?
+    else {
         ctx.removed().await?;
         return Ok("That post is gone already.".to_owned());
     };
     if post.status == "published" {
         ctx.removed().await?;
     }
-    ctx.say(user_id(from).private_chat(), format!("Post #{id} deleted.")).await?;
+    ctx.say(UserId::from(from).private_chat(), format!("Post #{id} deleted.")).await?;
     Ok("Deleted.".to_owned())
 }
 

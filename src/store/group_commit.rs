@@ -60,25 +60,16 @@ impl PostWriter {
     }
 }
 
-/// Writes a batch, then reads the WAL position once for all of it.
 async fn write(db: &Pool, posts: Vec<NewPost>) -> Vec<Result<Committed, StoreError>> {
-    let written = insert(db, posts).await;
-    match posts::wal_position(db).await {
-        Ok(position) => written.into_iter().map(|post| post.map(|post| (post, position))).collect(),
-        // Committed, but where is unknown: the update is tried again and finds its post.
-        Err(e) => written.iter().map(|_| Err(e.for_another())).collect(),
-    }
-}
-
-async fn insert(db: &Pool, posts: Vec<NewPost>) -> Vec<Result<StoredPost, StoreError>> {
     match posts::insert_posts(db, &posts).await {
-        Ok(stored) => stored.into_iter().map(Ok).collect(),
+        Ok((stored, position)) => stored.into_iter().map(|post| Ok((post, position))).collect(),
         Err(StoreError::Other(e)) if posts.len() > 1 => {
             tracing::warn!(error = %format!("{e:#}"), posts = posts.len(), "a batch of posts failed; writing them one by one");
             let mut written = Vec::with_capacity(posts.len());
             for post in &posts {
+                // One post in, one post back (`insert_posts` answers each post it is given).
                 let one = posts::insert_posts(db, std::slice::from_ref(post)).await;
-                written.push(one.map(|mut stored| stored.remove(0)));
+                written.push(one.map(|(mut stored, position)| (stored.remove(0), position)));
             }
             written
         }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
-use super::sql::{StoreError, query};
+use super::sql::{StoreError, WAL_POSITION, query, query_committed};
 use crate::types::{Author, BotId, ChatId, MessageId, PostId, PostView, UpdateId, UserId};
 
 pub struct NewPost {
@@ -62,8 +62,9 @@ const POST_RETURNING: &str =
     "id, chat_id, text, media_file_id IS NOT NULL AS has_media, status, published_at";
 
 /// Inserts the posts of several updates in one statement, hence one transaction; returns them
-/// in the same order. A redelivered update gets the post its first delivery created.
-pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost>, StoreError> {
+/// in the same order, with the WAL position after their commit. A redelivered update gets the
+/// post its first delivery created.
+pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<(Vec<StoredPost>, i64), StoreError> {
     let column = |f: fn(&NewPost) -> i64| posts.iter().map(f).collect::<Vec<_>>();
     let (bot_ids, update_ids) = (column(|p| p.bot_id.0), column(|p| p.update_id.0));
     let (chat_ids, author_ids) = (column(|p| p.chat_id.0), column(|p| p.author_id.0));
@@ -72,7 +73,7 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost
     let file_ids: Vec<_> = posts.iter().map(|p| p.photo.as_ref().map(|(id, _)| id.as_str())).collect();
     let unique_ids: Vec<_> = posts.iter().map(|p| p.photo.as_ref().map(|(_, id)| id.as_str())).collect();
     let statuses: Vec<_> = posts.iter().map(|p| if p.published { "published" } else { "pending" }).collect();
-    let mut found = query(
+    let (mut found, position) = query_committed(
         db,
         &format!(
             "INSERT INTO posts (bot_id, update_id, chat_id, message_id, author_id, text,
@@ -114,7 +115,7 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost
         .iter()
         .map(|row| ((row.get("bot_id"), row.get("update_id")), StoredPost::from_row(row)))
         .collect();
-    posts
+    let stored = posts
         .iter()
         .map(|p| {
             by_update
@@ -122,7 +123,8 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<Vec<StoredPost
                 .cloned()
                 .ok_or_else(|| StoreError::Other(anyhow::anyhow!("post of update {} vanished", p.update_id)))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((stored, position))
 }
 
 /// A moderator's decision on a pending post, by the update of their click. Only the first
@@ -222,10 +224,9 @@ pub async fn edit_pending(
 }
 
 /// The primary's WAL position now, in bytes: after a commit, every replica that has replayed
-/// this far has seen it. The insert position, not the write position: with asynchronous commit
-/// the commit record may not be written out yet when the commit returns.
+/// this far has seen it.
 pub async fn wal_position(db: &Pool) -> Result<i64, StoreError> {
-    let rows = query(db, "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint", &[]).await?;
+    let rows = query(db, WAL_POSITION, &[]).await?;
     rows.first().map(|row| row.get(0)).ok_or_else(|| StoreError::Other(anyhow::anyhow!("no WAL position")))
 }
 

@@ -40,6 +40,27 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
+/// The primary's WAL position now, in bytes. The insert position, not the write position: with
+/// asynchronous commit the commit record may not be written out yet when the commit returns.
+pub(super) const WAL_POSITION: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint";
+
+/// Runs one statement, committed on its own, and reads the WAL position after its commit on the
+/// same connection, pipelined: one round trip for both.
+pub(super) async fn query_committed(
+    db: &Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<(Vec<Row>, i64), StoreError> {
+    let client = db.get().await?;
+    let (statement, position) =
+        tokio::try_join!(client.prepare_cached(sql), client.prepare_cached(WAL_POSITION))?;
+    // Sent in this order, each ending its own implicit transaction: the position is read after
+    // the statement committed.
+    let (rows, position) =
+        tokio::try_join!(client.query(&statement, params), client.query_one(&position, &[]))?;
+    Ok((rows, position.get(0)))
+}
+
 /// Runs one prepared (and cached) statement.
 pub(super) async fn query(
     db: &Pool,

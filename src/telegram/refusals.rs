@@ -23,14 +23,41 @@ pub fn is_transient(error: &RequestError) -> bool {
     }
 }
 
-/// The bounded metric label of a call's result: `ok`, `retry_after`, `refused` (for good) or
-/// `error` (may pass).
-pub fn label<T>(result: &Result<T, RequestError>) -> &'static str {
-    match result {
-        Ok(_) => "ok",
-        Err(RequestError::RetryAfter(_)) => "retry_after",
-        Err(e) if is_transient(e) => "error",
-        Err(_) => "refused",
+/// How a call ended, as its sender must act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// A 429: Telegram asked the bot to wait.
+    RetryAfter,
+    /// Refused for good: trying again cannot help.
+    Refused,
+    /// A failure that may pass (see [`is_transient`]).
+    Error,
+}
+
+impl Verdict {
+    pub fn of<T>(result: &Result<T, RequestError>) -> Self {
+        match result {
+            Ok(_) => Verdict::Ok,
+            Err(RequestError::RetryAfter(_)) => Verdict::RetryAfter,
+            Err(e) if is_transient(e) => Verdict::Error,
+            Err(_) => Verdict::Refused,
+        }
+    }
+
+    /// The bounded label of `botfleet_bot_api_calls_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::RetryAfter => "retry_after",
+            Verdict::Refused => "refused",
+            Verdict::Error => "error",
+        }
+    }
+
+    /// Whether the call is done with, one way or the other (a queued message leaves the queue).
+    pub fn is_final(self) -> bool {
+        matches!(self, Verdict::Ok | Verdict::Refused)
     }
 }
 
@@ -54,4 +81,29 @@ pub async fn refused(
         users.unreachable(conn, keys, (bot_id, user)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use teloxide_core::types::{ChatId, Seconds};
+
+    use super::*;
+
+    #[test]
+    fn a_call_is_done_with_when_it_went_through_or_can_never_go_through() {
+        let verdict = |error: RequestError| Verdict::of::<()>(&Err(error));
+        assert_eq!(Verdict::of(&Ok::<_, RequestError>(())), Verdict::Ok);
+        assert_eq!(verdict(RequestError::RetryAfter(Seconds::from_seconds(3))), Verdict::RetryAfter);
+        assert_eq!(verdict(RequestError::Api(ApiError::BotBlocked)), Verdict::Refused);
+        assert_eq!(
+            verdict(RequestError::MigrateToChatId(ChatId(-100))),
+            Verdict::Refused,
+            "never again there"
+        );
+        assert_eq!(verdict(RequestError::Api(ApiError::Unknown("Bad Gateway".into()))), Verdict::Error);
+        let finals: Vec<bool> = [Verdict::Ok, Verdict::Refused, Verdict::RetryAfter, Verdict::Error]
+            .map(Verdict::is_final)
+            .into();
+        assert_eq!(finals, [true, true, false, false]);
+    }
 }

@@ -20,7 +20,7 @@ use crate::shutdown::CancellationToken;
 use crate::store::user_cache::Users;
 use crate::telegram::client::Client;
 use crate::telegram::flood::{Flood, Urgency};
-use crate::telegram::refusals;
+use crate::telegram::refusals::{self, Verdict};
 use crate::types::ChatId;
 
 /// Entries a sender takes at a time.
@@ -164,15 +164,12 @@ impl Sender {
         if let Ok(Err(e)) = &sent {
             refusals::refused(&self.users, conn, &self.bot.keys, (self.bot.config.id, chat), e).await?;
         }
-        let label = match &sent {
-            Ok(result) => refusals::label(result),
-            Err(_) => "error",
-        };
-        self.metrics.bot_api_calls.with_label_values(&["sendMessage", label]).inc();
-        if label == "ok" || label == "refused" {
+        let verdict = sent.as_ref().map_or(Verdict::Error, Verdict::of);
+        self.metrics.bot_api_calls.with_label_values(&["sendMessage", verdict.label()]).inc();
+        if verdict.is_final() {
             let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
             if let Some(id) = broadcast {
-                self.progress(conn, id, label == "ok").await?;
+                self.progress(conn, id, verdict == Verdict::Ok).await?;
             }
         }
         Ok(())
