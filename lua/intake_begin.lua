@@ -1,39 +1,54 @@
 -- intake_begin: may this worker handle this update now? One round trip for the dedup fast
--- path, the per-chat turn (invariants 2 and 3), and the first reads of the handler.
+-- path, the per-chat turn and order (invariants 2 and 3), and the first reads of the handler.
 --
--- KEYS[1]  handled updates   <bot prefix>h:<update_id / 65536>   bitmap, bit ARGV[5] set once handled
+-- KEYS[1]  handled updates   <bot prefix>hf:<update_id / 65536>   16 bits per update: the
+--                            fingerprint of what the update was, once handled (0: not handled)
 -- KEYS[2]  chat lease        <bot prefix>c:<chat>:lease  holder's token, expires after ARGV[3] ms
 -- KEYS[3]  chat queue        <bot prefix>c:<chat>:q      ZSET of waiting update ids (score = id)
 -- KEYS[4]  waiter deadlines  <bot prefix>c:<chat>:w      HASH update id -> ms until the waiter counts
--- KEYS[5]  optional, with KEYS[6]: cached user  <bot prefix>user:<id>  read with the turn
--- KEYS[6]  optional, with KEYS[5]: dialogue     <bot prefix>d:<chat>   HASH v, s, u, p
+-- KEYS[5]  chat hold         <bot prefix>c:<chat>:hold   the chat's failed update, which must be
+--                            handled (or dead-lettered) before any later one of the chat
+-- KEYS[6]  optional, with KEYS[7]: cached user  <bot prefix>user:<id>  read with the turn
+-- KEYS[7]  optional, with KEYS[6]: dialogue     <bot prefix>d:<chat>   HASH v, s, u, p
 -- ARGV[1]  update id
 -- ARGV[2]  token of this attempt (unique per delivery)
 -- ARGV[3]  lease length in ms
 -- ARGV[4]  how long a waiter stays queued without asking again, in ms
--- ARGV[5]  the update's bit in KEYS[1] (update_id mod 65536)
+-- ARGV[5]  the update's slot in KEYS[1] (update_id mod 65536)
+-- ARGV[6]  the update's fingerprint (1..65535): a hash of what it is, not of its id
 --
--- Returns {"done"} (already handled: acknowledge), {"wait"}, or {"go"} when the chat's turn is
--- ours, followed by the user and the dialogue's fields v, s, u, p when KEYS[5..6] are given (nil where
--- absent): read under the turn, they stay current until it ends, since only the turn's
--- holder writes the chat's dialogue.
+-- Returns {"done"} (already handled: acknowledge), {"held", id} (an earlier update of the chat
+-- failed and waits for its redelivery), {"wait"}, or {"go"} when the chat's turn is ours, or
+-- {"reused"} likewise when the id was handled before as another update (Telegram may reuse
+-- ids after a week of silence), followed by the user and the dialogue's fields v, s, u, p when
+-- KEYS[6..7] are given (nil where absent): read under the turn, they stay current until it
+-- ends, since only the turn's holder writes the chat's dialogue.
 -- Waiters ask again until they get their turn; the lowest waiting update id goes first, and a
 -- waiter that stopped asking (its worker died) is dropped once its deadline passes.
-local function go()
-  if not KEYS[5] then
-    return {'go'}
-  end
-  local dialogue = redis.call('HMGET', KEYS[6], 'v', 's', 'u', 'p')
-  return {'go', redis.call('GET', KEYS[5]), dialogue[1], dialogue[2], dialogue[3], dialogue[4]}
-end
-
-if redis.call('GETBIT', KEYS[1], ARGV[5]) == 1 then
+local seen = redis.call('BITFIELD', KEYS[1], 'GET', 'u16', '#' .. ARGV[5])[1]
+if seen == tonumber(ARGV[6]) then
   return {'done'}
 end
+local verdict = 'go'
+if seen ~= 0 then
+  verdict = 'reused'
+end
+local function go()
+  if not KEYS[6] then
+    return {verdict}
+  end
+  local dialogue = redis.call('HMGET', KEYS[7], 'v', 's', 'u', 'p')
+  return {verdict, redis.call('GET', KEYS[6]), dialogue[1], dialogue[2], dialogue[3], dialogue[4]}
+end
+
 local id = ARGV[1]
 local holder = redis.call('GET', KEYS[2])
 if holder == ARGV[2] then
   return go()
+end
+local hold = redis.call('GET', KEYS[5])
+if hold and tonumber(hold) < tonumber(id) then
+  return {'held', hold}
 end
 -- The usual case: nobody holds the chat and nobody waits for it.
 if not holder and redis.call('EXISTS', KEYS[3]) == 0 then

@@ -1,23 +1,35 @@
 -- intake_end: the attempt is over; record the outcome and hand the chat's turn on.
 --
--- KEYS[1]  handled updates  <bot prefix>h:<update_id / 65536>   bitmap
+-- KEYS[1]  handled updates  <bot prefix>hf:<update_id / 65536>   16-bit fingerprints
 -- KEYS[2]  chat lease   <bot prefix>c:<chat>:lease
 -- KEYS[3]  chat queue   <bot prefix>c:<chat>:q   (only its existence is read)
+-- KEYS[4]  chat hold    <bot prefix>c:<chat>:hold
 -- ARGV[1]  token of this attempt
 -- ARGV[2]  "done" (handled, or dead-lettered) or "retry" (failed; Telegram will redeliver)
 -- ARGV[3]  how long to remember a handled update, in ms (Telegram retries for up to a day); the
 --          bitmap lives that long after its last update
-
 -- ARGV[4]  channel that wakes the chat's waiters
 -- ARGV[5]  the chat's lease key, as the message on that channel
--- ARGV[6]  the update's bit in KEYS[1] (update_id mod 65536)
+-- ARGV[6]  the update's slot in KEYS[1] (update_id mod 65536)
+-- ARGV[7]  the update's fingerprint (1..65535)
+-- ARGV[8]  the update id
+-- ARGV[9]  how long a failed update holds its chat's later updates back, in ms
 --
+-- A failed update holds the chat: its later updates wait (intake_begin answers "held") until
+-- it is handled or dead-lettered, so that a chat's updates take effect in update_id order
+-- even when one fails. The hold expires after ARGV[9] ms, should Telegram never redeliver.
 -- Returns 1 if this attempt still held the chat's turn, 0 if it had expired (another worker
 -- may have taken over: the caller logs it). The waiters are woken only if there are any: a
 -- waiter queues itself (intake_begin) before it sleeps, so none can be missed.
+local hold = redis.call('GET', KEYS[4])
 if ARGV[2] == 'done' then
-  redis.call('SETBIT', KEYS[1], ARGV[6], 1)
+  redis.call('BITFIELD', KEYS[1], 'SET', 'u16', '#' .. ARGV[6], ARGV[7])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  if hold == ARGV[8] then
+    redis.call('DEL', KEYS[4])
+  end
+elseif not hold or tonumber(ARGV[8]) <= tonumber(hold) then
+  redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[9])
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])

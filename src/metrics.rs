@@ -121,6 +121,11 @@ metrics! {
     dedup_hits: IntCounterVec = "botfleet_dedup_hits_total",
         "Updates acknowledged because they were already handled, by bot",
         ["bot"];
+    /// Update ids that came back as another update (Telegram reuses ids after a week of
+    /// silence): handled as new.
+    update_ids_reused: IntCounterVec = "botfleet_update_ids_reused_total",
+        "Update ids handled before that came back as another update, by bot",
+        ["bot"];
     /// Time spent waiting for a chat's turn, by bot.
     lease_wait_seconds: HistogramVec = "botfleet_chat_lease_wait_seconds",
         "Time an update waited for its chat's turn, by bot",
@@ -305,6 +310,7 @@ impl Metrics {
             &self.updates_unparseable,
             &self.posts_created,
             &self.dedup_hits,
+            &self.update_ids_reused,
             &self.flood_pauses,
             &self.outbox_redeliveries,
             &self.outbox_dead,

@@ -42,6 +42,7 @@ pub const WEBHOOK_URL: &str = "BOTFLEET_WEBHOOK_URL";
 pub const WEBHOOK_MAX_CONNECTIONS: &str = "BOTFLEET_WEBHOOK_MAX_CONNECTIONS";
 pub const FAKE_LIMITS: &str = "BOTFLEET_FAKE_LIMITS";
 pub const CHAT_LEASE_MS: &str = "BOTFLEET_CHAT_LEASE_MS";
+pub const CHAT_HOLD_MS: &str = "BOTFLEET_CHAT_HOLD_MS";
 pub const MAX_WAIT_MS: &str = "BOTFLEET_MAX_WAIT_MS";
 pub const MAX_ATTEMPTS: &str = "BOTFLEET_MAX_ATTEMPTS";
 pub const DIALOGUE_TTL_SECS: &str = "BOTFLEET_DIALOGUE_TTL_SECS";
@@ -372,6 +373,8 @@ pub struct WorkerSettings {
     pub chat_lease: Duration,
     /// Longest wait for a chat's turn before 503 + `Retry-After`.
     pub max_wait: Duration,
+    /// Longest a failed update holds its chat's later updates back, awaiting its redelivery.
+    pub chat_hold: Duration,
     /// Failed attempts at one update before it is dead-lettered and acknowledged.
     pub max_attempts: u64,
     /// An abandoned dialogue expires after this.
@@ -444,6 +447,7 @@ impl WorkerSettings {
             },
             chat_lease: Duration::from_millis(src.parse_or(CHAT_LEASE_MS, 15_000)?),
             max_wait: Duration::from_millis(src.parse_or(MAX_WAIT_MS, 10_000)?),
+            chat_hold: Duration::from_millis(src.parse_or(CHAT_HOLD_MS, 600_000)?),
             max_attempts: src.parse_or(MAX_ATTEMPTS, 5)?,
             dialogue_ttl: Duration::from_secs(src.parse_or(DIALOGUE_TTL_SECS, 24 * 3600)?),
             user_cache_ttl: Duration::from_secs(src.parse_or(USER_CACHE_TTL_SECS, 300)?),

@@ -29,7 +29,8 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
         return ctx.say(chat, format!("Usage: /broadcast <text of 1 to {MAX_CHARS} characters>")).await;
     }
     let (db, bot_id) = (&ctx.services.db, ctx.bot.config.id);
-    let mut broadcast = broadcasts::start_broadcast(db, bot_id, ctx.update_id, chat, text).await?;
+    let mut broadcast =
+        broadcasts::start_broadcast(db, bot_id, (ctx.update_id, ctx.origin), chat, text).await?;
     if broadcast.status == "cancelled" {
         return ctx.say(chat, format!("Broadcast #{} was cancelled.", broadcast.id)).await;
     }

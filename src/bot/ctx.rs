@@ -75,6 +75,8 @@ pub struct Ctx<'a> {
     pub bot: &'a Client,
     pub turn: &'a Turn,
     pub update_id: UpdateId,
+    /// What the update is (`bot::identity`): its effects are keyed by it, not by its id.
+    pub origin: &'a str,
     /// The message this update brought, until the first message sent back into its chat
     /// quotes it: each message gets one reply that names it, which is how an audit of a replay
     /// tells a reply sent twice (a duplicate) from two updates' replies.
@@ -87,14 +89,14 @@ impl<'a> Ctx<'a> {
         redis: Conn,
         bot: &'a Client,
         turn: &'a Turn,
-        update: &Update,
+        (update, origin): (&Update, &'a str),
     ) -> Self {
         let quote = match &update.kind {
             UpdateKind::Message(message) => Some((message.chat.id.into(), message.id)),
             _ => None,
         };
         let update_id = update.id.into();
-        Ctx { services, redis, bot, turn, update_id, quote: std::sync::Mutex::new(quote) }
+        Ctx { services, redis, bot, turn, update_id, origin, quote: std::sync::Mutex::new(quote) }
     }
 
     pub fn conn(&self) -> Conn {

@@ -15,6 +15,7 @@ mod error;
 mod moderation;
 mod posts;
 
+use sha2::{Digest, Sha256};
 use teloxide_core::types::{AllowedUpdate, CallbackQuery, Message, Update, UpdateKind};
 
 use crate::intake::{ReadAhead, Turn};
@@ -27,15 +28,15 @@ pub use ctx::Services;
 use dialogue::State;
 pub use error::HandleError;
 
-/// Handles one update, under its chat's turn.
+/// Handles one update, under its chat's turn; `identity` is what it is ([`identity`]).
 pub async fn handle(
     services: &Services,
     redis: &Conn,
     bot: &Client,
     turn: &Turn,
-    update: &Update,
+    (update, identity): (&Update, &str),
 ) -> Result<(), HandleError> {
-    let ctx = Ctx::new(services, redis.clone(), bot, turn, update);
+    let ctx = Ctx::new(services, redis.clone(), bot, turn, (update, identity));
     match &update.kind {
         UpdateKind::Message(message) if message.chat.is_private() => on_private_message(&ctx, message).await,
         UpdateKind::EditedMessage(message) if message.chat.is_private() => {
@@ -100,6 +101,22 @@ pub fn kind_name(update: &Update) -> &'static str {
         UpdateKind::InlineQuery(_) => "inline_query",
         UpdateKind::Error(_) => "unknown",
         _ => "other",
+    }
+}
+
+/// What an update is, as opposed to its `update_id`, which Telegram may reuse after a week of
+/// silence: a message by its chat and id, an edit by its message and edit date, a button press
+/// by the query's id, anything else by its body. Every delivery of an update has the same
+/// identity, and its effects are keyed by it (a post, a broadcast, a moderator's decision).
+pub fn identity(update: &Update, raw: &[u8]) -> String {
+    match &update.kind {
+        UpdateKind::Message(m) | UpdateKind::ChannelPost(m) => format!("m:{}:{}", m.chat.id, m.id),
+        UpdateKind::EditedMessage(m) | UpdateKind::EditedChannelPost(m) => {
+            let edited = m.edit_date().map_or(0, |date| date.timestamp());
+            format!("e:{}:{}:{edited}", m.chat.id, m.id)
+        }
+        UpdateKind::CallbackQuery(q) => format!("cb:{}", q.id.0),
+        _ => format!("b:{:x}", Sha256::digest(raw)),
     }
 }
 

@@ -115,6 +115,7 @@ async fn create(
     let post = NewPost {
         bot_id: ctx.bot.config.id,
         update_id: ctx.update_id,
+        origin: ctx.origin.to_owned(),
         chat_id: chat,
         message_id,
         author_id: UserId::from(from),
@@ -133,6 +134,10 @@ async fn announce(ctx: &Ctx<'_>, (post, position): Committed, from: &User) -> Re
     if let Some(view) = post.view(ctx.bot.config.id, author_of(from)) {
         ctx.publish(view, position).await?;
         return Ok(format!("Published as post #{}.", post.id));
+    }
+    if post.status == "rejected" {
+        // Banned after the user cache said otherwise: the store checked the ban itself.
+        return Ok("You are banned from posting here.".to_owned());
     }
     if let Some(moderators) = ctx.bot.config.moderator_chat {
         let media = if post.has_media { " (with a photo)" } else { "" };
@@ -186,7 +191,7 @@ async fn confirm(ctx: &Ctx<'_>, from: &User, publish: bool) -> Result<String, Ha
     } else {
         ("Cancelled.".to_owned(), "Cancelled.")
     };
-    ctx.notify(&format!("reply:{}", ctx.update_id), chat, &told, None).await?;
+    ctx.notify(&format!("reply:{}", ctx.origin), chat, &told, None).await?;
     ctx.save_dialogue(&key, &stored, &State::Idle).await?;
     Ok(answer.to_owned())
 }

@@ -9,10 +9,20 @@
 //! `Retry-After` so that Telegram redelivers later. The lease expires if its holder dies, and is
 //! renewed while a slow update is still being handled.
 //!
+//! An update is known by what it is, not only by its `update_id` (which Telegram may reuse
+//! after a week of silence): Redis remembers a 16-bit fingerprint of each handled update's
+//! identity, and an id that comes back as another update is handled as new (counted, logged).
+//!
+//! A failed update holds its chat: the chat's later updates are answered 503 at once (Telegram
+//! redelivers them later) until the failed one is handled or dead-lettered, so that a chat's
+//! updates take effect in `update_id` order even when one fails (`intake_end.lua`).
+//!
 //! Redis is the fast path only: the Postgres unique constraints are what make a redelivery
 //! after a Redis flush harmless.
 
 use std::pin::{Pin, pin};
+
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +45,8 @@ pub struct IntakeConfig {
     pub lease: Duration,
     /// Longest wait for a chat's turn before answering 503 (Telegram then redelivers).
     pub max_wait: Duration,
+    /// Longest a failed update holds its chat's later updates back.
+    pub hold: Duration,
     /// How long a handled update is remembered in Redis.
     pub remember: Duration,
 }
@@ -48,6 +60,8 @@ pub enum IntakeError {
     Unavailable(#[from] anyhow::Error),
     #[error("the chat's turn did not come within {0:?}")]
     TimedOut(Duration),
+    #[error("the chat's update {0} failed and is redelivered first")]
+    Held(UpdateId),
 }
 
 impl From<redis::RedisError> for IntakeError {
@@ -65,16 +79,18 @@ pub struct Intake {
 
 impl Intake {
     /// Waits for `chat`'s turn at `update_id`, or finds the update already handled.
+    /// `identity` is what the update is (`bot::identity`): the same for every delivery of it.
     pub async fn begin(
         &self,
         conn: &mut Conn,
-        update_id: UpdateId,
+        (update_id, identity): (UpdateId, &str),
         chat: &str,
         read_ahead: Option<ReadAhead>,
     ) -> Result<Begin, IntakeError> {
         let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
         let (handled_key, handled_bit) = self.keys.handled(update_id);
-        let [lease_key, queue_key, waiters_key] = self.keys.chat_turn(chat);
+        let fingerprint = fingerprint(identity);
+        let [lease_key, queue_key, waiters_key, hold_key] = self.keys.chat_turn(chat);
         let notify = self.waker.waiting(&lease_key);
         let started = Instant::now();
         let mut poll = Duration::from_millis(2);
@@ -83,7 +99,7 @@ impl Intake {
             let mut woken = pin!(notify.notified());
             woken.as_mut().enable();
             let mut script = scripts::INTAKE_BEGIN.key(&handled_key);
-            script.key(&lease_key).key(&queue_key).key(&waiters_key);
+            script.key(&lease_key).key(&queue_key).key(&waiters_key).key(&hold_key);
             if let Some(keys) = &read_ahead {
                 script.key(&keys.user).key(&keys.dialogue);
             }
@@ -93,14 +109,27 @@ impl Intake {
                 .arg(self.config.lease.as_millis() as u64)
                 .arg((MAX_POLL * 5).as_millis() as u64)
                 .arg(handled_bit)
+                .arg(fingerprint)
                 .invoke_async(conn)
                 .await?;
-            match answer.first().and_then(Option::as_deref) {
+            let verdict = answer.first().cloned().flatten();
+            match verdict.as_deref() {
                 Some("done") => return Ok(Begin::Done),
-                Some("go") => {
+                Some("held") => {
+                    let held = answer.get(1).cloned().flatten().and_then(|id| id.parse().ok());
+                    return Err(IntakeError::Held(held.unwrap_or(update_id)));
+                }
+                Some(verdict @ ("go" | "reused")) => {
+                    let reused = verdict == "reused";
                     let read = read_values(read_ahead, answer);
-                    let handled = (handled_key, handled_bit);
-                    return Ok(Begin::Go(Box::new(Turn { token, handled, lease_key, queue_key, read })));
+                    return Ok(Begin::Go(Box::new(Turn {
+                        token,
+                        update_id,
+                        handled: (handled_key, handled_bit, fingerprint),
+                        keys: [lease_key, queue_key, hold_key],
+                        read,
+                        reused,
+                    })));
                 }
                 _ => {}
             }
@@ -134,20 +163,25 @@ impl Intake {
     /// Ends the turn: `handled` marks the update done (never handled again); otherwise it is
     /// left for Telegram's redelivery. Either way the chat's next update may go.
     pub async fn end(&self, conn: &mut Conn, turn: Box<Turn>, handled: bool) -> Result<(), IntakeError> {
+        let [lease_key, queue_key, hold_key] = &turn.keys;
         let held: i64 = scripts::INTAKE_END
             .key(&turn.handled.0)
-            .key(&turn.lease_key)
-            .key(&turn.queue_key)
+            .key(lease_key)
+            .key(queue_key)
+            .key(hold_key)
             .arg(&turn.token)
             .arg(if handled { "done" } else { "retry" })
             .arg(self.config.remember.as_millis() as u64)
             .arg(turns_channel(&self.deployment))
-            .arg(&turn.lease_key)
+            .arg(lease_key)
             .arg(turn.handled.1)
+            .arg(turn.handled.2)
+            .arg(turn.update_id)
+            .arg(self.config.hold.as_millis() as u64)
             .invoke_async(conn)
             .await?;
         if held == 0 {
-            tracing::warn!(lease = %turn.lease_key, "a chat's turn expired while its update was handled");
+            tracing::warn!(lease = %lease_key, "a chat's turn expired while its update was handled");
         }
         Ok(())
     }
@@ -166,6 +200,12 @@ impl Intake {
     }
 }
 
+/// A 16-bit fingerprint of an update's identity, never 0 (0 marks an id not handled).
+pub fn fingerprint(identity: &str) -> u16 {
+    let digest = Sha256::digest(identity.as_bytes());
+    u16::from_be_bytes([digest[0], digest[1]]).max(1)
+}
+
 /// Pairs the read-ahead keys with the values `intake_begin` returned after "go".
 fn read_values(keys: Option<ReadAhead>, answer: Vec<Option<String>>) -> ReadValues {
     let Some(keys) = keys else {
@@ -179,7 +219,7 @@ fn read_values(keys: Option<ReadAhead>, answer: Vec<Option<String>>) -> ReadValu
 /// Renews the turn's lease; false once it is no longer ours (renewing further is pointless).
 async fn renew(mut conn: Conn, turn: &Turn, lease: Duration) -> bool {
     let renewed: Result<i64, _> = scripts::LEASE_RENEW
-        .key(&turn.lease_key)
+        .key(turn.lease_key())
         .arg(&turn.token)
         .arg(lease.as_millis() as u64)
         .invoke_async(&mut conn)

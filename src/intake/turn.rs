@@ -1,5 +1,7 @@
 //! One worker's turn at one update of one chat, and what was read with it.
 
+use crate::types::UpdateId;
+
 /// The keys the handler reads first: the sender's cached user and the chat's dialogue.
 pub struct ReadAhead {
     pub user: String,
@@ -25,11 +27,14 @@ pub enum Begin {
 /// This worker's turn at one update of one chat.
 pub struct Turn {
     pub(super) token: String,
-    /// The bitmap key and bit that mark the update handled.
-    pub(super) handled: (String, i64),
-    pub(super) lease_key: String,
-    pub(super) queue_key: String,
+    pub(super) update_id: UpdateId,
+    /// The key, slot and fingerprint that mark the update handled.
+    pub(super) handled: (String, i64, u16),
+    /// The chat's lease, queue and hold.
+    pub(super) keys: [String; 3],
     pub(super) read: ReadValues,
+    /// The update's id was handled before as another update.
+    pub reused: bool,
 }
 
 impl Turn {
@@ -39,7 +44,7 @@ impl Turn {
     }
 
     pub fn lease_key(&self) -> &str {
-        &self.lease_key
+        &self.keys[0]
     }
 
     /// The cached user under `key` as read with the turn, if it was.

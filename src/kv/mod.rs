@@ -119,9 +119,10 @@ impl BotKeys {
         Self { prefix: bot_prefix(deployment, bot_id) }
     }
 
-    /// Where the update is marked handled.
+    /// Where the update is marked handled: a 16-bit slot (the fingerprint of what was handled
+    /// under that id) among 65,536 consecutive ids, 128 KiB per key.
     pub fn handled(&self, update_id: UpdateId) -> (String, i64) {
-        bit(&format!("{}h", self.prefix), update_id.0)
+        bit(&format!("{}hf", self.prefix), update_id.0)
     }
 
     /// How many attempts at the update failed.
@@ -129,10 +130,11 @@ impl BotKeys {
         format!("{}att:{update_id}", self.prefix)
     }
 
-    /// The chat's lease, waiting queue and waiter deadlines: the per-chat turn.
-    pub fn chat_turn(&self, chat: &str) -> [String; 3] {
+    /// The chat's lease, waiting queue, waiter deadlines and hold (its failed update that later
+    /// ones wait for): the per-chat turn.
+    pub fn chat_turn(&self, chat: &str) -> [String; 4] {
         let base = format!("{}c:{chat}", self.prefix);
-        [format!("{base}:lease"), format!("{base}:q"), format!("{base}:w")]
+        [format!("{base}:lease"), format!("{base}:q"), format!("{base}:w"), format!("{base}:hold")]
     }
 
     /// The bot's send schedule, one chat's, and the bot's pause after a 429 (`flood_take.lua`).

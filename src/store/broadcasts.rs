@@ -26,26 +26,27 @@ impl Broadcast {
     }
 }
 
-/// The broadcast of this update: a new one, or the one its first delivery started.
+/// The broadcast of this update (`origin`, its identity): a new one, or the one its first
+/// delivery started.
 pub async fn start_broadcast(
     db: &Pool,
     bot_id: BotId,
-    update_id: UpdateId,
+    (update_id, origin): (UpdateId, &str),
     admin_chat: ChatId,
     text: &str,
 ) -> Result<Broadcast, StoreError> {
     let rows = query(
         db,
         "WITH started AS (
-             INSERT INTO broadcasts (bot_id, update_id, admin_chat, text) VALUES ($1, $2, $3, $4)
-             ON CONFLICT ON CONSTRAINT broadcasts_update_once DO NOTHING
+             INSERT INTO broadcasts (bot_id, update_id, origin, admin_chat, text) VALUES ($1, $2, $5, $3, $4)
+             ON CONFLICT ON CONSTRAINT broadcasts_origin_once DO NOTHING
              RETURNING id, status, next_user_id, queued
          )
          SELECT * FROM started
          UNION ALL
          SELECT id, status, next_user_id, queued FROM broadcasts
-         WHERE bot_id = $1 AND update_id = $2 AND NOT EXISTS (SELECT 1 FROM started)",
-        &[&bot_id, &update_id, &admin_chat, &text],
+         WHERE bot_id = $1 AND origin = $5 AND NOT EXISTS (SELECT 1 FROM started)",
+        &[&bot_id, &update_id, &admin_chat, &text, &origin],
     )
     .await?;
     rows.first()

@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 4, name: "broadcasts", sql: include_str!("migrations/0004_broadcasts.sql") },
     Migration { version: 5, name: "decided_update", sql: include_str!("migrations/0005_decided_update.sql") },
+    Migration { version: 6, name: "origins", sql: include_str!("migrations/0006_origins.sql") },
 ];
 
 pub struct Migration {

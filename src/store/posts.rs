@@ -12,6 +12,8 @@ use crate::types::{Author, BotId, ChatId, MessageId, PostId, PostView, UpdateId,
 pub struct NewPost {
     pub bot_id: BotId,
     pub update_id: UpdateId,
+    /// What made the post (`bot::identity`): a redelivery, whatever its update id, finds it.
+    pub origin: String,
     pub chat_id: ChatId,
     pub message_id: Option<MessageId>,
     pub author_id: UserId,
@@ -63,11 +65,16 @@ const POST_RETURNING: &str =
 
 /// Inserts the posts of several updates in one statement, hence one transaction; returns them
 /// in the same order, with the WAL position after their commit. A redelivered update gets the
-/// post its first delivery created.
+/// post its first delivery created (posts are unique by origin).
+///
+/// A post is published only if its author is not banned, read under a share lock of the
+/// author's row: a ban (an update of that row) commits either before, and the post is rejected
+/// whatever the user cache said, or after the post, which then leaves the feed with the ban.
 pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<(Vec<StoredPost>, i64), StoreError> {
     let column = |f: fn(&NewPost) -> i64| posts.iter().map(f).collect::<Vec<_>>();
     let (bot_ids, update_ids) = (column(|p| p.bot_id.0), column(|p| p.update_id.0));
     let (chat_ids, author_ids) = (column(|p| p.chat_id.0), column(|p| p.author_id.0));
+    let origins: Vec<_> = posts.iter().map(|p| p.origin.as_str()).collect();
     let message_ids: Vec<_> = posts.iter().map(|p| p.message_id).collect();
     let texts: Vec<_> = posts.iter().map(|p| p.text.as_str()).collect();
     let file_ids: Vec<_> = posts.iter().map(|p| p.photo.as_ref().map(|(id, _)| id.as_str())).collect();
@@ -76,13 +83,25 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<(Vec<StoredPos
     let (mut found, position) = query_committed(
         db,
         &format!(
-            "INSERT INTO posts (bot_id, update_id, chat_id, message_id, author_id, text,
+            "WITH n AS (
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[],
+                                      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+                          AS n(b, u, c, m, a, t, f, q, s, o)
+             ), authors AS (
+                 SELECT bot_id, user_id, is_banned FROM users
+                 WHERE (bot_id, user_id) IN (SELECT b, a FROM n)
+                 ORDER BY bot_id, user_id
+                 FOR SHARE
+             ), vetted AS (
+                 SELECT n.*, CASE WHEN coalesce(authors.is_banned, false) THEN 'rejected' ELSE s END AS status
+                 FROM n LEFT JOIN authors ON authors.bot_id = n.b AND authors.user_id = n.a
+             )
+             INSERT INTO posts (bot_id, update_id, origin, chat_id, message_id, author_id, text,
                                 media_file_id, media_unique_id, status, published_at)
-             SELECT b, u, c, m, a, t, f, q, s, CASE WHEN s = 'published' THEN now() END
-             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
-                         $7::text[], $8::text[], $9::text[]) AS n(b, u, c, m, a, t, f, q, s)
-             ON CONFLICT ON CONSTRAINT posts_update_once DO NOTHING
-             RETURNING bot_id, update_id, {POST_RETURNING}"
+             SELECT b, u, o, c, m, a, t, f, q, status, CASE WHEN status = 'published' THEN now() END
+             FROM vetted
+             ON CONFLICT ON CONSTRAINT posts_origin_once DO NOTHING
+             RETURNING bot_id, origin, {POST_RETURNING}"
         ),
         &[
             &bot_ids,
@@ -94,6 +113,7 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<(Vec<StoredPos
             &file_ids,
             &unique_ids,
             &statuses,
+            &origins,
         ],
     )
     .await?;
@@ -103,49 +123,53 @@ pub async fn insert_posts(db: &Pool, posts: &[NewPost]) -> Result<(Vec<StoredPos
             query(
                 db,
                 &format!(
-                    "SELECT bot_id, update_id, {POST_RETURNING} FROM posts
-                     WHERE (bot_id, update_id) IN (SELECT * FROM unnest($1::int8[], $2::int8[]))"
+                    "SELECT bot_id, origin, {POST_RETURNING} FROM posts
+                     WHERE (bot_id, origin) IN (SELECT * FROM unnest($1::int8[], $2::text[]))"
                 ),
-                &[&bot_ids, &update_ids],
+                &[&bot_ids, &origins],
             )
             .await?,
         );
     }
-    let by_update: HashMap<(BotId, UpdateId), StoredPost> = found
-        .iter()
-        .map(|row| ((row.get("bot_id"), row.get("update_id")), StoredPost::from_row(row)))
-        .collect();
+    let by_origin: HashMap<(BotId, String), StoredPost> =
+        found.iter().map(|row| ((row.get("bot_id"), row.get("origin")), StoredPost::from_row(row))).collect();
     let stored = posts
         .iter()
         .map(|p| {
-            by_update
-                .get(&(p.bot_id, p.update_id))
+            by_origin
+                .get(&(p.bot_id, p.origin.clone()))
                 .cloned()
-                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("post of update {} vanished", p.update_id)))
+                .ok_or_else(|| StoreError::Other(anyhow::anyhow!("post of {} vanished", p.origin)))
         })
         .collect::<Result<_, _>>()?;
     Ok((stored, position))
 }
 
-/// A moderator's decision on a pending post, by the update of their click. Only the first
-/// decision counts: returns the post as decided (now or before), its author, and whether this
-/// update decided it (now, or in an earlier delivery of it); `None` if the post is gone or still
-/// pending.
+/// A moderator's decision on a pending post, by their click (`origin`, the press's identity).
+/// Only the first decision counts: returns the post as decided (now or before), its author, and
+/// whether this click decided it (now, or in an earlier delivery of it); `None` if the post is
+/// gone or still pending. A banned author's post is rejected whatever the moderator chose (the
+/// author's row is share-locked, as in [`insert_posts`]).
 pub async fn decide(
     db: &Pool,
     bot_id: BotId,
     post_id: PostId,
     approve: bool,
-    update_id: UpdateId,
+    origin: &str,
 ) -> Result<Option<(StoredPost, Author, bool)>, StoreError> {
     let rows = query(
         db,
-        "WITH decided AS (
+        "WITH author AS (
+             SELECT u.bot_id, u.user_id, u.first_name, u.username, u.is_banned
+             FROM users u JOIN posts p ON u.bot_id = p.bot_id AND u.user_id = p.author_id
+             WHERE p.bot_id = $1 AND p.id = $2
+             FOR SHARE OF u
+         ), decided AS (
              UPDATE posts p
-             SET status = CASE WHEN $3 THEN 'published' ELSE 'rejected' END,
-                 published_at = CASE WHEN $3 THEN now() END,
-                 decided_update = $4
-             FROM users u
+             SET status = CASE WHEN $3 AND NOT u.is_banned THEN 'published' ELSE 'rejected' END,
+                 published_at = CASE WHEN $3 AND NOT u.is_banned THEN now() END,
+                 decided_by = $4
+             FROM author u
              WHERE p.bot_id = $1 AND p.id = $2 AND p.status = 'pending'
                AND u.bot_id = p.bot_id AND u.user_id = p.author_id
              RETURNING p.id, p.chat_id, p.text, p.media_file_id IS NOT NULL AS has_media,
@@ -154,11 +178,11 @@ pub async fn decide(
          SELECT *, true AS now FROM decided
          UNION ALL
          SELECT p.id, p.chat_id, p.text, p.media_file_id IS NOT NULL, p.status, p.published_at,
-                u.first_name, u.username, p.decided_update IS NOT DISTINCT FROM $4
+                u.first_name, u.username, p.decided_by IS NOT DISTINCT FROM $4
          FROM posts p JOIN users u ON u.bot_id = p.bot_id AND u.user_id = p.author_id
          WHERE p.bot_id = $1 AND p.id = $2 AND p.status IN ('published', 'rejected')
            AND NOT EXISTS (SELECT 1 FROM decided)",
-        &[&bot_id, &post_id, &approve, &update_id],
+        &[&bot_id, &post_id, &approve, &origin],
     )
     .await?;
     Ok(rows.first().map(|row| {

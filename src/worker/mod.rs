@@ -88,6 +88,7 @@ fn bots(settings: &WorkerSettings, waker: &Arc<Waker>) -> anyhow::Result<HashMap
     let config = IntakeConfig {
         lease: settings.chat_lease,
         max_wait: settings.max_wait,
+        hold: settings.chat_hold,
         remember: std::time::Duration::from_secs(24 * 3600),
     };
     let mut bots = HashMap::new();

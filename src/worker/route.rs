@@ -148,9 +148,15 @@ async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Upd
         Err(e) => return Outcome::RetryLater(format!("redis unavailable: {e}")),
     };
     let waiting = Instant::now();
+    let identity = bot::identity(&update, &raw);
     let turn = match bot
         .intake
-        .begin(&mut redis, update_id, &bot::turn_key(&update), bot::read_ahead(&update, &bot.client.keys))
+        .begin(
+            &mut redis,
+            (update_id, &identity),
+            &bot::turn_key(&update),
+            bot::read_ahead(&update, &bot.client.keys),
+        )
         .await
     {
         Ok(Begin::Go(turn)) => turn,
@@ -158,7 +164,9 @@ async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Upd
             state.metrics.dedup_hits.with_label_values(&[bot.client.config.name.as_str()]).inc();
             return Outcome::Acknowledged;
         }
-        Err(e @ IntakeError::TimedOut(_)) => return Outcome::RetryLater(e.to_string()),
+        Err(e @ (IntakeError::TimedOut(_) | IntakeError::Held(_))) => {
+            return Outcome::RetryLater(e.to_string());
+        }
         Err(e @ IntakeError::Unavailable(_)) => {
             // The shared connection may be broken: the next update takes a fresh one.
             state.redis.reset();
@@ -170,10 +178,14 @@ async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Upd
         .lease_wait_seconds
         .with_label_values(&[bot.client.config.name.as_str()])
         .observe(waiting.elapsed().as_secs_f64());
+    if turn.reused {
+        tracing::warn!(update_id = update_id.0, %identity, "an update id handled before came back as another update");
+        state.metrics.update_ids_reused.with_label_values(&[bot.client.config.name.as_str()]).inc();
+    }
     // A panic is a failed attempt like any other: the turn still ends (the chat's next update
     // is not held up until the lease expires) and the update is dead-lettered after the bound.
     let held = {
-        let handling = bot::handle(&state.services, &redis, &bot.client, &turn, &update);
+        let handling = bot::handle(&state.services, &redis, &bot.client, &turn, (&update, &identity));
         let handling = pin!(AssertUnwindSafe(handling).catch_unwind());
         bot.intake.hold(&redis, &turn, handling).await
     };

@@ -3,30 +3,16 @@
 
 use std::time::Duration;
 
-use botfleet::fake_telegram::{Call, Failure, Fake};
+use botfleet::fake_telegram::{Failure, Fake};
 use botfleet::kv::{BotKeys, FeedKeys};
 use botfleet::types::{ChatId, UserId};
 use serde_json::{Value, json};
 
 use crate::helpers::redis;
 use crate::helpers::{
-    MAIN_BOT, Running, TestBot, TestDb, callback_update, deliver_update, eventually, outbox_drained,
-    photo_update, spawn_fake, spawn_worker, spawn_worker_with, text_update, unique,
+    MAIN_BOT, TestBot, TestDb, callback_update, deliver_ok, deliver_update, eventually, outbox_drained,
+    photo_update, said_to, spawn_fake, spawn_worker, spawn_worker_with, text_update, unique,
 };
-
-/// The texts the bot sent to `chat`, in order.
-fn said_to(fake: &Fake, chat: i64) -> Vec<String> {
-    fake.calls()
-        .into_iter()
-        .filter(|c: &Call| c.params["chat_id"] == json!(chat) && c.method == "sendMessage")
-        .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-async fn deliver_ok(worker: &Running, update: &Value) {
-    let response = deliver_update(worker, &MAIN_BOT, update).await;
-    assert_eq!(response.status(), 200, "update {} was not acknowledged", update["update_id"]);
-}
 
 #[tokio::test]
 async fn the_same_update_to_two_workers_at_once_makes_one_post_and_one_reply() {
@@ -61,7 +47,7 @@ async fn two_hundred_updates_of_one_chat_across_three_workers_drain_one_at_a_tim
     }
     // Hold the chat's turn, as a worker handling an earlier update would.
     let mut conn = redis().await;
-    let [lease, queue, _] = BotKeys::new(&prefix, MAIN_BOT.bot_id()).chat_turn("42");
+    let [lease, queue, ..] = BotKeys::new(&prefix, MAIN_BOT.bot_id()).chat_turn("42");
     let () = redis::cmd("SET").arg(&lease).arg("held-by-the-test").query_async(&mut conn).await.unwrap();
 
     let ids: Vec<i64> = (1000..1200).collect();
@@ -530,7 +516,8 @@ async fn an_update_that_always_fails_is_dead_lettered_then_acknowledged() {
 async fn a_panicking_update_releases_its_chat_counts_as_an_attempt_and_is_dead_lettered() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
-    // A lease much longer than a chat may wait: a turn the panic left held would show as 503s.
+    // A lease much longer than a chat may wait: a turn the panic left held would make its own
+    // redeliveries wait, and answer 503.
     let settings = [
         ("BOTFLEET_MAX_ATTEMPTS", "3"),
         ("BOTFLEET_CHAT_LEASE_MS", "60000"),
@@ -546,16 +533,19 @@ async fn a_panicking_update_releases_its_chat_counts_as_an_attempt_and_is_dead_l
         .await
         .unwrap();
     let panicking = text_update(2, 42, "/my");
+    let help = text_update(3, 42, "/help");
     let mut statuses = Vec::new();
     for attempt in 0..4 {
         statuses.push(deliver_update(&worker, &MAIN_BOT, &panicking).await.status().as_u16());
         if attempt == 0 {
-            // The chat's next update is not held up by the panic: its turn was released.
-            let help = deliver_update(&worker, &MAIN_BOT, &text_update(3, 42, "/help")).await;
-            assert_eq!(help.status(), 200, "the chat is not wedged after a panic");
+            // The chat's next update waits for the failed one's redelivery (order), answered at
+            // once rather than after a lease the panic left held.
+            let held = deliver_update(&worker, &MAIN_BOT, &help).await;
+            assert_eq!(held.status(), 503, "held behind the failed update");
         }
     }
     assert_eq!(statuses, [500, 500, 200, 200], "two failed attempts, then dead-lettered and acknowledged");
+    deliver_ok(&worker, &help).await;
     let row = db
         .owner()
         .await

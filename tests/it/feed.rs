@@ -18,13 +18,14 @@ async fn seed_posts(db: &TestDb, n: i64) {
         .batch_execute(&format!(
             "INSERT INTO users (bot_id, user_id, first_name, username) VALUES (1, 2, 'Ada', 'ada');
              INSERT INTO users (bot_id, user_id, first_name, is_banned) VALUES (1, 3, 'Mallory', true);
-             INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, published_at)
-             SELECT 1, 2, 2, g, 'post number ' || g, now() - interval '1 hour' + g * interval '1 millisecond'
+             INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, published_at)
+             SELECT 1, 2, 2, g, 'u:' || g, 'post number ' || g,
+                    now() - interval '1 hour' + g * interval '1 millisecond'
              FROM generate_series(1, {n}) g;
-             INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, published_at)
-             VALUES (1, 3, 3, 100000, 'banned author post', now());
-             INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, status)
-             VALUES (1, 2, 2, 100001, 'still pending post', 'pending');"
+             INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, published_at)
+             VALUES (1, 3, 3, 100000, 'u:100000', 'banned author post', now());
+             INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, status)
+             VALUES (1, 2, 2, 100001, 'u:100001', 'still pending post', 'pending');"
         ))
         .await
         .unwrap();
@@ -435,8 +436,8 @@ async fn a_replica_with_a_later_id_but_not_an_earlier_commit_is_not_read() {
     let api = spawn_api(&db, &prefix, true).await;
     let insert = |update_id: i64, text: &str| {
         format!(
-            "INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, published_at)
-             VALUES (1, 2, 2, {update_id}, '{text}', now())"
+            "INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, published_at)
+             VALUES (1, 2, 2, {update_id}, 'u:{update_id}', '{text}', now())"
         )
     };
     let late = db.owner().await;

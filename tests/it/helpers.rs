@@ -425,6 +425,21 @@ pub async fn deliver(
     request.send().await.unwrap()
 }
 
+/// The texts the bot sent to `chat`, in order.
+pub fn said_to(fake: &Fake, chat: i64) -> Vec<String> {
+    fake.calls()
+        .into_iter()
+        .filter(|c| c.params["chat_id"] == json!(chat) && c.method == "sendMessage")
+        .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Delivers an update to the main bot and expects it acknowledged.
+pub async fn deliver_ok(worker: &Running, update: &Value) {
+    let response = deliver_update(worker, &MAIN_BOT, update).await;
+    assert_eq!(response.status(), 200, "update {} was not acknowledged", update["update_id"]);
+}
+
 /// Delivers a JSON update with the bot's right secret.
 pub async fn deliver_update(worker: &Running, bot: &TestBot, update: &Value) -> reqwest::Response {
     deliver(worker, bot, Some(bot.secret), update.to_string()).await

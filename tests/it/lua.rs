@@ -1,6 +1,7 @@
 //! Each Lua script on its own, against the real Redis.
 
 use botfleet::feed::{self, Author, PostView};
+use botfleet::intake::fingerprint;
 use botfleet::kv::{BotKeys, FeedKeys, scripts, turns_channel};
 use botfleet::types::{BotId, ChatId, PostId, UpdateId, UserId};
 use futures_util::StreamExt;
@@ -9,8 +10,40 @@ use redis::aio::MultiplexedConnection;
 use crate::helpers::redis;
 use crate::helpers::{env, unique};
 
-/// Runs intake_begin for `update` of chat "7" with `token`, reading `read_ahead` keys with a
-/// turn; waiters count for 500 ms. Returns the answer and the values read.
+/// The fingerprint of update `update` when the test does not say what it is.
+fn same(update: i64) -> u16 {
+    fingerprint(&format!("update {update}"))
+}
+
+/// Runs intake_begin for `update` (with `fingerprint`) of chat "7" with `token`, reading
+/// `read_ahead` keys with a turn; waiters count for 500 ms. Returns the answer and the values
+/// read.
+async fn begin_as(
+    conn: &mut MultiplexedConnection,
+    keys: &BotKeys,
+    (update, fingerprint): (i64, u16),
+    token: &str,
+    read_ahead: &[&str],
+) -> Vec<Option<String>> {
+    let [lease, queue, waiters, hold] = keys.chat_turn("7");
+    let (handled, bit) = keys.handled(UpdateId(update));
+    let mut script = scripts::INTAKE_BEGIN.key(handled);
+    script.key(lease).key(queue).key(waiters).key(hold);
+    for key in read_ahead {
+        script.key(*key);
+    }
+    script
+        .arg(update)
+        .arg(token)
+        .arg(10_000)
+        .arg(500)
+        .arg(bit)
+        .arg(fingerprint)
+        .invoke_async(conn)
+        .await
+        .unwrap()
+}
+
 async fn begin_reading(
     conn: &mut MultiplexedConnection,
     keys: &BotKeys,
@@ -18,19 +51,13 @@ async fn begin_reading(
     token: &str,
     read_ahead: &[&str],
 ) -> Vec<Option<String>> {
-    let [lease, queue, waiters] = keys.chat_turn("7");
-    let (handled, bit) = keys.handled(UpdateId(update));
-    let mut script = scripts::INTAKE_BEGIN.key(handled);
-    script.key(lease).key(queue).key(waiters);
-    for key in read_ahead {
-        script.key(*key);
-    }
-    script.arg(update).arg(token).arg(10_000).arg(500).arg(bit).invoke_async(conn).await.unwrap()
+    begin_as(conn, keys, (update, same(update)), token, read_ahead).await
 }
 
 async fn begin(conn: &mut MultiplexedConnection, keys: &BotKeys, update: i64, token: &str) -> String {
     let answer = begin_reading(conn, keys, update, token, &[]).await;
-    assert_eq!(answer.len(), 1, "no values without read-ahead keys: {answer:?}");
+    let expected = if answer[0].as_deref() == Some("held") { 2 } else { 1 };
+    assert_eq!(answer.len(), expected, "no values without read-ahead keys: {answer:?}");
     answer[0].clone().unwrap()
 }
 
@@ -41,18 +68,33 @@ async fn end(
     token: &str,
     outcome: &str,
 ) -> i64 {
-    let [lease, queue, _] = keys.chat_turn("7");
+    end_as(conn, keys, (update, same(update)), token, outcome).await
+}
+
+/// Runs intake_end for `update` (with `fingerprint`); a failure holds the chat for 60 s.
+async fn end_as(
+    conn: &mut MultiplexedConnection,
+    keys: &BotKeys,
+    (update, fingerprint): (i64, u16),
+    token: &str,
+    outcome: &str,
+) -> i64 {
+    let [lease, queue, _, hold] = keys.chat_turn("7");
     let (handled, bit) = keys.handled(UpdateId(update));
     scripts::INTAKE_END
         .key(handled)
         .key(&lease)
         .key(queue)
+        .key(hold)
         .arg(token)
         .arg(outcome)
         .arg(60_000)
         .arg(turns_channel(&lease))
         .arg(&lease)
         .arg(bit)
+        .arg(fingerprint)
+        .arg(update)
+        .arg(60_000)
         .invoke_async(conn)
         .await
         .unwrap()
@@ -73,13 +115,55 @@ async fn intake_gives_one_turn_per_chat_in_update_id_order() {
     assert_eq!(begin(&mut conn, &keys, 13, "d").await, "wait");
     assert_eq!(begin(&mut conn, &keys, 12, "c").await, "wait");
     assert_eq!(begin(&mut conn, &keys, 11, "b").await, "go");
-    assert_eq!(end(&mut conn, &keys, 11, "b", "retry").await, 1);
+    assert_eq!(end(&mut conn, &keys, 11, "b", "done").await, 1);
     assert_eq!(begin(&mut conn, &keys, 12, "c").await, "go");
-    // A handled update is done for everyone; a retried one is not.
+    // A handled update is done for everyone.
     assert_eq!(begin(&mut conn, &keys, 10, "z").await, "done");
-    assert_eq!(end(&mut conn, &keys, 12, "c", "done").await, 1);
-    assert_eq!(begin(&mut conn, &keys, 11, "b2").await, "go", "11 was retried, so it runs again");
-    assert_eq!(end(&mut conn, &keys, 11, "x", "done").await, 0, "a stranger cannot end the turn");
+    assert_eq!(end(&mut conn, &keys, 12, "x", "done").await, 0, "a stranger cannot end the turn");
+}
+
+#[tokio::test]
+async fn a_failed_update_holds_its_chats_later_updates_until_it_is_handled() {
+    let mut conn = redis().await;
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
+    assert_eq!(begin(&mut conn, &keys, 10, "a").await, "go");
+    assert_eq!(begin(&mut conn, &keys, 11, "b").await, "wait");
+    assert_eq!(end(&mut conn, &keys, 10, "a", "retry").await, 1);
+    // 10 failed: 11 (and every later update of the chat) waits for 10's redelivery.
+    let held = begin_reading(&mut conn, &keys, 11, "b", &[]).await;
+    assert_eq!(held, [Some("held".into()), Some("10".into())]);
+    assert_eq!(begin(&mut conn, &keys, 12, "c").await, "held");
+    assert_eq!(begin(&mut conn, &keys, 9, "z").await, "go", "an earlier update is not held back");
+    assert_eq!(end(&mut conn, &keys, 9, "z", "done").await, 1);
+    // 10 comes back, fails again (the hold stays), then is handled: 11 may go.
+    assert_eq!(begin(&mut conn, &keys, 10, "a2").await, "go");
+    assert_eq!(end(&mut conn, &keys, 10, "a2", "retry").await, 1);
+    assert_eq!(begin(&mut conn, &keys, 11, "b").await, "held");
+    assert_eq!(begin(&mut conn, &keys, 10, "a3").await, "go");
+    assert_eq!(end(&mut conn, &keys, 10, "a3", "done").await, 1);
+    assert_eq!(begin(&mut conn, &keys, 11, "b").await, "go");
+    let [.., hold] = keys.chat_turn("7");
+    let () = redis::cmd("SET").arg(&hold).arg(11).query_async(&mut conn).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&hold).query_async(&mut conn).await.unwrap();
+    assert_eq!(ttl, -1, "set by the test without expiry");
+    assert_eq!(end(&mut conn, &keys, 11, "b", "retry").await, 1);
+    let ttl: i64 = redis::cmd("PTTL").arg(&hold).query_async(&mut conn).await.unwrap();
+    assert!((59_000..=60_000).contains(&ttl), "a hold expires (60 s here), PTTL {ttl}");
+}
+
+#[tokio::test]
+async fn an_update_id_that_comes_back_as_another_update_is_handled_as_new() {
+    let mut conn = redis().await;
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
+    let (old, new) = (fingerprint("m:7:100"), fingerprint("m:7:5000"));
+    assert_ne!(old, new);
+    assert_eq!(begin_as(&mut conn, &keys, (40, old), "a", &[]).await, [Some("go".into())]);
+    assert_eq!(end_as(&mut conn, &keys, (40, old), "a", "done").await, 1);
+    assert_eq!(begin_as(&mut conn, &keys, (40, old), "b", &[]).await, [Some("done".into())], "a redelivery");
+    // A week later Telegram starts its ids anew: 40 is another message now.
+    assert_eq!(begin_as(&mut conn, &keys, (40, new), "c", &[]).await, [Some("reused".into())]);
+    assert_eq!(end_as(&mut conn, &keys, (40, new), "c", "done").await, 1);
+    assert_eq!(begin_as(&mut conn, &keys, (40, new), "d", &[]).await, [Some("done".into())]);
 }
 
 #[tokio::test]
@@ -110,7 +194,7 @@ async fn intake_reads_the_user_and_dialogue_with_the_turn_only() {
 async fn intake_end_wakes_the_chat_only_when_someone_waits() {
     let mut conn = redis().await;
     let keys = BotKeys::new(&unique("lua"), BotId(1));
-    let [lease, _, _] = keys.chat_turn("7");
+    let [lease, ..] = keys.chat_turn("7");
     let channel = turns_channel(&lease);
     let mut wakes =
         redis::Client::open(env("BOTFLEET_TEST_REDIS_URL")).unwrap().get_async_pubsub().await.unwrap();
@@ -130,7 +214,7 @@ async fn intake_end_wakes_the_chat_only_when_someone_waits() {
 }
 
 #[tokio::test]
-async fn intake_remembers_handled_updates_one_bit_each_for_a_day() {
+async fn intake_remembers_handled_updates_sixteen_bits_each_for_a_day() {
     let mut conn = redis().await;
     let keys = BotKeys::new(&unique("lua"), BotId(1));
     let (high, low) = ((5 << 16) + 10, 10);
@@ -139,7 +223,7 @@ async fn intake_remembers_handled_updates_one_bit_each_for_a_day() {
     end(&mut conn, &keys, high, "a", "done").await;
     assert_eq!(begin(&mut conn, &keys, high, "b").await, "done");
     assert_eq!(begin(&mut conn, &keys, high + 1, "c").await, "go", "its neighbour is not handled");
-    end(&mut conn, &keys, high + 1, "c", "retry").await;
+    end(&mut conn, &keys, high + 1, "c", "done").await;
     assert_eq!(begin(&mut conn, &keys, low, "d").await, "go", "nor is the same bit of another bitmap");
     let ttl: i64 =
         redis::cmd("PTTL").arg(keys.handled(UpdateId(high)).0).query_async(&mut conn).await.unwrap();
@@ -156,7 +240,7 @@ async fn intake_drops_a_waiter_that_stopped_asking() {
     assert_eq!(begin(&mut conn, &keys, 22, "c").await, "wait");
     end(&mut conn, &keys, 20, "a", "done").await;
     assert_eq!(begin(&mut conn, &keys, 22, "c").await, "wait", "21 still counts within its deadline");
-    let [_, _, waiters] = keys.chat_turn("7");
+    let [_, _, waiters, _] = keys.chat_turn("7");
     // Its deadline passes (set it in the past rather than wait for it).
     let () = redis::cmd("HSET").arg(&waiters).arg(21).arg(0).query_async(&mut conn).await.unwrap();
     assert_eq!(begin(&mut conn, &keys, 22, "c").await, "go");
@@ -167,7 +251,7 @@ async fn lease_renewal_only_for_the_holder() {
     let mut conn = redis().await;
     let keys = BotKeys::new(&unique("lua"), BotId(1));
     assert_eq!(begin(&mut conn, &keys, 1, "a").await, "go");
-    let [lease, _, _] = keys.chat_turn("7");
+    let [lease, ..] = keys.chat_turn("7");
     let renew = async |conn: &mut MultiplexedConnection, token: &str| -> i64 {
         scripts::LEASE_RENEW.key(&lease).arg(token).arg(99_000).invoke_async(conn).await.unwrap()
     };
@@ -184,7 +268,7 @@ async fn dialogue_save_is_compare_and_set_fenced_by_the_lease() {
     let mut conn = redis().await;
     let keys = BotKeys::new(&unique("lua"), BotId(1));
     assert_eq!(begin(&mut conn, &keys, 1, "holder").await, "go");
-    let [lease, _, _] = keys.chat_turn("7");
+    let [lease, ..] = keys.chat_turn("7");
     let key = keys.dialogue(ChatId(7));
     let save = async |conn: &mut MultiplexedConnection, version: i64, state: &str, token: &str| -> i64 {
         let script = &scripts::DIALOGUE_SAVE;

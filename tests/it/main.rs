@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod deploy;
+mod exactly_once;
 mod fake_telegram;
 mod feed;
 mod flood;

@@ -250,8 +250,8 @@ async fn a_redelivered_broadcast_resumes_queueing_at_its_cursor() {
     db.owner()
         .await
         .execute(
-            "INSERT INTO broadcasts (bot_id, update_id, admin_chat, text, next_user_id, queued)
-             VALUES ($1, 1, 1, 'Resumed where it stopped', 1009, 11)",
+            "INSERT INTO broadcasts (bot_id, update_id, origin, admin_chat, text, next_user_id, queued)
+             VALUES ($1, 1, 'm:1:1', 1, 'Resumed where it stopped', 1009, 11)",
             &[&MAIN_BOT.id()],
         )
         .await

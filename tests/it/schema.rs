@@ -42,7 +42,7 @@ async fn api_role_cannot_insert_update_or_delete() {
         .await
         .batch_execute(
             "INSERT INTO users (bot_id, user_id, first_name) VALUES (1, 2, 'x');
-             INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, published_at) VALUES (1, 2, 2, 1, 'hello world', now())",
+             INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, published_at) VALUES (1, 2, 2, 1, 'u:1', 'hello world', now())",
         )
         .await
         .unwrap();
@@ -54,7 +54,7 @@ async fn api_role_cannot_insert_update_or_delete() {
     );
     let writes = [
         "INSERT INTO users (bot_id, user_id, first_name) VALUES (1, 3, 'y')",
-        "INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, published_at) VALUES (1, 2, 2, 2, 'sneaky post', now())",
+        "INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, published_at) VALUES (1, 2, 2, 2, 'u:2', 'sneaky post', now())",
         "UPDATE posts SET text = 'defaced!!!'",
         "DELETE FROM posts",
         "DELETE FROM users",
@@ -79,7 +79,7 @@ async fn worker_role_writes_users_and_posts_but_not_the_schema() {
     worker
         .batch_execute(
             "INSERT INTO users (bot_id, user_id, first_name) VALUES (1, 2, 'x');
-             INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, published_at) VALUES (1, 2, 2, 1, 'hello world', now());
+             INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, published_at) VALUES (1, 2, 2, 1, 'u:1', 'hello world', now());
              UPDATE posts SET is_public = false;
              DELETE FROM posts;",
         )

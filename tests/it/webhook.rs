@@ -353,7 +353,7 @@ async fn concurrent_posts_share_commits_each_update_gets_its_own_and_one_bad_pos
             let waiting = db
                 .count(
                     "SELECT count(*) FROM pg_stat_activity
-                     WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO posts%'",
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO posts%'",
                 )
                 .await;
             (waiting == 1).then_some(())
