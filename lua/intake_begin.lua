@@ -6,8 +6,8 @@
 -- KEYS[2]  chat lease        <bot prefix>c:<chat>:lease  holder's token, expires after ARGV[3] ms
 -- KEYS[3]  chat queue        <bot prefix>c:<chat>:q      ZSET of waiting update ids (score = id)
 -- KEYS[4]  waiter deadlines  <bot prefix>c:<chat>:w      HASH update id -> ms until the waiter counts
--- KEYS[5]  chat hold         <bot prefix>c:<chat>:hold   the chat's failed update, which must be
---                            handled (or dead-lettered) before any later one of the chat
+-- KEYS[5]  chat hold         <bot prefix>c:<chat>:hold   the chat's update under way or failed,
+--                            which must be handled (or dead-lettered) before any later one
 -- KEYS[6]  optional, with KEYS[7]: cached user  <bot prefix>user:<id>  read with the turn
 -- KEYS[7]  optional, with KEYS[6]: dialogue     <bot prefix>d:<chat>   HASH v, s, u, p
 -- ARGV[1]  update id
@@ -16,9 +16,10 @@
 -- ARGV[4]  how long a waiter stays queued without asking again, in ms
 -- ARGV[5]  the update's slot in KEYS[1] (update_id mod 65536)
 -- ARGV[6]  the update's fingerprint (1..65535): a hash of what it is, not of its id
+-- ARGV[7]  how long the hold lasts, in ms, should the update never come back
 --
 -- Returns {"done"} (already handled: acknowledge), {"held", id} (an earlier update of the chat
--- failed and waits for its redelivery), {"wait"}, or {"go"} when the chat's turn is ours, or
+-- failed, or its worker died or stalled, and it waits for its redelivery), {"wait"}, or {"go"} when the chat's turn is ours, or
 -- {"reused"} likewise when the id was handled before as another update (Telegram may reuse
 -- ids after a week of silence), followed by the user and the dialogue's fields v, s, u, p when
 -- KEYS[6..7] are given (nil where absent): read under the turn, they stay current until it
@@ -33,7 +34,13 @@ local verdict = 'go'
 if seen ~= 0 then
   verdict = 'reused'
 end
+local hold = redis.call('GET', KEYS[5])
 local function go()
+  -- The update holds its chat until it ends (intake_end): if its worker dies or stalls past the
+  -- lease, the chat's later updates still wait for its redelivery.
+  if not hold then
+    redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[7])
+  end
   if not KEYS[6] then
     return {verdict}
   end
@@ -46,8 +53,8 @@ local holder = redis.call('GET', KEYS[2])
 if holder == ARGV[2] then
   return go()
 end
-local hold = redis.call('GET', KEYS[5])
-if hold and tonumber(hold) < tonumber(id) then
+-- An earlier update holds the chat and nobody works on it: it failed, or its worker died.
+if hold and not holder and tonumber(hold) < tonumber(id) then
   return {'held', hold}
 end
 -- The usual case: nobody holds the chat and nobody waits for it.

@@ -15,9 +15,10 @@
 -- ARGV[8]  the update id
 -- ARGV[9]  how long a failed update holds its chat's later updates back, in ms
 --
--- A failed update holds the chat: its later updates wait (intake_begin answers "held") until
--- it is handled or dead-lettered, so that a chat's updates take effect in update_id order
--- even when one fails. The hold expires after ARGV[9] ms, should Telegram never redeliver.
+-- An update holds its chat from its start (intake_begin) until it is handled or dead-lettered:
+-- a failed one keeps holding it, and the chat's later updates wait ("held") for its
+-- redelivery, so that a chat's updates take effect in update_id order even when one fails. The
+-- hold expires after ARGV[9] ms, should Telegram never redeliver.
 -- Returns 1 if this attempt still held the chat's turn, 0 if it had expired (another worker
 -- may have taken over: the caller logs it). The waiters are woken only if there are any: a
 -- waiter queues itself (intake_begin) before it sleeps, so none can be missed.

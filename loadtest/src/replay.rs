@@ -227,6 +227,7 @@ fn print_table(summary: &Value) {
         ("lost", summary["audit"]["lost"].to_string()),
         ("duplicated", summary["audit"]["duplicated"].to_string()),
         ("in doubt", summary["audit"]["in_doubt"].to_string()),
+        ("out of order", summary["audit"]["out_of_order"].to_string()),
         ("posts", summary["audit"]["posts"].to_string()),
     ];
     for (name, value) in rows {

@@ -75,7 +75,7 @@ pub async fn page(
             state.cache.get(version, &name, || pages::load_page(reader, limit, start, feed.fresh)).await?
         }
         // Redis cannot say what is current: serve straight from the database, uncached.
-        None => Arc::new(pages::load_page(reader, limit, start, Freshness::default()).await?),
+        None => Arc::new(pages::load_page(reader, limit, start, Freshness::Any).await?),
     };
     Ok(respond(&page, &headers))
 }
@@ -93,7 +93,7 @@ pub async fn post(
             let load = || pages::load_post(reader, id, feed.fresh);
             state.cache.get(feed.removals, &format!("post:{id}"), load).await?
         }
-        None => Arc::new(pages::load_post(reader, id, Freshness::default()).await?),
+        None => Arc::new(pages::load_post(reader, id, Freshness::Any).await?),
     };
     Ok(respond(&post, &headers))
 }

@@ -1,7 +1,8 @@
 //! `GET /api/feed/stream`: the live feed as Server-Sent Events (see `feed::hub`).
 //!
-//! A browser that sends `Last-Event-ID` first gets what it missed, read back from the stream, or
-//! one `event: resync` if the stream no longer reaches back that far; then the live events.
+//! A browser that sends `Last-Event-ID` first gets what it missed, read back from the stream
+//! (less the posts that left the feed since: deleted, or their author banned), or one
+//! `event: resync` if the stream no longer reaches back that far; then the live events.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -12,6 +13,9 @@ use futures_util::StreamExt;
 use super::error::ApiError;
 use super::state::ApiState;
 use crate::feed::hub::{Offset, RESYNC};
+use crate::store;
+use crate::store::replicas::Freshness;
+use crate::types::PostId;
 
 /// How long a browser should wait before reconnecting.
 const RETRY_MS: u64 = 3000;
@@ -44,7 +48,14 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Result
             first.extend_from_slice(RESYNC);
             missed = 1;
         } else {
-            let events = hub.read_after(Some(after)).await.map_err(ApiError::redis)?;
+            let mut events = hub.read_after(Some(after)).await.map_err(ApiError::redis)?;
+            // Posts deleted (or whose author was banned) since they went out are not replayed.
+            let ids: Vec<PostId> = events.iter().filter_map(|e| e.post).collect();
+            if !ids.is_empty() {
+                let fresh = state.cache.state().await.map_or(Freshness::Unknown, |feed| feed.fresh);
+                let visible = store::feed::visible(&state.reader, &ids, fresh).await?;
+                events.retain(|e| e.post.is_none_or(|id| visible.contains(&id)));
+            }
             replayed_to = events.last().map(|e| e.offset).or(replayed_to);
             missed = events.len();
             events.iter().for_each(|e| first.extend_from_slice(&e.bytes));

@@ -23,6 +23,7 @@ pub async fn ban(
         let usage = if banned { "/ban <user id>" } else { "/unban <user id>" };
         return ctx.say(chat, format!("Usage: {usage}")).await;
     };
+    ctx.fenced()?;
     if !users::set_banned(&ctx.services.db, ctx.bot_id(), target, banned).await? {
         return ctx.say(chat, format!("I have never seen user {target}.")).await;
     }

@@ -29,6 +29,7 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
         return ctx.say(chat, format!("Usage: /broadcast <text of 1 to {MAX_CHARS} characters>")).await;
     }
     let (db, bot_id) = (&ctx.services.db, ctx.bot.config.id);
+    ctx.fenced()?;
     let mut broadcast =
         broadcasts::start_broadcast(db, bot_id, (ctx.update_id, ctx.origin), chat, text).await?;
     if broadcast.status == "cancelled" {
@@ -37,6 +38,7 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
     let mut conn = ctx.conn();
     while broadcast.status == "queueing" {
         let page = broadcasts::recipients(db, bot_id, broadcast.next_user_id, PAGE).await?;
+        ctx.fenced()?;
         for &user in &page {
             let id = format!("bc:{}:{user}", broadcast.id);
             let message = Message {
@@ -75,6 +77,7 @@ pub async fn cancel(ctx: &Ctx<'_>, chat: ChatId, from: &User) -> Result<(), Hand
     if !ctx.is_admin(from) {
         return ctx.say(chat, "Only the bot's admins may do that.").await;
     }
+    ctx.fenced()?;
     let Some(id) = broadcasts::cancel_broadcast(&ctx.services.db, ctx.bot.config.id, chat).await? else {
         return ctx.say(chat, "No broadcast to cancel.").await;
     };

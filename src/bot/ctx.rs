@@ -150,8 +150,15 @@ impl<'a> Ctx<'a> {
         Ok(saved?)
     }
 
+    /// Fails once the chat's turn may be another worker's: checked before every durable effect
+    /// (see `Turn::fence`).
+    pub fn fenced(&self) -> Result<(), HandleError> {
+        Ok(self.turn.fence()?)
+    }
+
     /// Posts left the feed (committed already): cached pages go stale, lagging replicas unread.
     pub async fn removed(&self) -> Result<(), HandleError> {
+        self.fenced()?;
         let position = posts::wal_position(&self.services.db).await?;
         publish::invalidate(&mut self.conn(), &self.services.feed_keys, position)
             .await
@@ -162,6 +169,7 @@ impl<'a> Ctx<'a> {
     /// `wal_position` is the primary's after its commit, which replicas must have replayed to be
     /// read for the feed.
     pub async fn publish(&self, post: PostView, wal_position: i64) -> Result<(), HandleError> {
+        self.fenced()?;
         let publisher = &self.services.publisher;
         let published =
             publisher.publish(self.conn(), post, wal_position).await.map_err(HandleError::Unavailable)?;
@@ -224,6 +232,7 @@ impl<'a> Ctx<'a> {
         text: &str,
         buttons: Option<&InlineKeyboardMarkup>,
     ) -> Result<(), HandleError> {
+        self.fenced()?;
         let message = outbox::Message { id, chat, text, buttons, broadcast: None };
         outbox::add(&mut self.conn(), &self.bot.keys, &message)
             .await
@@ -241,6 +250,7 @@ impl<'a> Ctx<'a> {
     where
         R: std::future::IntoFuture<Output = Result<T, RequestError>>,
     {
+        self.fenced()?;
         let name = self.bot.config.name.as_str();
         let flood = &self.services.flood;
         let sent = flood.send(&mut self.conn(), (&self.bot.keys, name), chat, Urgency::Reply, call).await;
@@ -255,6 +265,7 @@ impl<'a> Ctx<'a> {
     /// A callback query's answer: no message, so it takes no moment of the limits, but it waits
     /// out the bot's pause all the same (see `Flood::unmetered`).
     pub async fn answer(&self, query: &CallbackQuery, text: &str) -> Result<(), HandleError> {
+        self.fenced()?;
         let call = self.bot.api.answer_callback_query(query.id.clone()).text(text.to_owned());
         let result = self.services.flood.unmetered(&mut self.conn(), &self.bot.keys, call).await?;
         self.outcome("answerCallbackQuery", result).map(drop)

@@ -1,5 +1,6 @@
 //! Why an update could not be handled now, as the bot's behaviour reports it.
 
+use crate::intake::LeaseLost;
 use crate::intake::dialogue::DialogueError;
 use crate::store::StoreError;
 use crate::telegram::flood::FloodError;
@@ -22,6 +23,12 @@ impl From<StoreError> for HandleError {
             StoreError::Unavailable(e) => HandleError::Unavailable(e),
             StoreError::Other(e) => HandleError::Failed(e),
         }
+    }
+}
+
+impl From<LeaseLost> for HandleError {
+    fn from(e: LeaseLost) -> Self {
+        HandleError::Unavailable(e.into())
     }
 }
 

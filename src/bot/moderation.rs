@@ -19,6 +19,7 @@ pub async fn moderate(
     id: PostId,
     approve: bool,
 ) -> Result<String, HandleError> {
+    ctx.fenced()?;
     let decided = posts::decide(&ctx.services.db, ctx.bot.config.id, id, approve, ctx.origin).await?;
     let Some((post, author, ours)) = decided else {
         return Ok("That post is gone.".to_owned());

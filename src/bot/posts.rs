@@ -123,6 +123,7 @@ async fn create(
         photo: photo.map(|p| (p.file_id.clone(), p.unique_id.clone())),
         published: ctx.bot.config.moderator_chat.is_none(),
     };
+    ctx.fenced()?;
     let stored = ctx.services.posts.insert(post).await?;
     ctx.services.metrics.posts_created.with_label_values(&[ctx.bot.config.name.as_str()]).inc();
     Ok(stored)
@@ -217,6 +218,7 @@ pub async fn list_mine(ctx: &Ctx<'_>, chat: ChatId, from: &User) -> Result<(), H
 /// nothing to delete invalidates them too: it may be the redelivery of a delete whose
 /// invalidation failed (Redis was down), and the row is all that said the post was there.
 async fn delete(ctx: &Ctx<'_>, from: &User, id: PostId) -> Result<String, HandleError> {
+    ctx.fenced()?;
     let Some(post) = posts::delete_post(&ctx.services.db, ctx.bot.config.id, UserId::from(from), id).await?
     else {
         ctx.removed().await?;
@@ -239,6 +241,7 @@ pub async fn on_edit(ctx: &Ctx<'_>, message: &Message) -> Result<(), HandleError
         return Ok(());
     };
     let message_id = MessageId::from(message.id);
+    ctx.fenced()?;
     if posts::edit_pending(&ctx.services.db, ctx.bot.config.id, chat, message_id, text.as_str()).await? {
         ctx.say(chat, "Your pending post was updated.").await?;
     }

@@ -7,7 +7,8 @@
 //! what comes after a given post, so those pages stay cached while the feed grows. Concurrent
 //! misses of one page on one node make one database query (single-flight). A page is only
 //! cached from a database that has replayed the primary's WAL past the latest publish or removal
-//! (see `store::replicas::Reader`).
+//! (see `store::replicas::Reader`). Versions never go back, even when Redis loses data
+//! (`feed_state.lua`): a page cached before cannot become valid again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +21,7 @@ use redis::AsyncCommands;
 use tokio::sync::OnceCell;
 
 use crate::keyed::Keyed;
-use crate::kv::{self, FeedKeys};
+use crate::kv::{self, FeedKeys, scripts};
 use crate::metrics::Metrics;
 use crate::store::replicas::Freshness;
 
@@ -80,6 +81,8 @@ pub struct PageCache {
     /// One load per key at a time on this node (single-flight).
     flights: Keyed<OnceCell<Arc<Page>>>,
     states: SharedReads<Option<FeedState>>,
+    /// The highest versions this process has seen: Redis must not take them back.
+    seen: Mutex<(i64, i64)>,
 }
 
 impl PageCache {
@@ -91,6 +94,7 @@ impl PageCache {
             local: Mutex::default(),
             flights: Keyed::default(),
             states: SharedReads::default(),
+            seen: Mutex::default(),
         }
     }
 
@@ -107,14 +111,23 @@ impl PageCache {
 
     async fn read_state(&self) -> Option<FeedState> {
         let mut conn = self.redis.get().await.ok()?;
-        let keys = [&self.keys.generation, &self.keys.removals, &self.keys.wal_position];
-        let (generation, removals, wal_position): (Option<i64>, Option<i64>, Option<i64>) =
-            conn.mget(&keys).await.ok()?;
-        Some(FeedState {
-            generation: generation.unwrap_or(0),
-            removals: removals.unwrap_or(0),
-            fresh: Freshness { wal_position },
-        })
+        let seen = *self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (generation, removals, wal_position): (i64, i64, Option<i64>) = scripts::FEED_STATE
+            .key(&self.keys.generation)
+            .key(&self.keys.removals)
+            .key(&self.keys.wal_position)
+            .arg(seen.0)
+            .arg(seen.1)
+            .invoke_async(&mut conn)
+            .await
+            .inspect_err(|_| self.redis.reset())
+            .ok()?;
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            *seen = (seen.0.max(generation), seen.1.max(removals));
+        }
+        let fresh = wal_position.map_or(Freshness::Unknown, Freshness::Replayed);
+        Some(FeedState { generation, removals, fresh })
     }
 
     /// The page `name` as of feed `version`, loading it with `load` on a miss.

@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use crate::kv::{self, FeedKeys};
 use crate::metrics::Metrics;
 use crate::shutdown::CancellationToken;
+use crate::types::PostId;
 
 /// Events a client may fall behind by before it is dropped (it then resumes by Last-Event-ID).
 const CLIENT_BACKLOG: usize = 256;
@@ -51,6 +52,8 @@ impl std::fmt::Display for Offset {
 pub struct Event {
     pub offset: Offset,
     pub bytes: Bytes,
+    /// The post's id, where read back from the stream (a resumed stream checks it is still there).
+    pub post: Option<PostId>,
 }
 
 /// What the hub sends to every stream of the node. Heartbeats and the end come through the same
@@ -70,6 +73,15 @@ const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 fn encode(offset: Offset, json: &str) -> Bytes {
     // The JSON of a post is one line (serde_json never writes raw newlines), so one data line.
     Bytes::from(format!("id: {offset}\nevent: post\ndata: {json}\n\n"))
+}
+
+/// The id in a post's JSON (stream entries from before the id was kept beside it).
+fn post_id_in(json: &str) -> Option<PostId> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: PostId,
+    }
+    serde_json::from_str::<Id>(json).ok().map(|post| post.id)
 }
 
 /// Fans the feed's live channel out to this node's clients.
@@ -119,7 +131,7 @@ impl Hub {
                 if let Some(seen) = last
                     && self.gap_after(seen).await?
                 {
-                    self.send(Event { offset: seen, bytes: Bytes::from_static(RESYNC) });
+                    self.send(Event { offset: seen, bytes: Bytes::from_static(RESYNC), post: None });
                     last = self.newest().await?;
                 }
                 for event in self.read_after(last).await? {
@@ -135,7 +147,7 @@ impl Hub {
                         continue;
                     }
                     last = Some(offset);
-                    self.send(Event { offset, bytes: encode(offset, json) });
+                    self.send(Event { offset, bytes: encode(offset, json), post: None });
                 }
                 Ok::<(), anyhow::Error>(())
             };
@@ -210,7 +222,8 @@ impl Hub {
             for (id, fields) in batch {
                 let (Some(offset), Some(json)) = (Offset::parse(&id), fields.get("post")) else { continue };
                 from = format!("({offset}");
-                events.push(Event { offset, bytes: encode(offset, json) });
+                let post = fields.get("id").and_then(|id| id.parse().ok()).or_else(|| post_id_in(json));
+                events.push(Event { offset, bytes: encode(offset, json), post });
             }
             if !full {
                 return Ok(events);

@@ -13,9 +13,15 @@
 //! after a week of silence): Redis remembers a 16-bit fingerprint of each handled update's
 //! identity, and an id that comes back as another update is handled as new (counted, logged).
 //!
-//! A failed update holds its chat: the chat's later updates are answered 503 at once (Telegram
-//! redelivers them later) until the failed one is handled or dead-lettered, so that a chat's
-//! updates take effect in `update_id` order even when one fails (`intake_end.lua`).
+//! An update holds its chat from its start until it is handled or dead-lettered: if it fails, or
+//! its worker dies or stalls, the chat's later updates are answered 503 at once (Telegram
+//! redelivers them later) until it comes back, so that a chat's updates take effect in
+//! `update_id` order whatever fails (`intake_end.lua`).
+//!
+//! A worker that lost its turn (the lease expired in a stall, or Redis failed over) stops: the
+//! handling is dropped once a renewal finds the lease gone, and every durable effect first checks
+//! [`Turn::fence`], which fails once the lease may have expired. So two workers never both apply
+//! effects for one chat.
 //!
 //! Redis is the fast path only: the Postgres unique constraints are what make a redelivery
 //! after a Redis flush harmless.
@@ -35,7 +41,7 @@ mod waker;
 
 use crate::types::UpdateId;
 use turn::ReadValues;
-pub use turn::{Begin, ReadAhead, Turn};
+pub use turn::{Begin, LeaseLost, ReadAhead, Turn};
 pub use waker::Waker;
 
 /// How a worker waits for a chat's turn.
@@ -95,6 +101,7 @@ impl Intake {
         let started = Instant::now();
         let mut poll = Duration::from_millis(2);
         loop {
+            let asked = Instant::now();
             // Listen before asking, so that a release right after the answer is not missed.
             let mut woken = pin!(notify.notified());
             woken.as_mut().enable();
@@ -110,6 +117,7 @@ impl Intake {
                 .arg((MAX_POLL * 5).as_millis() as u64)
                 .arg(handled_bit)
                 .arg(fingerprint)
+                .arg(self.config.hold.as_millis() as u64)
                 .invoke_async(conn)
                 .await?;
             let verdict = answer.first().cloned().flatten();
@@ -129,6 +137,7 @@ impl Intake {
                         keys: [lease_key, queue_key, hold_key],
                         read,
                         reused,
+                        valid_until: std::sync::Mutex::new(self.valid_until(asked)),
                     })));
                 }
                 _ => {}
@@ -148,16 +157,35 @@ impl Intake {
 
     /// Runs `work` (the update's handling) while keeping the turn: the lease is renewed every
     /// third of its length for as long as `work` runs, in the same task (no task per update).
-    pub async fn hold<T>(&self, conn: &Conn, turn: &Turn, mut work: Pin<&mut impl Future<Output = T>>) -> T {
-        let mut renewing = true;
+    /// Once a renewal finds the lease gone, `work` is dropped where it stands.
+    pub async fn hold<T>(
+        &self,
+        conn: &Conn,
+        turn: &Turn,
+        mut work: Pin<&mut impl Future<Output = T>>,
+    ) -> Result<T, LeaseLost> {
         loop {
             tokio::select! {
-                output = &mut work => return output,
-                () = tokio::time::sleep(self.config.lease / 3), if renewing => {
-                    renewing = renew(conn.clone(), turn, self.config.lease).await;
+                // After a stall (a stopped process), the overdue renewal goes first.
+                biased;
+                () = tokio::time::sleep(self.config.lease / 3) => {
+                    let asked = Instant::now();
+                    match renew(conn.clone(), turn, self.config.lease).await {
+                        Some(true) => turn.renewed(self.valid_until(asked)),
+                        Some(false) => return Err(LeaseLost),
+                        // Not known: the fence's deadline decides.
+                        None => {}
+                    }
                 }
+                output = &mut work => return Ok(output),
             }
         }
+    }
+
+    /// Until when a lease set at `asked` is surely still ours: its length after the moment the
+    /// request went out, less a fifth for clock drift and the time an effect takes to land.
+    fn valid_until(&self, asked: Instant) -> Instant {
+        asked + self.config.lease - self.config.lease / 5
     }
 
     /// Ends the turn: `handled` marks the update done (never handled again); otherwise it is
@@ -216,8 +244,8 @@ fn read_values(keys: Option<ReadAhead>, answer: Vec<Option<String>>) -> ReadValu
     ReadValues { user: Some((keys.user, user)), dialogue: Some((keys.dialogue, values.collect())) }
 }
 
-/// Renews the turn's lease; false once it is no longer ours (renewing further is pointless).
-async fn renew(mut conn: Conn, turn: &Turn, lease: Duration) -> bool {
+/// Renews the turn's lease: whether it is still ours, if Redis could tell.
+async fn renew(mut conn: Conn, turn: &Turn, lease: Duration) -> Option<bool> {
     let renewed: Result<i64, _> = scripts::LEASE_RENEW
         .key(turn.lease_key())
         .arg(&turn.token)
@@ -225,10 +253,10 @@ async fn renew(mut conn: Conn, turn: &Turn, lease: Duration) -> bool {
         .invoke_async(&mut conn)
         .await;
     match renewed {
-        Ok(renewed) => renewed == 1,
+        Ok(renewed) => Some(renewed == 1),
         Err(e) => {
             tracing::warn!(error = %e, "renewing a chat's turn failed");
-            true
+            None
         }
     }
 }

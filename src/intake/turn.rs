@@ -1,5 +1,8 @@
 //! One worker's turn at one update of one chat, and what was read with it.
 
+use std::sync::Mutex;
+use std::time::Instant;
+
 use crate::types::UpdateId;
 
 /// The keys the handler reads first: the sender's cached user and the chat's dialogue.
@@ -35,12 +38,31 @@ pub struct Turn {
     pub(super) read: ReadValues,
     /// The update's id was handled before as another update.
     pub reused: bool,
+    /// Until when the lease is surely ours (see [`Turn::fence`]).
+    pub(super) valid_until: Mutex<Instant>,
 }
+
+/// The chat's turn is no longer surely this worker's: its effects must stop.
+#[derive(Debug, thiserror::Error)]
+#[error("the chat's turn was lost: its lease expired or another worker took it")]
+pub struct LeaseLost;
 
 impl Turn {
     /// The token that fences this attempt's writes (see `dialogue_save.lua`).
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Checked before every durable effect: fails once the lease may have expired (the last
+    /// renewal is too long ago, as after a stall), so that a worker that lost its turn writes
+    /// nothing more while another may hold it.
+    pub fn fence(&self) -> Result<(), LeaseLost> {
+        let valid_until = *self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        if Instant::now() < valid_until { Ok(()) } else { Err(LeaseLost) }
+    }
+
+    pub(super) fn renewed(&self, valid_until: Instant) {
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = valid_until;
     }
 
     pub fn lease_key(&self) -> &str {

@@ -97,6 +97,7 @@ pub mod scripts {
     script!(DIALOGUE_SAVE, "dialogue_save.lua");
     script!(PUBLISH_POST, "publish_post.lua");
     script!(FEED_REMOVED, "feed_removed.lua");
+    script!(FEED_STATE, "feed_state.lua");
     script!(FLOOD_TAKE, "flood_take.lua");
     script!(OUTBOX_ADD, "outbox_add.lua");
 }

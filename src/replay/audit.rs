@@ -7,6 +7,9 @@
 //! second post would be a broken schema). Other updates (edits, kinds the bot ignores) are
 //! acknowledged without a reply and are not audited.
 //!
+//! Replies also show order: within a chat, the first reply to each message must come in
+//! `update_id` order, or the chat's effects were applied out of order.
+//!
 //! One kind of second copy no system can rule out: Telegram took the first, and its sender died
 //! before it could record so (a `kill -9` between the two). The Bot API has no idempotency key,
 //! so the redelivery cannot know, and must send again rather than risk saying nothing. Such a
@@ -28,6 +31,9 @@ pub struct Audit {
     pub duplicated: u64,
     /// Second copies whose first sender died right after sending it (see above).
     pub in_doubt: u64,
+    /// Messages whose reply went out before the reply to an earlier update of their chat: a
+    /// chat's effects must follow `update_id` order (invariant 3).
+    pub out_of_order: u64,
     /// Posts made by the replayed updates.
     pub posts: u64,
     /// The first few second copies, duplicated or in doubt, with the calls that made them.
@@ -36,7 +42,7 @@ pub struct Audit {
 
 impl Audit {
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0
+        self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0
     }
 }
 
@@ -84,6 +90,8 @@ pub fn audit(updates: &[(&Value, bool)], calls: &[Value], posts: &HashMap<i64, i
         }
     }
     let mut audit = Audit::default();
+    // Per chat, each replied message's update id and where its first reply is in the log.
+    let mut firsts: HashMap<i64, Vec<(i64, u64)>> = HashMap::new();
     for (update, _) in updates.iter().filter(|(_, acknowledged)| *acknowledged) {
         audit.acknowledged += 1;
         let message = &update["message"];
@@ -102,6 +110,10 @@ pub fn audit(updates: &[(&Value, bool)], calls: &[Value], posts: &HashMap<i64, i
             continue;
         };
         copies.sort_by_key(|c| c.seq);
+        if let (Some(chat), Some(update_id)) = (message["chat"]["id"].as_i64(), update["update_id"].as_i64())
+        {
+            firsts.entry(chat).or_default().push((update_id, copies[0].seq));
+        }
         for pair in copies.windows(2) {
             let (first, again) = (&pair[0], &pair[1]);
             let first_sender_gone = last_call.get(first.client).is_some_and(|&last| last < again.seq);
@@ -118,6 +130,16 @@ pub fn audit(updates: &[(&Value, bool)], calls: &[Value], posts: &HashMap<i64, i
                     update["update_id"], first.seq, first.client, again.seq, again.client
                 ));
             }
+        }
+    }
+    for replies in firsts.values_mut() {
+        replies.sort_unstable();
+        let mut latest = 0;
+        for &(_, seq) in replies.iter() {
+            if seq < latest {
+                audit.out_of_order += 1;
+            }
+            latest = latest.max(seq);
         }
     }
     for count in posts.values() {
@@ -183,6 +205,7 @@ mod tests {
                 lost: 0,
                 duplicated: 0,
                 in_doubt: 0,
+                out_of_order: 0,
                 posts: 2,
                 examples: vec![]
             }
@@ -210,6 +233,20 @@ mod tests {
         assert_eq!((doubled.lost, doubled.duplicated, doubled.in_doubt), (0, 3, 0));
         assert_eq!(doubled.examples[0], "update 2, duplicated: calls #2 (a) and #3 (a)");
         assert!(!doubled.passed());
+    }
+
+    #[test]
+    fn the_audit_catches_a_chat_answered_out_of_update_id_order() {
+        let updates = [message(1, 10), message(2, 10), message(3, 20)];
+        let acknowledged: Vec<(&Value, bool)> = updates.iter().map(|u| (u, true)).collect();
+        let posts = HashMap::new();
+        let in_order = log(&[reply("a", 20, 3), reply("a", 10, 1), reply("b", 10, 2)]);
+        assert!(audit(&acknowledged, &in_order, &posts).passed(), "chats are independent");
+        // Update 2 of chat 10 was answered before update 1 (which had failed and came back).
+        let swapped =
+            audit(&acknowledged, &log(&[reply("b", 10, 2), reply("a", 20, 3), reply("a", 10, 1)]), &posts);
+        assert_eq!((swapped.lost, swapped.out_of_order), (0, 1));
+        assert!(!swapped.passed());
     }
 
     #[test]

@@ -68,6 +68,16 @@ pub async fn post(reader: &Reader, id: PostId, fresh: Freshness) -> Result<Optio
     Ok(reader.query(&sql, &[&id], fresh).await?.first().map(post_view))
 }
 
+/// Which of `ids` are still visible (not deleted, not by a banned author).
+pub async fn visible(
+    reader: &Reader,
+    ids: &[PostId],
+    fresh: Freshness,
+) -> Result<std::collections::HashSet<PostId>, ReadError> {
+    let sql = format!("SELECT p.id {FROM} WHERE {VISIBLE} AND p.id = ANY($1)");
+    Ok(reader.query(&sql, &[&ids], fresh).await?.iter().map(|row| row.get(0)).collect())
+}
+
 /// A visible post's photo as Telegram knows it.
 pub struct Media {
     pub bot_id: BotId,
@@ -83,6 +93,6 @@ pub async fn media(reader: &Reader, id: PostId) -> Result<Option<Media>, ReadErr
         "SELECT p.bot_id, p.media_file_id, p.media_unique_id {FROM}
          WHERE {VISIBLE} AND p.id = $1 AND p.media_file_id IS NOT NULL"
     );
-    let rows = reader.query(&sql, &[&id], Freshness::default()).await?;
+    let rows = reader.query(&sql, &[&id], Freshness::Any).await?;
     Ok(rows.first().map(|row| Media { bot_id: row.get(0), file_id: row.get(1), unique_id: row.get(2) }))
 }

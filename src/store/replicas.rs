@@ -19,10 +19,14 @@ pub enum ReadError {
 }
 
 /// What a replica must have replayed to be read from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Freshness {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Any database will do: what is read is not cached.
+    Any,
     /// The primary's WAL position after the latest publish or removal committed, in bytes.
-    pub wal_position: Option<i64>,
+    Replayed(i64),
+    /// Nobody knows what was committed last (Redis lost it): only the primary is current.
+    Unknown,
 }
 
 pub struct Reader {
@@ -45,7 +49,8 @@ impl Reader {
         params: &[&(dyn ToSql + Sync)],
         fresh: Freshness,
     ) -> Result<Vec<Row>, ReadError> {
-        let sources = self.replicas.iter().map(|pool| (pool, "replica")).chain([(&self.primary, "primary")]);
+        let replicas = if fresh == Freshness::Unknown { &[][..] } else { &self.replicas[..] };
+        let sources = replicas.iter().map(|pool| (pool, "replica")).chain([(&self.primary, "primary")]);
         let mut last_problem = String::new();
         for (pool, source) in sources {
             let client = match pool.get().await {
@@ -61,24 +66,25 @@ impl Reader {
                 let statement = client.prepare_cached(sql).await?;
                 client.query(&statement, params).await
             };
-            let result = if source == "replica" && fresh != Freshness::default() {
-                // The check and the read go out together (one round trip, the check first); the
-                // rows are used only if the check passes.
-                let (current, result) = tokio::join!(Self::current(&client, fresh), read);
-                match current {
-                    Ok(true) => result,
-                    Ok(false) => {
-                        self.metrics.replica_lagging.inc();
-                        tracing::debug!(?fresh, "replica lags behind the feed; skipping it");
-                        continue;
-                    }
-                    Err(e) => {
-                        last_problem = e.to_string();
-                        continue;
+            let result = match (source, fresh) {
+                ("replica", Freshness::Replayed(position)) => {
+                    // The check and the read go out together (one round trip, the check first);
+                    // the rows are used only if the check passes.
+                    let (current, result) = tokio::join!(Self::current(&client, position), read);
+                    match current {
+                        Ok(true) => result,
+                        Ok(false) => {
+                            self.metrics.replica_lagging.inc();
+                            tracing::debug!(position, "replica lags behind the feed; skipping it");
+                            continue;
+                        }
+                        Err(e) => {
+                            last_problem = e.to_string();
+                            continue;
+                        }
                     }
                 }
-            } else {
-                read.await
+                _ => read.await,
             };
             self.metrics
                 .db_query_seconds
@@ -100,15 +106,15 @@ impl Reader {
         Err(ReadError::Unavailable(last_problem))
     }
 
-    /// Whether the replica behind `client` has replayed what `fresh` asks for.
+    /// Whether the replica behind `client` has replayed the WAL up to `position`.
     async fn current(
         client: &deadpool_postgres::Object,
-        fresh: Freshness,
+        position: i64,
     ) -> Result<bool, tokio_postgres::Error> {
-        const CHECK: &str = "SELECT $1::bigint IS NULL
-                                OR coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint >= $1, false)";
+        const CHECK: &str =
+            "SELECT coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint >= $1, false)";
         let statement = client.prepare_cached(CHECK).await?;
-        Ok(client.query_one(&statement, &[&fresh.wal_position]).await?.get(0))
+        Ok(client.query_one(&statement, &[&position]).await?.get(0))
     }
 
     /// Measures every replica's replay lag every `every` until `shutdown`, into the metrics

@@ -190,12 +190,14 @@ async fn handle_update(state: WorkerState, bot: Arc<BotRuntime>, update: Box<Upd
         bot.intake.hold(&redis, &turn, handling).await
     };
     let (handled, outcome) = match held {
-        Ok(Ok(())) => (true, Outcome::Acknowledged),
-        Ok(Err(HandleError::Unavailable(e))) => (false, Outcome::RetryLater(format!("{e:#}"))),
-        Ok(Err(HandleError::Failed(e))) => {
+        // The turn is another worker's now: stop, and let Telegram redeliver.
+        Err(lost) => (false, Outcome::RetryLater(lost.to_string())),
+        Ok(Ok(Ok(()))) => (true, Outcome::Acknowledged),
+        Ok(Ok(Err(HandleError::Unavailable(e)))) => (false, Outcome::RetryLater(format!("{e:#}"))),
+        Ok(Ok(Err(HandleError::Failed(e)))) => {
             attempt_failed(&state, &mut redis, &bot, (update_id, &raw), format!("{e:#}"), Report::Now).await
         }
-        Err(panic) => {
+        Ok(Err(panic)) => {
             let error = format!("the handler panicked: {}", panic_message(&*panic));
             // The panic hook has reported it already.
             attempt_failed(&state, &mut redis, &bot, (update_id, &raw), error, Report::Done).await

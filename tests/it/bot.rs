@@ -437,15 +437,16 @@ async fn a_delete_whose_feed_invalidation_failed_invalidates_on_redelivery() {
     };
     let before = pages().await;
 
-    // The row goes, but the feed's pages cannot be invalidated (INCR refused, as when Redis
-    // fails right after the commit): Telegram is asked to redeliver.
+    // The row goes, but the feed's pages cannot be invalidated (TIME, which moving the versions
+    // on asks, refused: as when Redis fails right after the commit): Telegram is asked to
+    // redeliver.
     let delete = callback_update(2, 42, 42, &format!("del:{id}"));
-    user.set("-incr").await;
+    user.set("-time").await;
     assert_eq!(deliver_update(&worker, &MAIN_BOT, &delete).await.status(), 503);
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 0);
     assert_eq!(pages().await, before, "nothing invalidated yet");
     // The redelivery finds nothing to delete, and invalidates the pages all the same.
-    user.set("+incr").await;
+    user.set("+time").await;
     deliver_ok(&worker, &delete).await;
     assert!(pages().await > before, "the deleted post is still on cached pages");
 }

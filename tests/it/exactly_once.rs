@@ -1,15 +1,15 @@
 //! Exactly-once and per-chat order under the faults a review found (invariants 1–3 and 6):
-//! update ids reused by Telegram, a failed update with later ones of its chat behind it, and a
-//! ban racing the user cache.
+//! update ids reused by Telegram, a failed update with later ones of its chat behind it, a ban
+//! racing the user cache, and a worker that lost its chat's turn.
 
 use std::time::Duration;
 
-use botfleet::kv::FeedKeys;
+use botfleet::kv::{BotKeys, FeedKeys};
 use serde_json::json;
 
 use crate::helpers::{
     MAIN_BOT, TestDb, deliver_ok, deliver_update, eventually, redis, said_to, spawn_fake, spawn_worker,
-    text_update, unique,
+    spawn_worker_with, text_update, unique,
 };
 
 #[tokio::test]
@@ -122,4 +122,58 @@ async fn a_post_racing_a_ban_waits_for_it_and_is_not_published() {
     let status: String =
         db.owner().await.query_one("SELECT status FROM posts WHERE update_id = 2", &[]).await.unwrap().get(0);
     assert_eq!(status, "rejected", "the ban committed first");
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_chats_turn_stops_before_its_next_effect() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    let settings = [("BOTFLEET_CHAT_LEASE_MS", "1500")];
+    let worker = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
+    // The post's insert blocks on a lock while another worker takes the chat, as after this
+    // worker stalled past its lease.
+    let owner = db.owner().await;
+    owner.batch_execute("BEGIN; LOCK TABLE posts IN SHARE ROW EXCLUSIVE MODE").await.unwrap();
+    let update = text_update(1, 42, "stored while its worker lost the turn");
+    let [lease, ..] = BotKeys::new(&prefix, MAIN_BOT.bot_id()).chat_turn("42");
+    let steal = async {
+        eventually(Duration::from_secs(10), "the insert waiting for the lock", || async {
+            let waiting = db
+                .count(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO posts%'",
+                )
+                .await;
+            (waiting == 1).then_some(())
+        })
+        .await;
+        let () = redis::cmd("SET")
+            .arg(&lease)
+            .arg("another-worker")
+            .query_async(&mut redis().await)
+            .await
+            .unwrap();
+    };
+    let delivering =
+        tokio::time::timeout(Duration::from_secs(10), deliver_update(&worker, &MAIN_BOT, &update));
+    let (response, ()) = tokio::join!(delivering, steal);
+    let response = response.expect("the worker must stop once its turn is gone, not wait on");
+    assert_eq!(response.status(), 503);
+    owner.batch_execute("COMMIT").await.unwrap();
+    // The insert already sent lands; nothing after it does (no publish, no reply).
+    eventually(Duration::from_secs(5), "the post stored", || async {
+        (db.count("SELECT count(*) FROM posts").await == 1).then_some(())
+    })
+    .await;
+    let stream = FeedKeys::new(&prefix).stream;
+    let published: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut redis().await).await.unwrap();
+    assert_eq!(published, 0);
+    assert!(said_to(&fake, 42).is_empty());
+    // Once the other worker is done with the chat, the redelivery finishes the job, once.
+    let () = redis::cmd("DEL").arg(&lease).query_async(&mut redis().await).await.unwrap();
+    deliver_ok(&worker, &update).await;
+    let published: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut redis().await).await.unwrap();
+    assert_eq!((published, db.count("SELECT count(*) FROM posts").await), (1, 1));
+    assert_eq!(said_to(&fake, 42), ["Published as post #1."]);
 }

@@ -495,6 +495,52 @@ async fn a_replica_with_a_later_id_but_not_an_earlier_commit_is_not_read() {
 }
 
 #[tokio::test]
+async fn after_redis_loses_the_feed_no_page_from_before_comes_back_and_no_lagging_replica_is_read() {
+    let db = TestDb::fresh().await;
+    seed_posts(&db, 3).await;
+    let prefix = unique("r");
+    let api = spawn_api(&db, &prefix, true).await;
+    db.wait_for_replica().await;
+    let page_one = || async {
+        let feed: Value = reqwest::get(api.url("/api/feed")).await.unwrap().json().await.unwrap();
+        let texts = feed["posts"].as_array().unwrap().iter().map(|p| p["text"].as_str().unwrap().to_owned());
+        texts.collect::<Vec<_>>()
+    };
+    assert!(page_one().await.contains(&"post number 3".to_owned()), "cached with post 3");
+    // Post 3 is deleted, and the feed told (as the bot's delete does).
+    let keys = botfleet::kv::FeedKeys::new(&prefix);
+    db.owner().await.batch_execute("DELETE FROM posts WHERE text = 'post number 3'").await.unwrap();
+    let position: i64 = db.count("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").await;
+    botfleet::feed::publish::invalidate(&mut redis().await, &keys, position).await.unwrap();
+    assert!(!page_one().await.contains(&"post number 3".to_owned()));
+    // The replica stops replaying; post 2 is deleted on the primary only; then Redis loses
+    // everything of the feed, as a restart without its data would.
+    let replica = crate::helpers::connect(&crate::helpers::env("BOTFLEET_TEST_REPLICA_URL")).await;
+    replica.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
+    let paused = ReplayPaused;
+    eventually(Duration::from_secs(5), "the replica's replay to pause", || async {
+        let state: String =
+            replica.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.ok()?.get(0);
+        (state == "paused").then_some(())
+    })
+    .await;
+    db.owner().await.batch_execute("DELETE FROM posts WHERE text = 'post number 2'").await.unwrap();
+    let mut conn = redis().await;
+    let () = redis::cmd("DEL")
+        .arg(&[&keys.generation, &keys.removals, &keys.wal_position, &keys.stream])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let page = page_one().await;
+    assert!(
+        !page.contains(&"post number 3".to_owned()),
+        "the page cached before the delete came back: {page:?}"
+    );
+    assert!(!page.contains(&"post number 2".to_owned()), "read from the lagging replica: {page:?}");
+    drop(paused);
+}
+
+#[tokio::test]
 async fn pages_after_a_cursor_stay_cached_while_posts_arrive_but_not_after_a_removal() {
     let db = TestDb::fresh().await;
     seed_posts(&db, 30).await;

@@ -39,6 +39,7 @@ async fn begin_as(
         .arg(500)
         .arg(bit)
         .arg(fingerprint)
+        .arg(60_000)
         .invoke_async(conn)
         .await
         .unwrap()
@@ -149,6 +150,20 @@ async fn a_failed_update_holds_its_chats_later_updates_until_it_is_handled() {
     assert_eq!(end(&mut conn, &keys, 11, "b", "retry").await, 1);
     let ttl: i64 = redis::cmd("PTTL").arg(&hold).query_async(&mut conn).await.unwrap();
     assert!((59_000..=60_000).contains(&ttl), "a hold expires (60 s here), PTTL {ttl}");
+}
+
+#[tokio::test]
+async fn an_update_whose_worker_died_holds_its_chat_until_its_redelivery() {
+    let mut conn = redis().await;
+    let keys = BotKeys::new(&unique("lua"), BotId(1));
+    assert_eq!(begin(&mut conn, &keys, 30, "dies").await, "go");
+    // Its worker dies: the lease expires (deleted here rather than waited for).
+    let [lease, ..] = keys.chat_turn("7");
+    let () = redis::cmd("DEL").arg(&lease).query_async(&mut conn).await.unwrap();
+    assert_eq!(begin(&mut conn, &keys, 31, "b").await, "held", "31 waits for 30's redelivery");
+    assert_eq!(begin(&mut conn, &keys, 30, "again").await, "go");
+    assert_eq!(end(&mut conn, &keys, 30, "again", "done").await, 1);
+    assert_eq!(begin(&mut conn, &keys, 31, "b").await, "go");
 }
 
 #[tokio::test]
@@ -304,7 +319,7 @@ async fn dialogue_save_is_compare_and_set_fenced_by_the_lease() {
 }
 
 #[tokio::test]
-async fn publish_post_sends_each_post_once_and_bumps_the_generation_once_per_call() {
+async fn publish_post_sends_each_post_once_and_moves_the_generation_once_per_call() {
     let mut conn = redis().await;
     let deployment = unique("lua");
     let keys = FeedKeys::new(&deployment);
@@ -326,17 +341,19 @@ async fn publish_post_sends_each_post_once_and_bumps_the_generation_once_per_cal
     let [Some(offset)] = first.as_slice() else {
         panic!("the first publish must return an offset: {first:?}")
     };
+    let generation = read(&mut conn, &keys.generation).await.unwrap();
     let ttl: i64 = redis::cmd("PTTL").arg(keys.published(PostId(1)).0).query_async(&mut conn).await.unwrap();
     assert!(ttl > 23 * 3600 * 1000, "a published post is remembered for a day, PTTL {ttl}");
     // A batch with a post that went out before: only the new one goes out.
     let second = feed::publish::publish(&mut conn, &keys, &[post(1), post(2)], 100, 2000).await.unwrap();
     assert!(second[0].is_none() && second[1].is_some(), "{second:?}");
-    assert_eq!(read(&mut conn, &keys.generation).await, Some(2), "one bump per call that published");
+    let next = read(&mut conn, &keys.generation).await.unwrap();
+    assert!(next > generation, "a new version per call that published: {generation}, then {next}");
     assert_eq!(read(&mut conn, &keys.wal_position).await, Some(2000), "for the replica-lag guard");
     // Nothing new: nothing changes.
     let again = feed::publish::publish(&mut conn, &keys, &[post(2), post(1)], 100, 3000).await.unwrap();
     assert_eq!(again, vec![None, None]);
-    assert_eq!(read(&mut conn, &keys.generation).await, Some(2));
+    assert_eq!(read(&mut conn, &keys.generation).await, Some(next));
     assert_eq!(read(&mut conn, &keys.wal_position).await, Some(2000));
     let length: i64 = redis::cmd("XLEN").arg(&keys.stream).query_async(&mut conn).await.unwrap();
     assert_eq!(length, 2);
@@ -367,11 +384,39 @@ async fn feed_removed_bumps_both_versions_and_only_moves_the_wal_position_forwar
             .await
             .unwrap()
     };
-    assert_eq!(removed(&mut conn, 500).await, 1);
-    assert_eq!(removed(&mut conn, 300).await, 2, "a late, older removal still invalidates");
-    let (removals, position): (i64, i64) =
+    let first = removed(&mut conn, 500).await;
+    let (removals, _): (i64, i64) =
         redis::cmd("MGET").arg(&keys.removals).arg(&keys.wal_position).query_async(&mut conn).await.unwrap();
-    assert_eq!((removals, position), (2, 500), "the WAL position never goes back");
+    assert!(removed(&mut conn, 300).await > first, "a late, older removal still invalidates");
+    let (later, position): (i64, i64) =
+        redis::cmd("MGET").arg(&keys.removals).arg(&keys.wal_position).query_async(&mut conn).await.unwrap();
+    assert!(later > removals, "{removals}, then {later}");
+    assert_eq!(position, 500, "the WAL position never goes back");
+}
+
+#[tokio::test]
+async fn feed_versions_never_go_back_even_when_redis_does() {
+    let mut conn = redis().await;
+    let keys = FeedKeys::new(&unique("lua"));
+    let state = async |conn: &mut MultiplexedConnection, seen: (i64, i64)| -> (i64, i64, Option<i64>) {
+        let script = &scripts::FEED_STATE;
+        let mut call = script.key(&keys.generation);
+        call.key(&keys.removals).key(&keys.wal_position).arg(seen.0).arg(seen.1);
+        call.invoke_async(conn).await.unwrap()
+    };
+    // A new deployment: versions start at the time in microseconds, the position unknown.
+    let (generation, removals, position) = state(&mut conn, (0, 0)).await;
+    assert!(generation > 1_700_000_000_000_000 && removals > 1_700_000_000_000_000, "{generation}");
+    assert_eq!(position, None);
+    let () = redis::cmd("SET").arg(&keys.wal_position).arg(800).query_async(&mut conn).await.unwrap();
+    assert_eq!(state(&mut conn, (generation, removals)).await, (generation, removals, Some(800)));
+    // Redis went back (a failover lost the last second): the versions move past what was seen,
+    // and the position that went back with them is dropped.
+    let () =
+        redis::cmd("SET").arg(&keys.generation).arg(generation - 5).query_async(&mut conn).await.unwrap();
+    let (after, same, position) = state(&mut conn, (generation, removals)).await;
+    assert!(after > generation, "{after} must be past {generation}");
+    assert_eq!((same, position), (removals, None));
 }
 
 #[tokio::test]

@@ -124,6 +124,27 @@ async fn a_reconnection_with_last_event_id_gets_exactly_the_missed_posts_in_orde
 }
 
 #[tokio::test]
+async fn a_resumed_stream_does_not_replay_posts_deleted_or_banned_since() {
+    let Stack { db, worker, api, .. } = &Stack::start(false).await;
+    let mut client = SseClient::open(api, None).await;
+    post(worker, 1, "seen before the disconnect").await;
+    let seen = client.next().await;
+    drop(client);
+    post(worker, 2, "missed and still there").await;
+    post(worker, 3, "missed and then deleted").await;
+    let mallory = text_update(4, 66, "missed, by an author banned since");
+    assert_eq!(deliver_update(worker, &MAIN_BOT, &mallory).await.status(), 200);
+    // What the bot's delete and ban commit (their own tests cover the commands).
+    let owner = db.owner().await;
+    owner.batch_execute("DELETE FROM posts WHERE text = 'missed and then deleted'").await.unwrap();
+    owner.batch_execute("UPDATE users SET is_banned = true WHERE user_id = 66").await.unwrap();
+    let mut resumed = SseClient::open(api, seen.id.as_deref()).await;
+    assert_eq!(resumed.next().await.text(), "missed and still there");
+    post(worker, 5, "live after the catch-up").await;
+    assert_eq!(resumed.next().await.text(), "live after the catch-up", "the others were not replayed");
+}
+
+#[tokio::test]
 async fn a_gap_older_than_the_stream_gets_one_resync() {
     let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
     let mut client = SseClient::open(api, None).await;

@@ -45,7 +45,7 @@ async fn deliver_with_request_id(worker: &Running, update: &Value, request_id: &
 /// checking what every report must and must not carry.
 fn the_one_report(
     transport: &sentry::test::TestTransport,
-    request_id: &str,
+    (request_id, chat): (&str, i64),
     forbidden: &[&str],
 ) -> Event<'static> {
     let events = transport.fetch_and_clear_events();
@@ -71,7 +71,7 @@ fn the_one_report(
     assert_eq!(tag("request_id").as_deref(), Some(request_id));
     assert_eq!(
         tag("chat"),
-        Some(telemetry::chat_tag(MAIN_BOT.secret.as_bytes(), CHAT)),
+        Some(telemetry::chat_tag(MAIN_BOT.secret.as_bytes(), chat)),
         "a keyed hash of the chat"
     );
     event
@@ -88,13 +88,15 @@ async fn a_failed_update_and_a_panic_each_make_one_tagged_report_without_secrets
     let chat = CHAT.to_string();
     let poison = text_update(1, CHAT, "my secret diary \u{0} entry");
     assert_eq!(deliver_with_request_id(&worker, &poison, "req-failed-1").await, 500);
-    let report = the_one_report(&transport, "req-failed-1", &["my secret diary", &chat]);
+    let report = the_one_report(&transport, ("req-failed-1", CHAT), &["my secret diary", &chat]);
     assert_eq!(report.level, sentry::Level::Error);
     assert!(report.message.as_deref().is_some_and(|m| m.starts_with("update failed:")), "{report:?}");
 
     // A panic: the author's post comes back from Postgres with a NULL text the code cannot
-    // expect (schema drift), and listing their posts panics in the handler.
-    let post = text_update(2, CHAT, "a fine post");
+    // expect (schema drift), and listing their posts panics in the handler. (Another chat: the
+    // first one waits for its failed update's redelivery.)
+    let (other, chat) = (CHAT + 1, (CHAT + 1).to_string());
+    let post = text_update(2, other, "a fine post");
     assert_eq!(deliver_with_request_id(&worker, &post, "req-post-2").await, 200);
     assert!(transport.fetch_and_clear_events().is_empty(), "a handled update makes no report");
     let owner = db.owner().await;
@@ -102,9 +104,9 @@ async fn a_failed_update_and_a_panic_each_make_one_tagged_report_without_secrets
         .batch_execute("ALTER TABLE posts ALTER COLUMN text DROP NOT NULL; UPDATE posts SET text = NULL")
         .await
         .unwrap();
-    let status = deliver_with_request_id(&worker, &text_update(3, CHAT, "/my"), "req-panic-3").await;
+    let status = deliver_with_request_id(&worker, &text_update(3, other, "/my"), "req-panic-3").await;
     assert_eq!(status, 500, "a panicking handler answers 500 so that Telegram redelivers");
-    let report = the_one_report(&transport, "req-panic-3", &["a fine post", &chat]);
+    let report = the_one_report(&transport, ("req-panic-3", other), &["a fine post", &chat]);
     assert_eq!(report.level, sentry::Level::Fatal, "a panic is reported as such: {report:?}");
     let exception = report.exception.values.first().expect("a panic report carries its exception");
     assert!(
