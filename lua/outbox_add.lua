@@ -7,13 +7,14 @@
 -- ARGV[3]  the text
 -- ARGV[4]  the inline keyboard as JSON, or ''
 -- ARGV[5]  the broadcast the message belongs to, or ''
+-- ARGV[6]  the message's id, kept in the entry (its sender records it delivered in Postgres)
 --
 -- Returns the entry's id, or false if a message with this id was queued before (a redelivered
 -- update, or a second click on the same button, queues nothing twice).
 if not redis.call('SET', KEYS[2], 1, 'NX', 'PX', ARGV[1]) then
   return false
 end
-local fields = { 'chat', ARGV[2], 'text', ARGV[3] }
+local fields = { 'chat', ARGV[2], 'text', ARGV[3], 'id', ARGV[6] }
 if ARGV[4] ~= '' then
   table.insert(fields, 'markup')
   table.insert(fields, ARGV[4])

@@ -50,7 +50,7 @@ enum Command {
         "BOTFLEET_DIALOGUE_TTL_SECS, BOTFLEET_USER_CACHE_TTL_SECS, BOTFLEET_FEED_STREAM_LEN, ",
         "BOTFLEET_FLOOD_PER_BOT, BOTFLEET_FLOOD_PER_CHAT, BOTFLEET_FLOOD_PER_GROUP, ",
         "BOTFLEET_FLOOD_MAX_WAIT_MS, BOTFLEET_OUTBOX_CLAIM_MS, BOTFLEET_OUTBOX_MAX_DELIVERIES, ",
-        "BOTFLEET_WEBHOOK_WATCH_SECS, BOTFLEET_RECORD_PATH; and the common ones (botfleet --help)."
+        "BOTFLEET_WEBHOOK_WATCH_SECS, BOTFLEET_RECONCILE_SECS, BOTFLEET_RECORD_PATH; and the common ones (botfleet --help)."
     ))]
     Worker,
     /// Serve the public feed: JSON, Server-Sent Events, media and the live page.

@@ -148,6 +148,11 @@ metrics! {
     outbox_dead: IntCounterVec = "botfleet_outbox_dead_total",
         "Outbox messages moved to the dead stream after too many deliveries, by bot",
         ["bot"];
+    /// Outbox messages queued again from Postgres after Redis lost them, by bot and kind
+    /// (`notice`, `recipient`).
+    outbox_rebuilt: IntCounterVec = "botfleet_outbox_rebuilt_total",
+        "Outbox messages queued again from Postgres after Redis lost them, by bot and kind",
+        ["bot", "kind"];
     /// Outbox messages delivered again after a failure or a sender's death: an upper bound of
     /// the duplicates (one whose first delivery reached Telegram goes out twice), by bot.
     outbox_redeliveries: IntCounterVec = "botfleet_outbox_redeliveries_total",

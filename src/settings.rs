@@ -52,6 +52,7 @@ pub const OUTBOX_CLAIM_MS: &str = "BOTFLEET_OUTBOX_CLAIM_MS";
 pub const OUTBOX_MAX_DELIVERIES: &str = "BOTFLEET_OUTBOX_MAX_DELIVERIES";
 pub const MAX_IN_FLIGHT: &str = "BOTFLEET_MAX_IN_FLIGHT";
 pub const WEBHOOK_WATCH_SECS: &str = "BOTFLEET_WEBHOOK_WATCH_SECS";
+pub const RECONCILE_SECS: &str = "BOTFLEET_RECONCILE_SECS";
 pub const FLOOD_PER_BOT: &str = "BOTFLEET_FLOOD_PER_BOT";
 pub const FLOOD_PER_CHAT: &str = "BOTFLEET_FLOOD_PER_CHAT";
 pub const FLOOD_PER_GROUP: &str = "BOTFLEET_FLOOD_PER_GROUP";
@@ -392,6 +393,8 @@ pub struct WorkerSettings {
     /// How often one worker of the cluster asks Telegram for each bot's webhook info; `None`:
     /// never.
     pub webhook_watch: Option<Duration>,
+    /// How often one worker of the cluster queues again what Redis lost of the outbox.
+    pub reconcile: Duration,
     /// Where received updates are recorded, anonymised (see `worker/record.rs`); `None`: nowhere.
     pub record_path: Option<std::path::PathBuf>,
 }
@@ -455,6 +458,10 @@ impl WorkerSettings {
             flood: FloodLimits::load(src)?,
             outbox_claim_after: Duration::from_millis(src.parse_or(OUTBOX_CLAIM_MS, 30_000)?),
             outbox_max_deliveries: src.parse_or(OUTBOX_MAX_DELIVERIES, 5)?,
+            reconcile: match src.parse_or(RECONCILE_SECS, 30)? {
+                0 => return Err(SettingsError::new(RECONCILE_SECS, "must be at least 1")),
+                secs => Duration::from_secs(secs),
+            },
             webhook_watch: match src.parse_or(WEBHOOK_WATCH_SECS, 60)? {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),

@@ -118,7 +118,17 @@ pub async fn run(replay: Replay) -> anyhow::Result<bool> {
         )
         .await?;
     let posts: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut result = audit(&pairs, &calls, &posts);
+    let dead: std::collections::HashSet<i64> = botfleet_connect(&primary)
+        .await?
+        .query(
+            "SELECT update_id FROM dead_letters WHERE bot_id = $1 AND update_id = ANY($2)",
+            &[&bot_id, &ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut result = audit(&pairs, &calls, (&posts, &dead));
     if telegram.is_none() {
         // Against a real Telegram the replies cannot be seen: only posts are audited.
         result.audited = 0;
@@ -228,6 +238,7 @@ fn print_table(summary: &Value) {
         ("duplicated", summary["audit"]["duplicated"].to_string()),
         ("in doubt", summary["audit"]["in_doubt"].to_string()),
         ("out of order", summary["audit"]["out_of_order"].to_string()),
+        ("dead-lettered", summary["audit"]["dead_lettered"].to_string()),
         ("posts", summary["audit"]["posts"].to_string()),
     ];
     for (name, value) in rows {
@@ -253,6 +264,34 @@ fn print_table(summary: &Value) {
 
 /// What one client has seen: each post's arrival.
 type Seen = Arc<std::sync::Mutex<HashMap<i64, tokio::time::Instant>>>;
+
+/// After `event: resync` (the stream lost what the client missed): the feed's pages from the
+/// top, as a reader scrolls them, until a page brings nothing new (twenty at most); each post on
+/// them counts as arrived now.
+async fn reload(base: &str, seen: &Seen) {
+    let client = reqwest::Client::new();
+    let mut url = format!("{base}/api/feed?limit=100");
+    for _ in 0..20 {
+        let Ok(response) = client.get(&url).send().await else { return };
+        let next = response.headers().get(reqwest::header::LINK).and_then(|link| {
+            link.to_str().ok()?.split_once('<')?.1.split_once('>').map(|(path, _)| path.to_owned())
+        });
+        let Ok(page) = response.json::<Value>().await else { return };
+        let now = tokio::time::Instant::now();
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new = false;
+        for id in page["posts"].as_array().into_iter().flatten().filter_map(|post| post["id"].as_i64()) {
+            if let std::collections::hash_map::Entry::Vacant(first) = seen.entry(id) {
+                first.insert(now);
+                new = true;
+            }
+        }
+        match next {
+            Some(path) if new => url = format!("{base}{path}"),
+            _ => return,
+        }
+    }
+}
 
 /// K clients on the feed stream, each noting when every post arrived.
 struct Subscribers {
@@ -280,6 +319,7 @@ impl Subscribers {
             let mine: Seen = Arc::default();
             seen.push(mine.clone());
             let (arrived, addr, resumes) = (arrived.clone(), addr.clone(), resumes.clone());
+            let base = base.to_owned();
             clients.push(tokio::spawn(async move {
                 // As a browser does: a stream that ends (a slow client is dropped) is opened
                 // again with the last event's id, and the node replays what was missed.
@@ -308,7 +348,11 @@ impl Subscribers {
                         while let Some(end) = crate::w3::find(&buffer[start..], b"\n\n") {
                             let event = String::from_utf8_lossy(&buffer[start..start + end]);
                             for line in event.lines() {
-                                if let Some(id) = line.strip_prefix("id: ") {
+                                if line == "event: resync" {
+                                    // As the live page does: reload the feed from the top.
+                                    reload(&base, &mine).await;
+                                    arrived.notify_waiters();
+                                } else if let Some(id) = line.strip_prefix("id: ") {
                                     last_id = Some(id.to_owned());
                                 } else if let Some(data) = line.strip_prefix("data: {\"id\":") {
                                     let digits: String =

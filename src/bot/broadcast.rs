@@ -40,7 +40,7 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
         let page = broadcasts::recipients(db, bot_id, broadcast.next_user_id, PAGE).await?;
         ctx.fenced()?;
         for &user in &page {
-            let id = format!("bc:{}:{user}", broadcast.id);
+            let id = outbox::message_id(broadcast.id, user);
             let message = Message {
                 id: &id,
                 chat: user.private_chat(),
@@ -52,6 +52,7 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
         }
         let last = page.len() < PAGE as usize;
         let next = page.last().copied().unwrap_or(broadcast.next_user_id);
+        outbox::queued_through(&mut conn, &ctx.bot.keys, broadcast.id, next).await?;
         broadcasts::advance_broadcast(db, broadcast.id, next, page.len() as i32, last).await?;
         broadcast.next_user_id = next;
         broadcast.queued += page.len() as i32;

@@ -224,7 +224,8 @@ impl<'a> Ctx<'a> {
     }
 
     /// Queues a message that is not the reply to this update in the outbox, once per `id`: it
-    /// goes out however this update's handling ends (see `telegram::outbox`).
+    /// goes out however this update's handling ends, and Postgres keeps it until it did, should
+    /// Redis lose it (see `telegram::outbox`).
     pub async fn notify(
         &self,
         id: &str,
@@ -234,10 +235,13 @@ impl<'a> Ctx<'a> {
     ) -> Result<(), HandleError> {
         self.fenced()?;
         let message = outbox::Message { id, chat, text, buttons, broadcast: None };
-        outbox::add(&mut self.conn(), &self.bot.keys, &message)
+        match outbox::notify(&self.services.db, &mut self.conn(), &self.bot.keys, self.bot_id(), &message)
             .await
-            .map(drop)
-            .map_err(HandleError::Unavailable)
+        {
+            Ok(()) => Ok(()),
+            Err(outbox::NotifyError::Store(e)) => Err(e.into()),
+            Err(outbox::NotifyError::Redis(e)) => Err(HandleError::Unavailable(e)),
+        }
     }
 
     /// A message to `chat`, within Telegram's limits (see `telegram::flood`).

@@ -72,6 +72,19 @@ pub async fn ping(pool: &Pool) -> bool {
     }
 }
 
+/// Takes or keeps the lease `key` for `me` (a role one process of the cluster plays at a time);
+/// whether `me` holds it now.
+pub async fn hold_lease(conn: &mut Conn, key: &str, me: &str, lease: Duration) -> redis::RedisResult<bool> {
+    let ms = lease.as_millis() as u64;
+    let taken: Option<String> =
+        redis::cmd("SET").arg(key).arg(me).arg("NX").arg("PX").arg(ms).query_async(conn).await?;
+    if taken.is_some() {
+        return Ok(true);
+    }
+    let renewed: i64 = scripts::LEASE_RENEW.key(key).arg(me).arg(ms).invoke_async(conn).await?;
+    Ok(renewed == 1)
+}
+
 /// The key prefix of one bot: `<deployment prefix>:<bot id>:`.
 pub fn bot_prefix(deployment: &str, bot_id: BotId) -> String {
     format!("{deployment}:{bot_id}:")
@@ -169,6 +182,11 @@ impl BotKeys {
     /// Which worker asks Telegram for the webhook's info (a lease).
     pub fn webhook_watcher(&self) -> String {
         format!("{}webhook:watcher", self.prefix)
+    }
+
+    /// Which worker rebuilds what Redis lost of the outbox (a lease).
+    pub fn reconciler(&self) -> String {
+        format!("{}outbox:reconciler", self.prefix)
     }
 
     /// A fingerprint (SHA-256, hex) of the secret the webhook was last set with.

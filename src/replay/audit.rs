@@ -11,14 +11,15 @@
 //! `update_id` order, or the chat's effects were applied out of order.
 //!
 //! One kind of second copy no system can rule out: Telegram took the first, and its sender died
-//! before it could record so (a `kill -9` between the two). The Bot API has no idempotency key,
-//! so the redelivery cannot know, and must send again rather than risk saying nothing. Such a
-//! copy is counted apart, as *in doubt*, when the process that sent the one before it (the
-//! fake's log names each call's process by its `User-Agent`) never called Telegram again: it was
-//! gone by the time the update was handled anew. A copy whose first sender lived on is a
-//! duplicate, and fails the audit.
+//! or froze before it could record so (a `kill -9`, or a `SIGSTOP` past its lease, between the
+//! two). The Bot API has no idempotency key, so the redelivery cannot know, and must send again
+//! rather than risk saying nothing. Such a copy is counted apart, as *in doubt*, when the process
+//! that sent the one before it (the fake's log names each call's process by its `User-Agent`)
+//! made no call at all between the two copies: it was gone, or stopped, while the update was
+//! handled anew. A copy whose first sender went on working meanwhile is a duplicate, and fails
+//! the audit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -34,6 +35,9 @@ pub struct Audit {
     /// Messages whose reply went out before the reply to an earlier update of their chat: a
     /// chat's effects must follow `update_id` order (invariant 3).
     pub out_of_order: u64,
+    /// Acknowledged updates that were dead-lettered after failing every attempt: kept whole in
+    /// `dead_letters` (invariant 10), so neither lost nor audited.
+    pub dead_lettered: u64,
     /// Posts made by the replayed updates.
     pub posts: u64,
     /// The first few second copies, duplicated or in doubt, with the calls that made them.
@@ -55,45 +59,73 @@ struct Copy<'a> {
     client: &'a str,
 }
 
-/// `updates`: each replayed update and whether it was acknowledged; `calls`: the fake
-/// Telegram's log of the run; `posts`: posts per `update_id`.
-pub fn audit(updates: &[(&Value, bool)], calls: &[Value], posts: &HashMap<i64, i64>) -> Audit {
-    let mut replies: HashMap<(i64, i64), Vec<Copy>> = HashMap::new();
-    let mut answers: HashMap<&str, Vec<Copy>> = HashMap::new();
-    // The last call each process made, failed or not.
-    let mut last_call: HashMap<&str, u64> = HashMap::new();
-    for call in calls {
-        let copy = Copy {
-            seq: call["seq"].as_u64().unwrap_or_default(),
-            client: call["client"].as_str().unwrap_or_default(),
-        };
-        let last = last_call.entry(copy.client).or_default();
-        *last = (*last).max(copy.seq);
-        if call["status"] != 200 {
-            continue;
-        }
-        let params = &call["params"];
-        match call["method"].as_str() {
-            Some("sendMessage" | "sendPhoto") => {
-                if let (Some(chat), Some(message)) =
-                    (params["chat_id"].as_i64(), params["reply_parameters"]["message_id"].as_i64())
-                {
-                    replies.entry((chat, message)).or_default().push(copy);
-                }
+/// The fake Telegram's log, indexed: each reply by the message it quotes, each callback answer
+/// by its query, and every call of each process in order.
+#[derive(Default)]
+struct Log<'a> {
+    replies: HashMap<(i64, i64), Vec<Copy<'a>>>,
+    answers: HashMap<&'a str, Vec<Copy<'a>>>,
+    calls_of: HashMap<&'a str, Vec<u64>>,
+}
+
+impl<'a> Log<'a> {
+    fn index(calls: &'a [Value]) -> Self {
+        let mut log = Log::default();
+        for call in calls {
+            let copy = Copy {
+                seq: call["seq"].as_u64().unwrap_or_default(),
+                client: call["client"].as_str().unwrap_or_default(),
+            };
+            log.calls_of.entry(copy.client).or_default().push(copy.seq);
+            if call["status"] != 200 {
+                continue;
             }
-            Some("answerCallbackQuery") => {
-                if let Some(id) = params["callback_query_id"].as_str() {
-                    answers.entry(id).or_default().push(copy);
+            let params = &call["params"];
+            match call["method"].as_str() {
+                Some("sendMessage" | "sendPhoto") => {
+                    if let (Some(chat), Some(message)) =
+                        (params["chat_id"].as_i64(), params["reply_parameters"]["message_id"].as_i64())
+                    {
+                        log.replies.entry((chat, message)).or_default().push(copy);
+                    }
                 }
+                Some("answerCallbackQuery") => {
+                    if let Some(id) = params["callback_query_id"].as_str() {
+                        log.answers.entry(id).or_default().push(copy);
+                    }
+                }
+                _ => {}
             }
-            _ => {}
         }
+        log
     }
+}
+
+/// Whether `first`'s process made no call between it and `again`: it was gone, or stopped.
+fn silent_between(calls_of: &HashMap<&str, Vec<u64>>, first: &Copy, again: &Copy) -> bool {
+    calls_of.get(first.client).is_some_and(|seqs| {
+        let after_first = seqs.partition_point(|&seq| seq <= first.seq);
+        seqs.get(after_first).is_none_or(|&next| next > again.seq)
+    })
+}
+
+/// `updates`: each replayed update and whether it was acknowledged; `calls`: the fake
+/// Telegram's log of the run; `stored`: posts per `update_id`, and the updates dead-lettered.
+pub fn audit(
+    updates: &[(&Value, bool)],
+    calls: &[Value],
+    (posts, dead): (&HashMap<i64, i64>, &HashSet<i64>),
+) -> Audit {
+    let Log { mut replies, mut answers, calls_of } = Log::index(calls);
     let mut audit = Audit::default();
     // Per chat, each replied message's update id and where its first reply is in the log.
     let mut firsts: HashMap<i64, Vec<(i64, u64)>> = HashMap::new();
     for (update, _) in updates.iter().filter(|(_, acknowledged)| *acknowledged) {
         audit.acknowledged += 1;
+        if update["update_id"].as_i64().is_some_and(|id| dead.contains(&id)) {
+            audit.dead_lettered += 1;
+            continue;
+        }
         let message = &update["message"];
         let copies = if let (Some(chat), Some(id)) =
             (message["chat"]["id"].as_i64(), message["message_id"].as_i64())
@@ -116,8 +148,7 @@ pub fn audit(updates: &[(&Value, bool)], calls: &[Value], posts: &HashMap<i64, i
         }
         for pair in copies.windows(2) {
             let (first, again) = (&pair[0], &pair[1]);
-            let first_sender_gone = last_call.get(first.client).is_some_and(|&last| last < again.seq);
-            let kind = if first_sender_gone {
+            let kind = if silent_between(&calls_of, first, again) {
                 audit.in_doubt += 1;
                 "in doubt"
             } else {
@@ -132,21 +163,27 @@ pub fn audit(updates: &[(&Value, bool)], calls: &[Value], posts: &HashMap<i64, i
             }
         }
     }
-    for replies in firsts.values_mut() {
-        replies.sort_unstable();
-        let mut latest = 0;
-        for &(_, seq) in replies.iter() {
-            if seq < latest {
-                audit.out_of_order += 1;
-            }
-            latest = latest.max(seq);
-        }
-    }
+    audit.out_of_order = firsts.into_values().map(out_of_order).sum();
     for count in posts.values() {
         audit.posts += *count as u64;
         audit.duplicated += (*count as u64).saturating_sub(1);
     }
     audit
+}
+
+/// Of one chat's replied messages (update id, where the first reply is in the log), how many
+/// were answered before an earlier update of the chat.
+fn out_of_order(mut replies: Vec<(i64, u64)>) -> u64 {
+    replies.sort_unstable();
+    let mut latest = 0;
+    let mut late = 0;
+    for (_, seq) in replies {
+        if seq < latest {
+            late += 1;
+        }
+        latest = latest.max(seq);
+    }
+    late
 }
 
 #[cfg(test)]
@@ -196,7 +233,7 @@ mod tests {
             json!({"method": "sendMessage", "status": 429, "client": "b", "params": {"chat_id": 20, "text": "ok", "reply_parameters": {"message_id": 3}}}),
         ];
         let posts = HashMap::from([(1, 1), (2, 1)]);
-        let clean = audit(&acknowledged, &log(&calls), &posts);
+        let clean = audit(&acknowledged, &log(&calls), (&posts, &HashSet::new()));
         assert_eq!(
             clean,
             Audit {
@@ -206,21 +243,29 @@ mod tests {
                 duplicated: 0,
                 in_doubt: 0,
                 out_of_order: 0,
+                dead_lettered: 0,
                 posts: 2,
                 examples: vec![]
             }
         );
         assert!(clean.passed());
         // A second post of one update is a duplicate whatever the replies say.
-        assert_eq!(audit(&acknowledged, &log(&calls), &HashMap::from([(1, 2), (2, 1)])).duplicated, 1);
+        assert_eq!(
+            audit(&acknowledged, &log(&calls), (&HashMap::from([(1, 2), (2, 1)]), &HashSet::new()))
+                .duplicated,
+            1
+        );
         // An update given up (not acknowledged) is not expected to have an effect.
         let given_up: Vec<(&Value, bool)> = updates.iter().map(|u| (u, u["update_id"] != 2)).collect();
         let mut without_2 = calls.clone();
         without_2.remove(1);
-        assert!(audit(&given_up, &log(&without_2), &posts).passed());
+        assert!(audit(&given_up, &log(&without_2), (&posts, &HashSet::new())).passed());
 
         // A loss: the reply to update 2 never went out.
-        let lost = audit(&acknowledged, &log(&without_2), &posts);
+        let lost = audit(&acknowledged, &log(&without_2), (&posts, &HashSet::new()));
+        // Unless it was dead-lettered: kept whole, and neither lost nor audited.
+        let dead = audit(&acknowledged, &log(&without_2), (&posts, &HashSet::from([2])));
+        assert_eq!((dead.lost, dead.dead_lettered, dead.audited), (0, 1, 3));
         assert_eq!((lost.lost, lost.duplicated), (1, 0));
         assert!(!lost.passed());
         // Duplicates: update 2 answered twice by one process, update 3 and the callback a second
@@ -229,7 +274,7 @@ mod tests {
         calls.push(reply("a", 20, 3));
         calls.push(answer("a"));
         calls.push(reply("b", 20, 99));
-        let doubled = audit(&acknowledged, &log(&calls), &posts);
+        let doubled = audit(&acknowledged, &log(&calls), (&posts, &HashSet::new()));
         assert_eq!((doubled.lost, doubled.duplicated, doubled.in_doubt), (0, 3, 0));
         assert_eq!(doubled.examples[0], "update 2, duplicated: calls #2 (a) and #3 (a)");
         assert!(!doubled.passed());
@@ -241,29 +286,35 @@ mod tests {
         let acknowledged: Vec<(&Value, bool)> = updates.iter().map(|u| (u, true)).collect();
         let posts = HashMap::new();
         let in_order = log(&[reply("a", 20, 3), reply("a", 10, 1), reply("b", 10, 2)]);
-        assert!(audit(&acknowledged, &in_order, &posts).passed(), "chats are independent");
+        assert!(audit(&acknowledged, &in_order, (&posts, &HashSet::new())).passed(), "chats are independent");
         // Update 2 of chat 10 was answered before update 1 (which had failed and came back).
-        let swapped =
-            audit(&acknowledged, &log(&[reply("b", 10, 2), reply("a", 20, 3), reply("a", 10, 1)]), &posts);
+        let swapped = audit(
+            &acknowledged,
+            &log(&[reply("b", 10, 2), reply("a", 20, 3), reply("a", 10, 1)]),
+            (&posts, &HashSet::new()),
+        );
         assert_eq!((swapped.lost, swapped.out_of_order), (0, 1));
         assert!(!swapped.passed());
     }
 
     #[test]
-    fn a_second_copy_is_in_doubt_only_when_the_first_sender_never_called_again() {
+    fn a_second_copy_is_in_doubt_only_when_the_first_sender_was_silent_until_it() {
         let updates = [message(1, 10), message(2, 10)];
         let acknowledged: Vec<(&Value, bool)> = updates.iter().map(|u| (u, true)).collect();
-        let posts = HashMap::new();
+        let stored = (&HashMap::new(), &HashSet::new());
         // Process "a" replied to update 1 and died; "b" handled the redelivery and replied again.
         let died = log(&[reply("a", 10, 1), reply("b", 10, 2), reply("b", 10, 1)]);
-        let after_death = audit(&acknowledged, &died, &posts);
+        let after_death = audit(&acknowledged, &died, stored);
         assert_eq!((after_death.duplicated, after_death.in_doubt), (0, 1));
         assert!(after_death.passed());
         assert_eq!(after_death.examples, ["update 1, in doubt: calls #1 (a) and #3 (b)"]);
-        // The same copies, but "a" made a call after the second one: it lived, so the second
-        // copy was a duplicate.
-        let lived = log(&[reply("a", 10, 1), reply("b", 10, 2), reply("b", 10, 1), reply("a", 10, 7)]);
-        let after_life = audit(&acknowledged, &lived, &posts);
+        // "a" was stopped instead, and went on once continued: still in doubt.
+        let stopped = log(&[reply("a", 10, 1), reply("b", 10, 2), reply("b", 10, 1), reply("a", 10, 7)]);
+        assert_eq!(audit(&acknowledged, &stopped, stored).in_doubt, 1);
+        // The same copies, but "a" made a call between them: it was working, so the second copy
+        // was a duplicate.
+        let lived = log(&[reply("a", 10, 1), reply("a", 10, 7), reply("b", 10, 2), reply("b", 10, 1)]);
+        let after_life = audit(&acknowledged, &lived, stored);
         assert_eq!((after_life.duplicated, after_life.in_doubt), (1, 0));
         assert!(!after_life.passed());
     }

@@ -73,6 +73,48 @@ pub async fn recipients(
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
+/// A broadcast still going (queueing or sending) begun within the last day.
+pub struct Going {
+    pub id: i64,
+    pub text: String,
+    /// Recipients up to here are queued, as far as Postgres knows.
+    pub next_user_id: UserId,
+}
+
+/// The bot's broadcasts still going that began within the last day (Redis keeps their queue
+/// markers that long).
+pub async fn going(db: &Pool, bot_id: BotId) -> Result<Vec<Going>, StoreError> {
+    let rows = query(
+        db,
+        "SELECT id, text, next_user_id FROM broadcasts
+         WHERE bot_id = $1 AND status IN ('queueing', 'sending') AND created_at > now() - interval '23 hours'
+         ORDER BY id",
+        &[&bot_id],
+    )
+    .await?;
+    Ok(rows.iter().map(|row| Going { id: row.get(0), text: row.get(1), next_user_id: row.get(2) }).collect())
+}
+
+/// Recipients of a broadcast after `after` and up to `through`, in user id order, that no sender
+/// has served yet.
+pub async fn unserved(
+    db: &Pool,
+    (bot_id, broadcast): (BotId, i64),
+    (after, through): (UserId, UserId),
+    limit: i64,
+) -> Result<Vec<UserId>, StoreError> {
+    let rows = query(
+        db,
+        "SELECT user_id FROM users u
+         WHERE bot_id = $1 AND user_id > $3 AND user_id <= $4 AND NOT is_banned AND unreachable_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM broadcast_deliveries d WHERE d.broadcast_id = $2 AND d.user_id = u.user_id)
+         ORDER BY user_id LIMIT $5",
+        &[&bot_id, &broadcast, &after, &through, &limit],
+    )
+    .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 /// Records that the recipients up to `next_user_id` are queued (`done`: all of them).
 pub async fn advance_broadcast(
     db: &Pool,

@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "broadcasts", sql: include_str!("migrations/0004_broadcasts.sql") },
     Migration { version: 5, name: "decided_update", sql: include_str!("migrations/0005_decided_update.sql") },
     Migration { version: 6, name: "origins", sql: include_str!("migrations/0006_origins.sql") },
+    Migration { version: 7, name: "outbox_journal", sql: include_str!("migrations/0007_outbox_journal.sql") },
 ];
 
 pub struct Migration {
@@ -34,7 +35,7 @@ pub struct Migration {
 }
 
 /// Tables the worker role may write.
-const WORKER_TABLES: &str = "users, posts, dead_letters, broadcasts";
+const WORKER_TABLES: &str = "users, posts, dead_letters, broadcasts, notices, broadcast_deliveries";
 /// Tables the API role may read (and nothing else).
 const API_TABLES: &str = "users, posts";
 

@@ -10,6 +10,7 @@ pub mod broadcasts;
 pub mod feed;
 mod group_commit;
 pub mod migrations;
+pub mod notices;
 mod pool;
 pub mod posts;
 pub mod replicas;

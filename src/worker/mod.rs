@@ -10,6 +10,8 @@
 
 mod answer;
 mod dead_letter;
+mod lead;
+mod reconcile;
 mod record;
 mod route;
 mod state;
@@ -142,6 +144,7 @@ fn start_loops(
     for bot in bots.values() {
         let sender = outbox::Sender {
             bot: bot.client.clone(),
+            db: services.db.clone(),
             users: services.users.clone(),
             flood: services.flood.clone(),
             metrics: services.metrics.clone(),
@@ -149,6 +152,16 @@ fn start_loops(
         };
         tokio::spawn(sender.run(client.clone(), background.clone()));
     }
+    let clients: Vec<_> = bots.values().map(|bot| bot.client.clone()).collect();
+    let stores = (services.db.clone(), redis.clone());
+    let reconciling = reconcile::reconcile(
+        clients,
+        stores,
+        services.metrics.clone(),
+        settings.reconcile,
+        background.clone(),
+    );
+    tokio::spawn(reconciling);
     if let Some(every) = settings.webhook_watch {
         let clients = bots.values().map(|bot| bot.client.clone()).collect();
         let watch =

@@ -1,8 +1,7 @@
 //! What Telegram says of each bot's webhook, as metrics: one worker of the cluster at a time
-//! (whoever holds a Redis lease) asks getWebhookInfo every interval and exports the updates
-//! waiting for delivery and the age and text of the last delivery error. The others stay
-//! quiet, so the figures are not multiplied by the number of workers; if the holder dies, its
-//! lease expires and another worker takes over.
+//! (see `lead`) asks getWebhookInfo every interval and exports the updates waiting for delivery
+//! and the age and text of the last delivery error, so the figures are not multiplied by the
+//! number of workers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,9 +9,9 @@ use std::time::Duration;
 
 use teloxide_core::prelude::Requester;
 
-use crate::kv::{self, Conn, scripts};
+use super::lead::Leader;
+use crate::kv::BotKeys;
 use crate::metrics::Metrics;
-use crate::random::rand_u64;
 use crate::shutdown::CancellationToken;
 use crate::telegram::Client;
 
@@ -23,36 +22,14 @@ pub async fn watch(
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let me = format!("{:016x}", rand_u64());
-    let mut tick = tokio::time::interval(every);
     // The last error message exported per bot, to replace its series when it changes.
     let mut messages: HashMap<String, String> = HashMap::new();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Ok(mut conn) = kv::conn(&redis).await else { continue };
-        for bot in &bots {
-            match holds(&mut conn, &bot.keys.webhook_watcher(), &me, every * 3).await {
-                Ok(true) => export(bot, &metrics, &mut messages).await,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "webhook watcher lease"),
-            }
+    let mut leader = Leader::new(BotKeys::webhook_watcher, every);
+    while let Some((_, led)) = leader.next(&redis, &bots, &shutdown).await {
+        for bot in led {
+            export(&bot, &metrics, &mut messages).await;
         }
     }
-}
-
-/// Takes or keeps the lease `key` for `me`; whether `me` holds it now.
-async fn holds(conn: &mut Conn, key: &str, me: &str, lease: Duration) -> redis::RedisResult<bool> {
-    let ms = lease.as_millis() as u64;
-    let taken: Option<String> =
-        redis::cmd("SET").arg(key).arg(me).arg("NX").arg("PX").arg(ms).query_async(conn).await?;
-    if taken.is_some() {
-        return Ok(true);
-    }
-    let renewed: i64 = scripts::LEASE_RENEW.key(key).arg(me).arg(ms).invoke_async(conn).await?;
-    Ok(renewed == 1)
 }
 
 async fn export(bot: &Client, metrics: &Metrics, messages: &mut HashMap<String, String>) {

@@ -268,3 +268,74 @@ async fn a_redelivered_broadcast_resumes_queueing_at_its_cursor() {
     );
     assert_eq!(db.count("SELECT queued::int8 FROM broadcasts").await, 21);
 }
+
+#[tokio::test]
+async fn notices_are_journaled_until_delivered_and_one_redis_lost_is_queued_again_once() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let prefix = unique("r");
+    let settings = [("BOTFLEET_BOT_MAIN_MODERATOR_CHAT", "-100200"), ("BOTFLEET_RECONCILE_SECS", "1")];
+    let worker = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
+    // A post for the moderators: its review is journaled, delivered, and marked so.
+    let post = text_update(1, 42, "a post the moderators must see");
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &post).await.status(), 200);
+    eventually(Duration::from_secs(10), "the review journaled as delivered", || async {
+        let sent =
+            db.count("SELECT count(*) FROM notices WHERE id = 'review:1' AND sent_at IS NOT NULL").await;
+        (sent == 1).then_some(())
+    })
+    .await;
+    // A verdict Postgres journaled a minute ago, whose queue entry Redis lost (it never had it
+    // here): the reconciler queues it again, and it goes out once.
+    let text = "Your post #7 was published.";
+    db.owner()
+        .await
+        .execute(
+            "INSERT INTO notices (bot_id, id, chat_id, text, created_at) VALUES ($1, 'verdict:7', 42, $2, now() - interval '1 minute')",
+            &[&MAIN_BOT.id(), &text],
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the lost verdict delivered and journaled", || async {
+        let sent =
+            db.count("SELECT count(*) FROM notices WHERE id = 'verdict:7' AND sent_at IS NOT NULL").await;
+        (sent == 1).then_some(())
+    })
+    .await;
+    assert_eq!(texts_to(&fake, text), [42], "once");
+    assert_eq!(worker.metrics.outbox_rebuilt.with_label_values(&["main", "notice"]).get(), 1);
+    outbox_drained(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_tail_redis_lost_is_queued_again_to_those_not_served_yet() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    audience(&db, 20).await;
+    // A broadcast Postgres says is queued through user 1019, whose queue Redis lost (restarted
+    // empty): the senders had served users 1000..=1004 before.
+    let text = "A broadcast half lost";
+    db.owner()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO broadcasts (id, bot_id, update_id, origin, admin_chat, text, status, next_user_id, queued)
+             OVERRIDING SYSTEM VALUE VALUES (5, {}, 1, 'm:1:1', 1, '{text}', 'sending', 1019, 20);
+             INSERT INTO broadcast_deliveries SELECT 5, g FROM generate_series(1000, 1004) g;",
+            MAIN_BOT.id()
+        ))
+        .await
+        .unwrap();
+    let prefix = unique("r");
+    let settings = [("BOTFLEET_RECONCILE_SECS", "1")];
+    let worker = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
+    eventually(Duration::from_secs(20), "every recipient not served before", || async {
+        (db.count("SELECT count(*) FROM broadcast_deliveries WHERE broadcast_id = 5").await == 20)
+            .then_some(())
+    })
+    .await;
+    let mut served = texts_to(&fake, text);
+    served.sort_unstable();
+    assert_eq!(served, (1005..=1019).collect::<Vec<i64>>(), "each once, and none served before");
+    assert_eq!(worker.metrics.outbox_rebuilt.with_label_values(&["main", "recipient"]).get(), 15);
+    outbox_drained(&prefix).await;
+}

@@ -107,7 +107,7 @@ async fn a_recorded_capture_is_anonymised_and_replays_at_five_times_speed_exactl
         .await
         .unwrap();
     let posts: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let result = audit(&acknowledged, &calls, &posts);
+    let result = audit(&acknowledged, &calls, (&posts, &Default::default()));
     assert!(result.passed(), "{result:?}");
     assert_eq!(result.audited, 9, "every message and the callback had its one effect: {result:?}");
     assert_eq!(result.posts, 4, "three posts and the dialogue's: {posts:?}");
@@ -116,7 +116,10 @@ async fn a_recorded_capture_is_anonymised_and_replays_at_five_times_speed_exactl
     let again = deliver_all(&client, &webhook, recorded.clone(), &Arrival::Closed, Arc::default()).await;
     assert!(again.iter().all(|d| d.acknowledged));
     let calls: Vec<Value> = fake.calls().iter().map(|c| serde_json::to_value(c).unwrap()).collect();
-    assert!(audit(&acknowledged, &calls, &posts).passed(), "a redelivered capture changes nothing");
+    assert!(
+        audit(&acknowledged, &calls, (&posts, &Default::default())).passed(),
+        "a redelivered capture changes nothing"
+    );
 }
 
 #[tokio::test]

@@ -163,11 +163,14 @@ async fn every_graph_and_alert_reads_metrics_that_a_running_cluster_exports() {
         }
         texts
     };
-    let texts = eventually(Duration::from_secs(20), "Telegram's delivery error in the metrics", || async {
-        let texts = scrape_all().await;
-        texts.iter().any(|t| t.contains("message=\"Connection timed out\"")).then_some(texts)
-    })
-    .await;
+    // Both come from measurements made every few seconds: wait for the first of each.
+    let texts =
+        eventually(Duration::from_secs(20), "Telegram's delivery error and the replica lag", || async {
+            let texts = scrape_all().await;
+            let has = |needle: &str| texts.iter().any(|t| t.contains(needle));
+            (has("message=\"Connection timed out\"") && has("botfleet_replica_lag_seconds{")).then_some(texts)
+        })
+        .await;
 
     for (url, text) in urls.iter().zip(&texts) {
         let checked = promtool(&["check", "metrics"], text);

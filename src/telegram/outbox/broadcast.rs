@@ -7,7 +7,7 @@ use teloxide_core::types::MessageId;
 use super::sender::Sender;
 use crate::kv::{BotKeys, Conn};
 use crate::telegram::flood::Urgency;
-use crate::types::ChatId;
+use crate::types::{ChatId, UserId};
 
 /// A broadcast's progress message is edited after this many recipients, and at the end: each
 /// edit takes a moment of the bot's rate from the broadcast (at 50, 2% of it).
@@ -55,6 +55,37 @@ pub async fn report_progress_to(
         .query_async(conn)
         .await?;
     Ok(done.0.unwrap_or(0) + done.1.unwrap_or(0))
+}
+
+/// The outbox id of broadcast `id`'s message to `user`.
+pub fn message_id(id: i64, user: UserId) -> String {
+    format!("bc:{id}:{user}")
+}
+
+/// Records in Redis that broadcast `id`'s recipients up to `user` are queued: after their entries
+/// and before Postgres's cursor moves past them. Redis keeps a prefix of its writes when it
+/// loses some (an append-only file, a replica), so a mark that survived means its entries did:
+/// the reconciler queues again what lies between the mark and the cursor.
+pub async fn queued_through(
+    conn: &mut Conn,
+    keys: &BotKeys,
+    id: i64,
+    user: UserId,
+) -> redis::RedisResult<()> {
+    let [progress, _] = keys.broadcast(id);
+    redis::pipe()
+        .atomic()
+        .cmd("HSET")
+        .arg(&progress)
+        .arg("queued_through")
+        .arg(user)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&progress)
+        .arg(BROADCAST_MEMORY_MS)
+        .ignore()
+        .query_async(conn)
+        .await
 }
 
 /// Makes every sender drop what is still queued of broadcast `id`.

@@ -10,12 +10,17 @@
 //! the group. After `max_deliveries` the entry moves to the dead stream
 //! (`<bot prefix>outbox:dead`) and is counted: nothing is retried forever, nothing is dropped
 //! silently.
+//!
+//! Redis is not the system of record: Postgres journals each notice until it was delivered, and
+//! each broadcast's cursor and served recipients, and [`rebuild`] queues again what Redis lost.
 
 mod broadcast;
 mod queue;
+mod rebuild;
 mod sender;
 mod upkeep;
 
-pub use broadcast::{cancel_broadcast, progress_text, report_progress_to};
-pub use queue::{Message, OutboxConfig, add};
+pub use broadcast::{cancel_broadcast, message_id, progress_text, queued_through, report_progress_to};
+pub use queue::{Message, NotifyError, OutboxConfig, add, notify};
+pub use rebuild::{Rebuilt, rebuild};
 pub use sender::Sender;

@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
+use deadpool_postgres::Pool;
 use teloxide_core::types::InlineKeyboardMarkup;
 
 use crate::kv::{BotKeys, Conn, scripts};
-use crate::types::ChatId;
+use crate::store::StoreError;
+use crate::store::notices::{self, Notice};
+use crate::types::{BotId, ChatId};
 
 /// The consumer group every worker's sender reads the stream in.
 pub const GROUP: &str = "senders";
@@ -31,18 +34,59 @@ pub struct Message<'a> {
     pub broadcast: Option<i64>,
 }
 
-/// Queues `message`, once per its id; false if it was queued before.
+/// Queues `message`, once per its id; false if it was queued before. A broadcast's message is
+/// journaled by its broadcast's cursor; any other goes through [`notify`].
 pub async fn add(conn: &mut Conn, keys: &BotKeys, message: &Message<'_>) -> anyhow::Result<bool> {
+    let markup = message.buttons.map(serde_json::to_string).transpose()?;
+    let notice =
+        Notice { id: message.id.to_owned(), chat: message.chat, text: message.text.to_owned(), markup };
+    queue(conn, keys, &notice, message.broadcast).await
+}
+
+/// Journals a notice in Postgres, then queues it: should Redis lose it before it is delivered,
+/// the reconciler queues it again (`rebuild`).
+pub async fn notify(
+    db: &Pool,
+    conn: &mut Conn,
+    keys: &BotKeys,
+    bot_id: BotId,
+    message: &Message<'_>,
+) -> Result<(), NotifyError> {
+    let markup =
+        message.buttons.map(serde_json::to_string).transpose().map_err(|e| NotifyError::Redis(e.into()))?;
+    let notice =
+        Notice { id: message.id.to_owned(), chat: message.chat, text: message.text.to_owned(), markup };
+    notices::record(db, bot_id, &notice).await?;
+    queue(conn, keys, &notice, None).await.map_err(NotifyError::Redis)?;
+    Ok(())
+}
+
+/// Why a notice could not be journaled and queued.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("queueing in redis: {0:#}")]
+    Redis(anyhow::Error),
+}
+
+/// Queues `notice` (of `broadcast`, if it is one's), once per its id.
+pub(super) async fn queue(
+    conn: &mut Conn,
+    keys: &BotKeys,
+    notice: &Notice,
+    broadcast: Option<i64>,
+) -> anyhow::Result<bool> {
     let [stream, _] = keys.outbox();
-    let markup = message.buttons.map(serde_json::to_string).transpose()?.unwrap_or_default();
     let added: Option<String> = scripts::OUTBOX_ADD
         .key(&stream)
-        .key(keys.outbox_once(message.id))
+        .key(keys.outbox_once(&notice.id))
         .arg(REMEMBER_MS)
-        .arg(message.chat)
-        .arg(message.text)
-        .arg(markup)
-        .arg(message.broadcast.map(|id| id.to_string()).unwrap_or_default())
+        .arg(notice.chat)
+        .arg(&notice.text)
+        .arg(notice.markup.as_deref().unwrap_or_default())
+        .arg(broadcast.map(|id| id.to_string()).unwrap_or_default())
+        .arg(&notice.id)
         .invoke_async(conn)
         .await?;
     Ok(added.is_some())

@@ -17,11 +17,12 @@ use crate::kv::Conn;
 use crate::metrics::Metrics;
 use crate::random::rand_u64;
 use crate::shutdown::CancellationToken;
+use crate::store::notices;
 use crate::store::user_cache::Users;
 use crate::telegram::client::Client;
 use crate::telegram::flood::{Flood, Urgency};
 use crate::telegram::refusals::{self, Verdict};
-use crate::types::ChatId;
+use crate::types::{ChatId, UserId};
 
 /// Entries a sender takes at a time.
 pub(super) const BATCH: usize = 16;
@@ -30,6 +31,8 @@ const IN_FLIGHT: usize = 4;
 
 pub struct Sender {
     pub bot: Arc<Client>,
+    /// Where a delivered notice or broadcast recipient is journaled (`store::notices`).
+    pub db: deadpool_postgres::Pool,
     /// Where a user Telegram refused for good is marked unreachable.
     pub users: Arc<Users>,
     pub flood: Arc<Flood>,
@@ -168,10 +171,26 @@ impl Sender {
         self.metrics.bot_api_calls.with_label_values(&["sendMessage", verdict.label()]).inc();
         if verdict.is_final() {
             let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            self.journal(entry).await;
             if let Some(id) = broadcast {
                 self.progress(conn, id, verdict == Verdict::Ok).await?;
             }
         }
         Ok(())
+    }
+
+    /// Journals an entry done with (delivered, refused or dead-lettered) in Postgres, so that
+    /// the reconciler does not queue it again. After the acknowledgement in Redis: should this
+    /// fail, a duplicate needs Redis to lose the entry's id as well.
+    pub(super) async fn journal(&self, entry: &StreamId) {
+        let (bot_id, chat) = (self.bot.config.id, entry.get::<i64>("chat").unwrap_or_default());
+        let journaled = match (entry.get::<i64>("broadcast"), entry.get::<String>("id")) {
+            (Some(broadcast), _) => notices::broadcast_delivered(&self.db, broadcast, UserId(chat)).await,
+            (None, Some(id)) => notices::delivered(&self.db, bot_id, &id).await,
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = journaled {
+            tracing::warn!(bot = %self.bot.config.name, id = %entry.id, error = %e, "could not journal a delivered outbox message");
+        }
     }
 }

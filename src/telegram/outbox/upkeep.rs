@@ -77,6 +77,7 @@ impl Sender {
                 }
                 dead_letter.ignore();
                 let () = self.done(dead_letter, &entry.id).query_async(conn).await?;
+                self.journal(&entry).await;
                 self.metrics.outbox_dead.with_label_values(&[name]).inc();
                 sentry::with_scope(
                     |scope| scope.set_tag("bot", name),
