@@ -55,8 +55,9 @@ pgbench_baseline() {
          ON CONFLICT DO NOTHING" >/dev/null
     cat >"$work/insert.sql" <<'SQL'
 \set uid random(1, 10000)
-INSERT INTO posts (bot_id, author_id, chat_id, update_id, text, status, published_at)
-VALUES (0, :uid, :uid, nextval('bench_update_id'), 'a baseline post of about the size of a W1 text message', 'published', now());
+WITH n AS (SELECT nextval('bench_update_id') AS id)
+INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, status, published_at)
+SELECT 0, :uid, :uid, id, 'm:' || :uid || ':' || id, 'a baseline post of about the size of a W1 text message', 'published', now() FROM n;
 SQL
     pgbench -n -c 16 -j 2 -T "$seconds" -f "$work/insert.sql" "$BOTFLEET_PRIMARY_URL" >"$work/pgbench.txt" 2>&1 \
         || { cat "$work/pgbench.txt" >&2; rm -rf "$work"; die "pgbench failed"; }

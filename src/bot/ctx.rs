@@ -235,13 +235,8 @@ impl<'a> Ctx<'a> {
     ) -> Result<(), HandleError> {
         self.fenced()?;
         let message = outbox::Message { id, chat, text, buttons, broadcast: None };
-        match outbox::notify(&self.services.db, &mut self.conn(), &self.bot.keys, self.bot_id(), &message)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(outbox::NotifyError::Store(e)) => Err(e.into()),
-            Err(outbox::NotifyError::Redis(e)) => Err(HandleError::Unavailable(e)),
-        }
+        Ok(outbox::notify(&self.services.db, &mut self.conn(), &self.bot.keys, self.bot_id(), &message)
+            .await?)
     }
 
     /// A message to `chat`, within Telegram's limits (see `telegram::flood`).

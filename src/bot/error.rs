@@ -4,6 +4,7 @@ use crate::intake::LeaseLost;
 use crate::intake::dialogue::DialogueError;
 use crate::store::StoreError;
 use crate::telegram::flood::FloodError;
+use crate::telegram::outbox::NotifyError;
 
 /// Why an update could not be handled now. Either way Telegram redelivers it.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,15 @@ impl From<StoreError> for HandleError {
 impl From<LeaseLost> for HandleError {
     fn from(e: LeaseLost) -> Self {
         HandleError::Unavailable(e.into())
+    }
+}
+
+impl From<NotifyError> for HandleError {
+    fn from(e: NotifyError) -> Self {
+        match e {
+            NotifyError::Store(e) => e.into(),
+            NotifyError::Redis(e) => HandleError::Unavailable(e),
+        }
     }
 }
 
