@@ -266,7 +266,8 @@ pub async fn dead_letter(
     query(
         db,
         "INSERT INTO dead_letters (bot_id, update_id, payload, error, attempts) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (bot_id, update_id) DO UPDATE SET error = EXCLUDED.error, attempts = EXCLUDED.attempts",
+         ON CONFLICT (bot_id, update_id, md5(payload))
+         DO UPDATE SET error = EXCLUDED.error, attempts = EXCLUDED.attempts",
         &[&bot_id, &update_id, &payload, &error, &attempts],
     )
     .await?;

@@ -177,3 +177,21 @@ async fn a_worker_that_lost_its_chats_turn_stops_before_its_next_effect() {
     assert_eq!((published, db.count("SELECT count(*) FROM posts").await), (1, 1));
     assert_eq!(said_to(&fake, 42), ["Published as post #1."]);
 }
+
+#[tokio::test]
+async fn a_reused_update_id_that_fails_for_good_keeps_a_dead_letter_of_its_own() {
+    let db = TestDb::fresh().await;
+    let (_fake, telegram) = spawn_fake(false).await;
+    let settings = [("BOTFLEET_MAX_ATTEMPTS", "1")];
+    let worker = spawn_worker_with(&db, &unique("r"), &telegram, &[MAIN_BOT], &settings).await;
+    // Postgres refuses text with a NUL character: both are dead-lettered at their first attempt.
+    let first = text_update(5, 42, "the first poison \u{0} under id five");
+    let mut reused = text_update(5, 42, "another poison \u{0} reusing id five");
+    reused["message"]["message_id"] = json!(77);
+    deliver_ok(&worker, &first).await;
+    deliver_ok(&worker, &reused).await;
+    let rows = db.owner().await.query("SELECT payload FROM dead_letters ORDER BY id", &[]).await.unwrap();
+    let bodies: Vec<serde_json::Value> =
+        rows.iter().map(|row| serde_json::from_str(row.get(0)).unwrap()).collect();
+    assert_eq!(bodies, [first, reused], "each body kept whole");
+}

@@ -19,3 +19,7 @@ UPDATE broadcasts SET origin = 'u:' || update_id;
 ALTER TABLE broadcasts ALTER COLUMN origin SET NOT NULL;
 ALTER TABLE broadcasts DROP CONSTRAINT broadcasts_update_once;
 ALTER TABLE broadcasts ADD CONSTRAINT broadcasts_origin_once UNIQUE (bot_id, origin);
+
+-- A dead letter is the body that failed: an update id Telegram reused keeps a letter of its own.
+DROP INDEX dead_letters_update_once;
+CREATE UNIQUE INDEX dead_letters_body_once ON dead_letters (bot_id, update_id, md5(payload));
