@@ -450,7 +450,7 @@ impl WorkerSettings {
             },
             chat_lease: Duration::from_millis(src.parse_or(CHAT_LEASE_MS, 15_000)?),
             max_wait: Duration::from_millis(src.parse_or(MAX_WAIT_MS, 10_000)?),
-            chat_hold: Duration::from_millis(src.parse_or(CHAT_HOLD_MS, 600_000)?),
+            chat_hold: Duration::from_millis(src.parse_or(CHAT_HOLD_MS, 30_000)?),
             max_attempts: src.parse_or(MAX_ATTEMPTS, 5)?,
             dialogue_ttl: Duration::from_secs(src.parse_or(DIALOGUE_TTL_SECS, 24 * 3600)?),
             user_cache_ttl: Duration::from_secs(src.parse_or(USER_CACHE_TTL_SECS, 300)?),

@@ -13,15 +13,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use teloxide_core::RequestError;
 use teloxide_core::net::Download;
-use teloxide_core::prelude::Requester;
 use teloxide_core::types::FileId;
 
 use super::error::ApiError;
 use super::feed::{cache_for_a_second, client_has};
 use super::state::ApiState;
 use crate::store::feed::Media;
+use crate::telegram::files::FileError;
 use crate::telegram::redact;
 use crate::types::{BotId, PostId};
 
@@ -48,37 +47,41 @@ pub async fn media(
     };
     // Telegram's file_unique_id is the same for the same file, whichever bot or upload: the
     // photo's version. (Rows from before it was stored go without one.)
-    let etag = unique_id.map(|unique| format!("\"{unique}\""));
+    let etag = unique_id.as_ref().map(|unique| format!("\"{unique}\""));
     let mut response = match &etag {
         Some(etag) if client_has(&request, etag) => StatusCode::NOT_MODIFIED.into_response(),
-        _ => fetch(&state, bot_id, FileId(file_id), id).await?,
+        _ => {
+            let unique = unique_id.unwrap_or_else(|| file_id.clone());
+            fetch(&state, bot_id, (FileId(file_id), &unique), id).await?
+        }
     };
     cache_for_a_second(response.headers_mut(), etag.as_deref());
     Ok(response)
 }
 
-/// The file, through the bot of the post: `getFile`, then its bytes streamed on.
-async fn fetch(state: &ApiState, bot_id: BotId, file_id: FileId, post: PostId) -> Result<Response, ApiError> {
-    let Some((bot, config, pause_key)) = state.media.bot(bot_id) else {
+/// The file, through the bot of the post: its path (`telegram::files`), then its bytes streamed
+/// on.
+async fn fetch(
+    state: &ApiState,
+    bot_id: BotId,
+    (file_id, unique): (FileId, &str),
+    post: PostId,
+) -> Result<Response, ApiError> {
+    let Some(bot) = state.media.bot(bot_id) else {
         return Err(ApiError::NotFound("media of this bot is not served here"));
     };
-    if let Some(seconds) = state.media.paused(pause_key).await {
-        return Err(ApiError::Paused(seconds));
-    }
-    let file = match bot.get_file(file_id).await {
-        Ok(file) => file,
-        Err(RequestError::RetryAfter(after)) => {
-            state.media.pause(pause_key, after.duration()).await;
-            return Err(ApiError::Paused(after.duration().as_secs().max(1)));
-        }
-        Err(e) => {
-            tracing::warn!(post = post.0, error = %redact(&e.to_string(), &config.token), "getFile failed");
+    let path = match state.media.path(bot, file_id, unique).await {
+        Ok(path) => path,
+        Err(FileError::Wait(seconds)) => return Err(ApiError::Paused(seconds)),
+        Err(FileError::Failed(e)) => {
+            tracing::warn!(post = post.0, error = %redact(&e.to_string(), &bot.config.token), "getFile failed");
             return Err(ApiError::BadGateway("media unavailable"));
         }
     };
-    let token = config.token.clone();
+    let token = bot.config.token.clone();
     let bytes = bot
-        .download_file_stream(&file.path)
+        .api
+        .download_file_stream(&path)
         .map(move |chunk| chunk.map_err(|e| std::io::Error::other(redact(&e.to_string(), &token))));
-    Ok(([(header::CONTENT_TYPE, content_type(&file.path))], Body::from_stream(bytes)).into_response())
+    Ok(([(header::CONTENT_TYPE, content_type(&path))], Body::from_stream(bytes)).into_response())
 }

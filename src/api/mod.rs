@@ -8,6 +8,7 @@ mod feed;
 mod media;
 mod state;
 mod stream;
+pub use stream::MAX_RESUME;
 
 use std::sync::Arc;
 

@@ -2,7 +2,8 @@
 //!
 //! A browser that sends `Last-Event-ID` first gets what it missed, read back from the stream
 //! (less the posts that left the feed since: deleted, or their author banned), or one
-//! `event: resync` if the stream no longer reaches back that far; then the live events.
+//! `event: resync` if the stream no longer reaches back that far or it missed more than
+//! [`MAX_RESUME`] events; then the live events.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -16,6 +17,10 @@ use crate::feed::hub::{Offset, RESYNC};
 use crate::store;
 use crate::store::replicas::Freshness;
 use crate::types::PostId;
+
+/// Most events a resume replays: past it the client reloads page 1 (`resync`), so that a
+/// reconnect costs bounded work however far back its `Last-Event-ID` is.
+pub const MAX_RESUME: usize = 1000;
 
 /// How long a browser should wait before reconnecting.
 const RETRY_MS: u64 = 3000;
@@ -43,12 +48,12 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Result
     let mut replayed_to = last_event_id;
     if let Some(after) = last_event_id {
         state.metrics.sse_resumes.inc();
-        if hub.gap_after(after).await.map_err(ApiError::redis)? {
-            state.metrics.sse_resyncs.inc();
-            first.extend_from_slice(RESYNC);
-            missed = 1;
-        } else {
-            let mut events = hub.read_after(Some(after)).await.map_err(ApiError::redis)?;
+        let gap = hub.gap_after(after).await.map_err(ApiError::redis)?;
+        let replay = match gap {
+            true => None,
+            false => hub.read_at_most(Some(after), MAX_RESUME).await.map_err(ApiError::redis)?,
+        };
+        if let Some(mut events) = replay {
             // Posts deleted (or whose author was banned) since they went out are not replayed.
             let ids: Vec<PostId> = events.iter().filter_map(|e| e.post).collect();
             if !ids.is_empty() {
@@ -59,6 +64,10 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Result
             replayed_to = events.last().map(|e| e.offset).or(replayed_to);
             missed = events.len();
             events.iter().for_each(|e| first.extend_from_slice(&e.bytes));
+        } else {
+            state.metrics.sse_resyncs.inc();
+            first.extend_from_slice(RESYNC);
+            missed = 1;
         }
     }
     state.metrics.sse_events.inc_by(missed as u64);

@@ -206,6 +206,16 @@ impl Hub {
 
     /// Every event after `after` (all of them for `None`) still in the stream, oldest first.
     pub async fn read_after(&self, after: Option<Offset>) -> anyhow::Result<Vec<Event>> {
+        Ok(self.read_at_most(after, usize::MAX).await?.unwrap_or_default())
+    }
+
+    /// Like [`Hub::read_after`], but `None` past `most` events: a resume is bounded work (the
+    /// client reloads page 1 instead).
+    pub async fn read_at_most(
+        &self,
+        after: Option<Offset>,
+        most: usize,
+    ) -> anyhow::Result<Option<Vec<Event>>> {
         let mut conn = kv::conn(&self.redis).await?;
         let mut events = Vec::new();
         let mut from = after.map_or_else(|| "-".to_owned(), |o| format!("({o}"));
@@ -215,7 +225,7 @@ impl Hub {
                 .arg(&from)
                 .arg("+")
                 .arg("COUNT")
-                .arg(REPLAY_BATCH)
+                .arg(REPLAY_BATCH.min(most.saturating_add(1) - events.len()))
                 .query_async(&mut conn)
                 .await?;
             let full = batch.len() == REPLAY_BATCH;
@@ -225,8 +235,11 @@ impl Hub {
                 let post = fields.get("id").and_then(|id| id.parse().ok()).or_else(|| post_id_in(json));
                 events.push(Event { offset, bytes: encode(offset, json), post });
             }
+            if events.len() > most {
+                return Ok(None);
+            }
             if !full {
-                return Ok(events);
+                return Ok(Some(events));
             }
         }
     }

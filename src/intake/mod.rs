@@ -16,7 +16,9 @@
 //! An update holds its chat from its start until it is handled or dead-lettered: if it fails, or
 //! its worker dies or stalls, the chat's later updates are answered 503 at once (Telegram
 //! redelivers them later) until it comes back, so that a chat's updates take effect in
-//! `update_id` order whatever fails (`intake_end.lua`).
+//! `update_id` order whatever fails (`intake_end.lua`). The hold lasts `hold` at most (each
+//! failed attempt starts it again): Redis may lose the write that ends it after Telegram was
+//! answered, and then nothing comes back to end it.
 //!
 //! A worker that lost its turn (the lease expired in a stall, or Redis failed over) stops: the
 //! handling is dropped once a renewal finds the lease gone, and every durable effect first checks

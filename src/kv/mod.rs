@@ -162,6 +162,16 @@ impl BotKeys {
         format!("{}flood:pause", self.prefix)
     }
 
+    /// The media proxy's own pause after a 429 from `getFile` (the bot's messages do not wait it).
+    pub fn media_pause(&self) -> String {
+        format!("{}media:pause", self.prefix)
+    }
+
+    /// A file's path for the media proxy, by its `file_unique_id` (an hour).
+    pub fn media_path(&self, unique_id: &str) -> String {
+        format!("{}media:path:{unique_id}", self.prefix)
+    }
+
     /// The outbox (a stream read by the group `senders`) and where dead messages go.
     pub fn outbox(&self) -> [String; 2] {
         [format!("{}outbox", self.prefix), format!("{}outbox:dead", self.prefix)]

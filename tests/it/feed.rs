@@ -298,22 +298,30 @@ async fn replica_lag_is_measured() {
     assert!((0.0..60.0).contains(&lag), "a live replica on loopback lags little, got {lag} s");
 }
 
-#[tokio::test]
-async fn media_is_proxied_without_the_token_reaching_the_browser() {
+/// A photo post as a user would have sent it (Telegram knows the file), through a worker, and an
+/// API node that serves the bot's media.
+struct PhotoPost {
+    db: TestDb,
+    prefix: String,
+    fake: botfleet::fake_telegram::Fake,
+    worker: crate::helpers::Running,
+    api: crate::helpers::Running,
+    file_id: String,
+}
+
+async fn photo_post(bytes: &[u8]) -> PhotoPost {
     use teloxide_core::prelude::Requester;
     let db = TestDb::fresh().await;
     let prefix = unique("r");
     let (fake, telegram) = spawn_fake(false).await;
-    // A photo Telegram knows, as a user would have sent it.
     let bot = teloxide_core::Bot::new(MAIN_BOT.token).set_api_url(telegram.parse().unwrap());
-    let upload = teloxide_core::types::InputFile::memory(b"\xff\xd8 jpeg bytes".to_vec()).file_name("p.jpg");
+    let upload = teloxide_core::types::InputFile::memory(bytes.to_vec()).file_name("p.jpg");
     let sent = bot.send_photo(teloxide_core::types::ChatId(42), upload).await.unwrap();
     let file_id = sent.photo().unwrap()[0].file.id.0.clone();
     let worker = spawn_worker(&db, &prefix, &telegram, &[MAIN_BOT]).await;
     let mut update = crate::helpers::photo_update(1, 42, "a photo through the proxy");
     update["message"]["photo"][1]["file_id"] = serde_json::json!(file_id);
     assert_eq!(deliver_update(&worker, &MAIN_BOT, &update).await.status(), 200);
-    deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, "a post without any photo")).await;
     let settings = [
         ("BOTFLEET_BOTS", "main"),
         ("BOTFLEET_BOT_MAIN_TOKEN", MAIN_BOT.token),
@@ -321,6 +329,13 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
         ("BOTFLEET_TELEGRAM_API_URL", telegram.as_str()),
     ];
     let api = spawn_api_with(&db, &prefix, false, &settings).await;
+    PhotoPost { db, prefix, fake, worker, api, file_id }
+}
+
+#[tokio::test]
+async fn media_is_proxied_without_the_token_reaching_the_browser_and_asks_telegram_once_a_file() {
+    let PhotoPost { db, prefix, fake, worker, api, file_id } = photo_post(b"\xff\xd8 jpeg bytes").await;
+    deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, "a post without any photo")).await;
     let with_photo: i64 = db.count("SELECT id FROM posts WHERE media_file_id IS NOT NULL").await;
     let without: i64 = db.count("SELECT id FROM posts WHERE media_file_id IS NULL").await;
     let feed = reqwest::get(api.url("/api/feed")).await.unwrap().text().await.unwrap();
@@ -351,6 +366,15 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
     let unchanged = revalidate().await;
     assert_eq!(unchanged.status(), 304);
     assert_eq!(unchanged.headers()["etag"], etag.as_str());
+    // Query strings that would bust a cache, twenty requests at once after the path was
+    // forgotten: one getFile (the path is then kept an hour, for every node).
+    let path = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.bot_id()).media_path(&etag.replace('"', ""));
+    let () = redis::cmd("DEL").arg(&path).query_async(&mut redis().await).await.unwrap();
+    let busting = (0..20).map(|n| reqwest::get(format!("{media_url}?n={n}")));
+    for answer in futures_util::future::join_all(busting).await {
+        assert_eq!(answer.unwrap().status(), 200);
+    }
+    assert_eq!(get_files(), 2, "one getFile more for the file, whatever the requests");
 
     // While Telegram has the bot wait after a 429 (met by any process), the proxy asks nothing.
     let pause = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.bot_id()).flood_pause();
@@ -363,6 +387,8 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
         .await
         .unwrap();
     let asked = get_files();
+    assert_eq!(reqwest::get(&media_url).await.unwrap().status(), 200, "its path is known: no call needed");
+    let () = redis::cmd("DEL").arg(&path).query_async(&mut redis().await).await.unwrap();
     let media = reqwest::get(&media_url).await.unwrap();
     assert_eq!(media.status(), 503);
     assert!(media.headers().contains_key("retry-after"));
@@ -374,6 +400,24 @@ async fn media_is_proxied_without_the_token_reaching_the_browser() {
     db.owner().await.execute(ban, &[&with_photo]).await.unwrap();
     assert_eq!(revalidate().await.status(), 404);
     assert_eq!(reqwest::get(&media_url).await.unwrap().status(), 404);
+}
+
+#[tokio::test]
+async fn a_429_on_the_media_proxy_pauses_media_only_never_the_bots_replies() {
+    let PhotoPost { db, fake, worker, api, .. } = photo_post(b"bytes").await;
+    let id: i64 = db.count("SELECT id FROM posts").await;
+    fake.fail_next("getFile", botfleet::fake_telegram::Failure::TooManyRequests(60));
+    let media = reqwest::get(api.url(&format!("/api/media/{id}"))).await.unwrap();
+    assert_eq!(media.status(), 503);
+    let again = reqwest::get(api.url(&format!("/api/media/{id}"))).await.unwrap();
+    assert_eq!(again.status(), 503, "media waits out its own pause");
+    assert_eq!(fake.calls().iter().filter(|c| c.method == "getFile").count(), 1);
+    // The bot's replies do not wait at all.
+    let started = std::time::Instant::now();
+    assert_eq!(deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, "/help")).await.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(5), "the reply waited {:?}", started.elapsed());
+    let replies = fake.calls().iter().filter(|c| c.method == "sendMessage" && c.status == 200).count();
+    assert_eq!(replies, 2, "the post's reply and /help's");
 }
 
 /// Resumes WAL replay on the shared test replica when dropped, even if the test fails.

@@ -79,6 +79,13 @@ async fn post(worker: &Running, update_id: i64, text: &str) {
     assert_eq!(response.status(), 200);
 }
 
+/// A browser that saw the first post and left: the event id it resumes from.
+async fn saw_one_and_left(worker: &Running, api: &Running) -> Option<String> {
+    let mut client = SseClient::open(api, None).await;
+    post(worker, 1, "seen before the disconnect").await;
+    client.next().await.id
+}
+
 #[tokio::test]
 async fn a_published_post_reaches_open_streams_on_every_api_node() {
     let db = TestDb::fresh().await;
@@ -107,14 +114,11 @@ async fn a_published_post_reaches_open_streams_on_every_api_node() {
 #[tokio::test]
 async fn a_reconnection_with_last_event_id_gets_exactly_the_missed_posts_in_order() {
     let Stack { worker, api, .. } = &Stack::start(false).await;
-    let mut client = SseClient::open(api, None).await;
-    post(worker, 1, "seen before the disconnect").await;
-    let seen = client.next().await;
-    drop(client);
+    let seen = saw_one_and_left(worker, api).await;
     for n in 2..=6 {
         post(worker, n, &format!("missed post number {n}")).await;
     }
-    let mut resumed = SseClient::open(api, seen.id.as_deref()).await;
+    let mut resumed = SseClient::open(api, seen.as_deref()).await;
     for n in 2..=6 {
         assert_eq!(resumed.next().await.text(), format!("missed post number {n}"));
     }
@@ -126,10 +130,7 @@ async fn a_reconnection_with_last_event_id_gets_exactly_the_missed_posts_in_orde
 #[tokio::test]
 async fn a_resumed_stream_does_not_replay_posts_deleted_or_banned_since() {
     let Stack { db, worker, api, .. } = &Stack::start(false).await;
-    let mut client = SseClient::open(api, None).await;
-    post(worker, 1, "seen before the disconnect").await;
-    let seen = client.next().await;
-    drop(client);
+    let seen = saw_one_and_left(worker, api).await;
     post(worker, 2, "missed and still there").await;
     post(worker, 3, "missed and then deleted").await;
     let mallory = text_update(4, 66, "missed, by an author banned since");
@@ -138,19 +139,38 @@ async fn a_resumed_stream_does_not_replay_posts_deleted_or_banned_since() {
     let owner = db.owner().await;
     owner.batch_execute("DELETE FROM posts WHERE text = 'missed and then deleted'").await.unwrap();
     owner.batch_execute("UPDATE users SET is_banned = true WHERE user_id = 66").await.unwrap();
-    let mut resumed = SseClient::open(api, seen.id.as_deref()).await;
+    let mut resumed = SseClient::open(api, seen.as_deref()).await;
     assert_eq!(resumed.next().await.text(), "missed and still there");
     post(worker, 5, "live after the catch-up").await;
     assert_eq!(resumed.next().await.text(), "live after the catch-up", "the others were not replayed");
 }
 
 #[tokio::test]
+async fn a_resume_further_back_than_its_bound_gets_one_resync_not_the_backlog() {
+    let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
+    let seen = saw_one_and_left(worker, api).await;
+    // More posts than a resume replays go out meanwhile (published as a worker publishes).
+    let view = |id: i64| botfleet::feed::PostView {
+        id: botfleet::types::PostId(id),
+        bot_id: botfleet::types::BotId(1),
+        text: format!("backlog post {id}"),
+        has_media: false,
+        published_at: chrono::Utc::now(),
+        author: botfleet::feed::Author { first_name: "Ada".into(), username: None },
+    };
+    let backlog: Vec<_> = (1..=botfleet::api::MAX_RESUME as i64 + 1).map(|n| view(1_000_000 + n)).collect();
+    botfleet::feed::publish::publish(&mut redis().await, &FeedKeys::new(prefix), &backlog, 100_000, 1)
+        .await
+        .unwrap();
+    let mut resumed = SseClient::open(api, seen.as_deref()).await;
+    assert_eq!(resumed.next().await.kind, "resync", "bounded work: reload page 1 instead");
+    assert_eq!(api.metrics.sse_resyncs.get(), 1);
+}
+
+#[tokio::test]
 async fn a_gap_older_than_the_stream_gets_one_resync() {
     let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
-    let mut client = SseClient::open(api, None).await;
-    post(worker, 1, "the last post this browser saw").await;
-    let seen = client.next().await;
-    drop(client);
+    let seen = saw_one_and_left(worker, api).await;
     for n in 2..=4 {
         post(worker, n, &format!("post number {n} of the gap")).await;
     }
@@ -163,7 +183,7 @@ async fn a_gap_older_than_the_stream_gets_one_resync() {
         .await
         .map(drop)
         .unwrap();
-    let mut resumed = SseClient::open(api, seen.id.as_deref()).await;
+    let mut resumed = SseClient::open(api, seen.as_deref()).await;
     assert_eq!(resumed.next().await.kind, "resync");
     assert_eq!(api.metrics.sse_resyncs.get(), 1);
     let bad = reqwest::Client::new()
