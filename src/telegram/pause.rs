@@ -1,6 +1,6 @@
-//! The bot's pause after a 429, kept in Redis so that every process of the cluster waits it
-//! out: the worker's replies and outbox (through [`super::flood`]), callback answers, and the
-//! media proxy's `getFile`.
+//! A pause after a 429, kept in Redis so that every process of the cluster waits it out: the
+//! bot's (the worker's replies and outbox through [`super::flood`], callback answers, and the
+//! media proxy's `getFile` wait it), and the media proxy's own, which only `getFile` waits.
 
 use std::time::Duration;
 
@@ -13,10 +13,14 @@ pub async fn paused(conn: &mut Conn, pause_key: &str) -> redis::RedisResult<Opti
     Ok((ms > 0).then(|| Duration::from_millis(ms.unsigned_abs())))
 }
 
-/// Pauses every process's calls of the bot for `after` (never shortening a longer pause).
+/// Pauses every process's calls under `pause_key` for `after` (never shortening a longer pause).
 pub async fn pause(conn: &mut Conn, pause_key: &str, after: Duration) -> redis::RedisResult<()> {
     let ms = after.as_millis().max(1) as u64;
-    tracing::warn!(retry_after_ms = ms, "Telegram answered 429: pausing the bot's calls in every process");
+    tracing::warn!(
+        retry_after_ms = ms,
+        pause = pause_key,
+        "Telegram answered 429: pausing these calls in every process"
+    );
     redis::pipe()
         .atomic()
         .cmd("SET")

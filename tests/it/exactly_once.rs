@@ -105,16 +105,7 @@ async fn a_post_racing_a_ban_waits_for_it_and_is_not_published() {
     let racing = text_update(2, 42, "a post racing the ban");
     let posting = deliver_update(&worker, &MAIN_BOT, &racing);
     let ban = async {
-        eventually(Duration::from_secs(10), "the post waiting for the ban", || async {
-            let waiting = db
-                .count(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO posts%'",
-                )
-                .await;
-            (waiting == 1).then_some(())
-        })
-        .await;
+        crate::helpers::until_an_insert_waits_for_a_lock(&db).await;
         admin.batch_execute("COMMIT").await.unwrap();
     };
     let (response, ()) = tokio::join!(posting, ban);
@@ -138,16 +129,7 @@ async fn a_worker_that_lost_its_chats_turn_stops_before_its_next_effect() {
     let update = text_update(1, 42, "stored while its worker lost the turn");
     let [lease, ..] = BotKeys::new(&prefix, MAIN_BOT.bot_id()).chat_turn("42");
     let steal = async {
-        eventually(Duration::from_secs(10), "the insert waiting for the lock", || async {
-            let waiting = db
-                .count(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO posts%'",
-                )
-                .await;
-            (waiting == 1).then_some(())
-        })
-        .await;
+        crate::helpers::until_an_insert_waits_for_a_lock(&db).await;
         let () = redis::cmd("SET")
             .arg(&lease)
             .arg("another-worker")

@@ -423,6 +423,23 @@ async fn a_429_on_the_media_proxy_pauses_media_only_never_the_bots_replies() {
 /// Resumes WAL replay on the shared test replica when dropped, even if the test fails.
 struct ReplayPaused;
 
+impl ReplayPaused {
+    /// Pauses WAL replay on the shared test replica (keep it short: other tests share it), and
+    /// returns once it has paused.
+    async fn start() -> Self {
+        let replica = crate::helpers::connect(&crate::helpers::env("BOTFLEET_TEST_REPLICA_URL")).await;
+        replica.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
+        let paused = ReplayPaused;
+        eventually(Duration::from_secs(5), "the replica's replay to pause", || async {
+            let state: String =
+                replica.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.ok()?.get(0);
+            (state == "paused").then_some(())
+        })
+        .await;
+        paused
+    }
+}
+
 impl Drop for ReplayPaused {
     fn drop(&mut self) {
         let _ = std::process::Command::new("psql")
@@ -445,10 +462,8 @@ async fn a_paused_replica_is_skipped_and_no_stale_page_is_cached() {
     })
     .await;
 
-    // The replica stops replaying (kept short: other tests share it).
-    let replica = crate::helpers::connect(&crate::helpers::env("BOTFLEET_TEST_REPLICA_URL")).await;
-    replica.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
-    let paused = ReplayPaused;
+    // The replica stops replaying.
+    let paused = ReplayPaused::start().await;
     deliver_update(worker, &MAIN_BOT, &text_update(2, 42, "published while the replica is paused")).await;
     eventually(Duration::from_secs(1), "the new post on page 1 despite the paused replica", || async {
         (first_page().await? == "published while the replica is paused").then_some(())
@@ -487,7 +502,6 @@ async fn a_replica_with_a_later_id_but_not_an_earlier_commit_is_not_read() {
     let late = db.owner().await;
     late.batch_execute(&format!("BEGIN; {}", insert(5001, "post A, committed last"))).await.unwrap();
     db.owner().await.batch_execute(&insert(5002, "post B, committed first")).await.unwrap();
-    let replica = crate::helpers::connect(&crate::helpers::env("BOTFLEET_TEST_REPLICA_URL")).await;
     let on_replica = crate::helpers::connect(&db.url("postgres", true)).await;
     eventually(Duration::from_secs(5), "post B on the replica", || async {
         let n: i64 = on_replica
@@ -499,14 +513,7 @@ async fn a_replica_with_a_later_id_but_not_an_earlier_commit_is_not_read() {
     })
     .await;
     // The replica stops replaying (kept short: other tests share it); then A commits.
-    replica.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
-    let paused = ReplayPaused;
-    eventually(Duration::from_secs(5), "the replica's replay to pause", || async {
-        let state: String =
-            replica.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.ok()?.get(0);
-        (state == "paused").then_some(())
-    })
-    .await;
+    let paused = ReplayPaused::start().await;
     late.batch_execute("COMMIT").await.unwrap();
     // Both are published as a worker publishes them: with the WAL position after their commits.
     let rows = db
@@ -559,15 +566,7 @@ async fn after_redis_loses_the_feed_no_page_from_before_comes_back_and_no_laggin
     assert!(!page_one().await.contains(&"post number 3".to_owned()));
     // The replica stops replaying; post 2 is deleted on the primary only; then Redis loses
     // everything of the feed, as a restart without its data would.
-    let replica = crate::helpers::connect(&crate::helpers::env("BOTFLEET_TEST_REPLICA_URL")).await;
-    replica.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
-    let paused = ReplayPaused;
-    eventually(Duration::from_secs(5), "the replica's replay to pause", || async {
-        let state: String =
-            replica.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.ok()?.get(0);
-        (state == "paused").then_some(())
-    })
-    .await;
+    let paused = ReplayPaused::start().await;
     db.owner().await.batch_execute("DELETE FROM posts WHERE text = 'post number 2'").await.unwrap();
     let mut conn = redis().await;
     let () = redis::cmd("DEL")

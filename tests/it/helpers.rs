@@ -425,6 +425,20 @@ pub async fn deliver(
     request.send().await.unwrap()
 }
 
+/// Returns once one statement inserting posts waits for a lock (the test holds it).
+pub async fn until_an_insert_waits_for_a_lock(db: &TestDb) {
+    eventually(Duration::from_secs(10), "an insert waiting for a lock", || async {
+        let waiting = db
+            .count(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO posts%'",
+            )
+            .await;
+        (waiting == 1).then_some(())
+    })
+    .await;
+}
+
 /// The texts the bot sent to `chat`, in order.
 pub fn said_to(fake: &Fake, chat: i64) -> Vec<String> {
     fake.calls()

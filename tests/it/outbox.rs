@@ -246,21 +246,20 @@ async fn a_redelivered_broadcast_resumes_queueing_at_its_cursor() {
     let (prefix, workers) = broadcasters(&db, &telegram, "100").await;
     audience(&db, 20).await;
     // The first delivery of update 1 died after queueing the admin and users 1000..=1009 (its
-    // messages are the outbox's business, not this test's; it marked them queued in Redis, as
-    // queueing does, so the reconciler leaves them be): the redelivery goes on from there.
-    let id: i64 = db
-        .owner()
+    // messages are the outbox's business, not this test's). As queueing does, it marked them
+    // queued in Redis before its cursor moved in Postgres, so the reconciler leaves them be:
+    // the redelivery goes on from there.
+    let keys = BotKeys::new(&prefix, MAIN_BOT.bot_id());
+    botfleet::telegram::outbox::queued_through(&mut redis().await, &keys, 5, botfleet::types::UserId(1009))
         .await
-        .query_one(
-            "INSERT INTO broadcasts (bot_id, update_id, origin, admin_chat, text, next_user_id, queued)
-             VALUES ($1, 1, 'm:1:1', 1, 'Resumed where it stopped', 1009, 11) RETURNING id",
+        .unwrap();
+    db.owner()
+        .await
+        .execute(
+            "INSERT INTO broadcasts (id, bot_id, update_id, origin, admin_chat, text, next_user_id, queued)
+             OVERRIDING SYSTEM VALUE VALUES (5, $1, 1, 'm:1:1', 1, 'Resumed where it stopped', 1009, 11)",
             &[&MAIN_BOT.id()],
         )
-        .await
-        .unwrap()
-        .get(0);
-    let keys = BotKeys::new(&prefix, MAIN_BOT.bot_id());
-    botfleet::telegram::outbox::queued_through(&mut redis().await, &keys, id, botfleet::types::UserId(1009))
         .await
         .unwrap();
     let again = text_update(1, 1, "/broadcast Resumed where it stopped");

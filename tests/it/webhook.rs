@@ -349,16 +349,7 @@ async fn concurrent_posts_share_commits_each_update_gets_its_own_and_one_bad_pos
         async move { deliver_update(worker, &MAIN_BOT, &text_update(1000 + chat, chat, &text)).await.status() }
     });
     let unlock = async {
-        eventually(Duration::from_secs(10), "an insert waiting for the lock", || async {
-            let waiting = db
-                .count(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO posts%'",
-                )
-                .await;
-            (waiting == 1).then_some(())
-        })
-        .await;
+        crate::helpers::until_an_insert_waits_for_a_lock(&db).await;
         owner.batch_execute("COMMIT").await.unwrap();
     };
     let (statuses, ()) = tokio::join!(futures_util::future::join_all(updates), unlock);
