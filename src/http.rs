@@ -1,6 +1,7 @@
 //! HTTP pieces every server shares: JSON errors and serving with a bounded graceful drain.
 
 mod streams;
+pub use streams::{LeanStreams, Peer};
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -35,11 +36,14 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let Bound { listener, router, streams } = bound;
     let stopped = shutdown.clone().cancelled_owned();
-    let mut server = if streams.is_empty() {
-        tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(stopped).into_future())
-    } else {
-        let listener = streams::Sorting::new(listener, router.clone(), streams, tasks.clone());
-        tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(stopped).into_future())
+    // Handlers may ask who the peer is (`ConnectInfo<Peer>`), as the API's limits do.
+    let service = router.clone().into_make_service_with_connect_info::<Peer>();
+    let mut server = match streams {
+        None => tokio::spawn(axum::serve(listener, service).with_graceful_shutdown(stopped).into_future()),
+        Some(streams) => {
+            let listener = streams::Sorting::new(listener, router, streams, tasks.clone());
+            tokio::spawn(axum::serve(listener, service).with_graceful_shutdown(stopped).into_future())
+        }
     };
     tokio::select! {
         result = &mut server => return Ok(result??),
@@ -64,15 +68,15 @@ async fn serve(
 struct Bound {
     listener: TcpListener,
     router: Router,
-    /// Paths of never-ending responses, served without hyper when a connection opens with one
-    /// (see [`streams`]).
-    streams: &'static [&'static str],
+    /// Never-ending responses, served without hyper when a connection opens with one (see
+    /// [`streams`]).
+    streams: Option<LeanStreams>,
 }
 
 impl Bound {
     async fn bind(addr: SocketAddr, router: Router) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        Ok(Self { listener, router, streams: &[] })
+        Ok(Self { listener, router, streams: None })
     }
 }
 
@@ -121,10 +125,10 @@ impl Server {
         self
     }
 
-    /// Serves connections that open with a `GET` of one of `paths` (never-ending streams)
-    /// without hyper's per-connection buffers: see [`streams`].
-    pub fn lean_streams(mut self, paths: &'static [&'static str]) -> Self {
-        self.main.streams = paths;
+    /// Serves connections that open with a `GET` of one of the stream paths (never-ending
+    /// streams) without hyper's per-connection buffers: see [`streams`].
+    pub fn lean_streams(mut self, streams: LeanStreams) -> Self {
+        self.main.streams = Some(streams);
         self
     }
 

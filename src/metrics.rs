@@ -197,6 +197,15 @@ metrics! {
     sse_resyncs: IntCounter = "botfleet_sse_resyncs_total",
         "SSE resumptions told to reload page 1",
         [];
+    /// Public requests and connections refused by a per-address limit, by limit (`requests`,
+    /// `stream_connects`, `streams`, `heads`).
+    limited: IntCounterVec = "botfleet_api_limited_total",
+        "Public requests and connections refused by a per-address limit, by limit",
+        ["limit"];
+    /// Memory of each Redis (`state`, `cache`): `used`, and `max` (its maxmemory; 0 is none).
+    redis_memory: IntGaugeVec = "botfleet_redis_memory_bytes",
+        "Memory of each Redis the process uses: used, and max (its maxmemory, 0 for none)",
+        ["redis", "kind"];
     /// SSE connections refused at the node's limit.
     sse_rejected: IntCounter = "botfleet_sse_rejected_total",
         "SSE connections refused at the node's limit",

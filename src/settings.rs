@@ -33,6 +33,11 @@ pub const REPLICA_URLS: &str = "BOTFLEET_REPLICA_URLS";
 pub const DB_POOL_SIZE: &str = "BOTFLEET_DB_POOL_SIZE";
 pub const REDIS_URL: &str = "BOTFLEET_REDIS_URL";
 pub const REDIS_PREFIX: &str = "BOTFLEET_REDIS_PREFIX";
+pub const CACHE_REDIS_URL: &str = "BOTFLEET_CACHE_REDIS_URL";
+pub const TRUSTED_PROXIES: &str = "BOTFLEET_TRUSTED_PROXIES";
+pub const API_RATE: &str = "BOTFLEET_API_RATE";
+pub const API_BURST: &str = "BOTFLEET_API_BURST";
+pub const STREAMS_PER_ADDRESS: &str = "BOTFLEET_STREAMS_PER_ADDRESS";
 pub const BOTS: &str = "BOTFLEET_BOTS";
 pub const TELEGRAM_API_URL: &str = "BOTFLEET_TELEGRAM_API_URL";
 pub const MAX_BODY_BYTES: &str = "BOTFLEET_MAX_BODY_BYTES";
@@ -155,9 +160,13 @@ impl Source {
     }
 
     fn redis_url(&self) -> Result<Secret, SettingsError> {
-        let raw = self.required(REDIS_URL)?;
+        self.redis_url_of(REDIS_URL)
+    }
+
+    fn redis_url_of(&self, key: &str) -> Result<Secret, SettingsError> {
+        let raw = self.required(key)?;
         redis::Client::open(raw)
-            .map_err(|e| SettingsError::new(REDIS_URL, format!("not a valid redis URL: {e}")))?;
+            .map_err(|e| SettingsError::new(key, format!("not a valid redis URL: {e}")))?;
         Ok(Secret::new(raw))
     }
 
@@ -182,6 +191,13 @@ impl Source {
     }
 
     /// `BOTFLEET_CORS_ORIGINS`: comma-separated `scheme://host[:port]` origins.
+    /// A comma-separated list of address ranges.
+    fn networks(&self, key: &str) -> Result<Vec<Network>, SettingsError> {
+        let raw = self.get(key).unwrap_or_default();
+        let ranges = raw.split(',').map(str::trim).filter(|r| !r.is_empty());
+        ranges.map(|range| range.parse().map_err(|problem| SettingsError::new(key, problem))).collect()
+    }
+
     fn origins(&self) -> Result<Vec<String>, SettingsError> {
         let raw = self.get(CORS_ORIGINS).unwrap_or_default();
         raw.split(',')
@@ -481,7 +497,11 @@ pub struct ApiSettings {
     pub replica_urls: Vec<Secret>,
     pub db_pool_size: usize,
     pub redis_url: Secret,
+    /// Where feed pages and media paths are cached (may evict): by default `redis_url`.
+    pub cache_redis_url: Secret,
     pub redis_prefix: String,
+    /// Per client address limits; requests from `trusted_proxies` are exempt (they limit).
+    pub limits: AddressLimits,
     /// Open SSE streams one node accepts; more get 503.
     pub sse_max_clients: usize,
     /// Comment lines keep idle SSE streams open through proxies this often.
@@ -509,13 +529,77 @@ impl ApiSettings {
             replica_urls,
             db_pool_size: src.parse_or(DB_POOL_SIZE, 16)?,
             redis_url: src.redis_url()?,
+            cache_redis_url: match src.get(CACHE_REDIS_URL) {
+                Some(_) => src.redis_url_of(CACHE_REDIS_URL)?,
+                None => src.redis_url()?,
+            },
             redis_prefix: src.get(REDIS_PREFIX).unwrap_or("botfleet").to_owned(),
+            limits: AddressLimits {
+                trusted_proxies: src.networks(TRUSTED_PROXIES)?,
+                rate: src.parse_or(API_RATE, 20)?,
+                burst: src.parse_or(API_BURST, 100)?,
+                streams: src.parse_or(STREAMS_PER_ADDRESS, 20)?,
+            },
             sse_max_clients: src.parse_or(SSE_MAX_CLIENTS, 10_000)?,
             sse_heartbeat: Duration::from_secs(src.parse_or(SSE_HEARTBEAT_SECS, 15)?),
             cors_origins: src.origins()?,
             bots: if src.get(BOTS).is_some() { src.bots()? } else { Vec::new() },
             telegram_api_url: src.url(TELEGRAM_API_URL, Some(DEFAULT_TELEGRAM_API_URL))?,
         })
+    }
+}
+
+/// What one client address may do to an API node reached directly (the same as Nginx allows it,
+/// `deploy/nginx/render`).
+#[derive(Debug, Clone)]
+pub struct AddressLimits {
+    /// Peers that enforce these limits themselves (Nginx): not limited again here.
+    pub trusted_proxies: Vec<Network>,
+    /// Requests per second, sustained, beyond `burst`.
+    pub rate: u32,
+    pub burst: u32,
+    /// Open SSE streams at once.
+    pub streams: u32,
+}
+
+/// An address range, `10.0.0.0/8` or `::1` (a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    base: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let bits = |prefix: u8, width: u8| if prefix == 0 { 0 } else { u128::MAX << (width - prefix) };
+        match (self.base, ip.to_canonical()) {
+            (V4(base), V4(ip)) => {
+                let mask = bits(self.prefix, 32) as u32;
+                u32::from(base) & mask == u32::from(ip) & mask
+            }
+            (V6(base), V6(ip)) => {
+                let mask = bits(self.prefix, 128);
+                u128::from(base) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Network {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let (ip, prefix) = raw.split_once('/').map_or((raw, None), |(ip, prefix)| (ip, Some(prefix)));
+        let base: std::net::IpAddr = ip.parse().map_err(|_| format!("{raw:?} is not an address or range"))?;
+        let width = if base.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix.map(str::parse::<u8>) {
+            None => width,
+            Some(Ok(prefix)) if prefix <= width => prefix,
+            Some(_) => return Err(format!("{raw:?}: the prefix length must be 0 to {width}")),
+        };
+        Ok(Self { base, prefix })
     }
 }
 
@@ -644,6 +728,39 @@ mod tests {
         for bad in ["0", "-1", "two", "1.5"] {
             assert_eq!(threads(bad).unwrap_err().key, THREADS, "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn api_limits_and_the_cache_redis_have_defaults_and_refuse_bad_values() {
+        let load = |extra: &[(&str, &str)]| {
+            let mut pairs =
+                vec![(DATABASE_URL, "postgres://u@127.0.0.1/db"), (REDIS_URL, "redis://127.0.0.1:6379")];
+            pairs.extend_from_slice(extra);
+            ApiSettings::load(&Source::from_pairs(pairs))
+        };
+        let defaults = load(&[]).unwrap();
+        assert_eq!(defaults.cache_redis_url, defaults.redis_url, "one Redis unless told");
+        let limits = &defaults.limits;
+        assert_eq!(
+            (limits.rate, limits.burst, limits.streams, limits.trusted_proxies.len()),
+            (20, 100, 20, 0)
+        );
+        let set = load(&[(CACHE_REDIS_URL, "redis://127.0.0.1:6380"), (TRUSTED_PROXIES, "10.0.0.0/8, ::1")])
+            .unwrap();
+        assert_eq!(set.cache_redis_url.expose(), "redis://127.0.0.1:6380");
+        let inside = |ip: &str| set.limits.trusted_proxies.iter().any(|n| n.contains(ip.parse().unwrap()));
+        assert!(inside("10.1.2.3") && inside("::1") && inside("::ffff:10.9.9.9"));
+        assert!(!inside("11.0.0.1") && !inside("::2") && !inside("127.0.0.1"));
+        for (key, value) in [
+            (CACHE_REDIS_URL, "http://nope"),
+            (TRUSTED_PROXIES, "10.0.0.0/33"),
+            (TRUSTED_PROXIES, "nginx"),
+            (API_RATE, "-1"),
+            (STREAMS_PER_ADDRESS, "many"),
+        ] {
+            assert_eq!(load(&[(key, value)]).unwrap_err().key, key, "{key}={value} should be refused");
+        }
+        assert!("0.0.0.0/0".parse::<Network>().unwrap().contains("8.8.8.8".parse().unwrap()));
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub enum Command {
     /// Replays a capture or a scenario the way Telegram delivers, then audits exactly-once.
     #[command(args_override_self = true)]
     Replay(ReplayArgs),
+    /// A hostile reader: forged cursors, media cache busting, a resume storm or slow request
+    /// heads, from one client address (loadtest/bench-hostile).
+    #[command(args_override_self = true)]
+    Attack(AttackArgs),
     /// Draws a chart of a CSV file's columns (loadtest/soak).
     Chart {
         #[arg(long)]
@@ -107,6 +111,25 @@ pub struct W3 {
     /// The API node's pid, to report its CPU.
     #[arg(long)]
     pub pid: Option<u32>,
+}
+
+#[derive(Args)]
+pub struct AttackArgs {
+    pub kind: crate::attack::Kind,
+    /// host:port of Nginx or of an API node.
+    #[arg(long)]
+    pub target: std::net::SocketAddr,
+    /// The client address to attack from (any of 127.0.0.0/8 works on loopback).
+    #[arg(long, default_value = "127.0.0.2")]
+    pub from: std::net::IpAddr,
+    /// Requests (or slow connections) at once.
+    #[arg(long, default_value_t = 32)]
+    pub lanes: usize,
+    #[arg(long, alias = "seconds", value_parser = duration, default_value = "30s")]
+    pub duration: Duration,
+    /// The post whose photo `media` asks for.
+    #[arg(long, default_value_t = 1)]
+    pub post: i64,
 }
 
 #[derive(Args)]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+mod attack;
 mod broadcast;
 mod chart;
 mod cli;
@@ -359,6 +360,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if !passed {
                 bail!("the audit failed: see the summary above");
             }
+            Ok(())
+        }
+        Command::Attack(args) => {
+            let attack = attack::Attack {
+                kind: args.kind,
+                target: args.target,
+                from: args.from,
+                lanes: args.lanes,
+                duration: args.duration,
+                post: args.post,
+            };
+            println!("{}", attack::run(attack).await?);
             Ok(())
         }
         Command::Broadcast(args) => {

@@ -17,6 +17,7 @@ fn every_workload_has_help() {
         (&["replay", "--help"], "--give-up-after"),
         (&["w1", "--help"], "--duration"),
         (&["w3", "-h"], "--stream"),
+        (&["attack", "--help"], "slow-heads"),
         (&["--version"], env!("CARGO_PKG_VERSION")),
     ] {
         let output = loadtest(args);
@@ -33,6 +34,9 @@ fn nonsense_exits_64_naming_the_problem() {
         (&["w1", "--bogus"], "'--bogus'"),
         (&["w1", "--duration", "soon"], "soon"),
         (&["replay", "--rate", "5"], "--capture"),
+        (&["attack", "forged-cursors"], "--target"),
+        (&["attack", "flood", "--target", "127.0.0.1:1"], "'flood'"),
+        (&["attack", "media", "--target", "127.0.0.1:1", "--from", "localhost"], "localhost"),
         (&["replay", "--scenario", "s.json", "--rate", "5", "--speed", "max"], "--speed"),
     ] {
         let output = loadtest(args);

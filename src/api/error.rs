@@ -16,6 +16,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 404.
     NotFound(&'static str),
+    /// 429 with `Retry-After` (seconds): the client's address is past one of its limits.
+    TooMany(u64),
     /// 503 with `Retry-After: 10`: the node serves as many live streams as it may.
     Busy(&'static str),
     /// 503: the node is draining; the browser reconnects to another.
@@ -71,6 +73,10 @@ impl IntoResponse for ApiError {
         match self {
             Self::BadRequest(message) => json_error(StatusCode::BAD_REQUEST, &message),
             Self::NotFound(message) => json_error(StatusCode::NOT_FOUND, message),
+            Self::TooMany(seconds) => retry_after(
+                json_error(StatusCode::TOO_MANY_REQUESTS, "too many requests from this address"),
+                seconds,
+            ),
             Self::Busy(message) => retry_after(json_error(StatusCode::SERVICE_UNAVAILABLE, message), 10),
             Self::Draining => json_error(StatusCode::SERVICE_UNAVAILABLE, "this node is draining"),
             Self::Unavailable(cause) => {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::state::ApiState;
 use crate::feed::cache::Page;
-use crate::feed::cursor::Cursor;
+use crate::feed::cursor::CursorKey;
 use crate::feed::pages::{self, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_DEPTH};
 use crate::store::feed::Start;
 use crate::store::replicas::Freshness;
@@ -28,7 +28,7 @@ pub struct FeedQuery {
 
 impl FeedQuery {
     /// The page size and where the page starts, or what is wrong with the query.
-    fn parse(&self) -> Result<(i64, Start), ApiError> {
+    fn parse(&self, key: &CursorKey) -> Result<(i64, Start), ApiError> {
         let bad = |message: &str| ApiError::BadRequest(message.to_owned());
         let limit = match self.limit.as_deref().map(str::parse::<i64>) {
             None => DEFAULT_LIMIT,
@@ -37,7 +37,7 @@ impl FeedQuery {
         };
         let start = match (self.cursor.as_deref(), self.page.as_deref()) {
             (Some(_), Some(_)) => return Err(bad("use either cursor or page, not both")),
-            (Some(cursor), None) => pages::after(Cursor::decode(cursor).map_err(|_| bad("invalid cursor"))?),
+            (Some(cursor), None) => pages::after(key.open(cursor).map_err(|_| bad("invalid cursor"))?),
             (None, Some(page)) => match page.parse::<i64>() {
                 Ok(page) if page >= 1 && (page - 1).saturating_mul(limit) < MAX_PAGE_DEPTH => {
                     Start::Skip((page - 1) * limit)
@@ -65,17 +65,21 @@ pub async fn page(
             "invalid query: give limit, cursor and page at most once each".into(),
         ));
     };
-    let (limit, start) = query.parse()?;
+    let key = state.cursor_key().await?;
+    let (limit, start) = query.parse(key)?;
     let reader = &state.reader;
     let page = match state.cache.state().await {
         Some(feed) => {
             // Only pages after a cursor keep their content while new posts arrive.
             let version = if matches!(start, Start::After(..)) { feed.removals } else { feed.generation };
             let name = pages::cache_name(limit, start);
-            state.cache.get(version, &name, || pages::load_page(reader, limit, start, feed.fresh)).await?
+            state
+                .cache
+                .get(version, &name, || pages::load_page(reader, key, limit, start, feed.fresh))
+                .await?
         }
         // Redis cannot say what is current: serve straight from the database, uncached.
-        None => Arc::new(pages::load_page(reader, limit, start, Freshness::Any).await?),
+        None => Arc::new(pages::load_page(reader, key, limit, start, Freshness::Any).await?),
     };
     Ok(respond(&page, &headers))
 }

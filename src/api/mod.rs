@@ -5,6 +5,7 @@
 
 mod error;
 mod feed;
+mod limits;
 mod media;
 mod state;
 mod stream;
@@ -23,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{Health, Readiness};
 use crate::feed::cache::PageCache;
 use crate::feed::hub::Hub;
-use crate::http::Server;
+use crate::http::{LeanStreams, Server};
 use crate::kv::{self, FeedKeys};
 use crate::metrics::Metrics;
 use crate::settings::ApiSettings;
@@ -45,17 +46,31 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .map(|url| store::pool(url, settings.db_pool_size))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let redis = kv::pool(&settings.redis_url, 8)?;
-    watch_pools(&metrics, &primary, &replicas, &redis);
+    let cache_redis = kv::pool(&settings.cache_redis_url, 8)?;
+    watch_pools(&metrics, &primary, &replicas, &[("redis", &redis), ("redis-cache", &cache_redis)]);
     metrics.zero_results(&metrics.page_cache, &["local_hit", "redis_hit", "miss"]);
     metrics.zero_results(&metrics.feed_reads, &["replica", "primary"]);
+    metrics.zero_results(&metrics.limited, &["requests", "stream_connects", "streams", "heads"]);
     let reader = Arc::new(Reader::new(primary, replicas, metrics.clone()));
     let keys = FeedKeys::new(&settings.redis_prefix);
-    let media =
-        FileBots::new(&settings.bots, &settings.telegram_api_url, &settings.redis_prefix, redis.clone())?;
-    let cache = Arc::new(PageCache::new(redis.clone(), keys.clone(), metrics.clone()));
+    let media = FileBots::new(
+        &settings.bots,
+        &settings.telegram_api_url,
+        &settings.redis_prefix,
+        cache_redis.clone(),
+    )?;
+    let cache = Arc::new(PageCache::new(redis.clone(), cache_redis.clone(), keys.clone(), metrics.clone()));
     let hub = Hub::new(keys, redis.clone(), settings.sse_max_clients, settings.sse_heartbeat);
     metrics.sse_max_clients.set(settings.sse_max_clients as i64);
-    let state = ApiState { reader: reader.clone(), metrics: metrics.clone(), hub: hub.clone(), cache, media };
+    let limits = Arc::new(limits::Limits::new(settings.limits.clone(), metrics.clone(), STREAM_PATH));
+    let state = ApiState {
+        reader: reader.clone(),
+        metrics: metrics.clone(),
+        hub: hub.clone(),
+        cache,
+        media,
+        cursors: Arc::default(),
+    };
     let router = Router::new()
         .route("/api/feed", get(feed::page))
         .route(STREAM_PATH, get(stream::stream))
@@ -64,12 +79,15 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .route("/", get(live_page))
         .route("/api/openapi.json", get(openapi))
         .fallback(|| async { ApiError::NotFound("no such endpoint") })
+        .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(middleware::from_fn_with_state(Arc::new(settings.cors_origins.clone()), cors))
         .layer(middleware::from_fn(telemetry::request_context))
         .with_state(state);
     let background = CancellationToken::new();
     tokio::spawn(reader.clone().watch_lag(std::time::Duration::from_secs(5), background.clone()));
+    tokio::spawn(kv::watch_memory("state", redis.clone(), metrics.clone(), background.clone()));
+    tokio::spawn(kv::watch_memory("cache", cache_redis.clone(), metrics.clone(), background.clone()));
     let readiness = Readiness::new(move || {
         let (reader, redis) = (reader.clone(), redis.clone());
         async move {
@@ -84,9 +102,15 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
     tokio::spawn(hub.clone().run(client, start, background.clone()));
     tokio::spawn(hub.clone().beat(background.clone()));
     let tasks = TaskTracker::new();
+    let limited_heads = metrics.limited.with_label_values(&["heads"]);
     let server =
         Server::bind("api", settings.listen, router, &settings.common, metrics, readiness, tasks).await?;
-    Ok(server.cancel_on_drain(hub.closing.clone()).cancel_on_stop(background).lean_streams(&[STREAM_PATH]))
+    let streams = LeanStreams {
+        paths: &[STREAM_PATH],
+        trusted_proxies: settings.limits.trusted_proxies.clone(),
+        refused: limited_heads,
+    };
+    Ok(server.cancel_on_drain(hub.closing.clone()).cancel_on_stop(background).lean_streams(streams))
 }
 
 /// The live feed page: plain HTML and JavaScript, no build step.
@@ -156,12 +180,12 @@ async fn count_requests(State(state): State<ApiState>, request: Request, next: N
     response
 }
 
-/// Samples the node's pools at every scrape: the primary, each replica, Redis.
+/// Samples the node's pools at every scrape: the primary, each replica, each Redis.
 fn watch_pools(
     metrics: &Metrics,
     primary: &deadpool_postgres::Pool,
     replicas: &[deadpool_postgres::Pool],
-    redis: &deadpool_redis::Pool,
+    redis: &[(&str, &deadpool_redis::Pool)],
 ) {
     let pools = [("postgres".to_owned(), primary)]
         .into_iter()
@@ -170,6 +194,8 @@ fn watch_pools(
         let pool = pool.clone();
         metrics.watch_pool(&name, move || pool.status());
     }
-    let redis = redis.clone();
-    metrics.watch_pool("redis", move || redis.status());
+    for (name, pool) in redis {
+        let pool = (*pool).clone();
+        metrics.watch_pool(name, move || pool.status());
+    }
 }

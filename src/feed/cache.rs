@@ -1,6 +1,6 @@
 //! The feed page cache: in-process for the hottest pages, then Redis, then the database.
 //!
-//! Keys carry a version of the feed, so one INCR makes cached pages stale on every node — never
+//! Pages carry a version of the feed, so one INCR makes cached pages stale on every node — never
 //! `KEYS`, never a delete. Two versions: the generation, which every publish and removal bumps,
 //! for pages that start at the newest post; and the removal count, which only removals (a
 //! deleted post, a banned author) bump, for pages after a cursor — a new post never changes
@@ -9,6 +9,13 @@
 //! cached from a database that has replayed the primary's WAL past the latest publish or removal
 //! (see `store::replicas::Reader`). Versions never go back, even when Redis loses data
 //! (`feed_state.lua`): a page cached before cannot become valid again.
+//!
+//! Readers choose what they ask for, so what they can make Redis keep is bounded whatever they
+//! ask: a page goes into one of [`REDIS_SLOTS`] keys (by a hash of its name, with its version and
+//! name stored beside it and checked on every read), and only if it takes at most
+//! [`MAX_REDIS_PAGE`] bytes. The page cache therefore holds at most 1,024 × 128 KiB = 128 MiB of
+//! Redis, whatever the traffic (typical pages are a few KiB: a few MiB in all). Bigger pages are
+//! still cached in process and by Nginx.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +36,10 @@ use crate::store::replicas::Freshness;
 const LOCAL_PAGES: usize = 64;
 /// How long Redis keeps a page (a new generation makes it unreachable long before).
 const REDIS_TTL: Duration = Duration::from_secs(60);
+/// Redis keys the page cache may use, at most.
+pub const REDIS_SLOTS: u64 = 1024;
+/// The largest page kept in Redis, in bytes.
+pub const MAX_REDIS_PAGE: usize = 128 * 1024;
 
 /// A rendered page: the JSON body, its entity tag and the `Link` to the next page.
 #[derive(Debug, Clone)]
@@ -46,14 +57,20 @@ impl Page {
         Self { etag: format!("\"{:016x}\"", hasher.finish()), body: Bytes::from(body), link }
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = format!("{}\n{}\n", self.etag, self.link.as_deref().unwrap_or("")).into_bytes();
+    /// The page as Redis keeps it: under `name` (with its version), which a read checks.
+    fn encode(&self, name: &str) -> Vec<u8> {
+        let link = self.link.as_deref().unwrap_or("");
+        let mut out = format!("{name}\n{}\n{link}\n", self.etag).into_bytes();
         out.extend_from_slice(&self.body);
         out
     }
 
-    fn decode(raw: &[u8]) -> Option<Self> {
-        let mut parts = raw.splitn(3, |b| *b == b'\n');
+    /// The page kept under `name`, if that is what `raw` holds.
+    fn decode(raw: &[u8], name: &str) -> Option<Self> {
+        let mut parts = raw.splitn(4, |b| *b == b'\n');
+        if parts.next()? != name.as_bytes() {
+            return None;
+        }
         let etag = String::from_utf8(parts.next()?.to_vec()).ok()?;
         let link = String::from_utf8(parts.next()?.to_vec()).ok()?;
         let body = Bytes::copy_from_slice(parts.next()?);
@@ -73,7 +90,10 @@ pub struct FeedState {
 }
 
 pub struct PageCache {
+    /// The state Redis: the feed's versions.
     redis: kv::Shared,
+    /// Where pages are kept: may be another Redis, one that evicts.
+    pages: kv::Shared,
     keys: FeedKeys,
     metrics: Arc<Metrics>,
     /// Cache key → page; keys carry their version, so stale entries are never found.
@@ -86,9 +106,15 @@ pub struct PageCache {
 }
 
 impl PageCache {
-    pub fn new(redis: deadpool_redis::Pool, keys: FeedKeys, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        redis: deadpool_redis::Pool,
+        pages: deadpool_redis::Pool,
+        keys: FeedKeys,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             redis: kv::Shared::new(redis),
+            pages: kv::Shared::new(pages),
             keys,
             metrics,
             local: Mutex::default(),
@@ -136,7 +162,8 @@ impl PageCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Page, E>>,
     {
-        let key = self.keys.page(version, name);
+        // Names carry no newline: they are made by `feed::pages` from numbers and fixed words.
+        let key = format!("{version}:{name}");
         if let Some(page) = self.local_get(&key) {
             self.metrics.page_cache.with_label_values(&["local_hit"]).inc();
             return Ok(page);
@@ -144,13 +171,13 @@ impl PageCache {
         let flight = self.flights.acquire(&key);
         let page = flight
             .get_or_try_init(|| async {
-                if let Some(page) = self.redis_get(&key).await {
+                if let Some(page) = self.redis_get(name, &key).await {
                     self.metrics.page_cache.with_label_values(&["redis_hit"]).inc();
                     return Ok(Arc::new(page));
                 }
                 self.metrics.page_cache.with_label_values(&["miss"]).inc();
                 let page = load().await?;
-                self.redis_set(&key, &page).await;
+                self.redis_set(name, &key, &page).await;
                 Ok(Arc::new(page))
             })
             .await
@@ -174,16 +201,31 @@ impl PageCache {
         local.insert(key.to_owned(), page);
     }
 
-    async fn redis_get(&self, key: &str) -> Option<Page> {
-        let mut conn = self.redis.get().await.ok()?;
-        let raw: Option<Vec<u8>> = conn.get(key).await.inspect_err(|_| self.redis.reset()).ok()?;
-        raw.and_then(|raw| Page::decode(&raw))
+    /// The Redis key page `name` goes into, one of `REDIS_SLOTS`, whatever its version: a new
+    /// version of a page replaces the old one.
+    fn slot(&self, name: &str) -> String {
+        // DefaultHasher::new() has fixed keys: every node picks the same slot.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        self.keys.page_slot(hasher.finish() % REDIS_SLOTS)
     }
 
-    async fn redis_set(&self, key: &str, page: &Page) {
+    /// The page kept as `key` (version and name) in `name`'s slot, if it is there.
+    async fn redis_get(&self, name: &str, key: &str) -> Option<Page> {
+        let mut conn = self.pages.get().await.ok()?;
+        let raw: Option<Vec<u8>> =
+            conn.get(self.slot(name)).await.inspect_err(|_| self.pages.reset()).ok()?;
+        raw.and_then(|raw| Page::decode(&raw, key))
+    }
+
+    async fn redis_set(&self, name: &str, key: &str, page: &Page) {
+        let raw = page.encode(key);
+        if raw.len() > MAX_REDIS_PAGE {
+            return;
+        }
         // A page that could not be cached is still served.
-        if let Ok(mut conn) = self.redis.get().await {
-            let _: Result<(), _> = conn.set_ex(key, page.encode(), REDIS_TTL.as_secs()).await;
+        if let Ok(mut conn) = self.pages.get().await {
+            let _: Result<(), _> = conn.set_ex(self.slot(name), raw, REDIS_TTL.as_secs()).await;
         }
     }
 }
@@ -232,11 +274,18 @@ mod tests {
     #[test]
     fn pages_round_trip_through_their_redis_form() {
         let page = Page::new(b"{\"posts\":[]}\n".to_vec(), Some("</api/feed?cursor=x>; rel=\"next\"".into()));
-        let back = Page::decode(&page.encode()).unwrap();
-        assert_eq!((back.etag, back.link, back.body), (page.etag.clone(), page.link, page.body));
+        let back = Page::decode(&page.encode("7:top:20:first"), "7:top:20:first").unwrap();
+        assert_eq!(
+            (back.etag, back.link, back.body),
+            (page.etag.clone(), page.link.clone(), page.body.clone())
+        );
+        assert!(Page::decode(&page.encode("7:top:20:first"), "8:top:20:first").is_none(), "another version");
+        assert!(Page::decode(&page.encode("7:top:20:first"), "7:top:2").is_none(), "another page");
+        let linkless = Page::new(b"a\nbody\n".to_vec(), None);
+        assert_eq!(Page::decode(&linkless.encode("n"), "n").unwrap().body, linkless.body);
         assert_eq!(Page::new(b"same".to_vec(), None).etag, Page::new(b"same".to_vec(), None).etag);
         assert_ne!(Page::new(b"one".to_vec(), None).etag, Page::new(b"two".to_vec(), None).etag);
-        assert!(Page::decode(b"no newline").is_none());
+        assert!(Page::decode(b"no newline", "no newline").is_none());
     }
 
     #[tokio::test]

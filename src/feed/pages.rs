@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::cache::Page;
-use super::cursor::Cursor;
+use super::cursor::{Cursor, CursorKey};
 use crate::store::feed::{self, Start};
 use crate::store::replicas::{Freshness, ReadError, Reader};
 use crate::types::{PostId, PostView};
@@ -39,7 +39,7 @@ pub fn after(cursor: Cursor) -> Start {
 pub fn cache_name(limit: i64, start: Start) -> String {
     match start {
         Start::Newest => format!("top:{limit}:first"),
-        Start::After(published_at, id) => format!("after:{limit}:{}", Cursor { published_at, id }.encode()),
+        Start::After(published_at, id) => format!("after:{limit}:{}.{id}", published_at.timestamp_micros()),
         Start::Skip(skip) => format!("top:{limit}:skip{skip}"),
     }
 }
@@ -47,6 +47,7 @@ pub fn cache_name(limit: i64, start: Start) -> String {
 /// Reads and renders one page; `fresh` guards against lagging replicas.
 pub async fn load_page(
     reader: &Reader,
+    key: &CursorKey,
     limit: i64,
     start: Start,
     fresh: Freshness,
@@ -55,11 +56,11 @@ pub async fn load_page(
     let mut posts = feed::page(reader, start, limit + 1, fresh).await?;
     let next_cursor = if posts.len() as i64 > limit {
         posts.truncate(limit as usize);
-        posts.last().map(|last| Cursor { published_at: last.published_at, id: last.id }.encode())
+        posts.last().map(|last| key.seal(Cursor { published_at: last.published_at, id: last.id }))
     } else {
         None
     };
-    // Cursors are base64url, so they need no escaping inside the URL.
+    // Cursors are base64url and dots, so they need no escaping inside the URL.
     let link =
         next_cursor.as_ref().map(|next| format!("</api/feed?limit={limit}&cursor={next}>; rel=\"next\""));
     let body = serde_json::to_vec(&FeedPage { posts, next_cursor })

@@ -12,18 +12,26 @@
 //! `EventSource` reconnects anyway). Every other connection goes to hyper, with the bytes read
 //! while looking at its first request put back in front of the rest ([`Rewind`]), so a stream
 //! asked for on a connection that served other requests first is served by hyper, as before.
+//!
+//! Every connection's first head passes here, so here is where slow heads (slowloris) are
+//! bounded: 16 on their way per address (proxies in front excepted), 8,192 in all, and 2 s
+//! instead of 30 to send one once 256 are on their way. A stream client that takes 30 s to read
+//! a write is dropped.
 
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
-use axum::extract::Request;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue, Method, Uri, Version, header};
+use axum::serve::IncomingStream;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, future::BoxFuture};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -31,31 +39,94 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::settings::Network;
+
 /// A request head longer than this goes to hyper, which has its own limits and errors.
 const MAX_HEAD: usize = 16 * 1024;
 /// How long a new connection may take to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Past this many heads on their way, a new connection gets `CROWDED_HEAD_TIMEOUT` instead: a
+/// browser sends its head at once, a slow-head flood (slowloris) trickles it.
+const CROWDED: usize = 256;
+const CROWDED_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Heads on their way at most: past it new connections are closed at once.
+const MAX_LOOKING: usize = 8192;
+/// Heads on their way from one address at most (proxies in front excepted).
+pub const MAX_HEADS_PER_ADDRESS: usize = 16;
+/// How long one write to a client may take: a client that stops reading is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The address a request came from (`axum::extract::ConnectInfo<Peer>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+macro_rules! peer_of {
+    ($listener:ty) => {
+        impl Connected<IncomingStream<'_, $listener>> for Peer {
+            fn connect_info(stream: IncomingStream<'_, $listener>) -> Self {
+                Self(*stream.remote_addr())
+            }
+        }
+    };
+}
+peer_of!(TcpListener);
+peer_of!(Sorting);
+
+/// Which requests are streams to serve without hyper, and who may open many connections at once.
+pub struct LeanStreams {
+    pub paths: &'static [&'static str],
+    /// Proxies in front (Nginx), which may have any number of request heads on their way.
+    pub trusted_proxies: Vec<Network>,
+    /// Counts connections refused for having too many request heads on their way.
+    pub refused: prometheus::IntCounter,
+}
+
+/// A connection for hyper, if its first request was not a stream.
+type Looked = Option<(Rewind, SocketAddr)>;
 
 /// A listener that serves the connections opening with a stream request itself and hands every
 /// other connection to `axum::serve`.
 pub struct Sorting {
     listener: TcpListener,
     router: Router,
-    paths: &'static [&'static str],
+    streams: LeanStreams,
     tasks: TaskTracker,
-    /// Connections whose first request head is still arriving.
-    looking: FuturesUnordered<BoxFuture<'static, Option<(Rewind, SocketAddr)>>>,
+    /// Connections whose first request head is still arriving, and how many from each address.
+    looking: FuturesUnordered<BoxFuture<'static, (Looked, IpAddr)>>,
+    per_address: HashMap<IpAddr, usize>,
 }
 
 impl Sorting {
     /// Streams are served as tasks of `tasks`, so that a drain waits for them to end.
-    pub fn new(
-        listener: TcpListener,
-        router: Router,
-        paths: &'static [&'static str],
-        tasks: TaskTracker,
-    ) -> Self {
-        Self { listener, router, paths, tasks, looking: FuturesUnordered::new() }
+    pub fn new(listener: TcpListener, router: Router, streams: LeanStreams, tasks: TaskTracker) -> Self {
+        let (looking, per_address) = (FuturesUnordered::new(), HashMap::new());
+        Self { listener, router, streams, tasks, looking, per_address }
+    }
+
+    /// Starts reading a new connection's head, unless its address (or everyone) has too many
+    /// on their way.
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let ip = peer.ip().to_canonical();
+        let trusted = self.streams.trusted_proxies.iter().any(|proxy| proxy.contains(ip));
+        let from_peer = self.per_address.get(&ip).copied().unwrap_or(0);
+        if self.looking.len() >= MAX_LOOKING || !trusted && from_peer >= MAX_HEADS_PER_ADDRESS {
+            self.streams.refused.inc();
+            return;
+        }
+        *self.per_address.entry(ip).or_default() += 1;
+        let timeout = if self.looking.len() >= CROWDED { CROWDED_HEAD_TIMEOUT } else { HEAD_TIMEOUT };
+        let (router, tasks, paths) = (self.router.clone(), self.tasks.clone(), self.streams.paths);
+        let looked = look(stream, peer, router, paths, tasks, timeout);
+        self.looking.push(Box::pin(async move { (looked.await, ip) }));
+    }
+
+    fn looked(&mut self, ip: IpAddr) {
+        if let Some(count) = self.per_address.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
     }
 }
 
@@ -67,17 +138,15 @@ impl axum::serve::Listener for Sorting {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let (router, tasks) = (self.router.clone(), self.tasks.clone());
-                        self.looking.push(Box::pin(look(stream, peer, router, self.paths, tasks)));
-                    }
+                    Ok((stream, peer)) => self.admit(stream, peer),
                     Err(e) => {
                         // Out of file descriptors, most likely: let some connections end first.
                         tracing::warn!(error = %e, "accepting a connection failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                Some(looked) = self.looking.next(), if !self.looking.is_empty() => {
+                Some((looked, ip)) = self.looking.next(), if !self.looking.is_empty() => {
+                    self.looked(ip);
                     if let Some(for_hyper) = looked {
                         return for_hyper;
                     }
@@ -99,7 +168,8 @@ async fn look(
     router: Router,
     paths: &'static [&'static str],
     tasks: TaskTracker,
-) -> Option<(Rewind, SocketAddr)> {
+    timeout: Duration,
+) -> Looked {
     let mut head = Vec::with_capacity(1024);
     let read = async {
         loop {
@@ -118,8 +188,9 @@ async fn look(
             }
         }
     };
-    match tokio::time::timeout(HEAD_TIMEOUT, read).await {
-        Ok(Some(Head::Stream(request))) => {
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Some(Head::Stream(mut request))) => {
+            request.extensions_mut().insert(ConnectInfo(Peer(peer)));
             tasks.spawn(answer(stream, router, request));
             None
         }
@@ -194,7 +265,7 @@ async fn answer(mut stream: TcpStream, router: Router, request: Box<Request>) {
     }
     let date = httpdate::fmt_http_date(SystemTime::now());
     head.extend_from_slice(format!("date: {date}\r\nconnection: close\r\n\r\n").as_bytes());
-    if stream.write_all(&head).await.is_err() {
+    if write(&mut stream, &head).await.is_err() {
         return;
     }
     drop(head);
@@ -224,8 +295,8 @@ async fn answer(mut stream: TcpStream, router: Router, request: Box<Request>) {
         .await;
         let written = match ready.as_slice() {
             [] => Ok(()),
-            [bytes] => stream.write_all(bytes).await,
-            many => stream.write_all(&many.concat()).await,
+            [bytes] => write(&mut stream, bytes).await,
+            many => write(&mut stream, &many.concat()).await,
         };
         if written.is_err() {
             return;
@@ -233,6 +304,14 @@ async fn answer(mut stream: TcpStream, router: Router, request: Box<Request>) {
         ready.clear();
     }
     let _ = stream.shutdown().await;
+}
+
+/// Writes `bytes` whole, unless the client takes longer than `WRITE_TIMEOUT` to read them.
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Whether the client closed its side (or the connection broke). Whatever else it sends once

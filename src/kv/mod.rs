@@ -72,6 +72,39 @@ pub async fn ping(pool: &Pool) -> bool {
     }
 }
 
+/// How often [`watch_memory`] samples a Redis.
+const MEMORY_EVERY: Duration = Duration::from_secs(15);
+
+/// Samples a Redis's memory (`INFO memory`) into `botfleet_redis_memory_bytes{redis=name}` now
+/// and every 15 s until `stop`: the alert on the state Redis nearing its maxmemory reads it.
+pub async fn watch_memory(
+    name: &'static str,
+    pool: Pool,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    stop: crate::shutdown::CancellationToken,
+) {
+    loop {
+        if let Ok(mut conn) = pool.get().await
+            && let Ok(info) = redis::cmd("INFO").arg("memory").query_async::<String>(&mut conn).await
+        {
+            for (field, kind) in [("used_memory", "used"), ("maxmemory", "max")] {
+                if let Some(bytes) = info_field(&info, field) {
+                    metrics.redis_memory.with_label_values(&[name, kind]).set(bytes);
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(MEMORY_EVERY) => {}
+        }
+    }
+}
+
+/// A number from `INFO`'s `field:value` lines.
+fn info_field(info: &str, field: &str) -> Option<i64> {
+    info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')?.trim().parse().ok())
+}
+
 /// Takes or keeps the lease `key` for `me` (a role one process of the cluster plays at a time);
 /// whether `me` holds it now.
 pub async fn hold_lease(conn: &mut Conn, key: &str, me: &str, lease: Duration) -> redis::RedisResult<bool> {
@@ -239,9 +272,9 @@ impl FeedKeys {
         }
     }
 
-    /// A cached feed page as of one version of the feed.
-    pub fn page(&self, version: i64, page: &str) -> String {
-        format!("{}:feed:page:{version}:{page}", self.prefix)
+    /// One of the keys feed pages are cached in (`feed::cache`).
+    pub fn page_slot(&self, slot: u64) -> String {
+        format!("{}:feed:page:{slot}", self.prefix)
     }
 
     /// Where a post is marked published to the stream, so that it goes out once.
@@ -253,4 +286,15 @@ impl FeedKeys {
 /// The channel on which a released chat turn wakes the workers waiting for it.
 pub fn turns_channel(deployment: &str) -> String {
     format!("{deployment}:chat-turns")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn info_fields_are_read_by_exact_name() {
+        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:0\r\n";
+        assert_eq!(super::info_field(info, "used_memory"), Some(1_048_576));
+        assert_eq!(super::info_field(info, "maxmemory"), Some(0));
+        assert_eq!(super::info_field(info, "used_memory_peak"), None);
+    }
 }

@@ -96,3 +96,15 @@ pub async fn media(reader: &Reader, id: PostId) -> Result<Option<Media>, ReadErr
     let rows = reader.query(&sql, &[&id], Freshness::Any).await?;
     Ok(rows.first().map(|row| Media { bot_id: row.get(0), file_id: row.get(1), unique_id: row.get(2) }))
 }
+
+/// The key feed cursors are signed with (made by migration 0008), read from the primary.
+pub async fn cursor_key(reader: &Reader) -> Result<Vec<u8>, ReadError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| ReadError::Unavailable(format!("reading the cursor key: {e}"));
+    let client = reader.primary().get().await.map_err(|e| unavailable(&e))?;
+    let row = client.query_opt("SELECT key FROM api_keys WHERE name = 'cursor'", &[]).await;
+    match row.map_err(|e| unavailable(&e))? {
+        Some(row) => Ok(row.get(0)),
+        None => Err(unavailable(&"no row in api_keys: run `botfleet migrate`")),
+    }
+}

@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "decided_update", sql: include_str!("migrations/0005_decided_update.sql") },
     Migration { version: 6, name: "origins", sql: include_str!("migrations/0006_origins.sql") },
     Migration { version: 7, name: "outbox_journal", sql: include_str!("migrations/0007_outbox_journal.sql") },
+    Migration { version: 8, name: "cursor_key", sql: include_str!("migrations/0008_cursor_key.sql") },
 ];
 
 pub struct Migration {
@@ -37,7 +38,7 @@ pub struct Migration {
 /// Tables the worker role may write.
 const WORKER_TABLES: &str = "users, posts, dead_letters, broadcasts, notices, broadcast_deliveries";
 /// Tables the API role may read (and nothing else).
-const API_TABLES: &str = "users, posts";
+const API_TABLES: &str = "users, posts, api_keys";
 
 /// Applies what is missing and re-applies the roles' grants. Returns the versions it applied.
 pub async fn apply(settings: &MigrateSettings) -> anyhow::Result<Vec<i32>> {

@@ -40,6 +40,11 @@ impl Reader {
         Self { primary, replicas, metrics }
     }
 
+    /// The primary, for what only it is sure to have (not a feed read: not counted as one).
+    pub fn primary(&self) -> &Pool {
+        &self.primary
+    }
+
     /// Runs a read-only query on the first database that can answer it. A replica that has not
     /// yet replayed what `fresh` asks for lags and is skipped: whatever it answered could be
     /// cached stale (the replica-lag guard). The primary is always current.

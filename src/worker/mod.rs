@@ -137,6 +137,8 @@ fn start_loops(
     let background = CancellationToken::new();
     let client = redis::Client::open(settings.redis_url.expose())?;
     tokio::spawn(waker.run(client.clone(), settings.redis_prefix.clone(), background.clone()));
+    let memory = kv::watch_memory("state", redis.clone(), services.metrics.clone(), background.clone());
+    tokio::spawn(memory);
     let config = outbox::OutboxConfig {
         claim_after: settings.outbox_claim_after,
         max_deliveries: settings.outbox_max_deliveries,

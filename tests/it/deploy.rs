@@ -143,12 +143,16 @@ fn nginx_accepts_the_production_compose_and_local_configs_rendered_from_one_temp
             "APIS=127.0.0.1:8082".into(),
         ],
     );
-    assert!(
-        local.contains("allow 127.0.0.1;")
-            && !local.contains("limit_req zone")
-            && local.contains("proxy_cache botfleet_feed;"),
-        "the local cluster runs production's cache without its request limits"
-    );
+    assert!(local.contains("allow 127.0.0.1;") && local.contains("proxy_cache botfleet_feed;"));
+    // Every mode limits every client address the same way; only the local cluster's own load
+    // generator (127.0.0.1) is let through unlimited.
+    let limits = |config: &str| -> Vec<String> {
+        config.lines().map(str::trim).filter(|l| l.starts_with("limit_")).map(str::to_owned).collect()
+    };
+    assert_eq!(limits(&production).len(), 12, "{:#?}", limits(&production));
+    assert_eq!(limits(&compose), limits(&production), "compose limits as production does");
+    assert_eq!(limits(&local), limits(&production), "the local cluster limits as production does");
+    assert!(local.contains("127.0.0.1 1;") && !production.contains("127.0.0.1 1;"));
     // Bad input: a missing value and an unknown mode are refused with a clear message.
     let missing = run(repo("deploy/nginx/render"), &["production", "WORKERS=a:1", "APIS=b:2"]);
     assert_eq!(missing.status.code(), Some(64));
@@ -268,7 +272,7 @@ impl Drop for Front {
 }
 
 #[tokio::test]
-async fn nginx_limits_streams_per_address_and_cuts_off_slow_clients() {
+async fn nginx_limits_streams_and_stream_connects_per_address_and_cuts_off_slow_clients() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stack = crate::helpers::Stack::start(false).await;
     let front = Front::start(&stack.api.addr.to_string()).await;
@@ -283,6 +287,13 @@ async fn nginx_limits_streams_per_address_and_cuts_off_slow_clients() {
     let refused = client.get(front.url("/api/feed/stream")).send().await.unwrap();
     assert_eq!(refused.status(), 429, "one address may hold 20 streams");
     drop(streams);
+    // A resume storm (connect, resume, close, again) finds the connects used up: 1 a second.
+    let mut served = 0;
+    for _ in 0..20 {
+        let resume = client.get(front.url("/api/feed/stream")).header("Last-Event-ID", "1-0");
+        served += u32::from(resume.send().await.unwrap().status() == 200);
+    }
+    assert!(served <= 3, "{served} of 20 resumes after a burst served");
     // A client that sends half a request and stops is answered 408 and cut off after 10 s.
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", front.port)).await.unwrap();
     slow.write_all(b"GET /api/feed HTTP/1.1\r\nHost: bots.example.org\r\n").await.unwrap();

@@ -12,7 +12,7 @@ use crate::helpers::{
 };
 
 /// Inserts `n` published posts directly, oldest first, each a millisecond apart.
-async fn seed_posts(db: &TestDb, n: i64) {
+pub async fn seed_posts(db: &TestDb, n: i64) {
     db.owner()
         .await
         .batch_execute(&format!(

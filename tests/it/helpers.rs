@@ -344,6 +344,8 @@ pub async fn spawn_api_with(
     extra: &[(&str, &str)],
 ) -> Running {
     let mut pairs = base_settings(db, API_ROLE, redis_prefix);
+    // Tests call from loopback, as Nginx would: not limited per address unless a test says so.
+    pairs.push((settings::TRUSTED_PROXIES.into(), "127.0.0.1,::1".into()));
     pairs.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     if replica {
         db.wait_for_replica().await;
