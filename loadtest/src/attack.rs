@@ -66,7 +66,17 @@ pub async fn run(attack: Attack) -> anyhow::Result<serde_json::Value> {
         "seconds": attack.duration.as_secs(),
         "requests": requests,
         "statuses": statuses,
+        "cpu_seconds": own_cpu_seconds(),
     }))
+}
+
+/// CPU time this process used so far (user and system), from `/proc/self/stat` (Linux counts
+/// it in ticks of 1/100 s for user space).
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn count(statuses: &Statuses, status: &str) {

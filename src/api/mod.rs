@@ -57,6 +57,7 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         &settings.bots,
         &settings.telegram_api_url,
         &settings.redis_prefix,
+        redis.clone(),
         cache_redis.clone(),
     )?;
     let cache = Arc::new(PageCache::new(redis.clone(), cache_redis.clone(), keys.clone(), metrics.clone()));

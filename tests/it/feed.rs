@@ -306,7 +306,19 @@ struct PhotoPost {
     fake: botfleet::fake_telegram::Fake,
     worker: crate::helpers::Running,
     api: crate::helpers::Running,
+    /// A second node, sharing the first one's Redis.
+    other_api: crate::helpers::Running,
     file_id: String,
+}
+
+/// The test Redis's database 1, as a separate cache Redis: what goes where shows.
+fn cache_redis_url() -> String {
+    format!("{}/1", crate::helpers::env("BOTFLEET_TEST_REDIS_URL"))
+}
+
+async fn cache_redis() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(cache_redis_url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
 }
 
 async fn photo_post(bytes: &[u8]) -> PhotoPost {
@@ -322,19 +334,23 @@ async fn photo_post(bytes: &[u8]) -> PhotoPost {
     let mut update = crate::helpers::photo_update(1, 42, "a photo through the proxy");
     update["message"]["photo"][1]["file_id"] = serde_json::json!(file_id);
     assert_eq!(deliver_update(&worker, &MAIN_BOT, &update).await.status(), 200);
+    let cache = cache_redis_url();
     let settings = [
         ("BOTFLEET_BOTS", "main"),
         ("BOTFLEET_BOT_MAIN_TOKEN", MAIN_BOT.token),
         ("BOTFLEET_BOT_MAIN_WEBHOOK_SECRET", MAIN_BOT.secret),
         ("BOTFLEET_TELEGRAM_API_URL", telegram.as_str()),
+        ("BOTFLEET_CACHE_REDIS_URL", cache.as_str()),
     ];
     let api = spawn_api_with(&db, &prefix, false, &settings).await;
-    PhotoPost { db, prefix, fake, worker, api, file_id }
+    let other_api = spawn_api_with(&db, &prefix, false, &settings).await;
+    PhotoPost { db, prefix, fake, worker, api, other_api, file_id }
 }
 
 #[tokio::test]
 async fn media_is_proxied_without_the_token_reaching_the_browser_and_asks_telegram_once_a_file() {
-    let PhotoPost { db, prefix, fake, worker, api, file_id } = photo_post(b"\xff\xd8 jpeg bytes").await;
+    let PhotoPost { db, prefix, fake, worker, api, other_api, file_id } =
+        photo_post(b"\xff\xd8 jpeg bytes").await;
     deliver_update(&worker, &MAIN_BOT, &text_update(2, 42, "a post without any photo")).await;
     let with_photo: i64 = db.count("SELECT id FROM posts WHERE media_file_id IS NOT NULL").await;
     let without: i64 = db.count("SELECT id FROM posts WHERE media_file_id IS NULL").await;
@@ -366,17 +382,20 @@ async fn media_is_proxied_without_the_token_reaching_the_browser_and_asks_telegr
     let unchanged = revalidate().await;
     assert_eq!(unchanged.status(), 304);
     assert_eq!(unchanged.headers()["etag"], etag.as_str());
-    // Query strings that would bust a cache, twenty requests at once after the path was
-    // forgotten: one getFile (the path is then kept an hour, for every node).
+    // Query strings that would bust a cache, twenty requests at once on two nodes after the path
+    // was forgotten (it is in the cache Redis): one getFile (the path is then kept an hour, for
+    // every node).
     let path = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.bot_id()).media_path(&etag.replace('"', ""));
-    let () = redis::cmd("DEL").arg(&path).query_async(&mut redis().await).await.unwrap();
-    let busting = (0..20).map(|n| reqwest::get(format!("{media_url}?n={n}")));
+    let () = redis::cmd("DEL").arg(&path).query_async(&mut cache_redis().await).await.unwrap();
+    let node = |n: usize| if n.is_multiple_of(2) { &api } else { &other_api };
+    let busting = (0..20).map(|n| reqwest::get(node(n).url(&format!("/api/media/{with_photo}?n={n}"))));
     for answer in futures_util::future::join_all(busting).await {
         assert_eq!(answer.unwrap().status(), 200);
     }
-    assert_eq!(get_files(), 2, "one getFile more for the file, whatever the requests");
+    assert_eq!(get_files(), 2, "one getFile more for the file, whatever the requests and nodes");
 
-    // While Telegram has the bot wait after a 429 (met by any process), the proxy asks nothing.
+    // While Telegram has the bot wait after a 429 (met by any process: its pause is in the state
+    // Redis), the proxy asks nothing.
     let pause = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.bot_id()).flood_pause();
     let () = redis::cmd("SET")
         .arg(&pause)
@@ -388,7 +407,7 @@ async fn media_is_proxied_without_the_token_reaching_the_browser_and_asks_telegr
         .unwrap();
     let asked = get_files();
     assert_eq!(reqwest::get(&media_url).await.unwrap().status(), 200, "its path is known: no call needed");
-    let () = redis::cmd("DEL").arg(&path).query_async(&mut redis().await).await.unwrap();
+    let () = redis::cmd("DEL").arg(&path).query_async(&mut cache_redis().await).await.unwrap();
     let media = reqwest::get(&media_url).await.unwrap();
     assert_eq!(media.status(), 503);
     assert!(media.headers().contains_key("retry-after"));
