@@ -137,9 +137,9 @@ impl FileBots {
         conn.get(key).await.inspect_err(|_| self.cache.reset()).ok()?
     }
 
-    /// The path another node is fetching right now, once it has it (within `FETCH_WAIT`); `None`
-    /// when no node is fetching it (this one now is: it claimed the fetch), or the other node
-    /// failed or took too long.
+    /// The path, once the node fetching it right now has it (within `FETCH_WAIT`), or as stored
+    /// since this node looked; `None` when no node is fetching it (this one now is: it claimed
+    /// the fetch), or the other node failed or took too long.
     async fn fetched_elsewhere(&self, key: &str) -> Option<String> {
         let mut conn = self.cache.get().await.ok()?;
         let ms = FETCH_WAIT.as_millis() as u64;
@@ -154,7 +154,13 @@ impl FileBots {
             .await
             .ok()?;
         if claimed.is_some() {
-            return None;
+            // Whoever fetched it before may have finished since this node looked: paths are
+            // stored before claims end, so a path missing now is missing.
+            let path = self.cached(key).await;
+            if path.is_some() {
+                self.release(key).await;
+            }
+            return path;
         }
         let deadline = tokio::time::Instant::now() + FETCH_WAIT;
         while tokio::time::Instant::now() < deadline {
