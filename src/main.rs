@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use botfleet::metrics::Metrics;
 use botfleet::settings::{
-    self, ApiSettings, BotConfig, FakeTelegramSettings, MigrateSettings, Secret, SettingsError, Source,
-    TelemetrySettings, WebhookSettings, WorkerSettings,
+    self, ApiSettings, BotConfig, FakeTelegramSettings, MigrateSettings, RedisAclSettings, Secret,
+    SettingsError, Source, TelemetrySettings, WebhookSettings, WorkerSettings,
 };
 use botfleet::shutdown::{self, CancellationToken};
 use botfleet::{api, cli, fake_telegram, migrate, telemetry, webhook, worker};
@@ -67,6 +67,15 @@ enum Command {
         after_help = "Settings: BOTFLEET_DATABASE_URL (the owner), BOTFLEET_WORKER_ROLE, BOTFLEET_API_ROLE."
     )]
     Migrate,
+    /// Create or update the Redis users of each role (worker, API node, webhook command), on the
+    /// state Redis and the cache Redis.
+    #[command(after_help = concat!(
+        "Settings: BOTFLEET_REDIS_URL (a user allowed ACL), BOTFLEET_CACHE_REDIS_URL, ",
+        "BOTFLEET_REDIS_PREFIX, BOTFLEET_REDIS_WORKER_PASSWORD, BOTFLEET_REDIS_API_PASSWORD, ",
+        "BOTFLEET_REDIS_WEBHOOK_PASSWORD. The processes then connect as ",
+        "redis://botfleet-worker:<password>@host, botfleet-api, botfleet-webhook."
+    ))]
+    RedisAcl,
     /// Manage each bot's webhook and command menu with Telegram (a deploy step).
     Webhook {
         #[command(subcommand)]
@@ -164,6 +173,7 @@ enum Process {
     Api(ApiSettings),
     FakeTelegram(FakeTelegramSettings),
     Migrate(MigrateSettings),
+    RedisAcl(RedisAclSettings),
     Webhook(webhook::Command, WebhookSettings),
 }
 
@@ -174,6 +184,7 @@ impl Process {
             Command::Api => Self::Api(ApiSettings::load(source)?),
             Command::FakeTelegram => Self::FakeTelegram(FakeTelegramSettings::load(source)?),
             Command::Migrate => Self::Migrate(MigrateSettings::load(source)?),
+            Command::RedisAcl => Self::RedisAcl(RedisAclSettings::load(source)?),
             Command::Webhook { command } => Self::Webhook(command.into(), WebhookSettings::load(source)?),
         })
     }
@@ -184,7 +195,7 @@ impl Process {
             Self::Worker(settings) => &settings.bots,
             Self::Api(settings) => &settings.bots,
             Self::Webhook(_, settings) => &settings.bots,
-            Self::FakeTelegram(_) | Self::Migrate(_) => &[],
+            Self::FakeTelegram(_) | Self::Migrate(_) | Self::RedisAcl(_) => &[],
         };
         bots.iter().flat_map(|bot| [bot.token.clone(), Secret::new(bot.webhook_secret.expose())]).collect()
     }
@@ -197,6 +208,12 @@ impl Process {
             Self::FakeTelegram(settings) => fake_telegram::build(settings, metrics("fake-telegram")?).await?,
             Self::Migrate(settings) => {
                 println!("{}", migrate::run(&settings).await?);
+                return Ok(());
+            }
+            Self::RedisAcl(settings) => {
+                for line in botfleet::kv::acl::apply(&settings).await? {
+                    println!("{line}");
+                }
                 return Ok(());
             }
             Self::Webhook(command, settings) => {

@@ -35,6 +35,9 @@ pub const REDIS_URL: &str = "BOTFLEET_REDIS_URL";
 pub const REDIS_PREFIX: &str = "BOTFLEET_REDIS_PREFIX";
 pub const CACHE_REDIS_URL: &str = "BOTFLEET_CACHE_REDIS_URL";
 pub const TRUSTED_PROXIES: &str = "BOTFLEET_TRUSTED_PROXIES";
+pub const REDIS_WORKER_PASSWORD: &str = "BOTFLEET_REDIS_WORKER_PASSWORD";
+pub const REDIS_API_PASSWORD: &str = "BOTFLEET_REDIS_API_PASSWORD";
+pub const REDIS_WEBHOOK_PASSWORD: &str = "BOTFLEET_REDIS_WEBHOOK_PASSWORD";
 pub const API_RATE: &str = "BOTFLEET_API_RATE";
 pub const API_BURST: &str = "BOTFLEET_API_BURST";
 pub const STREAMS_PER_ADDRESS: &str = "BOTFLEET_STREAMS_PER_ADDRESS";
@@ -600,6 +603,42 @@ impl FromStr for Network {
             Some(_) => return Err(format!("{raw:?}: the prefix length must be 0 to {width}")),
         };
         Ok(Self { base, prefix })
+    }
+}
+
+/// What `botfleet redis-acl` needs: an admin connection to each Redis, the deployment's prefix
+/// and each role's password.
+#[derive(Debug, Clone)]
+pub struct RedisAclSettings {
+    pub redis_url: Secret,
+    pub cache_redis_url: Option<Secret>,
+    pub prefix: String,
+    /// The worker's, the API node's and the webhook command's, in that order.
+    pub passwords: [Secret; 3],
+}
+
+impl RedisAclSettings {
+    pub fn load(src: &Source) -> Result<Self, SettingsError> {
+        let password = |key: &str| src.required(key).map(Secret::new);
+        Ok(Self {
+            redis_url: src.redis_url()?,
+            cache_redis_url: src
+                .get(CACHE_REDIS_URL)
+                .map(|_| src.redis_url_of(CACHE_REDIS_URL))
+                .transpose()?,
+            prefix: src.get(REDIS_PREFIX).unwrap_or("botfleet").to_owned(),
+            passwords: [
+                password(REDIS_WORKER_PASSWORD)?,
+                password(REDIS_API_PASSWORD)?,
+                password(REDIS_WEBHOOK_PASSWORD)?,
+            ],
+        })
+    }
+
+    /// The state Redis, and the cache Redis if it is another.
+    pub fn redis_urls(&self) -> Vec<&Secret> {
+        let cache = self.cache_redis_url.as_ref().filter(|cache| **cache != self.redis_url);
+        std::iter::once(&self.redis_url).chain(cache).collect()
     }
 }
 

@@ -27,7 +27,7 @@ use crate::feed::hub::Hub;
 use crate::http::{LeanStreams, Server};
 use crate::kv::{self, FeedKeys};
 use crate::metrics::Metrics;
-use crate::settings::ApiSettings;
+use crate::settings::{self, ApiSettings};
 use crate::shutdown::CancellationToken;
 use crate::store::{self, replicas::Reader};
 use crate::telegram::files::FileBots;
@@ -45,6 +45,8 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .iter()
         .map(|url| store::pool(url, settings.db_pool_size))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    kv::check_credentials(&settings.redis_url, settings::REDIS_URL).await?;
+    kv::check_credentials(&settings.cache_redis_url, settings::CACHE_REDIS_URL).await?;
     let redis = kv::pool(&settings.redis_url, 8)?;
     let cache_redis = kv::pool(&settings.cache_redis_url, 8)?;
     watch_pools(&metrics, &primary, &replicas, &[("redis", &redis), ("redis-cache", &cache_redis)]);

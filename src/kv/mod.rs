@@ -1,6 +1,8 @@
 //! Redis: the connection pool. Keys of a deployment all start with its prefix
 //! (`BOTFLEET_REDIS_PREFIX`), then the bot's id, so deployments and bots never collide.
 
+pub mod acl;
+
 use std::time::Duration;
 
 use anyhow::Context;
@@ -69,6 +71,18 @@ pub async fn ping(pool: &Pool) -> bool {
     match pool.get().await {
         Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
         Err(_) => false,
+    }
+}
+
+/// Refuses to go on with credentials Redis refuses, with an error naming the setting `key`; a
+/// Redis not reachable yet is no error here (pools connect when they can).
+pub async fn check_credentials(url: &Secret, key: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url.expose())?;
+    match tokio::time::timeout(POOL_TIMEOUT, client.get_multiplexed_async_connection()).await {
+        Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
+            anyhow::bail!("setting {key}: Redis refused its user or password ({e})")
+        }
+        _ => Ok(()),
     }
 }
 

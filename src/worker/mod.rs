@@ -46,6 +46,7 @@ use state::{BotRuntime, WorkerState};
 /// Binds a worker's listeners; `run_until_stopped` on the result serves.
 pub async fn build(settings: WorkerSettings, metrics: Arc<Metrics>) -> anyhow::Result<Server> {
     let db = store::pool(&settings.database_url, settings.db_pool_size)?;
+    kv::check_credentials(&settings.redis_url, crate::settings::REDIS_URL).await?;
     let redis = kv::pool(&settings.redis_url, settings.db_pool_size * 2)?;
     let waker = Arc::new(Waker::default());
     let bots = Arc::new(bots(&settings, &waker)?);

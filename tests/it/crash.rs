@@ -65,7 +65,7 @@ async fn start_worker_process(
             ("BOTFLEET_LISTEN", format!("127.0.0.1:{port}")),
             ("BOTFLEET_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
             ("BOTFLEET_DATABASE_URL", db.url(WORKER_ROLE, false)),
-            ("BOTFLEET_REDIS_URL", env("BOTFLEET_TEST_REDIS_URL")),
+            ("BOTFLEET_REDIS_URL", crate::helpers::redis_url(WORKER_ROLE)),
             ("BOTFLEET_REDIS_PREFIX", prefix.to_owned()),
             ("BOTFLEET_TELEGRAM_API_URL", telegram.to_owned()),
             ("BOTFLEET_BOTS", "main".to_owned()),

@@ -313,7 +313,7 @@ struct PhotoPost {
 
 /// The test Redis's database 1, as a separate cache Redis: what goes where shows.
 fn cache_redis_url() -> String {
-    format!("{}/1", crate::helpers::env("BOTFLEET_TEST_REDIS_URL"))
+    format!("{}/1", crate::helpers::redis_url(crate::helpers::API_ROLE))
 }
 
 async fn cache_redis() -> redis::aio::MultiplexedConnection {

@@ -82,7 +82,18 @@ pub fn watch_output(
     (seen, task)
 }
 
-/// A connection to the test Redis.
+/// The test Redis as the Redis user of `role` (the Postgres role's name, or `webhook`): bin/test
+/// made one per role (src/kv/acl.rs).
+pub fn redis_url(role: &str) -> String {
+    let user = match role {
+        API_ROLE => "API",
+        "webhook" => "WEBHOOK",
+        _ => "WORKER",
+    };
+    env(&format!("BOTFLEET_TEST_REDIS_{user}_URL"))
+}
+
+/// A connection to the test Redis, as its default user (allowed everything).
 pub async fn redis() -> redis::aio::MultiplexedConnection {
     redis::Client::open(env("BOTFLEET_TEST_REDIS_URL"))
         .unwrap()
@@ -286,7 +297,7 @@ fn base_settings(db: &TestDb, role: &str, redis_prefix: &str) -> Vec<(String, St
         (settings::LISTEN.into(), "127.0.0.1:0".into()),
         (settings::ADMIN_LISTEN.into(), "127.0.0.1:0".into()),
         (settings::DATABASE_URL.into(), db.url(role, false)),
-        (settings::REDIS_URL.into(), env("BOTFLEET_TEST_REDIS_URL")),
+        (settings::REDIS_URL.into(), redis_url(role)),
         (settings::REDIS_PREFIX.into(), redis_prefix.into()),
         (settings::SHUTDOWN_GRACE_SECS.into(), "5".into()),
     ]

@@ -22,6 +22,7 @@ mod layout;
 mod lua;
 mod openapi;
 mod outbox;
+mod redis_acl;
 mod replay;
 mod schema;
 mod sre;

@@ -7,7 +7,7 @@ use botfleet::webhook::{self, Command};
 
 use std::time::Duration;
 
-use crate::helpers::{MAIN_BOT, TestDb, env, eventually, spawn_fake, spawn_worker_with, unique};
+use crate::helpers::{MAIN_BOT, TestDb, eventually, spawn_fake, spawn_worker_with, unique};
 
 fn webhook_settings(telegram: &str, prefix: &str, extra: &[(&str, &str)]) -> WebhookSettings {
     let mut pairs = MAIN_BOT.settings();
@@ -22,7 +22,7 @@ fn webhook_settings(telegram: &str, prefix: &str, extra: &[(&str, &str)]) -> Web
     {
         pairs.push(((*key).to_owned(), (*value).to_owned()));
     }
-    pairs.push((settings::REDIS_URL.to_owned(), env("BOTFLEET_TEST_REDIS_URL")));
+    pairs.push((settings::REDIS_URL.to_owned(), crate::helpers::redis_url("webhook")));
     WebhookSettings::load(&Source::from_pairs(pairs)).unwrap()
 }
 
