@@ -3,7 +3,8 @@
 //! A browser that sends `Last-Event-ID` first gets what it missed, read back from the stream
 //! (less the posts that left the feed since: deleted, or their author banned), or one
 //! `event: resync` if the stream no longer reaches back that far or it missed more than
-//! [`MAX_RESUME`] events; then the live events.
+//! [`MAX_RESUME`] events, followed by the last two seconds' posts (a reloaded page 1 may be that
+//! old); then the live events.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -53,22 +54,27 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Result
             true => None,
             false => hub.read_at_most(Some(after), MAX_RESUME).await.map_err(ApiError::redis)?,
         };
-        if let Some(mut events) = replay {
-            // Posts deleted (or whose author was banned) since they went out are not replayed.
-            let ids: Vec<PostId> = events.iter().filter_map(|e| e.post).collect();
-            if !ids.is_empty() {
-                let fresh = state.cache.state().await.map_or(Freshness::Unknown, |feed| feed.fresh);
-                let visible = store::feed::visible(&state.reader, &ids, fresh).await?;
-                events.retain(|e| e.post.is_none_or(|id| visible.contains(&id)));
+        // Past what can be replayed, `resync` (reload page 1), then the last seconds' posts again,
+        // which the page may be too old to have (see `Hub::recent`).
+        let mut events = match replay {
+            Some(events) => events,
+            None => {
+                state.metrics.sse_resyncs.inc();
+                first.extend_from_slice(RESYNC);
+                missed = 1;
+                hub.recent().await.map_err(ApiError::redis)?
             }
-            replayed_to = events.last().map(|e| e.offset).or(replayed_to);
-            missed = events.len();
-            events.iter().for_each(|e| first.extend_from_slice(&e.bytes));
-        } else {
-            state.metrics.sse_resyncs.inc();
-            first.extend_from_slice(RESYNC);
-            missed = 1;
+        };
+        // Posts deleted (or whose author was banned) since they went out are not replayed.
+        let ids: Vec<PostId> = events.iter().filter_map(|e| e.post).collect();
+        if !ids.is_empty() {
+            let fresh = state.cache.state().await.map_or(Freshness::Unknown, |feed| feed.fresh);
+            let visible = store::feed::visible(&state.reader, &ids, fresh).await?;
+            events.retain(|e| e.post.is_none_or(|id| visible.contains(&id)));
         }
+        replayed_to = events.last().map(|e| e.offset).or(replayed_to);
+        missed += events.len();
+        events.iter().for_each(|e| first.extend_from_slice(&e.bytes));
     }
     state.metrics.sse_events.inc_by(missed as u64);
     let opening =

@@ -27,6 +27,11 @@ use crate::types::PostId;
 const CLIENT_BACKLOG: usize = 256;
 /// Events read back from the stream per round trip while resuming or catching up.
 const REPLAY_BATCH: usize = 500;
+/// After a resync a client reloads page 1, which a cache may have made up to a second before:
+/// the posts of the stream's last two seconds (at most this many) go out again after the
+/// resync, so that none published just before it is missed (clients skip posts they have).
+const RESYNC_OVERLAP_MS: u64 = 2000;
+const RESYNC_OVERLAP_EVENTS: usize = 128;
 /// Tells a browser it missed more than the stream keeps: reload page 1.
 pub const RESYNC: &[u8] = b"event: resync\ndata: {}\n\n";
 
@@ -76,6 +81,13 @@ fn encode(offset: Offset, json: &str) -> Bytes {
 }
 
 /// The id in a post's JSON (stream entries from before the id was kept beside it).
+/// The event of a stream entry (its id and fields), if it is a post's.
+fn entry_event(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
+    let (offset, json) = (Offset::parse(id)?, fields.get("post")?);
+    let post = fields.get("id").and_then(|id| id.parse().ok()).or_else(|| post_id_in(json));
+    Some(Event { offset, bytes: encode(offset, json), post })
+}
+
 fn post_id_in(json: &str) -> Option<PostId> {
     #[derive(serde::Deserialize)]
     struct Id {
@@ -132,7 +144,11 @@ impl Hub {
                     && self.gap_after(seen).await?
                 {
                     self.send(Event { offset: seen, bytes: Bytes::from_static(RESYNC), post: None });
-                    last = self.newest().await?;
+                    last = None;
+                    for event in self.recent().await? {
+                        last = Some(event.offset);
+                        self.send(event);
+                    }
                 }
                 for event in self.read_after(last).await? {
                     last = Some(event.offset);
@@ -204,6 +220,27 @@ impl Hub {
         Ok(newest.first().and_then(|(id, _)| Offset::parse(id)))
     }
 
+    /// The events of the stream's last `RESYNC_OVERLAP_MS` (at most `RESYNC_OVERLAP_EVENTS`),
+    /// oldest first: what follows a resync.
+    pub async fn recent(&self) -> anyhow::Result<Vec<Event>> {
+        let mut conn = kv::conn(&self.redis).await?;
+        let newest: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+            .arg(&self.keys.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(RESYNC_OVERLAP_EVENTS)
+            .query_async(&mut conn)
+            .await?;
+        let mut events: Vec<Event> =
+            newest.iter().filter_map(|(id, fields)| entry_event(id, fields)).collect();
+        if let Some(newest) = events.first().map(|e| e.offset.0) {
+            events.retain(|e| e.offset.0 + RESYNC_OVERLAP_MS >= newest);
+        }
+        events.reverse();
+        Ok(events)
+    }
+
     /// Every event after `after` (all of them for `None`) still in the stream, oldest first.
     pub async fn read_after(&self, after: Option<Offset>) -> anyhow::Result<Vec<Event>> {
         Ok(self.read_at_most(after, usize::MAX).await?.unwrap_or_default())
@@ -230,10 +267,9 @@ impl Hub {
                 .await?;
             let full = batch.len() == REPLAY_BATCH;
             for (id, fields) in batch {
-                let (Some(offset), Some(json)) = (Offset::parse(&id), fields.get("post")) else { continue };
-                from = format!("({offset}");
-                let post = fields.get("id").and_then(|id| id.parse().ok()).or_else(|| post_id_in(json));
-                events.push(Event { offset, bytes: encode(offset, json), post });
+                let Some(event) = entry_event(&id, &fields) else { continue };
+                from = format!("({}", event.offset);
+                events.push(event);
             }
             if events.len() > most {
                 return Ok(None);

@@ -186,6 +186,11 @@ async fn a_gap_older_than_the_stream_gets_one_resync() {
     let mut resumed = SseClient::open(api, seen.as_deref()).await;
     assert_eq!(resumed.next().await.kind, "resync");
     assert_eq!(api.metrics.sse_resyncs.get(), 1);
+    assert_eq!(
+        resumed.next().await.text(),
+        "post number 4 of the gap",
+        "then the last seconds' posts, which a cached page 1 may lack"
+    );
     let bad = reqwest::Client::new()
         .get(api.url("/api/feed/stream"))
         .header("last-event-id", "not-an-id")
