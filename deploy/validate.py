@@ -8,7 +8,8 @@ unknown fields are errors), with each kustomization's resources present.
 
 Needs jsonschema, PyYAML and kubernetes-validate (bin/test installs them in a venv). Custom
 resources (CloudNativePG's Cluster) have no schema there: their apiVersion, kind and name are
-checked, and the operator validates the rest when they are applied.
+checked, and the operator validates the rest when they are applied. And least privilege: each
+workload reads its own Secret and no other.
 """
 import json
 import pathlib
@@ -56,9 +57,47 @@ def kubernetes_problems(version):
     return problems
 
 
+# Each workload of deploy/k8s/base and the one Secret it may read: the API node never sees the
+# owner's or the worker's credentials, nor the worker the owner's.
+SECRETS = {
+    "botfleet-worker": "botfleet-worker",
+    "botfleet-api": "botfleet-api",
+    "botfleet-migrate": "botfleet-migrate",
+    "botfleet-redis-acl": "botfleet-redis-acl",
+    "botfleet-webhook-set": "botfleet-webhook",
+}
+
+
+def secrets_read(pod):
+    """The names of the Secrets a pod spec reads, in env, envFrom or volumes."""
+    names = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        names |= {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
+        names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+                  if "secretKeyRef" in e.get("valueFrom", {})}
+    return names
+
+
+def least_privilege_problems():
+    problems, seen = [], set()
+    for path in sorted((DEPLOY / "k8s" / "base").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if not document or document.get("kind") not in ("Deployment", "Job"):
+                continue
+            name = document["metadata"]["name"]
+            seen.add(name)
+            read = secrets_read(document["spec"]["template"]["spec"])
+            allowed = SECRETS.get(name)
+            if read != {allowed}:
+                problems.append(f"{path.relative_to(DEPLOY)}: {name} reads the Secrets {sorted(read)}, "
+                                f"not its own only ({allowed})")
+    problems += [f"k8s/base: no workload {name}" for name in SECRETS if name not in seen]
+    return problems
+
+
 def main():
     version = sys.argv[1] if len(sys.argv) > 1 else "1.30"
-    problems = compose_problems() + kubernetes_problems(version)
+    problems = compose_problems() + kubernetes_problems(version) + least_privilege_problems()
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problems" if problems else "deploy/: compose and Kubernetes files valid")

@@ -161,7 +161,8 @@ fn nginx_accepts_the_production_compose_and_local_configs_rendered_from_one_temp
 }
 
 #[test]
-fn the_compose_file_and_the_kubernetes_manifests_match_their_schemas_and_a_mistake_is_caught() {
+fn the_compose_file_and_the_kubernetes_manifests_match_their_schemas_least_privilege_and_a_mistake_is_caught()
+{
     let python = tool("python3");
     let valid = run(&python, &[&repo("deploy/validate.py").to_string_lossy(), "1.30"]);
     assert!(valid.status.success(), "{}", text(&valid));
@@ -178,11 +179,20 @@ fn the_compose_file_and_the_kubernetes_manifests_match_their_schemas_and_a_mista
     let file =
         std::fs::read_to_string(&compose).unwrap().replace("stop_grace_period: 30s", "stop_grace: 30s");
     std::fs::write(&compose, file).unwrap();
+    // An API node given the owner's Secret.
+    let api = scratch.path("deploy/k8s/base/api.yaml");
+    let manifest =
+        std::fs::read_to_string(&api).unwrap().replace("{name: botfleet-api}", "{name: botfleet-migrate}");
+    std::fs::write(&api, manifest).unwrap();
     let caught = run(&python, &[&scratch.path("deploy/validate.py")]);
     assert!(!caught.status.success());
     let report = text(&caught);
     assert!(report.contains("k8s/base/worker.yaml") && report.contains("terminationGracePeriod"), "{report}");
     assert!(report.contains("docker-compose.yml") && report.contains("stop_grace"), "{report}");
+    assert!(
+        report.contains("botfleet-api reads the Secrets ['botfleet-migrate'], not its own only"),
+        "{report}"
+    );
 }
 
 #[test]
