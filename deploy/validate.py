@@ -9,7 +9,8 @@ unknown fields are errors), with each kustomization's resources present.
 Needs jsonschema, PyYAML and kubernetes-validate (bin/test installs them in a venv). Custom
 resources (CloudNativePG's Cluster) have no schema there: their apiVersion, kind and name are
 checked, and the operator validates the rest when they are applied. And least privilege: each
-workload reads its own Secret and no other.
+workload reads its own Secret and no other; and the connection budget: at maxReplicas, the
+pools fit the primary's max_connections.
 """
 import json
 import pathlib
@@ -80,24 +81,54 @@ def secrets_read(pod):
 
 def least_privilege_problems():
     problems, seen = [], set()
-    for path in sorted((DEPLOY / "k8s" / "base").glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            if not document or document.get("kind") not in ("Deployment", "Job"):
-                continue
-            name = document["metadata"]["name"]
-            seen.add(name)
-            read = secrets_read(document["spec"]["template"]["spec"])
-            allowed = SECRETS.get(name)
-            if read != {allowed}:
-                problems.append(f"{path.relative_to(DEPLOY)}: {name} reads the Secrets {sorted(read)}, "
-                                f"not its own only ({allowed})")
+    for document in base_documents():
+        if document.get("kind") not in ("Deployment", "Job"):
+            continue
+        name = document["metadata"]["name"]
+        seen.add(name)
+        read = secrets_read(document["spec"]["template"]["spec"])
+        allowed = SECRETS.get(name)
+        if read != {allowed}:
+            problems.append(f"k8s/base: {name} reads the Secrets {sorted(read)}, not its own only ({allowed})")
     problems += [f"k8s/base: no workload {name}" for name in SECRETS if name not in seen]
     return problems
 
 
+def base_documents():
+    for path in sorted((DEPLOY / "k8s" / "base").glob("*.yaml")):
+        yield from (d for d in yaml.safe_load_all(path.read_text()) if d)
+
+
+def connection_budget_problems():
+    """At maxReplicas, every Deployment's pool (BOTFLEET_DB_POOL_SIZE, else 16) per pod, plus a
+    connection per Job, must fit the primary's max_connections less the superusers' reserve."""
+    documents = list(base_documents())
+    most = {d["spec"]["scaleTargetRef"]["name"]: d["spec"]["maxReplicas"]
+            for d in documents if d["kind"] == "HorizontalPodAutoscaler"}
+    used, lines = 0, []
+    for d in documents:
+        if d["kind"] == "Job":
+            used += 1
+        if d["kind"] != "Deployment":
+            continue
+        name = d["metadata"]["name"]
+        env = {e["name"]: e.get("value") for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+        pods, pool = most.get(name, d["spec"].get("replicas", 1)), int(env.get("BOTFLEET_DB_POOL_SIZE") or 16)
+        used += pods * pool
+        lines.append(f"{name} {pods} × {pool}")
+    cluster = next(d for d in documents if d["kind"] == "Cluster")
+    parameters = cluster["spec"]["postgresql"]["parameters"]
+    allowed = int(parameters["max_connections"]) - int(parameters.get("superuser_reserved_connections", 3))
+    if used > allowed:
+        return [f"k8s/base: {used} Postgres connections at maxReplicas ({', '.join(lines)}, and the Jobs) "
+                f"over the {allowed} max_connections allows"]
+    return []
+
+
 def main():
     version = sys.argv[1] if len(sys.argv) > 1 else "1.30"
-    problems = compose_problems() + kubernetes_problems(version) + least_privilege_problems()
+    problems = (compose_problems() + kubernetes_problems(version) + least_privilege_problems()
+                + connection_budget_problems())
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problems" if problems else "deploy/: compose and Kubernetes files valid")

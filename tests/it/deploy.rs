@@ -173,7 +173,8 @@ fn the_compose_file_and_the_kubernetes_manifests_match_their_schemas_least_privi
     let worker = scratch.path("deploy/k8s/base/worker.yaml");
     let manifest = std::fs::read_to_string(&worker)
         .unwrap()
-        .replace("terminationGracePeriodSeconds: 30", "terminationGracePeriod: 30");
+        .replace("terminationGracePeriodSeconds: 35", "terminationGracePeriod: 35")
+        .replace("BOTFLEET_DB_POOL_SIZE, value: \"8\"", "BOTFLEET_DB_POOL_SIZE, value: \"16\"");
     std::fs::write(&worker, manifest).unwrap();
     let compose = scratch.path("deploy/docker-compose.yml");
     let file =
