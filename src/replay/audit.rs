@@ -15,8 +15,10 @@
 //! two). The Bot API has no idempotency key, so the redelivery cannot know, and must send again
 //! rather than risk saying nothing. Such a copy is counted apart, as *in doubt*, when the process
 //! that sent the one before it (the fake's log names each call's process by its `User-Agent`)
-//! made no call at all between the two copies: it was gone, or stopped, while the update was
-//! handled anew. A copy whose first sender went on working meanwhile is a duplicate, and fails
+//! fell silent right after it: no call at all until the second copy, or none for [`FROZEN_MS`]
+//! (under load a working process calls many times a second). It was gone, or stopped while
+//! holding the update; it may have come back before the redelivery, which then found it had
+//! lost the update. A copy whose first sender went on working meanwhile is a duplicate, and fails
 //! the audit.
 
 use std::collections::{HashMap, HashSet};
@@ -52,10 +54,13 @@ impl Audit {
 
 /// How many examples an audit keeps.
 const EXAMPLES: usize = 5;
+/// A process that makes no call for this long right after a copy was stopped or gone.
+pub const FROZEN_MS: u64 = 5000;
 
 /// One successful call that was an update's effect: its place in the log and its process.
 struct Copy<'a> {
     seq: u64,
+    at_ms: u64,
     client: &'a str,
 }
 
@@ -65,7 +70,8 @@ struct Copy<'a> {
 struct Log<'a> {
     replies: HashMap<(i64, i64), Vec<Copy<'a>>>,
     answers: HashMap<&'a str, Vec<Copy<'a>>>,
-    calls_of: HashMap<&'a str, Vec<u64>>,
+    /// Each process's calls: their places in the log and times.
+    calls_of: HashMap<&'a str, Vec<(u64, u64)>>,
 }
 
 impl<'a> Log<'a> {
@@ -74,9 +80,10 @@ impl<'a> Log<'a> {
         for call in calls {
             let copy = Copy {
                 seq: call["seq"].as_u64().unwrap_or_default(),
+                at_ms: call["at_ms"].as_u64().unwrap_or_default(),
                 client: call["client"].as_str().unwrap_or_default(),
             };
-            log.calls_of.entry(copy.client).or_default().push(copy.seq);
+            log.calls_of.entry(copy.client).or_default().push((copy.seq, copy.at_ms));
             if call["status"] != 200 {
                 continue;
             }
@@ -101,11 +108,12 @@ impl<'a> Log<'a> {
     }
 }
 
-/// Whether `first`'s process made no call between it and `again`: it was gone, or stopped.
-fn silent_between(calls_of: &HashMap<&str, Vec<u64>>, first: &Copy, again: &Copy) -> bool {
-    calls_of.get(first.client).is_some_and(|seqs| {
-        let after_first = seqs.partition_point(|&seq| seq <= first.seq);
-        seqs.get(after_first).is_none_or(|&next| next > again.seq)
+/// Whether `first`'s process fell silent right after it, until `again` or for `FROZEN_MS`: it
+/// was gone, or stopped.
+fn silent_after(calls_of: &HashMap<&str, Vec<(u64, u64)>>, first: &Copy, again: &Copy) -> bool {
+    calls_of.get(first.client).is_some_and(|calls| {
+        let after_first = calls.partition_point(|&(seq, _)| seq <= first.seq);
+        calls.get(after_first).is_none_or(|&(seq, at_ms)| seq > again.seq || at_ms >= first.at_ms + FROZEN_MS)
     })
 }
 
@@ -148,7 +156,7 @@ pub fn audit(
         }
         for pair in copies.windows(2) {
             let (first, again) = (&pair[0], &pair[1]);
-            let kind = if silent_between(&calls_of, first, again) {
+            let kind = if silent_after(&calls_of, first, again) {
                 audit.in_doubt += 1;
                 "in doubt"
             } else {
@@ -204,11 +212,15 @@ mod tests {
         json!({"method": "answerCallbackQuery", "status": 200, "client": client, "params": {"callback_query_id": "cb4"}})
     }
 
-    /// The calls in this order, numbered as the fake numbers them.
+    /// The calls in this order, numbered as the fake numbers them, 10 ms apart (unless a call
+    /// says when it was made).
     fn log(calls: &[Value]) -> Vec<Value> {
         let mut calls = calls.to_vec();
         for (seq, call) in calls.iter_mut().enumerate() {
             call["seq"] = json!(seq + 1);
+            if call["at_ms"].is_null() {
+                call["at_ms"] = json!(10 * seq);
+            }
         }
         calls
     }
@@ -298,7 +310,7 @@ mod tests {
     }
 
     #[test]
-    fn a_second_copy_is_in_doubt_only_when_the_first_sender_was_silent_until_it() {
+    fn a_second_copy_is_in_doubt_only_when_the_first_sender_fell_silent_right_after_the_first() {
         let updates = [message(1, 10), message(2, 10)];
         let acknowledged: Vec<(&Value, bool)> = updates.iter().map(|u| (u, true)).collect();
         let stored = (&HashMap::new(), &HashSet::new());
@@ -311,6 +323,20 @@ mod tests {
         // "a" was stopped instead, and went on once continued: still in doubt.
         let stopped = log(&[reply("a", 10, 1), reply("b", 10, 2), reply("b", 10, 1), reply("a", 10, 7)]);
         assert_eq!(audit(&acknowledged, &stopped, stored).in_doubt, 1);
+        // "a" was stopped holding the update, came back (its next call 20 s later) before the
+        // redelivery, and "b" then replied again: in doubt too.
+        let mut back = reply("a", 10, 7);
+        back["at_ms"] = json!(20_000);
+        let mut late = reply("b", 10, 1);
+        late["at_ms"] = json!(30_000);
+        let came_back = log(&[reply("a", 10, 1), reply("b", 10, 2), back, late]);
+        assert_eq!(
+            (
+                audit(&acknowledged, &came_back, stored).in_doubt,
+                audit(&acknowledged, &came_back, stored).duplicated
+            ),
+            (1, 0)
+        );
         // The same copies, but "a" made a call between them: it was working, so the second copy
         // was a duplicate.
         let lived = log(&[reply("a", 10, 1), reply("a", 10, 7), reply("b", 10, 2), reply("b", 10, 1)]);

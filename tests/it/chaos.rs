@@ -1,15 +1,16 @@
-//! The short chaos run: six faults (a worker SIGKILLed, Redis SIGKILLed, Redis restarted empty,
-//! the primary SIGKILLed, a worker stopped past its leases then continued, updates that panic in
-//! the handler), each on a fresh cluster under 30 s of replayed load with SSE subscribers, each
-//! followed by the exactly-once audit (lost, duplicated, out of order) and the SSE gap check
-//! (`loadtest/chaos --short`; `loadtest/chaos` runs all thirteen and records them).
+//! The short chaos run: seven faults (a worker SIGKILLed, Redis SIGKILLed, Redis restarted empty,
+//! the primary SIGKILLed, the primary SIGKILLed and its synchronous replica promoted, a worker
+//! stopped past its leases then continued, updates that panic in the handler), each on a fresh
+//! cluster under 30 s of replayed load with SSE subscribers, each followed by the exactly-once
+//! audit (lost, duplicated, out of order) and the SSE gap check (`loadtest/chaos --short`;
+//! `loadtest/chaos` runs all fourteen and records them).
 
 use std::path::Path;
 
 use crate::helpers::unique;
 
 #[tokio::test]
-async fn six_faults_under_load_lose_duplicate_reorder_and_miss_nothing() {
+async fn seven_faults_under_load_lose_duplicate_reorder_and_miss_nothing() {
     let dir = std::env::temp_dir().join(unique("chaos"));
     let output = tokio::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/chaos"))
         .arg("--short")
