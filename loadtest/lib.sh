@@ -67,6 +67,17 @@ SQL
     rm -rf "$work"
 }
 
+# metric_sum SERIES: a metric summed over every process of the cluster (BOTFLEET_METRICS_URLS):
+# every label set of a metric's name, or the one series given with its labels.
+metric_sum() {
+    local url total=0 value
+    for url in ${BOTFLEET_METRICS_URLS//,/ }; do
+        value=$(curl -sf "$url" | awk -v m="$1" 'index($1, m "{") == 1 || $1 == m { s += $2 } END { printf "%.0f", s }')
+        total=$((total + ${value:-0}))
+    done
+    echo "$total"
+}
+
 # cpu_snapshot FILE: for every process of the cluster (BOTFLEET_PIDS_DIR), its name and the CPU
 # time, in clock ticks, of it and its children (Postgres backends, Nginx workers), one per line.
 cpu_snapshot() {

@@ -46,7 +46,9 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
         .map(|url| store::pool(url, settings.db_pool_size))
         .collect::<anyhow::Result<Vec<_>>>()?;
     kv::check_credentials(&settings.redis_url, settings::REDIS_URL).await?;
-    kv::check_credentials(&settings.cache_redis_url, settings::CACHE_REDIS_URL).await?;
+    if settings.cache_redis_url != settings.redis_url {
+        kv::check_credentials(&settings.cache_redis_url, settings::CACHE_REDIS_URL).await?;
+    }
     let redis = kv::pool(&settings.redis_url, 8)?;
     let cache_redis = kv::pool(&settings.cache_redis_url, 8)?;
     watch_pools(&metrics, &primary, &replicas, &[("redis", &redis), ("redis-cache", &cache_redis)]);

@@ -206,32 +206,23 @@ impl Hub {
         }
     }
 
+    /// The stream's newest `count` entries, newest first.
+    async fn newest_entries(&self, count: usize) -> anyhow::Result<Vec<(String, HashMap<String, String>)>> {
+        let mut conn = kv::conn(&self.redis).await?;
+        let mut command = redis::cmd("XREVRANGE");
+        command.arg(&self.keys.stream).arg("+").arg("-").arg("COUNT").arg(count);
+        Ok(command.query_async(&mut conn).await?)
+    }
+
     /// The newest offset in the stream, if any.
     async fn newest(&self) -> anyhow::Result<Option<Offset>> {
-        let mut conn = kv::conn(&self.redis).await?;
-        let newest: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
-            .arg(&self.keys.stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        Ok(newest.first().and_then(|(id, _)| Offset::parse(id)))
+        Ok(self.newest_entries(1).await?.first().and_then(|(id, _)| Offset::parse(id)))
     }
 
     /// The events of the stream's last `RESYNC_OVERLAP_MS` (at most `RESYNC_OVERLAP_EVENTS`),
     /// oldest first: what follows a resync.
     pub async fn recent(&self) -> anyhow::Result<Vec<Event>> {
-        let mut conn = kv::conn(&self.redis).await?;
-        let newest: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
-            .arg(&self.keys.stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(RESYNC_OVERLAP_EVENTS)
-            .query_async(&mut conn)
-            .await?;
+        let newest = self.newest_entries(RESYNC_OVERLAP_EVENTS).await?;
         let mut events: Vec<Event> =
             newest.iter().filter_map(|(id, fields)| entry_event(id, fields)).collect();
         if let Some(newest) = events.first().map(|e| e.offset.0) {

@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use crate::helpers::redis;
 use crate::helpers::{
-    MAIN_BOT, Stack, TestDb, deliver_update, eventually, spawn_api, spawn_api_with, spawn_fake, spawn_worker,
-    text_update, unique,
+    MAIN_BOT, Running, Stack, TestDb, deliver_update, eventually, spawn_api, spawn_api_with, spawn_fake,
+    spawn_worker, text_update, unique,
 };
 
 /// Inserts `n` published posts directly, oldest first, each a millisecond apart.
@@ -31,11 +31,25 @@ pub async fn seed_posts(db: &TestDb, n: i64) {
         .unwrap();
 }
 
+/// A fresh database with `n` seeded posts, and an API node reading it (the replica when
+/// `replica`) under its own Redis prefix.
+pub struct Seeded {
+    pub db: TestDb,
+    pub prefix: String,
+    pub api: Running,
+}
+
+pub async fn seeded_api(n: i64, replica: bool) -> Seeded {
+    let db = TestDb::fresh().await;
+    seed_posts(&db, n).await;
+    let prefix = unique("r");
+    let api = spawn_api(&db, &prefix, replica).await;
+    Seeded { db, prefix, api }
+}
+
 #[tokio::test]
 async fn feed_walks_every_post_newest_first_by_cursor() {
-    let db = TestDb::fresh().await;
-    seed_posts(&db, 45).await;
-    let api = spawn_api(&db, &unique("r"), false).await;
+    let Seeded { api, .. } = seeded_api(45, false).await;
     let client = reqwest::Client::new();
     let mut seen = Vec::new();
     let mut url = api.url("/api/feed?limit=20");
@@ -88,9 +102,7 @@ async fn feed_rejects_bad_limits_and_cursors_with_json_errors() {
 
 #[tokio::test]
 async fn a_burst_of_cold_requests_for_one_page_costs_one_query() {
-    let db = TestDb::fresh().await;
-    seed_posts(&db, 30).await;
-    let api = spawn_api(&db, &unique("r"), false).await;
+    let Seeded { api, .. } = seeded_api(30, false).await;
     let client = reqwest::Client::new();
     let burst = (0..100).map(|_| {
         let client = client.clone();
@@ -107,9 +119,7 @@ async fn a_burst_of_cold_requests_for_one_page_costs_one_query() {
 
 #[tokio::test]
 async fn pages_carry_an_etag_and_answer_304_when_unchanged() {
-    let db = TestDb::fresh().await;
-    seed_posts(&db, 3).await;
-    let api = spawn_api(&db, &unique("r"), false).await;
+    let Seeded { api, .. } = seeded_api(3, false).await;
     let first = reqwest::get(api.url("/api/feed")).await.unwrap();
     assert_eq!(first.headers()["cache-control"], "public, max-age=1");
     let etag = first.headers()["etag"].to_str().unwrap().to_owned();
@@ -209,9 +219,7 @@ async fn a_replica_behind_the_last_publish_is_skipped_for_the_primary() {
 
 #[tokio::test]
 async fn old_clients_page_numbers_work_but_only_near_the_top() {
-    let db = TestDb::fresh().await;
-    seed_posts(&db, 25).await;
-    let api = spawn_api(&db, &unique("r"), false).await;
+    let Seeded { api, .. } = seeded_api(25, false).await;
     let page2: Value =
         reqwest::get(api.url("/api/feed?limit=10&page=2")).await.unwrap().json().await.unwrap();
     let texts: Vec<&str> =
@@ -508,10 +516,7 @@ async fn a_replica_with_a_later_id_but_not_an_earlier_commit_is_not_read() {
     // Ids are taken at insert and commits land in either order: post B, the higher id, can be on
     // a replica while post A, the lower id committed later, is not. Only the WAL position after
     // the publish's commit tells such a replica from a current one.
-    let db = TestDb::fresh().await;
-    seed_posts(&db, 1).await;
-    let prefix = unique("r");
-    let api = spawn_api(&db, &prefix, true).await;
+    let Seeded { db, prefix, api } = seeded_api(1, true).await;
     let insert = |update_id: i64, text: &str| {
         format!(
             "INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, published_at)
@@ -566,10 +571,7 @@ async fn a_replica_with_a_later_id_but_not_an_earlier_commit_is_not_read() {
 
 #[tokio::test]
 async fn after_redis_loses_the_feed_no_page_from_before_comes_back_and_no_lagging_replica_is_read() {
-    let db = TestDb::fresh().await;
-    seed_posts(&db, 3).await;
-    let prefix = unique("r");
-    let api = spawn_api(&db, &prefix, true).await;
+    let Seeded { db, prefix, api } = seeded_api(3, true).await;
     db.wait_for_replica().await;
     let page_one = || async {
         let feed: Value = reqwest::get(api.url("/api/feed")).await.unwrap().json().await.unwrap();
@@ -604,10 +606,7 @@ async fn after_redis_loses_the_feed_no_page_from_before_comes_back_and_no_laggin
 
 #[tokio::test]
 async fn pages_after_a_cursor_stay_cached_while_posts_arrive_but_not_after_a_removal() {
-    let db = TestDb::fresh().await;
-    seed_posts(&db, 30).await;
-    let prefix = unique("r");
-    let api = spawn_api(&db, &prefix, false).await;
+    let Seeded { prefix, api, .. } = seeded_api(30, false).await;
     let first: Value = reqwest::get(api.url("/api/feed?limit=10")).await.unwrap().json().await.unwrap();
     let second = api.url(&format!("/api/feed?limit=10&cursor={}", first["next_cursor"].as_str().unwrap()));
     let misses = || api.metrics.page_cache.with_label_values(&["miss"]).get();

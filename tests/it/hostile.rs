@@ -14,10 +14,10 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::feed::seed_posts;
+use crate::feed::{Seeded, seed_posts, seeded_api};
 use crate::helpers::{
-    MAIN_BOT, Running, Stack, TestDb, deliver, deliver_update, eventually, redis, spawn_api, spawn_api_with,
-    spawn_fake, spawn_worker, text_update, unique,
+    MAIN_BOT, Running, Stack, TestDb, deliver, deliver_update, eventually, redis, spawn_api_with, spawn_fake,
+    spawn_worker, text_update, unique,
 };
 
 #[tokio::test]
@@ -154,10 +154,7 @@ async fn page_keys(prefix: &str) -> (usize, usize) {
 
 #[tokio::test]
 async fn forged_cursors_get_400_and_cost_neither_a_query_nor_a_redis_key() {
-    let db = TestDb::fresh().await;
-    seed_posts(&db, 30).await;
-    let prefix = unique("r");
-    let api = spawn_api(&db, &prefix, false).await;
+    let Seeded { prefix, api, .. } = seeded_api(30, false).await;
     let page: Value = reqwest::get(api.url("/api/feed?limit=10")).await.unwrap().json().await.unwrap();
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     let (raw, tag) = cursor.split_once('.').unwrap();
@@ -187,10 +184,7 @@ async fn forged_cursors_get_400_and_cost_neither_a_query_nor_a_redis_key() {
 
 #[tokio::test]
 async fn ten_thousand_distinct_pages_keep_the_page_cache_within_its_bound() {
-    let db = TestDb::fresh().await;
-    seed_posts(&db, 101).await;
-    let prefix = unique("r");
-    let api = spawn_api(&db, &prefix, false).await;
+    let Seeded { prefix, api, .. } = seeded_api(101, false).await;
     let client = reqwest::Client::new();
     // A cursor at every post but the oldest, walking one post at a time.
     let mut cursors = Vec::new();
