@@ -8,10 +8,13 @@ unknown fields are errors), with each kustomization's resources present.
 
 Needs jsonschema, PyYAML and kubernetes-validate (bin/test installs them in a venv). Custom
 resources (CloudNativePG's Cluster) have no schema there: their apiVersion, kind and name are
-checked, and the operator validates the rest when they are applied. And least privilege: each
-workload reads its own Secret and no other; and the connection budget: at maxReplicas, the
-pools fit the primary's max_connections.
+checked, and the operator validates the rest when they are applied. And least privilege, in the
+base and in each overlay as kustomize renders it: each workload reads its own Secret and no
+other, as files, and no credential is in a ConfigMap or a literal env value, where every pod
+could read it; and the connection budget: at maxReplicas, the pools fit the primary's
+max_connections.
 """
+import re
 import json
 import pathlib
 import sys
@@ -69,28 +72,76 @@ SECRETS = {
 }
 
 
+# Settings that hold credentials: never in a ConfigMap or a literal env value.
+CREDENTIAL = re.compile(r"^BOTFLEET_(DATABASE_URL|REPLICA_URLS|(CACHE_)?REDIS_URL|.*_PASSWORD|.*_TOKEN"
+                        r"|.*_WEBHOOK_SECRET|SENTRY_DSN)$")
+
+
 def secrets_read(pod):
-    """The names of the Secrets a pod spec reads, in env, envFrom or volumes."""
-    names = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    """The Secrets a pod spec reads, as files (volumes) and in its environment."""
+    files = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    env = set()
     for container in pod.get("containers", []) + pod.get("initContainers", []):
-        names |= {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
-        names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
-                  if "secretKeyRef" in e.get("valueFrom", {})}
-    return names
+        env |= {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
+        env |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})}
+    return files, env
+
+
+def render(directory):
+    """The documents of a kustomization, rendered for what these checks read: resources,
+    namespace, namePrefix and the ConfigMap's literals (images and replicas change nothing they
+    read). A field that could change more is refused, so that no overlay escapes the checks."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unknown = set(kustomization) - {"apiVersion", "kind", "resources", "namespace", "namePrefix",
+                                    "labels", "images", "replicas", "configMapGenerator"}
+    if unknown:
+        raise ValueError(f"uses {sorted(unknown)}, which deploy/validate.py cannot render: teach it")
+    documents = []
+    for resource in kustomization.get("resources", []):
+        path = directory / resource
+        documents += render(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for generator in kustomization.get("configMapGenerator", []):
+        literals = dict(line.split("=", 1) for line in generator.get("literals", []))
+        existing = [d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"] == generator["name"]]
+        if existing and generator.get("behavior") == "merge":
+            existing[0]["data"].update(literals)
+        else:
+            documents.append({"kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": literals})
+    for document in documents:
+        document["metadata"]["name"] = kustomization.get("namePrefix", "") + document["metadata"]["name"]
+    return documents
 
 
 def least_privilege_problems():
-    problems, seen = [], set()
-    for document in base_documents():
-        if document.get("kind") not in ("Deployment", "Job"):
+    problems = []
+    for directory in [DEPLOY / "k8s" / "base", *sorted((DEPLOY / "k8s" / "overlays").iterdir())]:
+        where = directory.relative_to(DEPLOY)
+        try:
+            documents = render(directory)
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
             continue
-        name = document["metadata"]["name"]
-        seen.add(name)
-        read = secrets_read(document["spec"]["template"]["spec"])
-        allowed = SECRETS.get(name)
-        if read != {allowed}:
-            problems.append(f"k8s/base: {name} reads the Secrets {sorted(read)}, not its own only ({allowed})")
-    problems += [f"k8s/base: no workload {name}" for name in SECRETS if name not in seen]
+        prefix = yaml.safe_load((directory / "kustomization.yaml").read_text()).get("namePrefix", "")
+        seen = set()
+        for document in documents:
+            name = document["metadata"]["name"].removeprefix(prefix)
+            if document["kind"] == "ConfigMap":
+                problems += [f"{where}: ConfigMap {name} holds {key}: a credential every pod reads"
+                             for key in document.get("data", {}) if CREDENTIAL.match(key)]
+            if document["kind"] not in ("Deployment", "Job"):
+                continue
+            seen.add(name)
+            pod = document["spec"]["template"]["spec"]
+            files, env = secrets_read(pod)
+            if files != {SECRETS.get(name)}:
+                problems.append(f"{where}: {name} reads the Secrets {sorted(files)}, not its own only ({SECRETS.get(name)})")
+            if env:
+                problems.append(f"{where}: {name} has the Secrets {sorted(env)} in its environment, not as files")
+            problems += [f"{where}: {name} has {e['name']} as a literal: a credential belongs in its Secret"
+                         for c in pod["containers"] for e in c.get("env", [])
+                         if CREDENTIAL.match(e["name"]) and "value" in e]
+        problems += [f"{where}: no workload {name}" for name in SECRETS if name not in seen]
     return problems
 
 

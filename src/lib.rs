@@ -29,7 +29,7 @@
 //!
 //! **Foundations** — used by everything above, using only each other (in this order: a module
 //! may use those listed after it): [`admin`], [`http`], [`telemetry`], [`metrics`],
-//! [`settings`], [`types`], [`cli`], [`batch`], [`keyed`], [`random`], [`shutdown`].
+//! [`settings`], [`tls`], [`types`], [`cli`], [`batch`], [`keyed`], [`random`], [`shutdown`].
 
 pub mod admin;
 pub mod api;
@@ -54,6 +54,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telegram;
 pub mod telemetry;
+pub mod tls;
 pub mod types;
 pub mod webhook;
 pub mod worker;

@@ -31,7 +31,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     propagate_version = true,
     arg_required_else_help = true,
     after_help = "Common settings: BOTFLEET_CONFIG_FILE (a KEY=VALUE file under the environment), \
-BOTFLEET_LOG, BOTFLEET_LOG_FORMAT, BOTFLEET_ENVIRONMENT, BOTFLEET_SENTRY_DSN, BOTFLEET_THREADS."
+BOTFLEET_SECRETS_DIR (a folder of files named after settings; any setting X may also come from \
+the file X_FILE names), BOTFLEET_LOG, BOTFLEET_LOG_FORMAT, BOTFLEET_ENVIRONMENT, \
+BOTFLEET_SENTRY_DSN, BOTFLEET_THREADS."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1,5 +1,6 @@
 //! Typed settings, read once at start from the environment (optionally also from a file of
-//! `KEY=VALUE` lines named by `BOTFLEET_CONFIG_FILE`; the environment wins) and passed down.
+//! `KEY=VALUE` lines named by `BOTFLEET_CONFIG_FILE`; the environment wins; any key also from a
+//! file of its own, `X_FILE` or in `BOTFLEET_SECRETS_DIR`) and passed down.
 //!
 //! Every key is a constant here with its default, and is documented in the README's settings
 //! table. A bad or missing value is a [`SettingsError`] naming the key; `main` prints it and
@@ -20,6 +21,7 @@ use crate::types::{BotId, BotName, ChatId, UserId, WebhookSecret};
 pub const EXIT_CONFIG: i32 = 64;
 
 pub const CONFIG_FILE: &str = "BOTFLEET_CONFIG_FILE";
+pub const SECRETS_DIR: &str = "BOTFLEET_SECRETS_DIR";
 pub const LOG: &str = "BOTFLEET_LOG";
 pub const LOG_FORMAT: &str = "BOTFLEET_LOG_FORMAT";
 pub const ENVIRONMENT: &str = "BOTFLEET_ENVIRONMENT";
@@ -106,6 +108,38 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Any setting `X` may be given as `X_FILE`, the path of a file holding its value, its trailing
+/// newline dropped; never both. `BOTFLEET_SECRETS_DIR` names a folder (a mounted Kubernetes
+/// Secret, say) whose files named after settings are their `X_FILE`s.
+fn read_files(vars: &mut HashMap<String, String>) -> Result<(), SettingsError> {
+    if let Some(dir) = vars.get(SECRETS_DIR).filter(|dir| !dir.trim().is_empty()).cloned() {
+        let entries = std::fs::read_dir(dir.trim())
+            .map_err(|e| SettingsError::new(SECRETS_DIR, format!("cannot read {dir}: {e}")))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("BOTFLEET_") {
+                let path = entry.path().to_string_lossy().into_owned();
+                vars.entry(format!("{name}_FILE")).or_insert(path);
+            }
+        }
+    }
+    let files: Vec<(String, String)> = vars
+        .iter()
+        .filter(|(key, path)| key.starts_with("BOTFLEET_") && *key != CONFIG_FILE && !path.trim().is_empty())
+        .filter_map(|(key, path)| Some((key.strip_suffix("_FILE")?.to_owned(), path.trim().to_owned())))
+        .collect();
+    for (key, path) in files {
+        let file_key = format!("{key}_FILE");
+        if vars.get(&key).is_some_and(|v| !v.trim().is_empty()) {
+            return Err(SettingsError::new(&key, format!("is set, and so is {file_key}: set one")));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| SettingsError::new(&file_key, format!("cannot read {path}: {e}")))?;
+        vars.insert(key, text.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    Ok(())
+}
+
 /// Where settings are read from: the environment over an optional file.
 #[derive(Debug, Clone, Default)]
 pub struct Source {
@@ -125,6 +159,7 @@ impl Source {
             None => HashMap::new(),
         };
         vars.extend(env);
+        read_files(&mut vars)?;
         Ok(Self { vars })
     }
 
@@ -157,8 +192,8 @@ impl Source {
 
     fn database_url(&self, key: &str) -> Result<Secret, SettingsError> {
         let raw = self.required(key)?;
-        tokio_postgres::Config::from_str(raw)
-            .map_err(|e| SettingsError::new(key, format!("not a valid postgres URL: {e}")))?;
+        crate::tls::postgres(raw)
+            .map_err(|e| SettingsError::new(key, format!("not a valid postgres URL: {e:#}")))?;
         Ok(Secret::new(raw))
     }
 
@@ -168,8 +203,8 @@ impl Source {
 
     fn redis_url_of(&self, key: &str) -> Result<Secret, SettingsError> {
         let raw = self.required(key)?;
-        redis::Client::open(raw)
-            .map_err(|e| SettingsError::new(key, format!("not a valid redis URL: {e}")))?;
+        crate::tls::redis(raw)
+            .map_err(|e| SettingsError::new(key, format!("not a valid redis URL: {e:#}")))?;
         Ok(Secret::new(raw))
     }
 
@@ -193,7 +228,6 @@ impl Source {
         }
     }
 
-    /// `BOTFLEET_CORS_ORIGINS`: comma-separated `scheme://host[:port]` origins.
     /// A comma-separated list of address ranges.
     fn networks(&self, key: &str) -> Result<Vec<Network>, SettingsError> {
         let raw = self.get(key).unwrap_or_default();
@@ -201,6 +235,7 @@ impl Source {
         ranges.map(|range| range.parse().map_err(|problem| SettingsError::new(key, problem))).collect()
     }
 
+    /// `BOTFLEET_CORS_ORIGINS`: comma-separated `scheme://host[:port]` origins.
     fn origins(&self) -> Result<Vec<String>, SettingsError> {
         let raw = self.get(CORS_ORIGINS).unwrap_or_default();
         raw.split(',')
@@ -266,7 +301,8 @@ impl Source {
 
 /// Parses `KEY=VALUE` lines as dotenv files have them (`#` comments, quoted values,
 /// `export` prefixes), without touching the process environment.
-fn parse_env_file(text: &str) -> Result<HashMap<String, String>, String> {
+/// A file of `KEY=VALUE` lines, values optionally quoted as in a shell (`.env`, cluster.env).
+pub fn parse_env_file(text: &str) -> Result<HashMap<String, String>, String> {
     dotenvy::from_read_iter(text.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
@@ -729,6 +765,34 @@ mod tests {
         ];
         pairs.extend_from_slice(extra);
         Source::from_pairs(pairs)
+    }
+
+    #[test]
+    fn a_setting_comes_from_its_file_with_the_trailing_newline_dropped() {
+        let dir = std::env::temp_dir().join(format!("botfleet-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("url");
+        std::fs::write(&path, "redis://u:p@127.0.0.1:1\n").unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let mut vars = HashMap::from([("BOTFLEET_REDIS_URL_FILE".to_owned(), path.clone())]);
+        read_files(&mut vars).unwrap();
+        assert_eq!(vars["BOTFLEET_REDIS_URL"], "redis://u:p@127.0.0.1:1");
+
+        let err = read_files(&mut vars).unwrap_err();
+        assert_eq!(err.key, "BOTFLEET_REDIS_URL", "both set: {err}");
+        let mut missing = HashMap::from([("BOTFLEET_DATABASE_URL_FILE".to_owned(), format!("{path}.gone"))]);
+        let err = read_files(&mut missing).unwrap_err();
+        assert_eq!(err.key, "BOTFLEET_DATABASE_URL_FILE");
+        assert!(err.to_string().contains("cannot read"), "{err}");
+
+        // A folder of them, as a Kubernetes Secret is mounted (its own entries start with "..").
+        std::fs::write(dir.join("BOTFLEET_BOT_MAIN_TOKEN"), "1:abc").unwrap();
+        std::fs::write(dir.join("..data"), "").unwrap();
+        let mut vars = HashMap::from([(SECRETS_DIR.to_owned(), dir.to_str().unwrap().to_owned())]);
+        read_files(&mut vars).unwrap();
+        assert_eq!(vars["BOTFLEET_BOT_MAIN_TOKEN"], "1:abc");
+        assert_eq!(vars.len(), 3, "the folder, the file's path and the setting: {vars:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -104,6 +104,75 @@ wait_until() {
     done
 }
 
+# TLS (bin/cluster up --tls, bin/test's TLS pass): a CA of our own made with openssl, a server
+# certificate for 127.0.0.1 and localhost, and a client certificate every client presents.
+# make_certs DIR makes them; use_tls DIR (after make_certs, or in a later run) makes every
+# server started here accept TLS only and every client here (psql, pg_basebackup, redis-cli,
+# and the URLs of pg_url and redis_url) present the client certificate and check the server's.
+TLS_DIR=""
+REDIS_CLI_TLS=()
+make_certs() {
+    local dir=$1 name
+    mkdir -p "$dir"
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=botfleet local CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; die "openssl could not make a CA"; }
+    for name in server client; do
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=botfleet $name" \
+            -keyout "$dir/$name.key" -out "$dir/$name.csr" >>"$dir/openssl.log" 2>&1 \
+            && openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+                -days 30 -out "$dir/$name.crt" -extfile <(
+                    echo "basicConstraints=critical,CA:FALSE"
+                    echo "keyUsage=critical,digitalSignature"
+                    if [ "$name" = server ]; then
+                        echo "subjectAltName=DNS:localhost,IP:127.0.0.1"
+                        echo "extendedKeyUsage=serverAuth"
+                    else
+                        echo "extendedKeyUsage=clientAuth"
+                    fi
+                ) >>"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; die "openssl could not make the $name certificate"; }
+    done
+    rm -f "$dir"/*.csr "$dir/ca.srl"
+    # Postgres (the server, and libpq as root or as postgres) takes a key owned by root and
+    # readable by its group, as Debian's ssl-cert keys are.
+    chmod 640 "$dir"/*.key
+    if [ "$(id -u)" = 0 ]; then chown root:postgres "$dir"/*.key; else chmod 600 "$dir"/*.key; fi
+}
+
+use_tls() {
+    TLS_DIR=$1
+    [ -f "$TLS_DIR/client.key" ] || die "no certificates in $TLS_DIR"
+    REDIS_CLI_TLS=(--tls --cacert "$TLS_DIR/ca.crt" --cert "$TLS_DIR/client.crt" --key "$TLS_DIR/client.key")
+    export PGSSLMODE=verify-full PGSSLROOTCERT=$TLS_DIR/ca.crt PGSSLCERT=$TLS_DIR/client.crt PGSSLKEY=$TLS_DIR/client.key
+}
+
+# pg_url URL: the URL with the TLS parameters (libpq's, src/tls.rs) when TLS is on.
+pg_url() {
+    [ -n "$TLS_DIR" ] || { printf '%s' "$1"; return; }
+    local query="sslmode=verify-full&sslrootcert=$TLS_DIR/ca.crt&sslcert=$TLS_DIR/client.crt&sslkey=$TLS_DIR/client.key"
+    case $1 in *\?*) printf '%s&%s' "$1" "$query" ;; *) printf '%s?%s' "$1" "$query" ;; esac
+}
+
+# redis_url PORT [USER:PASSWORD]: the URL of a Redis here, rediss:// with the TLS parameters
+# (redis-py's, src/tls.rs) when TLS is on.
+redis_url() {
+    local port=$1 user=${2:+$2@}
+    if [ -n "$TLS_DIR" ]; then
+        printf 'rediss://%s127.0.0.1:%s/?ssl_ca_certs=%s&ssl_certfile=%s&ssl_keyfile=%s' "$user" "$port" \
+            "$TLS_DIR/ca.crt" "$TLS_DIR/client.crt" "$TLS_DIR/client.key"
+    else
+        printf 'redis://%s127.0.0.1:%s' "$user" "$port"
+    fi
+}
+
+# rcli PORT ARGS...: redis-cli to a Redis here.
+rcli() {
+    local port=$1
+    shift
+    redis-cli "${REDIS_CLI_TLS[@]}" -p "$port" "$@"
+}
+
 # start_postgres_primary DIR PORT [extra postgres -c settings...]
 start_postgres_primary() {
     local dir=$1 port=$2
@@ -112,6 +181,12 @@ start_postgres_primary() {
     [ "$(id -u)" = 0 ] && chown postgres: "$dir"
     as_postgres "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; die "initdb failed in $dir"; }
+    if [ -n "$TLS_DIR" ]; then
+        # TLS only over TCP, with a client certificate signed by our CA.
+        printf '%s\n' "local all all trust" \
+            "hostssl all all 127.0.0.1/32 trust clientcert=verify-ca" \
+            "hostssl replication all 127.0.0.1/32 trust clientcert=verify-ca" >"$dir/data/pg_hba.conf"
+    fi
     pg_start "$dir" "$port" "$@"
 }
 
@@ -130,6 +205,9 @@ pg_start() {
     local dir=$1 port=$2
     shift 2
     local opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=300"
+    if [ -n "$TLS_DIR" ]; then
+        opts="$opts -c ssl=on -c ssl_cert_file=$TLS_DIR/server.crt -c ssl_key_file=$TLS_DIR/server.key -c ssl_ca_file=$TLS_DIR/ca.crt"
+    fi
     for extra in "$@"; do opts="$opts -c $extra"; done
     as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null \
         || { tail -n 20 "$dir/postgres.log" >&2; die "postgres did not start on port $port"; }
@@ -174,8 +252,13 @@ start_redis() {
     local dir=$1 port=$2
     shift 2
     mkdir -p "$dir"
+    local listen=(--port "$port")
+    if [ -n "$TLS_DIR" ]; then
+        listen=(--port 0 --tls-port "$port" --tls-cert-file "$TLS_DIR/server.crt" --tls-key-file "$TLS_DIR/server.key"
+            --tls-ca-cert-file "$TLS_DIR/ca.crt" --tls-auth-clients yes --tls-replication yes --tls-cluster yes)
+    fi
     start_watched "$dir/redis.log" "Ready to accept connections" 20 \
-        redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --logfile "" "$@" \
+        redis-server --bind 127.0.0.1 "${listen[@]}" --dir "$dir" --logfile "" "$@" \
         || { tail -n 20 "$dir/redis.log" >&2; die "redis did not start on port $port"; }
     echo "$STARTED_PID" >"$dir/redis.pid"
 }
@@ -183,7 +266,7 @@ start_redis() {
 stop_redis() {
     local dir=$1 port=$2
     [ -f "$dir/redis.pid" ] || return 0
-    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    rcli "$port" shutdown nosave >/dev/null 2>&1 || true
     stop_pid_file "$dir/redis.pid"
 }
 

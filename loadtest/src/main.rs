@@ -53,12 +53,7 @@ struct Env(HashMap<String, String>);
 impl Env {
     fn read(path: &str) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        Ok(Self(
-            text.lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        ))
+        Ok(Self(botfleet::settings::parse_env_file(&text).map_err(|e| anyhow::anyhow!("{path}: {e}"))?))
     }
 
     fn get(&self, key: &str) -> anyhow::Result<String> {

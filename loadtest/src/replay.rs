@@ -57,7 +57,7 @@ pub async fn run(replay: Replay) -> anyhow::Result<bool> {
     let first = match replay.first_update_id {
         Some(first) => first,
         None => {
-            let row = botfleet_connect(&primary)
+            let row = botfleet::store::connect(&primary)
                 .await?
                 .query_one(
                     "SELECT greatest((SELECT max(update_id) FROM posts), (SELECT max(update_id) FROM dead_letters))",
@@ -109,7 +109,7 @@ pub async fn run(replay: Replay) -> anyhow::Result<bool> {
     };
     let ids: Vec<i64> = updates.iter().filter_map(Recorded::update_id).collect();
     // A connection of its own: the primary may have restarted during the run (loadtest/chaos).
-    let rows = botfleet_connect(&primary)
+    let rows = botfleet::store::connect(&primary)
         .await?
         .query(
             "SELECT update_id, count(*), max(id) FILTER (WHERE status = 'published') FROM posts
@@ -118,7 +118,7 @@ pub async fn run(replay: Replay) -> anyhow::Result<bool> {
         )
         .await?;
     let posts: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let dead: std::collections::HashSet<i64> = botfleet_connect(&primary)
+    let dead: std::collections::HashSet<i64> = botfleet::store::connect(&primary)
         .await?
         .query(
             "SELECT update_id FROM dead_letters WHERE bot_id = $1 AND update_id = ANY($2)",
@@ -150,12 +150,6 @@ pub async fn run(replay: Replay) -> anyhow::Result<bool> {
     println!("{summary}");
     let sse_clean = sse.as_ref().is_none_or(|s| s["missed"] == 0);
     Ok(result.passed() && sse_clean)
-}
-
-async fn botfleet_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
 }
 
 /// A line a second on stderr: acknowledged so far, the rate and the slowest acknowledgement of

@@ -61,7 +61,7 @@ fn setuser(user: &str, password: &Secret, rules: &[String]) -> Vec<String> {
 pub async fn apply(settings: &RedisAclSettings) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     for url in settings.redis_urls() {
-        let client = redis::Client::open(url.expose())?;
+        let client = crate::tls::redis(url.expose())?;
         let mut conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
         let where_ = client.get_connection_info().addr().to_string();
         for ((user, rules), password) in rules(&settings.prefix).iter().zip(&settings.passwords) {

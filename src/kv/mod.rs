@@ -6,7 +6,7 @@ pub mod acl;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_redis::{Config, Pool, Runtime};
+use deadpool_redis::{Manager, Pool, Runtime};
 
 use crate::settings::Secret;
 use crate::types::{BotId, ChatId, PostId, UpdateId, UserId};
@@ -52,11 +52,15 @@ impl Shared {
     }
 }
 
+/// A client for a Redis URL, TLS included (`rediss://`, see [`crate::tls`]).
+pub fn client(url: &Secret) -> anyhow::Result<redis::Client> {
+    crate::tls::redis(url.expose())
+}
+
 /// A pool that connects lazily: building it never fails because Redis is down.
 pub fn pool(url: &Secret, size: usize) -> anyhow::Result<Pool> {
-    Config::from_url(url.expose())
-        .builder()
-        .context("configuring the redis pool")?
+    let manager = Manager::new(client(url)?.get_connection_info().clone())?;
+    Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(POOL_TIMEOUT))
         .create_timeout(Some(POOL_TIMEOUT))
@@ -77,7 +81,7 @@ pub async fn ping(pool: &Pool) -> bool {
 /// Refuses to go on with credentials Redis refuses, with an error naming the setting `key`; a
 /// Redis not reachable yet is no error here (pools connect when they can).
 pub async fn check_credentials(url: &Secret, key: &str) -> anyhow::Result<()> {
-    let client = redis::Client::open(url.expose())?;
+    let client = client(url)?;
     match tokio::time::timeout(POOL_TIMEOUT, client.get_multiplexed_async_connection()).await {
         Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
             anyhow::bail!("setting {key}: Redis refused its user or password ({e})")

@@ -6,7 +6,7 @@
 //! so a new table never stays unreachable (or too reachable).
 
 use anyhow::Context;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::settings::MigrateSettings;
 
@@ -42,9 +42,9 @@ const API_TABLES: &str = "users, posts, api_keys";
 
 /// Applies what is missing and re-applies the roles' grants. Returns the versions it applied.
 pub async fn apply(settings: &MigrateSettings) -> anyhow::Result<Vec<i32>> {
-    let (mut client, connection) = tokio_postgres::connect(settings.database_url.expose(), NoTls)
-        .await
-        .context("connecting to the primary as the schema owner")?;
+    let crate::tls::Postgres { config, tls } = crate::tls::postgres(settings.database_url.expose())?;
+    let (mut client, connection) =
+        config.connect(tls).await.context("connecting to the primary as the schema owner")?;
     let connection = tokio::spawn(connection);
     let applied = apply_locked(&mut client, settings).await;
     drop(client);

@@ -19,5 +19,5 @@ pub mod user_cache;
 pub mod users;
 
 pub use group_commit::{Committed, PostWriter};
-pub use pool::{ping, pool};
+pub use pool::{connect, ping, pool};
 pub use sql::StoreError;

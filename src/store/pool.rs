@@ -2,12 +2,10 @@
 //! nodes read replicas, and the primary as a fallback, as the read-only API role. Only
 //! `botfleet migrate` uses the owner.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use crate::settings::Secret;
 
@@ -17,10 +15,10 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A pool that connects lazily: building it never fails because the database is down.
 pub fn pool(url: &Secret, size: usize) -> anyhow::Result<Pool> {
-    let mut config = tokio_postgres::Config::from_str(url.expose()).context("parsing a postgres URL")?;
+    let crate::tls::Postgres { mut config, tls } = crate::tls::postgres(url.expose())?;
     config.connect_timeout(POOL_TIMEOUT);
     let manager =
-        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size)
         .queue_mode(QueueMode::Lifo)
@@ -30,6 +28,14 @@ pub fn pool(url: &Secret, size: usize) -> anyhow::Result<Pool> {
         .runtime(Runtime::Tokio1)
         .build()
         .context("building a postgres pool")
+}
+
+/// One connection, driven in the background (for tools and tests; processes use pools).
+pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let crate::tls::Postgres { config, tls } = crate::tls::postgres(url)?;
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 /// Whether the database answers a trivial query.

@@ -32,9 +32,7 @@ pub async fn set(
     let fingerprint = format!("{:x}", Sha256::digest(secret.as_bytes()));
     let key = BotKeys::new(&settings.redis_prefix, bot.id).webhook_secret();
     let mut redis = match &settings.redis_url {
-        Some(redis_url) => {
-            Some(redis::Client::open(redis_url.expose())?.get_multiplexed_async_connection().await?)
-        }
+        Some(redis_url) => Some(crate::kv::client(redis_url)?.get_multiplexed_async_connection().await?),
         None => None,
     };
     let info = patiently(|| api.get_webhook_info()).await?;

@@ -196,8 +196,11 @@ impl RedisUser {
             .query_async(&mut redis().await)
             .await
             .unwrap();
-        let test_url = std::env::var("BOTFLEET_TEST_REDIS_URL").unwrap();
-        let url = test_url.replacen("redis://", &format!("redis://{name}:secret@"), 1);
+        let url = crate::helpers::with(
+            &crate::helpers::env("BOTFLEET_TEST_REDIS_URL"),
+            Some((&name, "secret")),
+            None,
+        );
         RedisUser { name, url }
     }
 

@@ -18,10 +18,13 @@ impl Cluster {
         Self { dir: std::env::temp_dir().join(unique("cluster")) }
     }
 
+    /// `bin/cluster ARGS`; `up` with `--tls` in bin/test's TLS mode.
     pub async fn run(&self, args: &[&str]) -> std::process::Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bin/cluster");
+        let tls = args.first() == Some(&"up") && std::env::var("BOTFLEET_TEST_MODE").as_deref() == Ok("tls");
         let output = tokio::process::Command::new(script)
             .args(args)
+            .args(tls.then_some("--tls"))
             .env("BOTFLEET_BIN", env!("CARGO_BIN_EXE_botfleet"))
             .env("BOTFLEET_CLUSTER_DIR", &self.dir)
             .output()
@@ -38,10 +41,7 @@ impl Cluster {
     pub fn env(&self) -> HashMap<String, String> {
         let text =
             std::fs::read_to_string(self.dir.join("cluster.env")).expect("cluster.env must exist after up");
-        text.lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
+        botfleet::settings::parse_env_file(&text).unwrap()
     }
 }
 

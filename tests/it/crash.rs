@@ -13,7 +13,7 @@ use botfleet::replay::audit::audit;
 use serde_json::json;
 
 use crate::helpers::{
-    MAIN_BOT, QUIET, TestDb, WORKER_ROLE, deliver_update, env, eventually, spawn_fake, spawn_worker,
+    MAIN_BOT, QUIET, TestDb, WORKER_ROLE, deliver_update, eventually, spawn_fake, spawn_worker,
     spawn_worker_with, text_update, unique, watch_output,
 };
 
@@ -118,11 +118,7 @@ async fn a_worker_killed_mid_update_loses_nothing_and_duplicates_nothing() {
     let response = deliver_update(&survivor, &MAIN_BOT, &update).await;
     assert_eq!(response.status(), 200);
     assert_eq!(db.count("SELECT count(*) FROM posts").await, 1, "exactly one post");
-    let mut conn = redis::Client::open(env("BOTFLEET_TEST_REDIS_URL"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::redis().await;
     let published: i64 =
         redis::cmd("XLEN").arg(FeedKeys::new(&prefix).stream).query_async(&mut conn).await.unwrap();
     assert_eq!(published, 1, "published exactly once");

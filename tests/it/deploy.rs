@@ -180,18 +180,33 @@ fn the_compose_file_and_the_kubernetes_manifests_match_their_schemas_least_privi
     let file =
         std::fs::read_to_string(&compose).unwrap().replace("stop_grace_period: 30s", "stop_grace: 30s");
     std::fs::write(&compose, file).unwrap();
-    // An API node given the owner's Secret.
+    // An API node given the owner's Secret, and staging's settings given a database URL.
     let api = scratch.path("deploy/k8s/base/api.yaml");
-    let manifest =
-        std::fs::read_to_string(&api).unwrap().replace("{name: botfleet-api}", "{name: botfleet-migrate}");
+    let manifest = std::fs::read_to_string(&api)
+        .unwrap()
+        .replace("secretName: botfleet-api,", "secretName: botfleet-migrate,");
     std::fs::write(&api, manifest).unwrap();
+    let staging = scratch.path("deploy/k8s/overlays/staging/kustomization.yaml");
+    let overlay = std::fs::read_to_string(&staging).unwrap().replace(
+        "      - BOTFLEET_ENVIRONMENT=staging",
+        "      - BOTFLEET_ENVIRONMENT=staging\n      - BOTFLEET_DATABASE_URL=postgres://postgres:pw@db/botfleet",
+    );
+    std::fs::write(&staging, overlay).unwrap();
     let caught = run(&python, &[&scratch.path("deploy/validate.py")]);
     assert!(!caught.status.success());
     let report = text(&caught);
     assert!(report.contains("k8s/base/worker.yaml") && report.contains("terminationGracePeriod"), "{report}");
     assert!(report.contains("docker-compose.yml") && report.contains("stop_grace"), "{report}");
     assert!(
-        report.contains("botfleet-api reads the Secrets ['botfleet-migrate'], not its own only"),
+        report.contains("k8s/base: botfleet-api reads the Secrets ['botfleet-migrate'], not its own only"),
+        "{report}"
+    );
+    assert!(
+        report.contains("k8s/overlays/staging: botfleet-api reads the Secrets ['botfleet-migrate']"),
+        "the overlays are rendered and checked too: {report}"
+    );
+    assert!(
+        report.contains("k8s/overlays/staging: ConfigMap botfleet holds BOTFLEET_DATABASE_URL"),
         "{report}"
     );
 }

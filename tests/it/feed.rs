@@ -197,11 +197,7 @@ async fn a_replica_behind_the_last_publish_is_skipped_for_the_primary() {
     let stale = TestDb::fresh().await;
     let prefix = unique("r");
     let position: i64 = db.count("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").await;
-    let mut conn = redis::Client::open(crate::helpers::env("BOTFLEET_TEST_REDIS_URL"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::redis().await;
     let () = redis::cmd("SET")
         .arg(botfleet::kv::FeedKeys::new(&prefix).wal_position)
         .arg(position)
@@ -321,11 +317,11 @@ struct PhotoPost {
 
 /// The test Redis's database 1, as a separate cache Redis: what goes where shows.
 fn cache_redis_url() -> String {
-    format!("{}/1", crate::helpers::redis_url(crate::helpers::API_ROLE))
+    crate::helpers::with(&crate::helpers::redis_url(crate::helpers::API_ROLE), None, Some("1"))
 }
 
 async fn cache_redis() -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(cache_redis_url()).unwrap();
+    let client = crate::helpers::redis_client(&cache_redis_url());
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
@@ -484,7 +480,8 @@ async fn a_paused_replica_is_skipped_and_no_stale_page_is_cached() {
         feed["posts"][0]["text"].as_str().map(str::to_owned)
     };
     deliver_update(worker, &MAIN_BOT, &text_update(1, 42, "replayed everywhere already")).await;
-    eventually(Duration::from_secs(1), "the first post on page 1", || async {
+    // The nodes' first connections are made meanwhile (TLS handshakes in bin/test's TLS mode).
+    eventually(Duration::from_secs(5), "the first post on page 1", || async {
         (first_page().await? == "replayed everywhere already").then_some(())
     })
     .await;
@@ -612,11 +609,7 @@ async fn pages_after_a_cursor_stay_cached_while_posts_arrive_but_not_after_a_rem
     let misses = || api.metrics.page_cache.with_label_values(&["miss"]).get();
     reqwest::get(&second).await.unwrap();
     assert_eq!(misses(), 2);
-    let mut conn = redis::Client::open(crate::helpers::env("BOTFLEET_TEST_REDIS_URL"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = crate::helpers::redis().await;
     let keys = botfleet::kv::FeedKeys::new(&prefix);
     // A new post (the generation moves): page 1 is reloaded, the page after the cursor is not.
     let () = redis::cmd("INCR").arg(&keys.generation).query_async::<i64>(&mut conn).await.map(drop).unwrap();

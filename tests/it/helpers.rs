@@ -16,7 +16,7 @@ use botfleet::shutdown::CancellationToken;
 use botfleet::store::migrations;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use url::Url;
 
 pub const WORKER_ROLE: &str = "botfleet_worker";
@@ -29,10 +29,7 @@ pub fn env(key: &str) -> String {
 
 /// Connects and drives the connection in the background.
 pub async fn connect(url: &str) -> Client {
-    let (client, connection) =
-        tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
-    tokio::spawn(connection);
-    client
+    botfleet::store::connect(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e:#}"))
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing with `what` after `limit`.
@@ -93,13 +90,27 @@ pub fn redis_url(role: &str) -> String {
     env(&format!("BOTFLEET_TEST_REDIS_{user}_URL"))
 }
 
+/// A Redis client for a URL of the test Redis (TLS in bin/test's TLS mode).
+pub fn redis_client(url: &str) -> redis::Client {
+    botfleet::tls::redis(url).unwrap_or_else(|e| panic!("a redis client for {url}: {e:#}"))
+}
+
 /// A connection to the test Redis, as its default user (allowed everything).
 pub async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(env("BOTFLEET_TEST_REDIS_URL"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    redis_client(&env("BOTFLEET_TEST_REDIS_URL")).get_multiplexed_async_connection().await.unwrap()
+}
+
+/// A URL with another user, password or database (the TLS parameters kept).
+pub fn with(url: &str, user: Option<(&str, &str)>, database: Option<&str>) -> String {
+    let mut url = Url::parse(url).unwrap();
+    if let Some((name, password)) = user {
+        url.set_username(name).unwrap();
+        url.set_password(Some(password)).unwrap();
+    }
+    if let Some(database) = database {
+        url.set_path(database);
+    }
+    url.to_string()
 }
 
 /// What most feed tests stand on: a fresh database, a worker (replying to a fake Telegram) and
@@ -181,7 +192,7 @@ impl TestDb {
         let url = self.url("postgres", true);
         eventually(Duration::from_secs(10), "the test database on the replica", || {
             let url = url.clone();
-            async move { tokio_postgres::connect(&url, NoTls).await.ok().map(drop) }
+            async move { botfleet::store::connect(&url).await.ok().map(drop) }
         })
         .await;
     }

@@ -20,6 +20,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "telemetry",
             "metrics",
             "settings",
+            "tls",
             "types",
             "cli",
             "batch",

@@ -212,7 +212,7 @@ async fn intake_end_wakes_the_chat_only_when_someone_waits() {
     let [lease, ..] = keys.chat_turn("7");
     let channel = turns_channel(&lease);
     let mut wakes =
-        redis::Client::open(env("BOTFLEET_TEST_REDIS_URL")).unwrap().get_async_pubsub().await.unwrap();
+        crate::helpers::redis_client(&env("BOTFLEET_TEST_REDIS_URL")).get_async_pubsub().await.unwrap();
     wakes.subscribe(&channel).await.unwrap();
     let mut wakes = wakes.into_on_message();
     // Nobody waits for update 1's turn: ending it publishes nothing, so the marker published
@@ -323,7 +323,7 @@ async fn publish_post_sends_each_post_once_and_moves_the_generation_once_per_cal
     let mut conn = redis().await;
     let deployment = unique("lua");
     let keys = FeedKeys::new(&deployment);
-    let client = redis::Client::open(env("BOTFLEET_TEST_REDIS_URL")).unwrap();
+    let client = crate::helpers::redis_client(&env("BOTFLEET_TEST_REDIS_URL"));
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(&keys.channel).await.unwrap();
     let post = |id: i64| PostView {

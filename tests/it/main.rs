@@ -28,5 +28,6 @@ mod schema;
 mod sre;
 mod stream;
 mod telemetry;
+mod tls;
 mod webhook;
 mod webhook_command;

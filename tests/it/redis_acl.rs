@@ -6,7 +6,7 @@ use botfleet::settings::{self, Source, WorkerSettings};
 use crate::helpers::{API_ROLE, WORKER_ROLE, env, redis_url, unique};
 
 async fn as_role(role: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(redis_url(role)).unwrap();
+    let client = crate::helpers::redis_client(&redis_url(role));
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
