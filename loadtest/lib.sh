@@ -43,11 +43,13 @@ settle_tables() {
     psql "$BOTFLEET_PRIMARY_URL" -XAtq -c "VACUUM (ANALYZE) $tables" -c CHECKPOINT >/dev/null
 }
 
-# pgbench_baseline SECONDS: single-row inserts into the cluster's posts table by 16 clients for
-# SECONDS (rows of bot id 0, removed afterwards); prints the inserts per second. Needs
-# BOTFLEET_PRIMARY_URL (source .cluster/cluster.env).
+# pgbench_baseline SECONDS [CPU_FILE]: single-row inserts into the cluster's posts table by 16
+# clients for SECONDS (rows of bot id 0, removed afterwards); prints the inserts per second. With
+# CPU_FILE, writes there the CPU µs per insert of each process of the cluster and of pgbench
+# itself, and their total ("name µs" lines, as cpu_per_update). Needs BOTFLEET_PRIMARY_URL and
+# BOTFLEET_PIDS_DIR (source .cluster/cluster.env).
 pgbench_baseline() {
-    local seconds=$1 work
+    local seconds=$1 cpu_file=${2:-} work
     work=$(mktemp -d)
     # Bot id 0 is no Telegram bot: the baseline's rows are told apart and removed afterwards.
     psql "$BOTFLEET_PRIMARY_URL" -XAtqc "CREATE SEQUENCE IF NOT EXISTS bench_update_id;
@@ -59,8 +61,20 @@ WITH n AS (SELECT nextval('bench_update_id') AS id)
 INSERT INTO posts (bot_id, author_id, chat_id, update_id, origin, text, status, published_at)
 SELECT 0, :uid, :uid, id, 'm:' || :uid || ':' || id, 'a baseline post of about the size of a W1 text message', 'published', now() FROM n;
 SQL
+    cpu_snapshot "$work/cpu-before"
+    mark_cpu "$work/times-before"
     pgbench -n -c 16 -j 2 -T "$seconds" -f "$work/insert.sql" "$BOTFLEET_PRIMARY_URL" >"$work/pgbench.txt" 2>&1 \
         || { cat "$work/pgbench.txt" >&2; rm -rf "$work"; die "pgbench failed"; }
+    mark_cpu "$work/times-after"
+    cpu_snapshot "$work/cpu-after"
+    if [ -n "$cpu_file" ]; then
+        local inserts
+        inserts=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$work/pgbench.txt")
+        {
+            cpu_per_update "$work/cpu-before" "$work/cpu-after" "$inserts" | grep -v '^total '
+            echo "pgbench $((($(times_us "$work/times-after") - $(times_us "$work/times-before")) / inserts))"
+        } | awk '{ print; total += $2 } END { print "total", total }' | sort >"$cpu_file"
+    fi
     sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.txt" | head -n 1
     psql "$BOTFLEET_PRIMARY_URL" -XAtqc "DELETE FROM posts WHERE bot_id = 0" >/dev/null
     settle_tables posts
@@ -78,8 +92,18 @@ metric_sum() {
     echo "$total"
 }
 
+# mark_cpu FILE: the CPU time this shell's finished children used so far, as `times` prints it.
+# Called directly, not in a command substitution (whose shell has children of its own).
+mark_cpu() { times >"$1"; }
+
+# times_us FILE: the children's CPU time (user and system, µs) of a mark_cpu FILE.
+times_us() {
+    awk 'END { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.0f\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 1e6 }' "$1"
+}
+
 # cpu_snapshot FILE: for every process of the cluster (BOTFLEET_PIDS_DIR), its name and the CPU
-# time, in clock ticks, of it and its children (Postgres backends, Nginx workers), one per line.
+# time, in clock ticks, of it and its children (Postgres backends, Nginx workers; those that
+# ended too), one per line.
 cpu_snapshot() {
     local file pid ticks p t
     : >"$1"
@@ -88,8 +112,10 @@ cpu_snapshot() {
         [ -n "$pid" ] || continue
         ticks=0
         for p in $pid $(pgrep -P "$pid"); do
-            # utime and stime, the 14th and 15th fields, counted after the command's ")".
-            t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }')
+            # utime, stime, cutime and cstime, the 14th to 17th fields, counted after the
+            # command's ")": children that ended between two snapshots count too (pgbench's
+            # backends, a Postgres connection that was replaced).
+            t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 + $14 + $15 }')
             ticks=$((ticks + ${t:-0}))
         done
         echo "$(basename "$file" .pid) $ticks" >>"$1"
