@@ -43,13 +43,14 @@ settle_tables() {
     psql "$BOTFLEET_PRIMARY_URL" -XAtq -c "VACUUM (ANALYZE) $tables" -c CHECKPOINT >/dev/null
 }
 
-# pgbench_baseline SECONDS [CPU_FILE]: single-row inserts into the cluster's posts table by 16
-# clients for SECONDS (rows of bot id 0, removed afterwards); prints the inserts per second. With
+# pgbench_baseline SECONDS [CPU_FILE [RATE]]: single-row inserts into the cluster's posts table by
+# 16 clients for SECONDS (rows of bot id 0, removed afterwards), as fast as they go or at RATE a
+# second; prints the inserts per second. With
 # CPU_FILE, writes there the CPU µs per insert of each process of the cluster and of pgbench
 # itself, and their total ("name µs" lines, as cpu_per_update). Needs BOTFLEET_PRIMARY_URL and
 # BOTFLEET_PIDS_DIR (source .cluster/cluster.env).
 pgbench_baseline() {
-    local seconds=$1 cpu_file=${2:-} work
+    local seconds=$1 cpu_file=${2:-} rate=${3:-} work
     work=$(mktemp -d)
     # Bot id 0 is no Telegram bot: the baseline's rows are told apart and removed afterwards.
     psql "$BOTFLEET_PRIMARY_URL" -XAtqc "CREATE SEQUENCE IF NOT EXISTS bench_update_id;
@@ -63,7 +64,7 @@ SELECT 0, :uid, :uid, id, 'm:' || :uid || ':' || id, 'a baseline post of about t
 SQL
     cpu_snapshot "$work/cpu-before"
     mark_cpu "$work/times-before"
-    pgbench -n -c 16 -j 2 -T "$seconds" -f "$work/insert.sql" "$BOTFLEET_PRIMARY_URL" >"$work/pgbench.txt" 2>&1 \
+    pgbench -n -c 16 -j 2 -T "$seconds" ${rate:+-R "$rate"} -f "$work/insert.sql" "$BOTFLEET_PRIMARY_URL" >"$work/pgbench.txt" 2>&1 \
         || { cat "$work/pgbench.txt" >&2; rm -rf "$work"; die "pgbench failed"; }
     mark_cpu "$work/times-after"
     cpu_snapshot "$work/cpu-after"
