@@ -1,5 +1,17 @@
 # Shared by the loadtest/bench-* scripts. Sourced, not run.
 
+# use_cluster: the local cluster's settings (.cluster/cluster.env) in this shell, its client
+# certificates for psql and redis-cli (rcli) when it runs --tls, and BOT_ID, its bot's id.
+use_cluster() {
+    # shellcheck source=/dev/null
+    source .cluster/cluster.env
+    if [ -n "${BOTFLEET_TLS_DIR:-}" ]; then use_tls "$BOTFLEET_TLS_DIR"; fi
+    BOT_ID=${BOTFLEET_BOT_TOKEN%%:*}
+}
+
+# sql QUERY: one query on the cluster's primary, as its owner; unaligned rows.
+sql() { psql "$BOTFLEET_PRIMARY_URL" -XAtqc "$1"; }
+
 # field NAME < JSON: one top-level field of the load generator's flat JSON summary.
 field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tr -d '"'; }
 
@@ -48,7 +60,7 @@ settle_tables() {
 # second; prints the inserts per second. With
 # CPU_FILE, writes there the CPU µs per insert of each process of the cluster and of pgbench
 # itself, and their total ("name µs" lines, as cpu_per_update). Needs BOTFLEET_PRIMARY_URL and
-# BOTFLEET_PIDS_DIR (source .cluster/cluster.env).
+# BOTFLEET_PIDS_DIR (use_cluster).
 pgbench_baseline() {
     local seconds=$1 cpu_file=${2:-} rate=${3:-} work
     work=$(mktemp -d)
@@ -100,6 +112,47 @@ mark_cpu() { times >"$1"; }
 # times_us FILE: the children's CPU time (user and system, µs) of a mark_cpu FILE.
 times_us() {
     awk 'END { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.0f\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 1e6 }' "$1"
+}
+
+# w1_run NAME [loadtest flags...]: one W1 run of RUN_SECONDS against the cluster (use_cluster),
+# its JSON summary in WORK/NAME.json, then its audit against Postgres and the fake's log: the
+# acknowledged updates without a post in WORK/NAME.lost, the replies beyond one per post in
+# WORK/NAME.duplicated. Needs LOADTEST, WORK and RUN_SECONDS.
+w1_run() {
+    local name=$1
+    shift
+    curl -sf -X POST "$BOTFLEET_TELEGRAM_URL/__fake/reset" >/dev/null
+    local first
+    first=$(sql "SELECT coalesce(max(update_id), 0) + 1 FROM posts WHERE bot_id = $BOT_ID")
+    mark_cpu "$WORK/$name.times-before"
+    "$LOADTEST" w1 --seconds "$RUN_SECONDS" --first-update-id "$first" --out "$WORK/$name" "$@" >"$WORK/$name.json"
+    mark_cpu "$WORK/$name.times-after"
+    local last ok posts replies
+    last=$(field last_update_id <"$WORK/$name.json")
+    ok=$(field ok <"$WORK/$name.json")
+    posts=$(sql "SELECT count(*) FROM posts WHERE bot_id = $BOT_ID AND update_id BETWEEN $first AND $last")
+    replies=$(curl -sf "$BOTFLEET_TELEGRAM_URL/__fake/calls?method=sendMessage" | grep -o '"status":200' | wc -l)
+    # Every 2xx answer must have exactly one post and one reply behind it.
+    echo "$((ok > posts ? ok - posts : 0))" >"$WORK/$name.lost"
+    echo "$((replies > posts ? replies - posts : 0))" >"$WORK/$name.duplicated"
+    say "$name: $(cat "$WORK/$name.json")"
+}
+
+# w1_measured NAME CPU_NAME [loadtest flags...]: w1_run NAME, with the CPU µs per acknowledged
+# update of every process of the cluster, and of the load generator apart from their total
+# (pgbench is not in W1's either), in WORK/CPU_NAME.
+w1_measured() {
+    local name=$1 cpu=$2 ok
+    shift 2
+    cpu_snapshot "$WORK/cpu-before"
+    w1_run "$name" "$@"
+    cpu_snapshot "$WORK/cpu-after"
+    ok=$(field ok <"$WORK/$name.json")
+    {
+        cpu_per_update "$WORK/cpu-before" "$WORK/cpu-after" "$ok"
+        echo "load-generator $((($(times_us "$WORK/$name.times-after") - $(times_us "$WORK/$name.times-before")) / ok))"
+    } | sort >"$WORK/$cpu"
+    say "$name: CPU µs per update: $(tr '\n' ' ' <"$WORK/$cpu")"
 }
 
 # cpu_snapshot FILE: for every process of the cluster (BOTFLEET_PIDS_DIR), its name and the CPU

@@ -36,21 +36,21 @@ pub struct Postgres {
 /// Reads a Postgres URL (or a `key=value` connection string, which keeps the driver's own
 /// `sslmode`: `disable`, `prefer` or `require`), its TLS parameters included.
 pub fn postgres(url: &str) -> anyhow::Result<Postgres> {
+    // The driver's parameters stay as they were written (re-encoding would turn `%20` into `+`,
+    // which the driver does not read as a space).
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    let ours: HashMap<&str, &str> = pairs
-        .iter()
-        .filter(|(k, _)| POSTGRES_PARAMETERS.contains(&k.as_str()))
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let rest = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs.iter().filter(|(k, _)| !POSTGRES_PARAMETERS.contains(&k.as_str())))
-        .finish();
-    let driver_url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{rest}") };
+    let (ours, rest): (Vec<&str>, Vec<&str>) = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .partition(|pair| POSTGRES_PARAMETERS.contains(&pair.split('=').next().unwrap_or_default()));
+    let ours: HashMap<String, String> =
+        url::form_urlencoded::parse(ours.join("&").as_bytes()).into_owned().collect();
+    let param = |key: &str| ours.get(key).map(String::as_str);
+    let driver_url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
     let mut config = tokio_postgres::Config::from_str(&driver_url)?;
 
-    let mode = ours.get("sslmode").copied().unwrap_or("prefer");
-    let roots = ours.get("sslrootcert").map(|path| roots(path)).transpose()?;
+    let mode = param("sslmode").unwrap_or("prefer");
+    let roots = param("sslrootcert").map(roots).transpose()?;
     let check = match (mode, roots) {
         ("disable", _) => {
             config.ssl_mode(SslMode::Disable);
@@ -77,7 +77,7 @@ pub fn postgres(url: &str) -> anyhow::Result<Postgres> {
             bail!("sslmode {other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full")
         }
     };
-    let client_cert = match (ours.get("sslcert"), ours.get("sslkey")) {
+    let client_cert = match (param("sslcert"), param("sslkey")) {
         (Some(cert), Some(key)) => Some((certificates(cert)?, private_key(key)?)),
         (None, None) => None,
         _ => bail!("sslcert and sslkey go together"),
@@ -243,6 +243,10 @@ mod tests {
         assert_eq!(postgres("postgres://u@h/db").unwrap().config.get_ssl_mode(), SslMode::Prefer);
         let disabled = postgres("postgres://u@h/db?sslmode=disable").unwrap();
         assert_eq!(disabled.config.get_ssl_mode(), SslMode::Disable);
+        // What the driver reads is passed on as written, escapes included.
+        let options =
+            postgres("postgres://u@h/db?options=-c%20statement_timeout%3D5s&sslmode=require").unwrap();
+        assert_eq!(options.config.get_options(), Some("-c statement_timeout=5s"));
     }
 
     #[test]

@@ -80,7 +80,6 @@ fn encode(offset: Offset, json: &str) -> Bytes {
     Bytes::from(format!("id: {offset}\nevent: post\ndata: {json}\n\n"))
 }
 
-/// The id in a post's JSON (stream entries from before the id was kept beside it).
 /// The event of a stream entry (its id and fields), if it is a post's.
 fn entry_event(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
     let (offset, json) = (Offset::parse(id)?, fields.get("post")?);
@@ -88,6 +87,7 @@ fn entry_event(id: &str, fields: &HashMap<String, String>) -> Option<Event> {
     Some(Event { offset, bytes: encode(offset, json), post })
 }
 
+/// The id in a post's JSON (stream entries from before the id was kept beside it).
 fn post_id_in(json: &str) -> Option<PostId> {
     #[derive(serde::Deserialize)]
     struct Id {

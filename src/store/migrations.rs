@@ -42,15 +42,10 @@ const API_TABLES: &str = "users, posts, api_keys";
 
 /// Applies what is missing and re-applies the roles' grants. Returns the versions it applied.
 pub async fn apply(settings: &MigrateSettings) -> anyhow::Result<Vec<i32>> {
-    let crate::tls::Postgres { config, tls } = crate::tls::postgres(settings.database_url.expose())?;
-    let (mut client, connection) =
-        config.connect(tls).await.context("connecting to the primary as the schema owner")?;
-    let connection = tokio::spawn(connection);
-    let applied = apply_locked(&mut client, settings).await;
-    drop(client);
-    // The connection ends once the client is gone; its own error, if any, is already in `applied`.
-    let _ = connection.await;
-    applied
+    let mut client = super::pool::connect(settings.database_url.expose())
+        .await
+        .context("connecting to the primary as the schema owner")?;
+    apply_locked(&mut client, settings).await
 }
 
 async fn apply_locked(client: &mut Client, settings: &MigrateSettings) -> anyhow::Result<Vec<i32>> {
