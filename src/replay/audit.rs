@@ -16,8 +16,9 @@
 //! rather than risk saying nothing. Such a copy is counted apart, as *in doubt*, when the process
 //! that sent the one before it (the fake's log names each call's process by its `User-Agent`)
 //! fell silent right after it: no call at all until the second copy, or none for [`FROZEN_MS`]
-//! (under load a working process calls many times a second). It was gone, or stopped while
-//! holding the update; it may have come back before the redelivery, which then found it had
+//! (under load a working process calls many times a second) from a moment within
+//! [`SETTLING_MS`] of the copy (calls it had under way when it stopped may still go out). It was
+//! gone, or stopped while holding the update; it may have come back before the redelivery, which then found it had
 //! lost the update. A copy whose first sender went on working meanwhile is a duplicate, and fails
 //! the audit.
 
@@ -56,6 +57,8 @@ impl Audit {
 const EXAMPLES: usize = 5;
 /// A process that makes no call for this long right after a copy was stopped or gone.
 pub const FROZEN_MS: u64 = 5000;
+/// How soon after a copy such a silence must begin.
+pub const SETTLING_MS: u64 = 1000;
 
 /// One successful call that was an update's effect: its place in the log and its process.
 struct Copy<'a> {
@@ -72,6 +75,8 @@ struct Log<'a> {
     answers: HashMap<&'a str, Vec<Copy<'a>>>,
     /// Each process's calls: their places in the log and times.
     calls_of: HashMap<&'a str, Vec<(u64, u64)>>,
+    /// When the log's last call was made.
+    end_ms: u64,
 }
 
 impl<'a> Log<'a> {
@@ -84,6 +89,7 @@ impl<'a> Log<'a> {
                 client: call["client"].as_str().unwrap_or_default(),
             };
             log.calls_of.entry(copy.client).or_default().push((copy.seq, copy.at_ms));
+            log.end_ms = log.end_ms.max(copy.at_ms);
             if call["status"] != 200 {
                 continue;
             }
@@ -108,12 +114,21 @@ impl<'a> Log<'a> {
     }
 }
 
-/// Whether `first`'s process fell silent right after it, until `again` or for `FROZEN_MS`: it
-/// was gone, or stopped.
-fn silent_after(calls_of: &HashMap<&str, Vec<(u64, u64)>>, first: &Copy, again: &Copy) -> bool {
-    calls_of.get(first.client).is_some_and(|calls| {
-        let after_first = calls.partition_point(|&(seq, _)| seq <= first.seq);
-        calls.get(after_first).is_none_or(|&(seq, at_ms)| seq > again.seq || at_ms >= first.at_ms + FROZEN_MS)
+/// Whether `first`'s process fell silent right after it: no call until `again`, or a silence of
+/// `FROZEN_MS` (to its next call, or to the log's end `end_ms`) from a call within `SETTLING_MS`
+/// of `first`. It was gone, or stopped.
+fn silent_after(log: &Log, first: &Copy, again: &Copy) -> bool {
+    log.calls_of.get(first.client).is_some_and(|calls| {
+        let at = calls.partition_point(|&(seq, _)| seq < first.seq);
+        let until_again = calls.get(at + 1).is_none_or(|&(seq, _)| seq > again.seq);
+        let frozen_from = |i: usize| {
+            let next = calls.get(i + 1).map_or(log.end_ms, |&(_, at_ms)| at_ms);
+            next >= calls[i].1 + FROZEN_MS
+        };
+        until_again
+            || (at..calls.len())
+                .take_while(|&i| calls[i].0 < again.seq && calls[i].1 <= first.at_ms + SETTLING_MS)
+                .any(frozen_from)
     })
 }
 
@@ -124,7 +139,8 @@ pub fn audit(
     calls: &[Value],
     (posts, dead): (&HashMap<i64, i64>, &HashSet<i64>),
 ) -> Audit {
-    let Log { mut replies, mut answers, calls_of } = Log::index(calls);
+    let mut log = Log::index(calls);
+    let (mut replies, mut answers) = (std::mem::take(&mut log.replies), std::mem::take(&mut log.answers));
     let mut audit = Audit::default();
     // Per chat, each replied message's update id and where its first reply is in the log.
     let mut firsts: HashMap<i64, Vec<(i64, u64)>> = HashMap::new();
@@ -156,7 +172,7 @@ pub fn audit(
         }
         for pair in copies.windows(2) {
             let (first, again) = (&pair[0], &pair[1]);
-            let kind = if silent_after(&calls_of, first, again) {
+            let kind = if silent_after(&log, first, again) {
                 audit.in_doubt += 1;
                 "in doubt"
             } else {
@@ -337,6 +353,15 @@ mod tests {
             ),
             (1, 0)
         );
+        // "a" still sent a call it had under way (50 ms later) as it was stopped: in doubt too.
+        let mut under_way = reply("a", 20, 1);
+        under_way["at_ms"] = json!(50);
+        let mut back = reply("a", 10, 7);
+        back["at_ms"] = json!(20_000);
+        let mut late = reply("b", 10, 1);
+        late["at_ms"] = json!(30_000);
+        let stopped_busy = log(&[reply("a", 10, 1), under_way, back, late]);
+        assert_eq!(audit(&acknowledged, &stopped_busy, stored).in_doubt, 1);
         // The same copies, but "a" made a call between them: it was working, so the second copy
         // was a duplicate.
         let lived = log(&[reply("a", 10, 1), reply("a", 10, 7), reply("b", 10, 2), reply("b", 10, 1)]);
