@@ -140,16 +140,17 @@ w1_run() {
 
 # w1_measured NAME CPU_NAME [loadtest flags...]: w1_run NAME, with the CPU µs per acknowledged
 # update of every process of the cluster, and of the load generator apart from their total
-# (pgbench is not in W1's either), in WORK/CPU_NAME.
+# (pgbench is not in W1's either), in WORK/CPU_NAME; the snapshots stay in WORK/NAME.cpu-before
+# and WORK/NAME.cpu-after.
 w1_measured() {
     local name=$1 cpu=$2 ok
     shift 2
-    cpu_snapshot "$WORK/cpu-before"
+    cpu_snapshot "$WORK/$name.cpu-before"
     w1_run "$name" "$@"
-    cpu_snapshot "$WORK/cpu-after"
+    cpu_snapshot "$WORK/$name.cpu-after"
     ok=$(field ok <"$WORK/$name.json")
     {
-        cpu_per_update "$WORK/cpu-before" "$WORK/cpu-after" "$ok"
+        cpu_per_update "$WORK/$name.cpu-before" "$WORK/$name.cpu-after" "$ok"
         echo "load-generator $((($(times_us "$WORK/$name.times-after") - $(times_us "$WORK/$name.times-before")) / ok))"
     } | sort >"$WORK/$cpu"
     say "$name: CPU µs per update: $(tr '\n' ' ' <"$WORK/$cpu")"

@@ -1,8 +1,8 @@
 -- dialogue_save: compare-and-set of a chat's dialogue state, fenced by the chat's lease.
 --
--- KEYS[1]  dialogue     <bot prefix>d:<chat>   HASH v (version), s (state as JSON, "" when the
+-- KEYS[1]  dialogue     <chat slot>d:<chat>   HASH v (version), s (state as JSON, "" when the
 --                       dialogue ended), u (the update whose step it is), p (the state before it)
--- KEYS[2]  chat lease   <bot prefix>c:<chat>:lease
+-- KEYS[2]  chat lease   <chat slot>c:<chat>:lease
 -- ARGV[1]  the version the caller read ("0" when there was none)
 -- ARGV[2]  the new state as JSON, or "" to end the dialogue
 -- ARGV[3]  token of the caller's attempt, which must still hold the lease

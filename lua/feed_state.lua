@@ -1,9 +1,9 @@
 -- feed_state: what the API needs to know about the feed now: its two versions and the WAL
 -- position replicas must have replayed. Versions never go back, even when Redis does.
 --
--- KEYS[1]  page generation   <prefix>:feed:gen
--- KEYS[2]  removals          <prefix>:feed:removals
--- KEYS[3]  WAL position      <prefix>:feed:lsn
+-- KEYS[1]  page generation   <prefix>:{feed}:gen
+-- KEYS[2]  removals          <prefix>:{feed}:removals
+-- KEYS[3]  WAL position      <prefix>:{feed}:lsn
 -- ARGV[1]  the highest generation the asking process has seen
 -- ARGV[2]  the highest removal count it has seen
 --

@@ -6,9 +6,9 @@
 -- bot's pause allow, and moves each schedule on by its interval from there. Messages spaced so
 -- are never more than N in any window of N intervals, however many workers send.
 --
--- KEYS[1]  the bot's schedule     <bot prefix>flood:bot
--- KEYS[2]  the chat's schedule    <bot prefix>flood:c:<chat>
--- KEYS[3]  the bot's pause        <bot prefix>flood:pause   set for retry_after after a 429
+-- KEYS[1]  the bot's schedule     <bot slot>flood:bot
+-- KEYS[2]  the chat's schedule    <bot slot>flood:c:<chat>
+-- KEYS[3]  the bot's pause        <bot slot>flood:pause   set for retry_after after a 429
 -- ARGV[1]  the bot's interval in µs (1e6 / messages per second)
 -- ARGV[2]  the chat's interval in µs (1e6 for a private chat, 3e6 for a group: 20 a minute)
 -- ARGV[3]  the longest wait the caller accepts, in ms

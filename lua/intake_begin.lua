@@ -1,20 +1,21 @@
 -- intake_begin: may this worker handle this update now? One round trip for the dedup fast
 -- path, the per-chat turn and order (invariants 2 and 3), and the first reads of the handler.
 --
--- KEYS[1]  handled updates   <bot prefix>hf:<update_id / 65536>   16 bits per update: the
---                            fingerprint of what the update was, once handled (0: not handled)
--- KEYS[2]  chat lease        <bot prefix>c:<chat>:lease  holder's token, expires after ARGV[3] ms
--- KEYS[3]  chat queue        <bot prefix>c:<chat>:q      ZSET of waiting update ids (score = id)
--- KEYS[4]  waiter deadlines  <bot prefix>c:<chat>:w      HASH update id -> ms until the waiter counts
--- KEYS[5]  chat hold         <bot prefix>c:<chat>:hold   the chat's update under way or failed,
+-- KEYS[1]  handled updates   <chat slot>hf:<update_id / 65536>   HASH update_id mod 65536 ->
+--                            the fingerprint of what the update was, once handled
+-- KEYS[2]  chat lease        <chat slot>c:<chat>:lease  holder's token, expires after ARGV[3] ms
+-- KEYS[3]  chat queue        <chat slot>c:<chat>:q      ZSET of waiting update ids (score = id)
+-- KEYS[4]  waiter deadlines  <chat slot>c:<chat>:w      HASH update id -> ms until the waiter counts
+-- KEYS[5]  chat hold         <chat slot>c:<chat>:hold   the chat's update under way or failed,
 --                            which must be handled (or dead-lettered) before any later one
--- KEYS[6]  optional, with KEYS[7]: cached user  <bot prefix>user:<id>  read with the turn
--- KEYS[7]  optional, with KEYS[6]: dialogue     <bot prefix>d:<chat>   HASH v, s, u, p
+-- KEYS[6]  optional, with KEYS[7]: cached user  <chat slot>user:<id>  read with the turn
+-- KEYS[7]  optional, with KEYS[6]: dialogue     <chat slot>d:<chat>   HASH v, s, u, p
+--          (<chat slot> is the chat's hash tag: every key here is in one slot of a Redis Cluster)
 -- ARGV[1]  update id
 -- ARGV[2]  token of this attempt (unique per delivery)
 -- ARGV[3]  lease length in ms
 -- ARGV[4]  how long a waiter stays queued without asking again, in ms
--- ARGV[5]  the update's slot in KEYS[1] (update_id mod 65536)
+-- ARGV[5]  the update's field in KEYS[1] (update_id mod 65536)
 -- ARGV[6]  the update's fingerprint (1..65535): a hash of what it is, not of its id
 -- ARGV[7]  how long the hold lasts, in ms, should the update never come back
 --
@@ -26,12 +27,12 @@
 -- ends, since only the turn's holder writes the chat's dialogue.
 -- Waiters ask again until they get their turn; the lowest waiting update id goes first, and a
 -- waiter that stopped asking (its worker died) is dropped once its deadline passes.
-local seen = redis.call('BITFIELD', KEYS[1], 'GET', 'u16', '#' .. ARGV[5])[1]
-if seen == tonumber(ARGV[6]) then
+local seen = redis.call('HGET', KEYS[1], ARGV[5])
+if seen == ARGV[6] then
   return {'done'}
 end
 local verdict = 'go'
-if seen ~= 0 then
+if seen then
   verdict = 'reused'
 end
 local hold = redis.call('GET', KEYS[5])

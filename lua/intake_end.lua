@@ -1,16 +1,16 @@
 -- intake_end: the attempt is over; record the outcome and hand the chat's turn on.
 --
--- KEYS[1]  handled updates  <bot prefix>hf:<update_id / 65536>   16-bit fingerprints
--- KEYS[2]  chat lease   <bot prefix>c:<chat>:lease
--- KEYS[3]  chat queue   <bot prefix>c:<chat>:q   (only its existence is read)
--- KEYS[4]  chat hold    <bot prefix>c:<chat>:hold
+-- KEYS[1]  handled updates  <chat slot>hf:<update_id / 65536>   HASH of fingerprints
+-- KEYS[2]  chat lease   <chat slot>c:<chat>:lease
+-- KEYS[3]  chat queue   <chat slot>c:<chat>:q   (only its existence is read)
+-- KEYS[4]  chat hold    <chat slot>c:<chat>:hold
 -- ARGV[1]  token of this attempt
 -- ARGV[2]  "done" (handled, or dead-lettered) or "retry" (failed; Telegram will redeliver)
 -- ARGV[3]  how long to remember a handled update, in ms (Telegram retries for up to a day); the
---          bitmap lives that long after its last update
+--          hash lives that long after its last update
 -- ARGV[4]  channel that wakes the chat's waiters
 -- ARGV[5]  the chat's lease key, as the message on that channel
--- ARGV[6]  the update's slot in KEYS[1] (update_id mod 65536)
+-- ARGV[6]  the update's field in KEYS[1] (update_id mod 65536)
 -- ARGV[7]  the update's fingerprint (1..65535)
 -- ARGV[8]  the update id
 -- ARGV[9]  how long a failed update holds its chat's later updates back, in ms
@@ -24,7 +24,7 @@
 -- waiter queues itself (intake_begin) before it sleeps, so none can be missed.
 local hold = redis.call('GET', KEYS[4])
 if ARGV[2] == 'done' then
-  redis.call('BITFIELD', KEYS[1], 'SET', 'u16', '#' .. ARGV[6], ARGV[7])
+  redis.call('HSET', KEYS[1], ARGV[6], ARGV[7])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   if hold == ARGV[8] then
     redis.call('DEL', KEYS[4])

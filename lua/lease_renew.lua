@@ -1,7 +1,7 @@
 -- lease_renew: keep a lease one still holds: a chat's turn while a slow update is still being
 -- handled, or the webhook watcher's role.
 --
--- KEYS[1]  the lease    <bot prefix>c:<chat>:lease, or <bot prefix>webhook:watcher
+-- KEYS[1]  the lease    <chat slot>c:<chat>:lease, or <bot slot>webhook:watcher
 -- ARGV[1]  the holder's token
 -- ARGV[2]  new lease length in ms
 --

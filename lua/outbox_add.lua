@@ -1,7 +1,7 @@
 -- outbox_add: queue a message for the outbox's senders, once per message id.
 --
--- KEYS[1]  the outbox        <bot prefix>outbox              a stream, read by the group "senders"
--- KEYS[2]  the message's id  <bot prefix>outbox:once:<id>    remembered for ARGV[1] ms
+-- KEYS[1]  the outbox        <bot slot>outbox              a stream, read by the group "senders"
+-- KEYS[2]  the message's id  <bot slot>outbox:once:<id>    remembered for ARGV[1] ms
 -- ARGV[1]  how long to remember the id, in ms (as long as a redelivery may come: a day)
 -- ARGV[2]  the chat
 -- ARGV[3]  the text

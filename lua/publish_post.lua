@@ -1,12 +1,12 @@
 -- publish_post: published posts go out to the API nodes, each once, atomically. Workers send
 -- the posts that committed together in one call.
 --
--- KEYS[1]    feed stream       <prefix>:feed:stream   capped stream; its entry ids are the offsets
--- KEYS[2]    page generation   <prefix>:feed:gen      moved on so every cached page is stale
--- KEYS[3]    WAL position      <prefix>:feed:lsn      what a replica must have replayed to be read:
+-- KEYS[1]    feed stream       <prefix>:{feed}:stream   capped stream; its entry ids are the offsets
+-- KEYS[2]    page generation   <prefix>:{feed}:gen      moved on so every cached page is stale
+-- KEYS[3]    WAL position      <prefix>:{feed}:lsn      what a replica must have replayed to be read:
 --                                                      the highest position published, whatever
 --                                                      order calls of two workers come in
--- KEYS[3+i]  published posts   <prefix>:feed:pub:<post id / 65536>   bitmap of the i-th post
+-- KEYS[3+i]  published posts   <prefix>:{feed}:pub:<post id / 65536>   bitmap of the i-th post
 -- ARGV[1]    channel           <prefix>:feed:live     PUBLISHed "<offset> <post JSON>"
 -- ARGV[2]    how many entries the stream keeps (approximately)
 -- ARGV[3]    how long to remember that a post went out, in ms (a bitmap lives that long after

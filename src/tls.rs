@@ -87,11 +87,19 @@ pub fn postgres(url: &str) -> anyhow::Result<Postgres> {
 
 /// A Redis client for a URL, its TLS parameters read: `redis::Client::open` for everything.
 pub fn redis(url: &str) -> anyhow::Result<redis::Client> {
+    Ok(match redis_certificates(url)? {
+        None => redis::Client::open(url)?,
+        Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
+    })
+}
+
+/// The certificates a Redis URL names (`None` when it names none).
+pub fn redis_certificates(url: &str) -> anyhow::Result<Option<redis::TlsCertificates>> {
     let parsed = url::Url::parse(url).context("not a URL")?;
     let get = |key: &str| parsed.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned());
     let (ca, cert, key) = (get("ssl_ca_certs"), get("ssl_certfile"), get("ssl_keyfile"));
     if ca.is_none() && cert.is_none() && key.is_none() {
-        return Ok(redis::Client::open(url)?);
+        return Ok(None);
     }
     if !matches!(parsed.scheme(), "rediss" | "valkeys") {
         bail!("ssl_ca_certs, ssl_certfile and ssl_keyfile need a rediss:// URL");
@@ -104,7 +112,7 @@ pub fn redis(url: &str) -> anyhow::Result<redis::Client> {
         _ => bail!("ssl_certfile and ssl_keyfile go together"),
     };
     let root_cert = ca.map(|path| read(&path)).transpose()?;
-    Ok(redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert })?)
+    Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
 }
 
 /// What a client checks of a Postgres server's certificate.

@@ -270,6 +270,61 @@ stop_redis() {
     stop_pid_file "$dir/redis.pid"
 }
 
+# Redis Cluster (bin/cluster up --redis-cluster N, bin/test's cluster pass): N masters with one
+# replica each, every node on free ports of its own (client and cluster bus).
+# start_redis_cluster DIR N [extra redis-server arguments...] starts them (REDIS_CLUSTER_PORTS,
+# masters first) and waits until every node sees every slot served. Each node keeps its ACL
+# users in its own file (ACL users are not shared between nodes) and its arguments, so that
+# restart_redis_node DIR PORT starts it again as it was (it rejoins, as a replica if it lost
+# its slots meanwhile).
+REDIS_CLUSTER_PORTS=()
+start_redis_cluster() {
+    local dir=$1 masters=$2 port nodes=()
+    shift 2
+    REDIS_CLUSTER_PORTS=()
+    for _ in $(seq 1 $((masters * 2))); do
+        port=$(free_port)
+        mkdir -p "$dir/$port" && touch "$dir/$port/users.acl"
+        printf '%s\n' --cluster-enabled yes --cluster-port "$(free_port)" --cluster-config-file nodes.conf \
+            --cluster-node-timeout 2000 --aclfile "$dir/$port/users.acl" "$@" >"$dir/$port/args"
+        restart_redis_node "$dir" "$port"
+        REDIS_CLUSTER_PORTS+=("$port")
+        nodes+=("127.0.0.1:$port")
+    done
+    rcli "${REDIS_CLUSTER_PORTS[0]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$dir/create.log" 2>&1 || { cat "$dir/create.log" >&2; die "redis-cli --cluster create failed"; }
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        wait_until 30 "redis cluster node $port to serve every slot" redis_cluster_ok "$port"
+    done
+}
+
+restart_redis_node() {
+    local args
+    mapfile -t args <"$1/$2/args"
+    start_redis "$1/$2" "$2" "${args[@]}"
+}
+
+redis_cluster_ok() {
+    rcli "$1" cluster info | grep -q '^cluster_state:ok'
+}
+
+# stop_redis_cluster DIR: stops the nodes start_redis_cluster started in DIR.
+stop_redis_cluster() {
+    local dir=$1 port
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do stop_redis "$dir/$port" "$port"; done
+    REDIS_CLUSTER_PORTS=()
+}
+
+# redis_cluster_url [USER:PASSWORD]: the URL of the Redis Cluster started here, every node a
+# seed (src/kv/mod.rs: cluster=true, addr=host:port).
+redis_cluster_url() {
+    local url port
+    url=$(redis_url "${REDIS_CLUSTER_PORTS[0]}" "$@")
+    case $url in *\?*) url="$url&cluster=true" ;; *) url="$url/?cluster=true" ;; esac
+    for port in "${REDIS_CLUSTER_PORTS[@]:1}"; do url="$url&addr=127.0.0.1:$port"; done
+    printf '%s' "$url"
+}
+
 # Whether a process runs: exists and is not a zombie (which kill -0 would still find).
 pid_alive() {
     local state

@@ -190,7 +190,7 @@ fn watch_pools(
     metrics: &Metrics,
     primary: &deadpool_postgres::Pool,
     replicas: &[deadpool_postgres::Pool],
-    redis: &[(&str, &deadpool_redis::Pool)],
+    redis: &[(&str, &kv::Pool)],
 ) {
     let pools = [("postgres".to_owned(), primary)]
         .into_iter()

@@ -65,6 +65,10 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Result
                 hub.recent().await.map_err(ApiError::redis)?
             }
         };
+        // Live events up to the last one read back are not sent again, even where it is not
+        // replayed: they may reach this node's listener after the read (a Redis Cluster relays
+        // a publish from node to node).
+        replayed_to = events.last().map(|e| e.offset).or(replayed_to);
         // Posts deleted (or whose author was banned) since they went out are not replayed.
         let ids: Vec<PostId> = events.iter().filter_map(|e| e.post).collect();
         if !ids.is_empty() {
@@ -72,7 +76,6 @@ pub async fn stream(State(state): State<ApiState>, headers: HeaderMap) -> Result
             let visible = store::feed::visible(&state.reader, &ids, fresh).await?;
             events.retain(|e| e.post.is_none_or(|id| visible.contains(&id)));
         }
-        replayed_to = events.last().map(|e| e.offset).or(replayed_to);
         missed += events.len();
         events.iter().for_each(|e| first.extend_from_slice(&e.bytes));
     }

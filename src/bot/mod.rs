@@ -133,15 +133,20 @@ pub fn turn_key(update: &Update) -> String {
     }
 }
 
-/// The keys the update's handler reads first, read with its turn in one round trip.
+/// The keys the update's handler reads first, read with its turn in one round trip: the user
+/// and their private chat's dialogue, when the update's turn is that chat's (so that every key
+/// of the script is in one slot of a Redis Cluster).
 pub fn read_ahead(update: &Update, keys: &BotKeys) -> Option<ReadAhead> {
-    let (user, dialogue_chat) = match &update.kind {
-        UpdateKind::Message(m) if m.chat.is_private() => (m.from.as_ref()?, m.chat.id.into()),
+    let user = match &update.kind {
+        UpdateKind::Message(m) if m.chat.is_private() => UserId::from(m.from.as_ref()?),
         // Buttons that use a dialogue are pressed in the user's private chat.
-        UpdateKind::CallbackQuery(q) => (&q.from, UserId::from(&q.from).private_chat()),
+        UpdateKind::CallbackQuery(q) => UserId::from(&q.from),
         _ => return None,
     };
-    Some(ReadAhead { user: keys.user(UserId::from(user)), dialogue: keys.dialogue(dialogue_chat) })
+    if turn_key(update) != user.to_string() {
+        return None;
+    }
+    Some(ReadAhead { user: keys.user(user), dialogue: keys.dialogue(user.private_chat()) })
 }
 
 async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), HandleError> {

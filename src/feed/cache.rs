@@ -106,12 +106,7 @@ pub struct PageCache {
 }
 
 impl PageCache {
-    pub fn new(
-        redis: deadpool_redis::Pool,
-        pages: deadpool_redis::Pool,
-        keys: FeedKeys,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(redis: kv::Pool, pages: kv::Pool, keys: FeedKeys, metrics: Arc<Metrics>) -> Self {
         Self {
             redis: kv::Shared::new(redis),
             pages: kv::Shared::new(pages),

@@ -100,7 +100,7 @@ fn post_id_in(json: &str) -> Option<PostId> {
 pub struct Hub {
     sender: broadcast::Sender<Live>,
     keys: FeedKeys,
-    redis: deadpool_redis::Pool,
+    redis: kv::Pool,
     clients: AtomicUsize,
     max_clients: usize,
     heartbeat: Duration,
@@ -109,12 +109,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(
-        keys: FeedKeys,
-        redis: deadpool_redis::Pool,
-        max_clients: usize,
-        heartbeat: Duration,
-    ) -> Arc<Self> {
+    pub fn new(keys: FeedKeys, redis: kv::Pool, max_clients: usize, heartbeat: Duration) -> Arc<Self> {
         let (sender, _) = broadcast::channel(CLIENT_BACKLOG);
         let clients = AtomicUsize::new(0);
         let closing = CancellationToken::new();
@@ -130,13 +125,13 @@ impl Hub {
     /// each time (from `last`, the first time), so that no published post is missed.
     pub async fn run(
         self: Arc<Self>,
-        client: redis::Client,
+        client: kv::Client,
         mut last: Option<Offset>,
         shutdown: CancellationToken,
     ) {
         loop {
             let listened = async {
-                let mut pubsub = client.get_async_pubsub().await?;
+                let mut pubsub = client.pubsub().await?;
                 pubsub.subscribe(&self.keys.channel).await?;
                 // Whatever was published while we were not subscribed is in the stream, unless
                 // it was trimmed meanwhile: then every client reloads page 1.

@@ -96,7 +96,7 @@ impl Intake {
         read_ahead: Option<ReadAhead>,
     ) -> Result<Begin, IntakeError> {
         let token = format!("{:016x}{:016x}", rand_u64(), rand_u64());
-        let (handled_key, handled_bit) = self.keys.handled(update_id);
+        let (handled_key, handled_bit) = self.keys.handled(chat, update_id);
         let fingerprint = fingerprint(identity);
         let [lease_key, queue_key, waiters_key, hold_key] = self.keys.chat_turn(chat);
         let notify = self.waker.waiting(&lease_key);

@@ -34,14 +34,14 @@ impl Waker {
     /// messages only cost a waiter one poll interval.
     pub async fn run(
         self: Arc<Self>,
-        client: redis::Client,
+        client: crate::kv::Client,
         deployment: String,
         shutdown: CancellationToken,
     ) {
         let channel = turns_channel(&deployment);
         loop {
             let subscribed = async {
-                let mut pubsub = client.get_async_pubsub().await?;
+                let mut pubsub = client.pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {

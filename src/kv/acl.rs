@@ -34,15 +34,15 @@ pub fn rules(prefix: &str) -> [(&'static str, Vec<String>); 3] {
         .chain(["-publish", "-spublish", "-xadd", "-setbit"].map(str::to_owned))
         .chain([
             format!("%R~{p}:*"),
-            format!("~{p}:feed:gen"),
-            format!("~{p}:feed:removals"),
-            format!("~{p}:feed:lsn"),
+            format!("~{p}:{{feed}}:gen"),
+            format!("~{p}:{{feed}}:removals"),
+            format!("~{p}:{{feed}}:lsn"),
             format!("~{p}:feed:page:*"),
             format!("~{p}:*:media:*"),
             format!("&{p}:feed:live"),
         ])
         .collect();
-    let webhook = ["-@all", "+@connection", "+get", "+set"]
+    let webhook = ["-@all", "+@connection", "+get", "+set", "+cluster|slots"]
         .map(str::to_owned)
         .into_iter()
         .chain([format!("~{p}:*:webhook:secret-sha256")])
@@ -60,8 +60,11 @@ fn setuser(user: &str, password: &Secret, rules: &[String]) -> Vec<String> {
 /// Applies every role's user on each Redis of the settings; returns what to print.
 pub async fn apply(settings: &RedisAclSettings) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
+    let mut nodes = Vec::new();
     for url in settings.redis_urls() {
-        let client = crate::tls::redis(url.expose())?;
+        nodes.extend(super::client(url)?.nodes().await?);
+    }
+    for client in nodes {
         let mut conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
         let where_ = client.get_connection_info().addr().to_string();
         for ((user, rules), password) in rules(&settings.prefix).iter().zip(&settings.passwords) {

@@ -68,8 +68,8 @@ impl FileBots {
         configs: &[BotConfig],
         api_url: &url::Url,
         prefix: &str,
-        redis: deadpool_redis::Pool,
-        cache: deadpool_redis::Pool,
+        redis: kv::Pool,
+        cache: kv::Pool,
     ) -> anyhow::Result<Arc<Self>> {
         let mut bots = HashMap::new();
         for config in configs {

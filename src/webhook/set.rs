@@ -32,7 +32,9 @@ pub async fn set(
     let fingerprint = format!("{:x}", Sha256::digest(secret.as_bytes()));
     let key = BotKeys::new(&settings.redis_prefix, bot.id).webhook_secret();
     let mut redis = match &settings.redis_url {
-        Some(redis_url) => Some(crate::kv::client(redis_url)?.get_multiplexed_async_connection().await?),
+        Some(redis_url) => {
+            Some(crate::kv::client(redis_url)?.connect(std::time::Duration::from_secs(5)).await?)
+        }
         None => None,
     };
     let info = patiently(|| api.get_webhook_info()).await?;

@@ -29,7 +29,7 @@ impl Leader {
     /// this process holds now; `None` once `shutdown` comes.
     pub async fn next(
         &mut self,
-        redis: &deadpool_redis::Pool,
+        redis: &kv::Pool,
         bots: &[Arc<Client>],
         shutdown: &CancellationToken,
     ) -> Option<(Conn, Vec<Arc<Client>>)> {

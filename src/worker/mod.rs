@@ -132,7 +132,7 @@ fn start_loops(
     settings: &WorkerSettings,
     bots: &Arc<HashMap<String, Arc<BotRuntime>>>,
     services: &Services,
-    redis: &deadpool_redis::Pool,
+    redis: &kv::Pool,
     waker: Arc<Waker>,
 ) -> anyhow::Result<CancellationToken> {
     let background = CancellationToken::new();
@@ -175,7 +175,7 @@ fn start_loops(
 }
 
 /// Ready while Postgres and Redis answer.
-fn readiness(db: deadpool_postgres::Pool, redis: deadpool_redis::Pool) -> Readiness {
+fn readiness(db: deadpool_postgres::Pool, redis: kv::Pool) -> Readiness {
     Readiness::new(move || {
         let (db, redis) = (db.clone(), redis.clone());
         async move {
@@ -186,7 +186,7 @@ fn readiness(db: deadpool_postgres::Pool, redis: deadpool_redis::Pool) -> Readin
 }
 
 /// Samples the worker's Postgres and Redis pools at every scrape.
-fn watch_pools(metrics: &Metrics, db: &deadpool_postgres::Pool, redis: &deadpool_redis::Pool) {
+fn watch_pools(metrics: &Metrics, db: &deadpool_postgres::Pool, redis: &kv::Pool) {
     let (db, redis) = (db.clone(), redis.clone());
     metrics.watch_pool("postgres", move || db.status());
     metrics.watch_pool("redis", move || redis.status());

@@ -15,7 +15,7 @@ use crate::telegram::{Client, outbox};
 
 pub async fn reconcile(
     bots: Vec<Arc<Client>>,
-    (db, redis): (deadpool_postgres::Pool, deadpool_redis::Pool),
+    (db, redis): (deadpool_postgres::Pool, crate::kv::Pool),
     metrics: Arc<Metrics>,
     every: Duration,
     shutdown: CancellationToken,

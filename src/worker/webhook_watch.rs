@@ -17,7 +17,7 @@ use crate::telegram::Client;
 
 pub async fn watch(
     bots: Vec<Arc<Client>>,
-    redis: deadpool_redis::Pool,
+    redis: crate::kv::Pool,
     metrics: Arc<Metrics>,
     every: Duration,
     shutdown: CancellationToken,

@@ -1,6 +1,7 @@
-//! The short chaos run: seven faults (a worker SIGKILLed, Redis SIGKILLed, Redis restarted empty,
+//! The short chaos run: eight faults (a worker SIGKILLed, Redis SIGKILLed, Redis restarted empty,
 //! the primary SIGKILLed, the primary SIGKILLed and its synchronous replica promoted, a worker
-//! stopped past its leases then continued, updates that panic in the handler), each on a fresh
+//! stopped past its leases then continued, updates that panic in the handler, a Redis Cluster's
+//! master SIGKILLed and its replica promoted), each on a fresh
 //! cluster under 30 s of replayed load with SSE subscribers, each followed by the exactly-once
 //! audit (lost, duplicated, out of order) and the SSE gap check (`loadtest/chaos --short`;
 //! `loadtest/chaos` runs all fourteen and records them).
@@ -10,7 +11,7 @@ use std::path::Path;
 use crate::helpers::unique;
 
 #[tokio::test]
-async fn seven_faults_under_load_lose_duplicate_reorder_and_miss_nothing() {
+async fn eight_faults_under_load_lose_duplicate_reorder_and_miss_nothing() {
     let dir = std::env::temp_dir().join(unique("chaos"));
     let output = tokio::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/chaos"))
         .arg("--short")
@@ -23,7 +24,16 @@ async fn seven_faults_under_load_lose_duplicate_reorder_and_miss_nothing() {
     std::fs::remove_dir_all(&dir).ok();
     let report = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "loadtest/chaos --short failed:\n{report}");
-    let faults = ["kill-worker", "kill-redis", "wipe-redis", "kill-primary", "stall-worker", "panic-update"];
+    let faults = [
+        "kill-worker",
+        "kill-redis",
+        "wipe-redis",
+        "kill-primary",
+        "failover",
+        "stall-worker",
+        "panic-update",
+        "kill-redis-master",
+    ];
     for fault in faults {
         let row = report
             .lines()

@@ -18,13 +18,18 @@ impl Cluster {
         Self { dir: std::env::temp_dir().join(unique("cluster")) }
     }
 
-    /// `bin/cluster ARGS`; `up` with `--tls` in bin/test's TLS mode.
+    /// `bin/cluster ARGS`; `up` with `--tls` in bin/test's TLS mode, with `--redis-cluster 3`
+    /// in its cluster mode.
     pub async fn run(&self, args: &[&str]) -> std::process::Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bin/cluster");
-        let tls = args.first() == Some(&"up") && std::env::var("BOTFLEET_TEST_MODE").as_deref() == Ok("tls");
+        let mode = match (args.first(), std::env::var("BOTFLEET_TEST_MODE").as_deref()) {
+            (Some(&"up"), Ok("tls")) => &["--tls"][..],
+            (Some(&"up"), Ok("cluster")) => &["--redis-cluster", "3"],
+            _ => &[],
+        };
         let output = tokio::process::Command::new(script)
             .args(args)
-            .args(tls.then_some("--tls"))
+            .args(mode)
             .env("BOTFLEET_BIN", env!("CARGO_BIN_EXE_botfleet"))
             .env("BOTFLEET_CLUSTER_DIR", &self.dir)
             .output()

@@ -315,14 +315,14 @@ struct PhotoPost {
     file_id: String,
 }
 
-/// The test Redis's database 1, as a separate cache Redis: what goes where shows.
+/// A separate cache Redis (bin/test: database 1 of the test Redis, or a Redis of its own beside
+/// a Redis Cluster), as the API node's user: what goes where shows.
 fn cache_redis_url() -> String {
-    crate::helpers::with(&crate::helpers::redis_url(crate::helpers::API_ROLE), None, Some("1"))
+    crate::helpers::env("BOTFLEET_TEST_CACHE_REDIS_URL")
 }
 
-async fn cache_redis() -> redis::aio::MultiplexedConnection {
-    let client = crate::helpers::redis_client(&cache_redis_url());
-    client.get_multiplexed_async_connection().await.unwrap()
+async fn cache_redis() -> botfleet::kv::Conn {
+    crate::helpers::redis_at(&cache_redis_url()).await
 }
 
 async fn photo_post(bytes: &[u8]) -> PhotoPost {

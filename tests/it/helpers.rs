@@ -90,14 +90,21 @@ pub fn redis_url(role: &str) -> String {
     env(&format!("BOTFLEET_TEST_REDIS_{user}_URL"))
 }
 
-/// A Redis client for a URL of the test Redis (TLS in bin/test's TLS mode).
-pub fn redis_client(url: &str) -> redis::Client {
-    botfleet::tls::redis(url).unwrap_or_else(|e| panic!("a redis client for {url}: {e:#}"))
+/// A Redis client for a URL of the test Redis (TLS in bin/test's TLS mode, a Redis Cluster in
+/// its cluster mode).
+pub fn redis_client(url: &str) -> botfleet::kv::Client {
+    let url = botfleet::settings::Secret::new(url);
+    botfleet::kv::Client::open(&url).unwrap_or_else(|e| panic!("a redis client for {url:?}: {e:#}"))
+}
+
+/// A connection to a Redis URL of the tests.
+pub async fn redis_at(url: &str) -> botfleet::kv::Conn {
+    redis_client(url).connect(std::time::Duration::from_secs(10)).await.unwrap()
 }
 
 /// A connection to the test Redis, as its default user (allowed everything).
-pub async fn redis() -> redis::aio::MultiplexedConnection {
-    redis_client(&env("BOTFLEET_TEST_REDIS_URL")).get_multiplexed_async_connection().await.unwrap()
+pub async fn redis() -> botfleet::kv::Conn {
+    redis_at(&env("BOTFLEET_TEST_REDIS_URL")).await
 }
 
 /// A URL with another user, password or database (the TLS parameters kept).

@@ -2,10 +2,10 @@
 
 use botfleet::feed::{self, Author, PostView};
 use botfleet::intake::fingerprint;
+use botfleet::kv::Conn;
 use botfleet::kv::{BotKeys, FeedKeys, scripts, turns_channel};
 use botfleet::types::{BotId, ChatId, PostId, UpdateId, UserId};
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
 
 use crate::helpers::redis;
 use crate::helpers::{env, unique};
@@ -19,14 +19,14 @@ fn same(update: i64) -> u16 {
 /// `read_ahead` keys with a turn; waiters count for 500 ms. Returns the answer and the values
 /// read.
 async fn begin_as(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &BotKeys,
     (update, fingerprint): (i64, u16),
     token: &str,
     read_ahead: &[&str],
 ) -> Vec<Option<String>> {
     let [lease, queue, waiters, hold] = keys.chat_turn("7");
-    let (handled, bit) = keys.handled(UpdateId(update));
+    let (handled, bit) = keys.handled("7", UpdateId(update));
     let mut script = scripts::INTAKE_BEGIN.key(handled);
     script.key(lease).key(queue).key(waiters).key(hold);
     for key in read_ahead {
@@ -46,7 +46,7 @@ async fn begin_as(
 }
 
 async fn begin_reading(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &BotKeys,
     update: i64,
     token: &str,
@@ -55,33 +55,27 @@ async fn begin_reading(
     begin_as(conn, keys, (update, same(update)), token, read_ahead).await
 }
 
-async fn begin(conn: &mut MultiplexedConnection, keys: &BotKeys, update: i64, token: &str) -> String {
+async fn begin(conn: &mut Conn, keys: &BotKeys, update: i64, token: &str) -> String {
     let answer = begin_reading(conn, keys, update, token, &[]).await;
     let expected = if answer[0].as_deref() == Some("held") { 2 } else { 1 };
     assert_eq!(answer.len(), expected, "no values without read-ahead keys: {answer:?}");
     answer[0].clone().unwrap()
 }
 
-async fn end(
-    conn: &mut MultiplexedConnection,
-    keys: &BotKeys,
-    update: i64,
-    token: &str,
-    outcome: &str,
-) -> i64 {
+async fn end(conn: &mut Conn, keys: &BotKeys, update: i64, token: &str, outcome: &str) -> i64 {
     end_as(conn, keys, (update, same(update)), token, outcome).await
 }
 
 /// Runs intake_end for `update` (with `fingerprint`); a failure holds the chat for 60 s.
 async fn end_as(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &BotKeys,
     (update, fingerprint): (i64, u16),
     token: &str,
     outcome: &str,
 ) -> i64 {
     let [lease, queue, _, hold] = keys.chat_turn("7");
-    let (handled, bit) = keys.handled(UpdateId(update));
+    let (handled, bit) = keys.handled("7", UpdateId(update));
     scripts::INTAKE_END
         .key(handled)
         .key(&lease)
@@ -211,8 +205,7 @@ async fn intake_end_wakes_the_chat_only_when_someone_waits() {
     let keys = BotKeys::new(&unique("lua"), BotId(1));
     let [lease, ..] = keys.chat_turn("7");
     let channel = turns_channel(&lease);
-    let mut wakes =
-        crate::helpers::redis_client(&env("BOTFLEET_TEST_REDIS_URL")).get_async_pubsub().await.unwrap();
+    let mut wakes = crate::helpers::redis_client(&env("BOTFLEET_TEST_REDIS_URL")).pubsub().await.unwrap();
     wakes.subscribe(&channel).await.unwrap();
     let mut wakes = wakes.into_on_message();
     // Nobody waits for update 1's turn: ending it publishes nothing, so the marker published
@@ -229,19 +222,20 @@ async fn intake_end_wakes_the_chat_only_when_someone_waits() {
 }
 
 #[tokio::test]
-async fn intake_remembers_handled_updates_sixteen_bits_each_for_a_day() {
+async fn intake_remembers_handled_updates_by_fingerprint_for_a_day() {
     let mut conn = redis().await;
     let keys = BotKeys::new(&unique("lua"), BotId(1));
     let (high, low) = ((5 << 16) + 10, 10);
-    assert_eq!(keys.handled(UpdateId(high)).1, keys.handled(UpdateId(low)).1, "the same bit in two bitmaps");
+    let field = |id| keys.handled("7", UpdateId(id)).1;
+    assert_eq!(field(high), field(low), "the same field in two hashes");
     assert_eq!(begin(&mut conn, &keys, high, "a").await, "go");
     end(&mut conn, &keys, high, "a", "done").await;
     assert_eq!(begin(&mut conn, &keys, high, "b").await, "done");
     assert_eq!(begin(&mut conn, &keys, high + 1, "c").await, "go", "its neighbour is not handled");
     end(&mut conn, &keys, high + 1, "c", "done").await;
-    assert_eq!(begin(&mut conn, &keys, low, "d").await, "go", "nor is the same bit of another bitmap");
+    assert_eq!(begin(&mut conn, &keys, low, "d").await, "go", "nor is the same field of another hash");
     let ttl: i64 =
-        redis::cmd("PTTL").arg(keys.handled(UpdateId(high)).0).query_async(&mut conn).await.unwrap();
+        redis::cmd("PTTL").arg(keys.handled("7", UpdateId(high)).0).query_async(&mut conn).await.unwrap();
     assert!((59_000..=60_000).contains(&ttl), "remembered as long as asked (60 s here), PTTL {ttl}");
 }
 
@@ -267,7 +261,7 @@ async fn lease_renewal_only_for_the_holder() {
     let keys = BotKeys::new(&unique("lua"), BotId(1));
     assert_eq!(begin(&mut conn, &keys, 1, "a").await, "go");
     let [lease, ..] = keys.chat_turn("7");
-    let renew = async |conn: &mut MultiplexedConnection, token: &str| -> i64 {
+    let renew = async |conn: &mut Conn, token: &str| -> i64 {
         scripts::LEASE_RENEW.key(&lease).arg(token).arg(99_000).invoke_async(conn).await.unwrap()
     };
     let renewed = renew(&mut conn, "a").await;
@@ -285,7 +279,7 @@ async fn dialogue_save_is_compare_and_set_fenced_by_the_lease() {
     assert_eq!(begin(&mut conn, &keys, 1, "holder").await, "go");
     let [lease, ..] = keys.chat_turn("7");
     let key = keys.dialogue(ChatId(7));
-    let save = async |conn: &mut MultiplexedConnection, version: i64, state: &str, token: &str| -> i64 {
+    let save = async |conn: &mut Conn, version: i64, state: &str, token: &str| -> i64 {
         let script = &scripts::DIALOGUE_SAVE;
         script
             .key(&key)
@@ -324,7 +318,7 @@ async fn publish_post_sends_each_post_once_and_moves_the_generation_once_per_cal
     let deployment = unique("lua");
     let keys = FeedKeys::new(&deployment);
     let client = crate::helpers::redis_client(&env("BOTFLEET_TEST_REDIS_URL"));
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    let mut pubsub = client.pubsub().await.unwrap();
     pubsub.subscribe(&keys.channel).await.unwrap();
     let post = |id: i64| PostView {
         id: PostId(id),
@@ -334,7 +328,7 @@ async fn publish_post_sends_each_post_once_and_moves_the_generation_once_per_cal
         published_at: chrono::DateTime::UNIX_EPOCH,
         author: Author { first_name: "Ada".into(), username: None },
     };
-    let read = async |conn: &mut MultiplexedConnection, key: &str| -> Option<i64> {
+    let read = async |conn: &mut Conn, key: &str| -> Option<i64> {
         redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
     };
     let first = feed::publish::publish(&mut conn, &keys, &[post(1)], 100, 1000).await.unwrap();
@@ -373,7 +367,7 @@ async fn publish_post_sends_each_post_once_and_moves_the_generation_once_per_cal
 async fn feed_removed_bumps_both_versions_and_only_moves_the_wal_position_forward() {
     let mut conn = redis().await;
     let keys = FeedKeys::new(&unique("lua"));
-    let removed = async |conn: &mut MultiplexedConnection, position: i64| -> i64 {
+    let removed = async |conn: &mut Conn, position: i64| -> i64 {
         let script = &scripts::FEED_REMOVED;
         script
             .key(&keys.generation)
@@ -398,7 +392,7 @@ async fn feed_removed_bumps_both_versions_and_only_moves_the_wal_position_forwar
 async fn feed_versions_never_go_back_even_when_redis_does() {
     let mut conn = redis().await;
     let keys = FeedKeys::new(&unique("lua"));
-    let state = async |conn: &mut MultiplexedConnection, seen: (i64, i64)| -> (i64, i64, Option<i64>) {
+    let state = async |conn: &mut Conn, seen: (i64, i64)| -> (i64, i64, Option<i64>) {
         let script = &scripts::FEED_STATE;
         let mut call = script.key(&keys.generation);
         call.key(&keys.removals).key(&keys.wal_position).arg(seen.0).arg(seen.1);
@@ -424,7 +418,7 @@ async fn flood_take_reserves_spaced_moments_and_waits_out_a_pause() {
     let mut conn = redis().await;
     let keys = BotKeys::new(&unique("r"), BotId(1));
     // The bot: one message a second; each chat: one in ten seconds.
-    let take = async |conn: &mut MultiplexedConnection, chat: i64, max_ms: u64| -> i64 {
+    let take = async |conn: &mut Conn, chat: i64, max_ms: u64| -> i64 {
         let [bot, chat, pause] = keys.flood(ChatId(chat));
         let mut script = scripts::FLOOD_TAKE.key(bot);
         script.key(chat).key(pause).arg(1_000_000).arg(10_000_000).arg(max_ms);

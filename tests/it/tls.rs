@@ -59,7 +59,7 @@ async fn postgres_takes_tls_clients_with_a_certificate_only() {
 
 async fn redis_error(url: &str) -> String {
     let result = async {
-        let mut conn = redis_client(url).get_multiplexed_async_connection().await?;
+        let mut conn = redis_client(url).connect(std::time::Duration::from_secs(5)).await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await
     };
     match result.await {
@@ -75,7 +75,7 @@ async fn redis_takes_tls_clients_with_a_certificate_only() {
     }
     use redis::AsyncCommands;
     let url = env("BOTFLEET_TEST_REDIS_URL");
-    let mut conn = redis_client(&url).get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_client(&url).connect(std::time::Duration::from_secs(5)).await.unwrap();
     let () = conn.set("tls:probe", "over tls").await.unwrap();
 
     let plain = url::Url::parse(&url).unwrap();

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
-use redis::AsyncConnectionConfig;
 use redis::streams::{StreamId, StreamReadReply};
 use teloxide_core::RequestError;
 use teloxide_core::payloads::SendMessageSetters;
@@ -13,7 +12,7 @@ use teloxide_core::prelude::Requester;
 use teloxide_core::types::InlineKeyboardMarkup;
 
 use super::queue::{GROUP, OutboxConfig};
-use crate::kv::Conn;
+use crate::kv::{self, Conn};
 use crate::metrics::Metrics;
 use crate::random::rand_u64;
 use crate::shutdown::CancellationToken;
@@ -43,13 +42,11 @@ pub struct Sender {
 impl Sender {
     /// Delivers the bot's outbox until `shutdown`, starting afresh after any Redis error. The
     /// sender has a connection of its own: its blocking reads would hold up a shared one.
-    pub async fn run(self, client: redis::Client, shutdown: CancellationToken) {
+    pub async fn run(self, client: kv::Client, shutdown: CancellationToken) {
         let me = format!("{:016x}", rand_u64());
-        let config =
-            AsyncConnectionConfig::new().set_response_timeout(Some(self.block() + Duration::from_secs(5)));
         loop {
             let sending = async {
-                let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+                let mut conn = client.connect(self.block() + Duration::from_secs(5)).await?;
                 self.send_all(&mut conn, &me).await
             };
             tokio::select! {
