@@ -277,15 +277,46 @@ pub fn pool(url: &Secret, size: usize) -> anyhow::Result<Pool> {
     client(url)?.pool(size)
 }
 
-/// Refuses to go on with credentials Redis refuses, with an error naming the setting `key`; a
-/// Redis not reachable yet is no error here (pools connect when they can).
+/// Refuses to go on with a URL that makes no client, or credentials Redis refuses, with an
+/// error naming the setting `key`; a Redis not reachable yet is no error here (pools connect
+/// when they can).
 pub async fn check_credentials(url: &Secret, key: &str) -> anyhow::Result<()> {
-    let client = client(url)?;
+    let client = client(url).with_context(|| format!("setting {key}"))?;
     let seed = client.seed().get_multiplexed_async_connection();
     match tokio::time::timeout(POOL_TIMEOUT, seed).await {
         Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
             anyhow::bail!("setting {key}: Redis refused its user or password ({e})")
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(url: &str) -> anyhow::Result<Client> {
+        Client::open(&Secret::new(url))
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seeds_and_bad_ones_are_refused() {
+        assert!(matches!(open("redis://127.0.0.1:6379/0"), Ok(Client::Single(_))));
+        assert!(matches!(open("redis://127.0.0.1:6379/?cluster=false"), Ok(Client::Single(_))));
+        let Ok(Client::Cluster(cluster)) = open("redis://u:p@10.0.0.1:7000/?cluster=true&addr=10.0.0.2:7001")
+        else {
+            panic!("a cluster URL makes a cluster client");
+        };
+        let seeds: Vec<String> =
+            cluster.nodes.iter().map(|node| node.get_connection_info().addr().to_string()).collect();
+        assert_eq!(seeds, ["10.0.0.1:7000", "10.0.0.2:7001"]);
+        for (url, error) in [
+            ("redis://h:1/?cluster=yes", "cluster=yes: true or false"),
+            ("redis://h:1/?cluster=true&addr=h2", "addr=h2: host:port"),
+            ("redis://h:1/?cluster=true&addr=h2:port", "addr=h2:port: not a port"),
+        ] {
+            let refused = open(url).map(drop).unwrap_err().to_string();
+            assert_eq!(refused, error, "{url}");
+        }
     }
 }
