@@ -9,9 +9,12 @@ say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 # Installs the Debian packages whose commands are missing; `ensure_packages test` also
-# installs Chromium for the browser tests and Prometheus for promtool and the dashboard tests.
+# installs Chromium for the browser tests and Prometheus for promtool and the dashboard tests,
+# `ensure_packages nchan` Nginx's Nchan module (bench-w3's baseline).
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 ensure_packages() {
     local missing=()
+    if [ "${1:-}" = nchan ] && [ ! -f "$NCHAN_MODULE" ]; then missing+=(libnginx-mod-nchan); fi
     if [ "${1:-}" = test ]; then
         [ -x /usr/bin/chromium ] || missing+=(chromium)
         command -v promtool >/dev/null || missing+=(prometheus)

@@ -108,9 +108,13 @@ pub struct W3 {
     pub rate: f64,
     #[arg(long, alias = "seconds", value_parser = duration, default_value = "20s")]
     pub duration: Duration,
-    /// The API node's pid, to report its CPU.
+    /// The serving process's pid (the API node's), to report its CPU and memory.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// POST each post as `{"text": …}` to this URL (a baseline's publisher, such as Nchan's)
+    /// instead of through the webhook.
+    #[arg(long)]
+    pub publish: Option<String>,
 }
 
 #[derive(Args)]

@@ -394,6 +394,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 seconds: args.duration.as_secs(),
                 first_update_id: args.common.first_update_id.unwrap_or(1),
                 pid: args.pid,
+                publish: args.publish,
             })
             .await?;
             println!("{summary}");
