@@ -149,7 +149,7 @@ impl Client {
     }
 
     /// Every node of the deployment, with this client's credentials and TLS: one server, or
-    /// each primary and replica of a cluster (from `CLUSTER NODES`), for what must be done on
+    /// each primary and replica of a cluster that can be reached (from `CLUSTER NODES`), for what
     /// each of them (ACL users are not shared between a cluster's nodes).
     pub async fn nodes(&self) -> anyhow::Result<Vec<redis::Client>> {
         if let Self::Single(client) = self {
@@ -168,14 +168,8 @@ impl Client {
             },
             _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
         };
-        // Each line: `<id> <host>:<port>@<bus port>[,<hostname>] <flags> …`.
-        let addresses = listing.lines().filter_map(|line| line.split_whitespace().nth(1)?.split('@').next());
-        addresses
-            .map(|address| {
-                let (host, port) =
-                    address.rsplit_once(':').context("CLUSTER NODES: an address without port")?;
-                Ok(redis::Client::open(seed.clone().set_addr(at(host, port.parse()?)))?)
-            })
+        reachable_nodes(&listing)
+            .map(|(host, port)| Ok(redis::Client::open(seed.clone().set_addr(at(host, port)))?))
             .collect()
     }
 
@@ -197,6 +191,21 @@ impl Client {
             Self::Cluster(cluster) => Pool::Cluster(Arc::new((cluster.client.clone(), Default::default()))),
         })
     }
+}
+
+/// The address of each node `CLUSTER NODES` lists, but those without one and those the cluster
+/// agrees have failed (nothing can reach them). Each line: `<id> <host>:<port>@<bus
+/// port>[,<hostname>] <flags> …`.
+fn reachable_nodes(listing: &str) -> impl Iterator<Item = (&str, u16)> {
+    listing.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let (address, flags) = (fields.next()?, fields.next()?);
+        if flags.split(',').any(|flag| flag == "noaddr" || flag == "fail") {
+            return None;
+        }
+        let (host, port) = address.split('@').next()?.rsplit_once(':')?;
+        Some((host, port.parse().ok().filter(|&port| port != 0)?))
+    })
 }
 
 /// Where a process's connections to one Redis come from. It connects lazily: building it never
@@ -297,6 +306,18 @@ mod tests {
 
     fn open(url: &str) -> anyhow::Result<Client> {
         Client::open(&Secret::new(url))
+    }
+
+    #[test]
+    fn acl_users_go_to_every_node_that_can_be_reached() {
+        let listing = "\
+a1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:30002@40002,redis-b slave a1 0 1 1 connected
+c3 127.0.0.1:30003@40003 master,fail - 1 1 2 disconnected 5461-10922
+d4 :0@0 master,noaddr - 1 1 3 disconnected
+";
+        let nodes: Vec<_> = reachable_nodes(listing).collect();
+        assert_eq!(nodes, [("127.0.0.1", 30001), ("127.0.0.1", 30002)]);
     }
 
     #[test]
