@@ -150,7 +150,7 @@ impl Client {
 
     /// Every node of the deployment, with this client's credentials and TLS: one server, or
     /// each primary and replica of a cluster that can be reached (from `CLUSTER NODES`), for what
-    /// each of them (ACL users are not shared between a cluster's nodes).
+    /// must be done on each of them (ACL users are not shared between a cluster's nodes).
     pub async fn nodes(&self) -> anyhow::Result<Vec<redis::Client>> {
         if let Self::Single(client) = self {
             return Ok(vec![(**client).clone()]);
