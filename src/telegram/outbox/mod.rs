@@ -23,4 +23,4 @@ mod upkeep;
 pub use broadcast::{cancel_broadcast, message_id, progress_text, queued_through, report_progress_to};
 pub use queue::{Message, NotifyError, OutboxConfig, add, notify};
 pub use rebuild::{Rebuilt, rebuild};
-pub use sender::Sender;
+pub use sender::{IN_FLIGHT, Sender};

@@ -25,8 +25,9 @@ use crate::types::{ChatId, UserId};
 
 /// Entries a sender takes at a time.
 pub(super) const BATCH: usize = 16;
-/// Entries a sender delivers at once.
-const IN_FLIGHT: usize = 4;
+/// Entries a sender delivers at once: as many may be sent again if it dies before acknowledging
+/// them.
+pub const IN_FLIGHT: usize = 4;
 
 pub struct Sender {
     pub bot: Arc<Client>,
