@@ -143,6 +143,13 @@ make_certs() {
     if [ "$(id -u)" = 0 ]; then chown root:postgres "$dir"/*.key; else chmod 600 "$dir"/*.key; fi
 }
 
+# no_tls: what use_tls set, undone (bin/test's modes after a TLS one).
+no_tls() {
+    TLS_DIR=""
+    REDIS_CLI_TLS=()
+    unset PGSSLMODE PGSSLROOTCERT PGSSLCERT PGSSLKEY
+}
+
 use_tls() {
     TLS_DIR=$1
     [ -f "$TLS_DIR/client.key" ] || die "no certificates in $TLS_DIR"

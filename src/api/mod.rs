@@ -100,7 +100,7 @@ pub async fn build(settings: ApiSettings, metrics: Arc<Metrics>) -> anyhow::Resu
             vec![("postgres", db), ("redis", Health::of(redis_ok))]
         }
     });
-    let client = kv::client(&settings.redis_url)?;
+    let client = kv::Client::open(&settings.redis_url)?;
     // Taken before the node serves: every post published once it serves reaches its clients,
     // whether or not the subscription is up yet.
     let start = hub.start().await;

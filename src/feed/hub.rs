@@ -203,7 +203,7 @@ impl Hub {
 
     /// The stream's newest `count` entries, newest first.
     async fn newest_entries(&self, count: usize) -> anyhow::Result<Vec<(String, HashMap<String, String>)>> {
-        let mut conn = kv::conn(&self.redis).await?;
+        let mut conn = self.redis.get().await?;
         let mut command = redis::cmd("XREVRANGE");
         command.arg(&self.keys.stream).arg("+").arg("-").arg("COUNT").arg(count);
         Ok(command.query_async(&mut conn).await?)
@@ -239,7 +239,7 @@ impl Hub {
         after: Option<Offset>,
         most: usize,
     ) -> anyhow::Result<Option<Vec<Event>>> {
-        let mut conn = kv::conn(&self.redis).await?;
+        let mut conn = self.redis.get().await?;
         let mut events = Vec::new();
         let mut from = after.map_or_else(|| "-".to_owned(), |o| format!("({o}"));
         loop {
@@ -270,7 +270,7 @@ impl Hub {
     /// may have missed entries that were trimmed. (Redis keeps no record of trimmed ids, so a
     /// reader whose very next entry survived is told to resync too: harmless, it reloads page 1.)
     pub async fn gap_after(&self, after: Offset) -> anyhow::Result<bool> {
-        let mut conn = kv::conn(&self.redis).await?;
+        let mut conn = self.redis.get().await?;
         let first: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
             .arg(&self.keys.stream)
             .arg("-")

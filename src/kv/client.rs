@@ -66,6 +66,8 @@ pub enum Client {
 
 pub struct Cluster {
     client: ClusterClient,
+    /// The URL: every node is reached with its credentials and TLS parameters.
+    url: url::Url,
     /// The seed nodes: subscriptions go to one of them (a `PUBLISH` reaches every node).
     nodes: Vec<redis::Client>,
     /// The seed a subscription tries first: the next one after each failure.
@@ -88,10 +90,7 @@ impl Client {
         for addr in param("addr") {
             let (host, port) = addr.rsplit_once(':').with_context(|| format!("addr={addr}: host:port"))?;
             let port = port.parse().with_context(|| format!("addr={addr}: not a port"))?;
-            let mut node = parsed.clone();
-            node.set_host(Some(host)).with_context(|| format!("addr={addr}: not a host"))?;
-            node.set_port(Some(port)).map_err(|()| anyhow::anyhow!("addr={addr}: no port here"))?;
-            nodes.push(crate::tls::redis(node.as_str())?);
+            nodes.push(node(&parsed, host, port).with_context(|| format!("addr={addr}"))?);
         }
         let mut builder =
             ClusterClientBuilder::new(nodes.iter().map(|node| node.get_connection_info().clone()))
@@ -100,7 +99,8 @@ impl Client {
         if let Some(certificates) = crate::tls::redis_certificates(url)? {
             builder = builder.certs(certificates);
         }
-        Ok(Self::Cluster(Arc::new(Cluster { client: builder.build()?, nodes, next: AtomicUsize::new(0) })))
+        let client = builder.build()?;
+        Ok(Self::Cluster(Arc::new(Cluster { client, url: parsed, nodes, next: AtomicUsize::new(0) })))
     }
 
     /// A connection of its own, for blocking reads that would hold up a shared one: they may
@@ -152,25 +152,14 @@ impl Client {
     /// each primary and replica of a cluster that can be reached (from `CLUSTER NODES`), for what
     /// must be done on each of them (ACL users are not shared between a cluster's nodes).
     pub async fn nodes(&self) -> anyhow::Result<Vec<redis::Client>> {
-        if let Self::Single(client) = self {
-            return Ok(vec![(**client).clone()]);
-        }
+        let cluster = match self {
+            Self::Single(client) => return Ok(vec![(**client).clone()]),
+            Self::Cluster(cluster) => cluster,
+        };
         let mut conn =
             self.seed().get_multiplexed_async_connection().await.context("connecting to a seed node")?;
         let listing: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await?;
-        let seed = self.seed().get_connection_info();
-        let at = |host: &str, port: u16| match seed.addr() {
-            redis::ConnectionAddr::TcpTls { insecure, tls_params, .. } => redis::ConnectionAddr::TcpTls {
-                host: host.to_owned(),
-                port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
-        };
-        reachable_nodes(&listing)
-            .map(|(host, port)| Ok(redis::Client::open(seed.clone().set_addr(at(host, port)))?))
-            .collect()
+        reachable_nodes(&listing).map(|(host, port)| node(&cluster.url, host, port)).collect()
     }
 
     /// A pool of connections; a cluster's is its one multiplexed connection, made on first use.
@@ -191,6 +180,14 @@ impl Client {
             Self::Cluster(cluster) => Pool::Cluster(Arc::new((cluster.client.clone(), Default::default()))),
         })
     }
+}
+
+/// The client of a cluster's node at `host:port`, reached as `url` says (credentials, TLS).
+fn node(url: &url::Url, host: &str, port: u16) -> anyhow::Result<redis::Client> {
+    let mut node = url.clone();
+    node.set_host(Some(host)).with_context(|| format!("{host}: not a host"))?;
+    node.set_port(Some(port)).map_err(|()| anyhow::anyhow!("{host}:{port}: no port in this URL"))?;
+    crate::tls::redis(node.as_str())
 }
 
 /// The address of each node `CLUSTER NODES` lists, but those without one and those the cluster
@@ -217,7 +214,8 @@ pub enum Pool {
 }
 
 impl Pool {
-    /// A live connection, detached from the pool (the pool keeps its own handle).
+    /// A live connection, detached from the pool (the pool keeps its own handle), to clone
+    /// freely; a single server's pool checks it with a PING on the way out.
     pub async fn get(&self) -> Result<Conn, PoolError> {
         match self {
             Self::Single(pool) => Ok(Conn::Single((*pool.get().await?).clone())),
@@ -240,12 +238,6 @@ impl Pool {
             }
         }
     }
-}
-
-/// A connection taken from the pool once per update (a single server's pool checks it with a
-/// PING on the way out), then cloned freely.
-pub async fn conn(pool: &Pool) -> Result<Conn, PoolError> {
-    pool.get().await
 }
 
 /// One multiplexed connection shared by every request of a process, taken from the pool once
@@ -276,21 +268,16 @@ impl Shared {
     }
 }
 
-/// A client for a Redis URL (see [`Client::open`]).
-pub fn client(url: &Secret) -> anyhow::Result<Client> {
-    Client::open(url)
-}
-
 /// A pool for a Redis URL that connects lazily.
 pub fn pool(url: &Secret, size: usize) -> anyhow::Result<Pool> {
-    client(url)?.pool(size)
+    Client::open(url)?.pool(size)
 }
 
 /// Refuses to go on with a URL that makes no client, or credentials Redis refuses, with an
 /// error naming the setting `key`; a Redis not reachable yet is no error here (pools connect
 /// when they can).
 pub async fn check_credentials(url: &Secret, key: &str) -> anyhow::Result<()> {
-    let client = client(url).with_context(|| format!("setting {key}"))?;
+    let client = Client::open(url).with_context(|| format!("setting {key}"))?;
     let seed = client.seed().get_multiplexed_async_connection();
     match tokio::time::timeout(POOL_TIMEOUT, seed).await {
         Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {

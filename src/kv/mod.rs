@@ -8,7 +8,7 @@ mod keys;
 
 use std::time::Duration;
 
-pub use client::{Client, Cluster, Conn, Pool, PoolError, Shared, check_credentials, client, conn, pool};
+pub use client::{Client, Cluster, Conn, Pool, PoolError, Shared, check_credentials, pool};
 pub use keys::{BotKeys, FeedKeys, turns_channel};
 
 /// Whether Redis answers PING.

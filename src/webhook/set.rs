@@ -33,7 +33,7 @@ pub async fn set(
     let key = BotKeys::new(&settings.redis_prefix, bot.id).webhook_secret();
     let mut redis = match &settings.redis_url {
         Some(redis_url) => {
-            Some(crate::kv::client(redis_url)?.connect(std::time::Duration::from_secs(5)).await?)
+            Some(crate::kv::Client::open(redis_url)?.connect(std::time::Duration::from_secs(5)).await?)
         }
         None => None,
     };

@@ -38,7 +38,7 @@ impl Leader {
                 () = shutdown.cancelled() => return None,
                 _ = self.tick.tick() => {}
             }
-            let Ok(mut conn) = kv::conn(redis).await else { continue };
+            let Ok(mut conn) = redis.get().await else { continue };
             let mut led = Vec::new();
             for bot in bots {
                 match kv::hold_lease(&mut conn, &(self.role)(&bot.keys), &self.me, self.every * 3).await {

@@ -136,7 +136,7 @@ fn start_loops(
     waker: Arc<Waker>,
 ) -> anyhow::Result<CancellationToken> {
     let background = CancellationToken::new();
-    let client = kv::client(&settings.redis_url)?;
+    let client = kv::Client::open(&settings.redis_url)?;
     tokio::spawn(waker.run(client.clone(), settings.redis_prefix.clone(), background.clone()));
     let memory = kv::watch_memory("state", redis.clone(), services.metrics.clone(), background.clone());
     tokio::spawn(memory);

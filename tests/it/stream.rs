@@ -146,6 +146,39 @@ async fn a_resumed_stream_does_not_replay_posts_deleted_or_banned_since() {
 }
 
 #[tokio::test]
+async fn a_post_left_out_of_a_resume_is_not_sent_when_its_publish_reaches_the_node_late() {
+    let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
+    let seen = saw_one_and_left(worker, api).await;
+    post(worker, 2, "missed and still there").await;
+    // A post in the stream whose publish has not reached this node yet (a Redis Cluster relays
+    // it from node to node), and which left the feed since (no such post in Postgres).
+    let keys = FeedKeys::new(prefix);
+    let late = r#"{"id":987654321,"text":"published, then gone"}"#;
+    let mut conn = redis().await;
+    let offset: String = redis::cmd("XADD")
+        .arg(&keys.stream)
+        .arg("*")
+        .arg("post")
+        .arg(late)
+        .arg("id")
+        .arg("987654321")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut resumed = SseClient::open(api, seen.as_deref()).await;
+    assert_eq!(resumed.next().await.text(), "missed and still there");
+    // Its publish arrives now, after the resume read the stream without it.
+    let () = redis::cmd("PUBLISH")
+        .arg(&keys.channel)
+        .arg(format!("{offset} {late}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    post(worker, 3, "live after the late publish").await;
+    assert_eq!(resumed.next().await.text(), "live after the late publish", "the post left out stays out");
+}
+
+#[tokio::test]
 async fn a_resume_further_back_than_its_bound_gets_one_resync_not_the_backlog() {
     let Stack { prefix, worker, api, .. } = &Stack::start(false).await;
     let seen = saw_one_and_left(worker, api).await;
