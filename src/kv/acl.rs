@@ -62,7 +62,7 @@ pub async fn apply(settings: &RedisAclSettings) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     let mut nodes = Vec::new();
     for url in settings.redis_urls() {
-        nodes.extend(super::Client::open(url)?.nodes().await?);
+        nodes.extend(super::client::Client::open(url)?.nodes().await?);
     }
     for client in nodes {
         let mut conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
