@@ -1,14 +1,16 @@
 //! Requests of concurrent updates in one process, handled together: the posts they insert
 //! (`store::group_commit`) and the posts they publish (`feed::publish`). Each costs a round trip and a
 //! fixed price at the other end (a commit, a Lua call), so under load one for many is much less
-//! per update; under light load a batch is one request and waits for nothing.
+//! per update.
 //!
 //! One task takes whatever is queued (up to a maximum) as soon as its previous batch is handled.
 //! Before taking it, the task lets the scheduler run [`YIELDS`] times, so that the updates already
 //! runnable in this process reach their request too; an idle process loses a few microseconds by
-//! it. A batcher may also *linger* while it is busy: after a batch of more than one, wait up to a
-//! bound after the next batch's first request for more, when each batch costs so much that the
-//! wait pays (the group commit: see `store::group_commit`).
+//! it. A batcher may also *linger*, when each batch costs so much that waiting for more pays (the
+//! group commit: see `store::group_commit`): it waits for about [`MORE`] requests more at the
+//! pace of the last batch, up to a bound. Under light load that is the whole bound (a request
+//! alone then shares its batch with the next one); under heavy load, a short wait, since batches
+//! are large anyway and a longer one only adds to every request's latency (`loadtest/README.md`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 /// Turns of the scheduler before a batch is taken. Under W1, 2 made group commits of 6 to 7
 /// posts; 12 and 24 made them larger and the worker cheaper per update (`loadtest/README.md`).
 const YIELDS: usize = 24;
+
+/// How many more requests a lingering batch waits for, at the last batch's pace. Under W1's
+/// closed loop that is about 1 ms: waits of 0, 1, 2 and 4 ms gave 4,465–5,125, 6,035–6,966,
+/// 6,009–6,214 and 5,293–5,682 updates/s (`loadtest/README.md`).
+const MORE: u32 = 3;
 
 pub struct Batches<T, R> {
     queue: mpsc::UnboundedSender<(T, oneshot::Sender<R>)>,
@@ -31,9 +38,9 @@ impl<T, R> Clone for Batches<T, R> {
 
 impl<T: Send + 'static, R: Send + 'static> Batches<T, R> {
     /// Starts the task that hands batches of at most `max` requests to `handle`, which answers
-    /// each, in order. After a batch of more than one, the next waits up to `linger` after its
-    /// first request for more (until it has `max`). The task ends once every clone of the
-    /// returned handle is dropped.
+    /// each, in order. A batch waits for about [`MORE`] requests more at the last batch's pace,
+    /// at most `linger` (until it has `max`). The task ends once every clone of the returned
+    /// handle is dropped.
     pub fn start<F, Fut>(max: usize, linger: Duration, mut handle: F) -> Self
     where
         F: FnMut(Vec<T>) -> Fut + Send + 'static,
@@ -42,31 +49,33 @@ impl<T: Send + 'static, R: Send + 'static> Batches<T, R> {
         let (queue, mut queued) = mpsc::unbounded_channel::<(T, oneshot::Sender<R>)>();
         tokio::spawn(async move {
             let mut batch = Vec::new();
-            // Only after a batch of more than one: under light load, a request waits for nothing.
-            let mut lingering = false;
+            // The time between the last batch's requests (at most `linger`), from the end of the
+            // batch before it.
+            let (mut gap, mut last) = (linger, tokio::time::Instant::now());
             while queued.recv_many(&mut batch, max).await > 0 {
                 for _ in 0..YIELDS {
                     tokio::task::yield_now().await;
                 }
-                if lingering {
-                    let until = tokio::time::Instant::now() + linger;
-                    while batch.len() < max {
+                // About MORE requests more at the last batch's pace, at most `linger`.
+                let wait = linger.min(gap * MORE);
+                let until = tokio::time::Instant::now() + wait;
+                while batch.len() < max {
+                    // No wait, no timer: the timer wheel would round it up to the next millisecond.
+                    let more = if wait.is_zero() {
+                        queued.try_recv().map(|request| batch.push(request)).is_ok()
+                    } else {
                         let room = max - batch.len();
                         let more = queued.recv_many(&mut batch, room);
-                        if !matches!(tokio::time::timeout_at(until, more).await, Ok(1..)) {
-                            break;
-                        }
-                    }
-                } else {
-                    while batch.len() < max {
-                        match queued.try_recv() {
-                            Ok(request) => batch.push(request),
-                            Err(_) => break,
-                        }
+                        matches!(tokio::time::timeout_at(until, more).await, Ok(1..))
+                    };
+                    if !more {
+                        break;
                     }
                 }
+                let now = tokio::time::Instant::now();
+                gap = ((now - last) / batch.len() as u32).min(linger);
+                last = now;
                 let (requests, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
-                lingering = !linger.is_zero() && requests.len() > 1;
                 for (reply, answer) in replies.into_iter().zip(handle(requests).await) {
                     let _ = reply.send(answer);
                 }
@@ -101,38 +110,47 @@ mod tests {
         assert_eq!(*sizes.lock().unwrap(), [4, 4, 2], "at most 4 at a time, no request alone");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_busy_batcher_lingers_for_more_up_to_its_bound_and_an_idle_one_does_not() {
+    /// Requests `n` arriving at `ms` on the test's paused clock, which jumps straight to the
+    /// next timer whenever every task waits: the arrival schedule, exact, not a wait for anything
+    /// to be ready. Returns each batch with the moment it was handled.
+    async fn batches_of(max: usize, linger: Duration, arrivals: Vec<(u64, u32)>) -> Vec<(Vec<u32>, u64)> {
         let start = tokio::time::Instant::now();
         let batches_seen = Arc::new(Mutex::new(Vec::new()));
         let seen = batches_seen.clone();
-        let batches = Batches::start(4, Duration::from_millis(50), move |numbers: Vec<u32>| {
-            seen.lock().unwrap().push((numbers.clone(), start.elapsed().as_millis()));
+        let batches = Batches::start(max, linger, move |numbers: Vec<u32>| {
+            seen.lock().unwrap().push((numbers.clone(), start.elapsed().as_millis() as u64));
             async move { numbers }
         });
-        // Request `n` arrives at `ms` on the test's paused clock, which jumps straight to the
-        // next timer whenever every task waits: the arrival schedule, exact, not a wait for
-        // anything to be ready.
-        let at = |ms, n| {
+        let at = |(ms, n)| {
             let batches = batches.clone();
             async move {
                 tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
                 batches.submit(n).await
             }
         };
-        let arrivals = [(0, 1), (0, 2), (30, 3), (60, 4), (300, 5), (600, 6), (800, 7), (800, 8)];
-        let full = [(900, 9), (901, 10), (902, 11), (903, 12)];
-        let answers =
-            futures_util::future::join_all(arrivals.into_iter().chain(full).map(|(ms, n)| at(ms, n))).await;
-        assert_eq!(answers, (1..=12).map(Some).collect::<Vec<_>>());
+        let expected: Vec<_> = arrivals.iter().map(|&(_, n)| Some(n)).collect();
+        assert_eq!(futures_util::future::join_all(arrivals.into_iter().map(at)).await, expected);
+        batches_seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_light_load_a_batch_waits_its_whole_bound_for_more() {
+        let arrivals = vec![(0, 1), (30, 2), (300, 3), (600, 4), (601, 5), (602, 6), (603, 7)];
         let expected = [
-            (vec![1, 2], 0),            // the first batch waits for nothing
-            (vec![3, 4], 80),           // after a batch of two, 3 waits 50 ms, and 4 joins it
-            (vec![5], 350),             // nobody joins 5 within its 50 ms
-            (vec![6], 600),             // after a batch of one, 6 goes at once
-            (vec![7, 8], 800),          // so do 7 and 8, which came together
-            (vec![9, 10, 11, 12], 903), // a full batch goes without waiting out its 50 ms
+            (vec![1, 2], 50),        // 1 waits the whole 50 ms, and 2 joins it
+            (vec![3], 350),          // nobody joins 3 within its 50 ms
+            (vec![4, 5, 6, 7], 603), // a full batch goes without waiting out its bound
         ];
-        assert_eq!(*batches_seen.lock().unwrap(), expected);
+        assert_eq!(batches_of(4, Duration::from_millis(50), arrivals).await, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_a_steady_stream_a_batch_waits_only_for_a_few_more() {
+        // One request every 2 ms for 400 ms: a batch waits for about MORE more, about 6 ms,
+        // not its whole 50 ms bound (which would make batches of 25).
+        let arrivals = (0..200).map(|n| (2 * u64::from(n), n)).collect();
+        let seen = batches_of(64, Duration::from_millis(50), arrivals).await;
+        let settled: Vec<_> = seen.iter().filter(|(_, ms)| *ms > 200).map(|(b, _)| b.len()).collect();
+        assert!(settled.len() > 20 && settled.iter().all(|&n| n <= 5), "batch sizes: {settled:?}");
     }
 }

@@ -4,14 +4,15 @@
 //!
 //! One writer takes the queued posts in batches (`crate::batch`); under load they grow by
 //! themselves while the previous batch commits (`botfleet_posts_per_commit` shows how large). A
-//! second writer made no batch larger and cost Postgres more per post. While busy (its last
-//! commit had more than one post), the writer also lingers: it waits up to [`LINGER`] after a
-//! batch's first post for more. A commit's price is mostly fixed (the WAL flush, and waking the
-//! walsender and every replica's receiver and startup process), so a few milliseconds buy fewer
-//! commits: at W1's half rate, a third as many, and a fifth to a quarter less CPU per update for
-//! the whole cluster (`loadtest/README.md`). Every caller gets its own post back once it is
-//! committed, and a redelivered update the post its first delivery created. A batch that fails
-//! on a statement error is retried post by post, so that one bad post cannot fail the others.
+//! second writer made no batch larger and cost Postgres more per post. The writer also lingers:
+//! a batch waits for a few posts more at the pace of the batch before it, up to [`LINGER`]. A
+//! commit's price is mostly fixed (the WAL flush, and waking the walsender and every replica's
+//! receiver and startup process), so a few milliseconds buy fewer commits: at 500 updates/s,
+//! half as many, and about a quarter less CPU per update for the whole cluster; under
+//! saturation the wait is about a millisecond (`loadtest/README.md`). Every caller gets its own
+//! post back once it is committed, and a redelivered update the post its first delivery
+//! created. A batch that fails on a statement error is retried post by post, so that one bad
+//! post cannot fail the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use crate::metrics::Metrics;
 
 /// Most posts in one INSERT.
 const MAX_BATCH: usize = 64;
-/// How long a batch waits for more posts after its first.
+/// The longest a batch waits for more posts (under light load, every batch).
 const LINGER: Duration = Duration::from_millis(4);
 
 /// A post as committed, with the primary's WAL position after its commit: a replica that has
