@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 /// posts; 12 and 24 made them larger and the worker cheaper per update (`loadtest/README.md`).
 const YIELDS: usize = 24;
 
-/// How many more requests a lingering batch waits for, at the last batch's pace. Under W1's
-/// closed loop that is about 1 ms: waits of 0, 1, 2 and 4 ms gave 4,465–5,125, 6,035–6,966,
-/// 6,009–6,214 and 5,293–5,682 updates/s (`loadtest/README.md`).
+/// How many more requests a lingering batch waits for, at the last batch's pace: under W1's
+/// closed loop about 1 ms, the fixed wait that let the most updates through of 0, 1, 2 and 4 ms
+/// (`loadtest/README.md`).
 const MORE: u32 = 3;
 
 pub struct Batches<T, R> {
@@ -57,18 +57,21 @@ impl<T: Send + 'static, R: Send + 'static> Batches<T, R> {
                     tokio::task::yield_now().await;
                 }
                 // About MORE requests more at the last batch's pace, at most `linger`.
-                let wait = linger.min(gap * MORE);
-                let until = tokio::time::Instant::now() + wait;
-                while batch.len() < max {
-                    // No wait, no timer: the timer wheel would round it up to the next millisecond.
-                    let more = if wait.is_zero() {
-                        queued.try_recv().map(|request| batch.push(request)).is_ok()
-                    } else {
-                        let room = max - batch.len();
-                        let more = queued.recv_many(&mut batch, room);
-                        matches!(tokio::time::timeout_at(until, more).await, Ok(1..))
-                    };
-                    if !more {
+                let until = tokio::time::Instant::now() + linger.min(gap * MORE);
+                loop {
+                    // What is queued already is taken without a timer: the timer wheel would
+                    // round it up to the next millisecond. A timer only for a wait still to come.
+                    while batch.len() < max
+                        && let Ok(request) = queued.try_recv()
+                    {
+                        batch.push(request);
+                    }
+                    let room = max - batch.len();
+                    if room == 0 || tokio::time::Instant::now() >= until {
+                        break;
+                    }
+                    let more = queued.recv_many(&mut batch, room);
+                    if !matches!(tokio::time::timeout_at(until, more).await, Ok(1..)) {
                         break;
                     }
                 }
@@ -131,6 +134,24 @@ mod tests {
         let expected: Vec<_> = arrivals.iter().map(|&(_, n)| Some(n)).collect();
         assert_eq!(futures_util::future::join_all(arrivals.into_iter().map(at)).await, expected);
         batches_seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_linger_a_batch_waits_for_nothing() {
+        let start = tokio::time::Instant::now();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let batches = Batches::start(4, Duration::ZERO, move |numbers: Vec<u32>| {
+            record.lock().unwrap().push((numbers.clone(), start.elapsed().as_micros()));
+            async move { numbers }
+        });
+        assert_eq!(batches.submit(1).await, Some(1));
+        // Between two of the timer wheel's milliseconds, moved by hand (a sleep would end on
+        // one): a timer set now would only go off at the next, to which the paused clock jumps.
+        tokio::time::advance(Duration::from_micros(5_500)).await;
+        let both = futures_util::future::join(batches.submit(2), batches.submit(3)).await;
+        assert_eq!(both, (Some(2), Some(3)));
+        assert_eq!(*seen.lock().unwrap(), [(vec![1], 0), (vec![2, 3], 5_500)]);
     }
 
     #[tokio::test(start_paused = true)]
