@@ -13,7 +13,7 @@ use teloxide_core::types::User;
 use super::ctx::Ctx;
 use super::error::HandleError;
 use crate::store::broadcasts;
-use crate::telegram::outbox::{self, Message, progress_text};
+use crate::telegram::outbox::{self, progress_text};
 use crate::types::ChatId;
 
 /// Recipients read and queued at a time.
@@ -40,15 +40,10 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
         let page = broadcasts::recipients(db, bot_id, broadcast.next_user_id, PAGE).await?;
         ctx.fenced()?;
         for &user in &page {
-            let id = outbox::message_id(broadcast.id, user);
-            let message = Message {
-                id: &id,
-                chat: user.private_chat(),
-                text,
-                buttons: None,
-                broadcast: Some(broadcast.id),
-            };
-            outbox::add(&mut conn, &ctx.bot.keys, &message).await.map_err(HandleError::Unavailable)?;
+            let keys = &ctx.bot.keys;
+            outbox::add_recipient(&mut conn, keys, broadcast.id, user)
+                .await
+                .map_err(HandleError::Unavailable)?;
         }
         let last = page.len() < PAGE as usize;
         let next = page.last().copied().unwrap_or(broadcast.next_user_id);

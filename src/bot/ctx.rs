@@ -234,7 +234,7 @@ impl<'a> Ctx<'a> {
         buttons: Option<&InlineKeyboardMarkup>,
     ) -> Result<(), HandleError> {
         self.fenced()?;
-        let message = outbox::Message { id, chat, text, buttons, broadcast: None };
+        let message = outbox::Message { id, chat, text, buttons };
         Ok(outbox::notify(&self.services.db, &mut self.conn(), &self.bot.keys, self.bot_id(), &message)
             .await?)
     }

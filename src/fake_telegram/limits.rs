@@ -1,11 +1,14 @@
 //! Telegram's send limits, as the fake enforces them when asked: about 30 messages per second
-//! per bot, 1 per second per private chat, 20 per minute per group. Sliding windows.
+//! per bot (1,000 for messages sent with `allow_paid_broadcast`, which Telegram charges for
+//! beyond the free rate), 1 per second per private chat, 20 per minute per group. Sliding
+//! windows.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// (messages, window) per bot, per private chat and per group.
 const PER_BOT: (usize, Duration) = (30, Duration::from_secs(1));
+const PER_BOT_PAID: (usize, Duration) = (1000, Duration::from_secs(1));
 const PER_PRIVATE_CHAT: (usize, Duration) = (1, Duration::from_secs(1));
 const PER_GROUP: (usize, Duration) = (20, Duration::from_secs(60));
 
@@ -25,13 +28,15 @@ impl Limits {
         self.sent.clear();
     }
 
-    /// Admits a send of `bot` to `chat` at `now`, or returns how many whole seconds to wait.
-    pub fn admit(&mut self, bot: i64, chat: i64, now: Instant) -> Result<(), u64> {
+    /// Admits a send of `bot` to `chat` at `now`, `paid` if it allows a paid broadcast, or
+    /// returns how many whole seconds to wait. Every send counts against the bot's rate.
+    pub fn admit(&mut self, bot: i64, chat: i64, paid: bool, now: Instant) -> Result<(), u64> {
         if !self.enabled {
             return Ok(());
         }
+        let bot_rule = if paid { PER_BOT_PAID } else { PER_BOT };
         let chat_rule = if chat > 0 { PER_PRIVATE_CHAT } else { PER_GROUP };
-        let checks = [((bot, 0), PER_BOT), ((bot, chat), chat_rule)];
+        let checks = [((bot, 0), bot_rule), ((bot, chat), chat_rule)];
         let mut wait = Duration::ZERO;
         for (key, (max, window)) in checks {
             let sent = self.sent.entry(key).or_default();
@@ -63,10 +68,10 @@ mod tests {
     fn private_chat_gets_one_per_second() {
         let mut limits = Limits::new(true);
         let t0 = Instant::now();
-        assert_eq!(limits.admit(1, 7, t0), Ok(()));
-        assert_eq!(limits.admit(1, 7, t0 + Duration::from_millis(400)), Err(1));
-        assert_eq!(limits.admit(1, 8, t0 + Duration::from_millis(400)), Ok(()));
-        assert_eq!(limits.admit(1, 7, t0 + Duration::from_millis(1000)), Ok(()));
+        assert_eq!(limits.admit(1, 7, false, t0), Ok(()));
+        assert_eq!(limits.admit(1, 7, false, t0 + Duration::from_millis(400)), Err(1));
+        assert_eq!(limits.admit(1, 8, false, t0 + Duration::from_millis(400)), Ok(()));
+        assert_eq!(limits.admit(1, 7, false, t0 + Duration::from_millis(1000)), Ok(()));
     }
 
     #[test]
@@ -74,20 +79,33 @@ mod tests {
         let mut limits = Limits::new(true);
         let t0 = Instant::now();
         for chat in 1..=30 {
-            assert_eq!(limits.admit(1, chat, t0), Ok(()), "send {chat} of 30");
+            assert_eq!(limits.admit(1, chat, false, t0), Ok(()), "send {chat} of 30");
         }
-        assert_eq!(limits.admit(1, 31, t0), Err(1));
-        assert_eq!(limits.admit(2, 31, t0), Ok(()), "another bot has its own budget");
+        assert_eq!(limits.admit(1, 31, false, t0), Err(1));
+        assert_eq!(limits.admit(2, 31, false, t0), Ok(()), "another bot has its own budget");
         for n in 0..20 {
-            assert_eq!(limits.admit(3, -100, t0 + Duration::from_secs(n)), Ok(()));
+            assert_eq!(limits.admit(3, -100, false, t0 + Duration::from_secs(n)), Ok(()));
         }
-        assert_eq!(limits.admit(3, -100, t0 + Duration::from_secs(20)), Err(40));
+        assert_eq!(limits.admit(3, -100, false, t0 + Duration::from_secs(20)), Err(40));
+    }
+
+    #[test]
+    fn paid_broadcasts_get_a_thousand_per_second_and_still_one_per_chat() {
+        let mut limits = Limits::new(true);
+        let t0 = Instant::now();
+        for chat in 1..=1000 {
+            assert_eq!(limits.admit(1, chat, true, t0), Ok(()), "paid send {chat} of 1000");
+        }
+        assert_eq!(limits.admit(1, 1001, true, t0), Err(1), "past the paid rate");
+        assert_eq!(limits.admit(1, 1001, false, t0), Err(1), "the free rate is long spent");
+        assert_eq!(limits.admit(2, 7, true, t0), Ok(()));
+        assert_eq!(limits.admit(2, 7, true, t0 + Duration::from_millis(400)), Err(1), "one per chat");
     }
 
     #[test]
     fn disabled_admits_everything() {
         let mut limits = Limits::new(false);
         let t0 = Instant::now();
-        assert!((0..100).all(|_| limits.admit(1, 7, t0).is_ok()));
+        assert!((0..100).all(|_| limits.admit(1, 7, false, t0).is_ok()));
     }
 }

@@ -168,6 +168,12 @@ fn str_param<'a>(params: &'a Value, name: &str) -> Option<&'a str> {
     params.get(name).and_then(Value::as_str)
 }
 
+/// Whether a send allows a paid broadcast: JSON's `true`, or multipart's text "true".
+fn paid(params: &Value) -> bool {
+    matches!(params.get("allow_paid_broadcast"), Some(Value::Bool(true)))
+        || str_param(params, "allow_paid_broadcast") == Some("true")
+}
+
 fn chat_id(params: &Value) -> Result<i64, Answer> {
     int_param(params, "chat_id").ok_or_else(|| Answer::bad_request("chat not found"))
 }
@@ -198,7 +204,8 @@ fn new_message(inner: &mut Inner, bot_id: i64, chat_id: i64, params: &Value) -> 
 }
 
 /// Whether a send to `chat_id` may go out now: not blocked, and within the limits.
-fn admit(inner: &mut Inner, bot_id: i64, chat_id: i64, now: Instant) -> Result<(), Answer> {
+/// Admits a send within Telegram's limits (a paid broadcast's, if `paid`).
+fn admit(inner: &mut Inner, bot_id: i64, chat_id: i64, paid: bool, now: Instant) -> Result<(), Answer> {
     if inner.blocked.contains(&chat_id) {
         return Err(Answer::Error {
             status: StatusCode::FORBIDDEN,
@@ -206,13 +213,13 @@ fn admit(inner: &mut Inner, bot_id: i64, chat_id: i64, now: Instant) -> Result<(
             parameters: None,
         });
     }
-    inner.limits.admit(bot_id, chat_id, now).map_err(Answer::too_many_requests)
+    inner.limits.admit(bot_id, chat_id, paid, now).map_err(Answer::too_many_requests)
 }
 
 fn send_message(inner: &mut Inner, bot_id: i64, params: &Value, now: Instant) -> Result<Value, Answer> {
     let chat_id = chat_id(params)?;
     let text = checked_text(params, "text", true)?.unwrap_or_default().to_owned();
-    admit(inner, bot_id, chat_id, now)?;
+    admit(inner, bot_id, chat_id, paid(params), now)?;
     let mut message = new_message(inner, bot_id, chat_id, params);
     message["text"] = json!(text);
     Ok(message)
@@ -233,7 +240,7 @@ fn send_photo(inner: &mut Inner, bot_id: i64, params: &Value, now: Instant) -> R
         let unique_id = format!("fake-unique-{}", inner.next_file);
         inner.files.insert(file_id.clone(), (unique_id, file_id.as_bytes().to_vec()));
     }
-    admit(inner, bot_id, chat_id, now)?;
+    admit(inner, bot_id, chat_id, paid(params), now)?;
     let unique_id = inner.files.get(&file_id).map(|(u, _)| u.clone()).unwrap_or_default();
     let mut message = new_message(inner, bot_id, chat_id, params);
     message["photo"] =
@@ -252,7 +259,7 @@ fn edit_message_text(inner: &mut Inner, bot_id: i64, params: &Value, now: Instan
     let chat_id = chat_id(params)?;
     let message_id =
         int_param(params, "message_id").ok_or_else(|| Answer::bad_request("message to edit not found"))?;
-    admit(inner, bot_id, chat_id, now)?;
+    admit(inner, bot_id, chat_id, false, now)?;
     let mut message = new_message(inner, bot_id, chat_id, params);
     inner.next_message_id -= 1;
     message["message_id"] = json!(message_id);

@@ -35,7 +35,7 @@ use crate::settings::FakeTelegramSettings;
 pub use limits::Limits;
 use methods::Answer;
 pub use state::{Call, Failure};
-use state::{Inner, now_ms};
+use state::{Inner, Recorded, now_ms};
 
 /// Largest body the fake accepts (Telegram allows 10 MB photo uploads).
 const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
@@ -126,7 +126,7 @@ impl Fake {
 
     /// Every call so far, oldest first.
     pub fn calls(&self) -> Vec<Call> {
-        self.lock().calls.clone()
+        self.lock().calls.iter().enumerate().map(|(i, call)| call.call(i + 1)).collect()
     }
 
     /// The Bot API routes plus the `/__fake/…` control routes.
@@ -197,11 +197,12 @@ async fn bot_api(
     if !answer_waits {
         hold().await;
     }
+    let recorded = params.to_string().into_boxed_str();
     let answer = {
         let mut inner = fake.lock();
         let answer = methods::answer(&mut inner, bot_id, &method, &params, Instant::now());
-        let (seq, status) = (inner.calls.len() as u64 + 1, answer.status().as_u16());
-        inner.calls.push(Call { seq, bot_id, method, params, at_ms: now_ms(), status, client });
+        let (status, client) = (answer.status().as_u16(), client.into_boxed_str());
+        inner.calls.push(Recorded { bot_id, method, params: recorded, at_ms: now_ms(), status, client });
         answer
     };
     fake.recorded.notify_waiters();
@@ -292,16 +293,34 @@ struct CallsQuery {
 }
 
 impl CallsQuery {
-    fn matches(&self, call: &Call) -> bool {
+    fn matches(&self, call: &Recorded) -> bool {
+        /// The one parameter a query looks at, read without building the others.
+        #[derive(Deserialize)]
+        struct Text<'a> {
+            #[serde(borrow)]
+            text: Option<std::borrow::Cow<'a, str>>,
+        }
+        let text = || serde_json::from_str::<Text>(&call.params).ok().and_then(|p| p.text);
         self.method.as_ref().is_none_or(|m| call.method == *m)
-            && self.text.as_ref().is_none_or(|t| call.params["text"] == t.as_str())
+            && self.text.as_ref().is_none_or(|t| text().is_some_and(|text| text == t.as_str()))
     }
 }
 
 async fn calls(State(fake): State<Fake>, Query(query): Query<CallsQuery>) -> Json<Vec<Call>> {
     if let Some(wanted) = query.at_least {
-        let enough =
-            || fake.lock().calls.iter().filter(|c| c.status == 200 && query.matches(c)).count() >= wanted;
+        // Each call is looked at once, as it arrives (a broadcast's wait sees a million), and
+        // counted again from the start if the log was reset meanwhile.
+        let (mut resets, mut looked, mut found) = (fake.lock().resets, 0, 0);
+        let mut enough = || {
+            let inner = fake.lock();
+            if inner.resets != resets {
+                (resets, looked, found) = (inner.resets, 0, 0);
+            }
+            let new = &inner.calls[looked..];
+            found += new.iter().filter(|c| c.status == 200 && query.matches(c)).count();
+            looked = inner.calls.len();
+            found >= wanted
+        };
         let waiting = async {
             loop {
                 // Listen before looking, so that a call recorded in between is not missed.
@@ -316,12 +335,15 @@ async fn calls(State(fake): State<Fake>, Query(query): Query<CallsQuery>) -> Jso
         };
         let _ = tokio::time::timeout(Duration::from_millis(query.wait_ms.unwrap_or(60_000)), waiting).await;
     }
-    Json(fake.calls().into_iter().filter(|c| query.matches(c)).collect())
+    let inner = fake.lock();
+    let calls = inner.calls.iter().enumerate().filter(|(_, c)| query.matches(c));
+    Json(calls.map(|(i, call)| call.call(i + 1)).collect())
 }
 
 async fn reset(State(fake): State<Fake>) -> StatusCode {
     let mut inner = fake.lock();
     inner.calls.clear();
+    inner.resets += 1;
     inner.limits.clear();
     inner.blocked.clear();
     StatusCode::NO_CONTENT

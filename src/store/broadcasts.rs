@@ -76,7 +76,6 @@ pub async fn recipients(
 /// A broadcast still going (queueing or sending) begun within the last day.
 pub struct Going {
     pub id: i64,
-    pub text: String,
     /// Recipients up to here are queued, as far as Postgres knows.
     pub next_user_id: UserId,
 }
@@ -86,13 +85,20 @@ pub struct Going {
 pub async fn going(db: &Pool, bot_id: BotId) -> Result<Vec<Going>, StoreError> {
     let rows = query(
         db,
-        "SELECT id, text, next_user_id FROM broadcasts
+        "SELECT id, next_user_id FROM broadcasts
          WHERE bot_id = $1 AND status IN ('queueing', 'sending') AND created_at > now() - interval '23 hours'
          ORDER BY id",
         &[&bot_id],
     )
     .await?;
-    Ok(rows.iter().map(|row| Going { id: row.get(0), text: row.get(1), next_user_id: row.get(2) }).collect())
+    Ok(rows.iter().map(|row| Going { id: row.get(0), next_user_id: row.get(1) }).collect())
+}
+
+/// A broadcast's text, which its outbox entries do not carry; `None` if there is no such
+/// broadcast.
+pub async fn text(db: &Pool, id: i64) -> Result<Option<String>, StoreError> {
+    let rows = query(db, "SELECT text FROM broadcasts WHERE id = $1", &[&id]).await?;
+    Ok(rows.first().map(|row| row.get(0)))
 }
 
 /// Recipients of a broadcast after `after` and up to `through`, in user id order, that no sender

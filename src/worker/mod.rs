@@ -152,6 +152,7 @@ fn start_loops(
             flood: services.flood.clone(),
             metrics: services.metrics.clone(),
             config,
+            texts: Default::default(),
         };
         tokio::spawn(sender.run(client.clone(), background.clone()));
     }

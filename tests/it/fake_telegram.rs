@@ -95,6 +95,26 @@ async fn fake_answers_429_with_retry_after_past_telegrams_limits() {
 }
 
 #[tokio::test]
+async fn a_send_that_allows_a_paid_broadcast_passes_the_free_rate() {
+    let (_fake, url) = spawn_fake(true).await;
+    let bot = client(&url);
+    let send = |chat: i64, paid: bool| bot.send_message(ChatId(chat), "news").allow_paid_broadcast(paid);
+    for chat in 1..=30 {
+        send(chat, false).await.unwrap();
+    }
+    assert!(matches!(send(31, false).await, Err(RequestError::RetryAfter(_))), "the free rate is spent");
+    send(31, true).await.expect("a paid broadcast's send goes on (up to 1,000 a second: `limits`)");
+    assert!(matches!(send(31, true).await, Err(RequestError::RetryAfter(_))), "still once a second per chat");
+    // Multipart sends carry the flag as text.
+    let form = reqwest::multipart::Form::new()
+        .text("chat_id", "2000")
+        .text("photo", "a-file-id")
+        .text("allow_paid_broadcast", "true");
+    let photo = reqwest::Client::new().post(format!("{url}/bot1:x/sendPhoto")).multipart(form).send();
+    assert_eq!(photo.await.unwrap().status(), 200);
+}
+
+#[tokio::test]
 async fn the_call_log_can_be_awaited_until_enough_calls_matched() {
     let (_fake, url) = spawn_fake(false).await;
     let bot = client(&url);

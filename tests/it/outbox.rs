@@ -240,6 +240,33 @@ async fn broadcast_cancel_drops_what_is_still_queued() {
 }
 
 #[tokio::test]
+async fn a_broadcast_stores_its_text_once_and_its_outbox_entries_carry_none() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    // One message a second: the audience is still queued when the handler has answered.
+    let (prefix, workers) = broadcasters(&db, &telegram, "1").await;
+    audience(&db, 40).await;
+    let text = format!("{}the end.", "A long text, stored once; ".repeat(100));
+    let start = text_update(1, 1, &format!("/broadcast {text}"));
+    assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+    let [outbox, _] = BotKeys::new(&prefix, MAIN_BOT.bot_id()).outbox();
+    let entries: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg(&outbox).arg("-").arg("+").query_async(&mut redis().await).await.unwrap();
+    assert!(entries.len() >= 30, "the audience queued: {} entries", entries.len());
+    for (_, fields) in &entries {
+        let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["chat", "id", "broadcast"], "a recipient and the broadcast, no text");
+    }
+    let stored = format!("SELECT count(*) FROM broadcasts WHERE length(text) = {}", text.len());
+    assert_eq!(db.count(&stored).await, 1);
+    // The senders read the text from Postgres, and the recipients get it whole.
+    eventually(Duration::from_secs(10), "the first recipients served", || async {
+        (texts_to(&fake, &text).len() >= 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_redelivered_broadcast_resumes_queueing_at_its_cursor() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;

@@ -4,6 +4,7 @@
 use teloxide_core::prelude::Requester;
 use teloxide_core::types::MessageId;
 
+use super::queue::add_entry;
 use super::sender::Sender;
 use crate::kv::{BotKeys, Conn};
 use crate::telegram::flood::Urgency;
@@ -60,6 +61,13 @@ pub async fn report_progress_to(
 /// The outbox id of broadcast `id`'s message to `user`.
 pub fn message_id(id: i64, user: UserId) -> String {
     format!("bc:{id}:{user}")
+}
+
+/// Queues broadcast `id`'s message to `user`, once. The entry names the broadcast, not its
+/// text: the text is stored once, in Postgres, whatever the audience (`Sender::deliver`).
+pub async fn add_recipient(conn: &mut Conn, keys: &BotKeys, id: i64, user: UserId) -> anyhow::Result<bool> {
+    let message = message_id(id, user);
+    add_entry(conn, keys, (&message, user.private_chat()), ("", ""), Some(id)).await
 }
 
 /// Records in Redis that broadcast `id`'s recipients up to `user` are queued: after their entries

@@ -20,7 +20,9 @@ mod rebuild;
 mod sender;
 mod upkeep;
 
-pub use broadcast::{cancel_broadcast, message_id, progress_text, queued_through, report_progress_to};
-pub use queue::{Message, NotifyError, OutboxConfig, add, notify};
+pub use broadcast::{
+    add_recipient, cancel_broadcast, message_id, progress_text, queued_through, report_progress_to,
+};
+pub use queue::{Message, NotifyError, OutboxConfig, notify};
 pub use rebuild::{Rebuilt, rebuild};
-pub use sender::{IN_FLIGHT, Sender};
+pub use sender::{BroadcastTexts, IN_FLIGHT, Sender};

@@ -31,16 +31,6 @@ pub struct Message<'a> {
     pub chat: ChatId,
     pub text: &'a str,
     pub buttons: Option<&'a InlineKeyboardMarkup>,
-    pub broadcast: Option<i64>,
-}
-
-/// Queues `message`, once per its id; false if it was queued before. A broadcast's message is
-/// journaled by its broadcast's cursor; any other goes through [`notify`].
-pub async fn add(conn: &mut Conn, keys: &BotKeys, message: &Message<'_>) -> anyhow::Result<bool> {
-    let markup = message.buttons.map(serde_json::to_string).transpose()?;
-    let notice =
-        Notice { id: message.id.to_owned(), chat: message.chat, text: message.text.to_owned(), markup };
-    queue(conn, keys, &notice, message.broadcast).await
 }
 
 /// Journals a notice in Postgres, then queues it: should Redis lose it before it is delivered,
@@ -57,7 +47,7 @@ pub async fn notify(
     let notice =
         Notice { id: message.id.to_owned(), chat: message.chat, text: message.text.to_owned(), markup };
     notices::record(db, bot_id, &notice).await?;
-    queue(conn, keys, &notice, None).await.map_err(NotifyError::Redis)?;
+    queue(conn, keys, &notice).await.map_err(NotifyError::Redis)?;
     Ok(())
 }
 
@@ -70,23 +60,31 @@ pub enum NotifyError {
     Redis(anyhow::Error),
 }
 
-/// Queues `notice` (of `broadcast`, if it is one's), once per its id.
-pub(super) async fn queue(
+/// Queues `notice`, once per its id.
+pub(super) async fn queue(conn: &mut Conn, keys: &BotKeys, notice: &Notice) -> anyhow::Result<bool> {
+    let markup = notice.markup.as_deref().unwrap_or_default();
+    add_entry(conn, keys, (&notice.id, notice.chat), (&notice.text, markup), None).await
+}
+
+/// `outbox_add.lua`: an entry with `id` for `chat`, its text and markup ('' for none), and the
+/// broadcast it is one of.
+pub(super) async fn add_entry(
     conn: &mut Conn,
     keys: &BotKeys,
-    notice: &Notice,
+    (id, chat): (&str, ChatId),
+    (text, markup): (&str, &str),
     broadcast: Option<i64>,
 ) -> anyhow::Result<bool> {
     let [stream, _] = keys.outbox();
     let added: Option<String> = scripts::OUTBOX_ADD
         .key(&stream)
-        .key(keys.outbox_once(&notice.id))
+        .key(keys.outbox_once(id))
         .arg(REMEMBER_MS)
-        .arg(notice.chat)
-        .arg(&notice.text)
-        .arg(notice.markup.as_deref().unwrap_or_default())
+        .arg(chat)
+        .arg(text)
+        .arg(markup)
         .arg(broadcast.map(|id| id.to_string()).unwrap_or_default())
-        .arg(&notice.id)
+        .arg(id)
         .invoke_async(conn)
         .await?;
     Ok(added.is_some())

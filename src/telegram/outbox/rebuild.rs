@@ -6,11 +6,11 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
 
-use super::broadcast::{message_id, queued_through};
+use super::broadcast::{add_recipient, queued_through};
 use super::queue::queue;
 use crate::kv::Conn;
 use crate::store::broadcasts;
-use crate::store::notices::{self, Notice};
+use crate::store::notices;
 use crate::telegram::client::Client;
 use crate::types::UserId;
 
@@ -32,7 +32,7 @@ pub struct Rebuilt {
 pub async fn rebuild(db: &Pool, conn: &mut Conn, bot: &Client) -> anyhow::Result<Rebuilt> {
     let mut rebuilt = Rebuilt::default();
     for notice in notices::undelivered(db, bot.config.id, GRACE, PAGE).await? {
-        if queue(conn, &bot.keys, &notice, None).await? {
+        if queue(conn, &bot.keys, &notice).await? {
             rebuilt.notices += 1;
         }
     }
@@ -49,10 +49,7 @@ pub async fn rebuild(db: &Pool, conn: &mut Conn, bot: &Client) -> anyhow::Result
             let range = (after, going.next_user_id);
             let page = broadcasts::unserved(db, (bot.config.id, going.id), range, PAGE).await?;
             for &user in &page {
-                let chat = user.private_chat();
-                let notice =
-                    Notice { id: message_id(going.id, user), chat, text: going.text.clone(), markup: None };
-                if queue(conn, &bot.keys, &notice, Some(going.id)).await? {
+                if add_recipient(conn, &bot.keys, going.id, user).await? {
                     rebuilt.recipients += 1;
                 }
             }

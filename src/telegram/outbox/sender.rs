@@ -1,9 +1,11 @@
 //! A worker's sender: reads the bot's outbox in the consumer group and delivers each message
 //! within the flood limits, acknowledging it once Telegram took it or refused it for good.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deadpool_postgres::Pool;
 use futures_util::{StreamExt, TryStreamExt};
 use redis::streams::{StreamId, StreamReadReply};
 use teloxide_core::RequestError;
@@ -16,8 +18,8 @@ use crate::kv::{self, Conn};
 use crate::metrics::Metrics;
 use crate::random::rand_u64;
 use crate::shutdown::CancellationToken;
-use crate::store::notices;
 use crate::store::user_cache::Users;
+use crate::store::{StoreError, broadcasts, notices};
 use crate::telegram::client::Client;
 use crate::telegram::flood::{Flood, Urgency};
 use crate::telegram::refusals::{self, Verdict};
@@ -38,6 +40,8 @@ pub struct Sender {
     pub flood: Arc<Flood>,
     pub metrics: Arc<Metrics>,
     pub config: OutboxConfig,
+    /// The texts of the broadcasts it sends, read once each.
+    pub texts: BroadcastTexts,
 }
 
 impl Sender {
@@ -120,13 +124,17 @@ impl Sender {
 
     /// Sends one entry; acknowledges it unless the failure may pass (then it stays pending).
     pub(super) async fn deliver(&self, conn: &mut Conn, entry: &StreamId) -> anyhow::Result<()> {
-        let (Some(chat), Some(text)) = (entry.get::<i64>("chat").map(ChatId), entry.get::<String>("text"))
-        else {
+        let broadcast = entry.get::<i64>("broadcast");
+        let text = match (entry.get::<String>("text"), broadcast) {
+            (Some(text), _) => Some(text.into()),
+            (None, Some(id)) => self.texts.of(&self.db, id).await?,
+            (None, None) => None,
+        };
+        let (Some(chat), Some(text)) = (entry.get::<i64>("chat").map(ChatId), text) else {
             tracing::error!(id = %entry.id, "an outbox entry without chat or text; dropped");
             let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
             return Ok(());
         };
-        let broadcast = entry.get::<i64>("broadcast");
         if self.cancelled(conn, broadcast).await? {
             let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
             return Ok(());
@@ -139,7 +147,7 @@ impl Sender {
         let sent = self
             .flood
             .send(conn, (&self.bot.keys, name), chat, Urgency::Queued, || {
-                let request = api.send_message(chat, text.clone());
+                let request = api.send_message(chat, &*text);
                 let request = match markup.clone() {
                     Some(markup) => request.reply_markup(markup),
                     None => request,
@@ -190,5 +198,31 @@ impl Sender {
         if let Err(e) = journaled {
             tracing::warn!(bot = %self.bot.config.name, id = %entry.id, error = %e, "could not journal a delivered outbox message");
         }
+    }
+}
+
+/// Broadcasts' texts as a sender read them from Postgres: a broadcast's entries carry none.
+#[derive(Default)]
+pub struct BroadcastTexts(Mutex<HashMap<i64, Arc<str>>>);
+
+/// Texts a sender keeps (broadcasts going at once are few; past it, it reads them again).
+const TEXTS_KEPT: usize = 64;
+
+impl BroadcastTexts {
+    /// Broadcast `id`'s text; `None` if Postgres has no such broadcast.
+    pub(super) async fn of(&self, db: &Pool, id: i64) -> Result<Option<Arc<str>>, StoreError> {
+        if let Some(text) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return Ok(Some(text.clone()));
+        }
+        let Some(text) = broadcasts::text(db, id).await? else {
+            return Ok(None);
+        };
+        let text: Arc<str> = text.into();
+        let mut texts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if texts.len() >= TEXTS_KEPT {
+            texts.clear();
+        }
+        texts.insert(id, text.clone());
+        Ok(Some(text))
     }
 }
