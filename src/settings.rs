@@ -283,6 +283,12 @@ impl Source {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let paid_key = format!("BOTFLEET_BOT_{}_PAID_RATE", raw.to_ascii_uppercase());
+            let paid_rate: u32 = self.parse_or(&paid_key, MAX_PAID_RATE)?;
+            if !(1..=MAX_PAID_RATE).contains(&paid_rate) {
+                let problem = format!("{paid_rate} is not a rate of 1 to {MAX_PAID_RATE} messages a second");
+                return Err(SettingsError::new(&paid_key, problem));
+            }
             if bots.iter().any(|b| b.name == name || b.id == id) {
                 return Err(SettingsError::new(BOTS, format!("bot {raw:?} is listed twice")));
             }
@@ -293,6 +299,7 @@ impl Source {
                 webhook_secret,
                 moderator_chat,
                 admins,
+                paid_rate,
             });
         }
         Ok(bots)
@@ -328,7 +335,13 @@ pub struct BotConfig {
     pub moderator_chat: Option<ChatId>,
     /// User ids that may `/ban`, `/unban` and `/broadcast`.
     pub admins: Vec<UserId>,
+    /// Messages a second of a paid broadcast (`/broadcast --paid`), at most Telegram's
+    /// [`MAX_PAID_RATE`].
+    pub paid_rate: u32,
 }
+
+/// The most messages a second Telegram allows a bot with `allow_paid_broadcast`.
+pub const MAX_PAID_RATE: u32 = 1000;
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

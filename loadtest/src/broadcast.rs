@@ -16,6 +16,8 @@ pub struct Broadcast {
     pub recipients: usize,
     /// Messages per second the bot may send.
     pub allowed: f64,
+    /// A paid broadcast (`/broadcast --paid`).
+    pub paid: bool,
     pub update_id: i64,
 }
 
@@ -26,7 +28,8 @@ pub async fn run(b: Broadcast) -> anyhow::Result<Value> {
     let update = json!({
         "update_id": b.update_id,
         "message": {
-            "message_id": b.update_id, "date": 1_790_000_000, "text": format!("/broadcast {text}"),
+            "message_id": b.update_id, "date": 1_790_000_000,
+            "text": format!("/broadcast {}{text}", if b.paid { "--paid " } else { "" }),
             "chat": { "id": 1, "type": "private", "first_name": "Admin" }, "from": admin,
         }
     });

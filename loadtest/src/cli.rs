@@ -146,6 +146,9 @@ pub struct BroadcastArgs {
     /// Messages per second Telegram allows the bot.
     #[arg(long)]
     pub rate: f64,
+    /// A paid broadcast (`/broadcast --paid`), at the bot's paid rate.
+    #[arg(long)]
+    pub paid: bool,
 }
 
 #[derive(Args)]

@@ -377,6 +377,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 telegram_url: env.get("BOTFLEET_TELEGRAM_URL")?,
                 recipients: args.recipients,
                 allowed: args.rate,
+                paid: args.paid,
                 update_id: args.common.first_update_id.unwrap_or(1),
             })
             .await?;

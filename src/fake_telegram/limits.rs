@@ -1,21 +1,26 @@
 //! Telegram's send limits, as the fake enforces them when asked: about 30 messages per second
-//! per bot (1,000 for messages sent with `allow_paid_broadcast`, which Telegram charges for
-//! beyond the free rate), 1 per second per private chat, 20 per minute per group. Sliding
+//! per bot, besides those sent with `allow_paid_broadcast` (which Telegram charges for), up to
+//! 1,000 per second in all; 1 per second per private chat, 20 per minute per group. Sliding
 //! windows.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// (messages, window) per bot, per private chat and per group.
+/// (messages, window) per bot (free, and in all with paid broadcasts), per private chat and per
+/// group.
 const PER_BOT: (usize, Duration) = (30, Duration::from_secs(1));
-const PER_BOT_PAID: (usize, Duration) = (1000, Duration::from_secs(1));
+const PER_BOT_IN_ALL: (usize, Duration) = (1000, Duration::from_secs(1));
 const PER_PRIVATE_CHAT: (usize, Duration) = (1, Duration::from_secs(1));
 const PER_GROUP: (usize, Duration) = (20, Duration::from_secs(60));
+
+/// The chat that stands for all of a bot's sends.
+const ALL: i64 = i64::MIN;
 
 #[derive(Debug, Default)]
 pub struct Limits {
     enabled: bool,
-    /// Times of the sends still inside each window, by (bot, chat); chat 0 is the bot's total.
+    /// Times of the sends still inside each window, by (bot, chat); chat 0 is the bot's free
+    /// sends, [`ALL`] all of them.
     sent: HashMap<(i64, i64), VecDeque<Instant>>,
 }
 
@@ -29,16 +34,17 @@ impl Limits {
     }
 
     /// Admits a send of `bot` to `chat` at `now`, `paid` if it allows a paid broadcast, or
-    /// returns how many whole seconds to wait. Every send counts against the bot's rate.
+    /// returns how many whole seconds to wait.
     pub fn admit(&mut self, bot: i64, chat: i64, paid: bool, now: Instant) -> Result<(), u64> {
         if !self.enabled {
             return Ok(());
         }
-        let bot_rule = if paid { PER_BOT_PAID } else { PER_BOT };
         let chat_rule = if chat > 0 { PER_PRIVATE_CHAT } else { PER_GROUP };
-        let checks = [((bot, 0), bot_rule), ((bot, chat), chat_rule)];
+        let free = (!paid).then_some(((bot, 0), PER_BOT));
+        let checks: Vec<_> =
+            free.into_iter().chain([((bot, ALL), PER_BOT_IN_ALL), ((bot, chat), chat_rule)]).collect();
         let mut wait = Duration::ZERO;
-        for (key, (max, window)) in checks {
+        for &(key, (max, window)) in &checks {
             let sent = self.sent.entry(key).or_default();
             while sent.front().is_some_and(|t| now.duration_since(*t) >= window) {
                 sent.pop_front();
@@ -97,9 +103,14 @@ mod tests {
             assert_eq!(limits.admit(1, chat, true, t0), Ok(()), "paid send {chat} of 1000");
         }
         assert_eq!(limits.admit(1, 1001, true, t0), Err(1), "past the paid rate");
-        assert_eq!(limits.admit(1, 1001, false, t0), Err(1), "the free rate is long spent");
+        assert_eq!(limits.admit(1, 1001, false, t0), Err(1), "past 1,000 in all");
+        assert_eq!(limits.admit(1, 1001, false, t0 + Duration::from_secs(1)), Ok(()));
         assert_eq!(limits.admit(2, 7, true, t0), Ok(()));
         assert_eq!(limits.admit(2, 7, true, t0 + Duration::from_millis(400)), Err(1), "one per chat");
+        for chat in 10..40 {
+            assert_eq!(limits.admit(2, chat, false, t0), Ok(()), "paid sends leave the free rate be");
+        }
+        assert_eq!(limits.admit(2, 40, false, t0), Err(1));
     }
 
     #[test]

@@ -63,10 +63,12 @@ impl BotKeys {
         [format!("{base}:lease"), format!("{base}:q"), format!("{base}:w"), format!("{base}:hold")]
     }
 
-    /// The bot's send schedule, one chat's, and the bot's pause after a 429 (`flood_take.lua`):
-    /// one slot, as every message of the bot reserves its moment on the bot's schedule.
-    pub fn flood(&self, chat_id: ChatId) -> [String; 3] {
-        [format!("{}flood:bot", self.own), format!("{}flood:c:{chat_id}", self.own), self.flood_pause()]
+    /// The bot's send schedule (its paid broadcasts' if `paid`), one chat's, and the bot's pause
+    /// after a 429 (`flood_take.lua`): one slot, as every message of the bot reserves its moment
+    /// on the bot's schedule.
+    pub fn flood(&self, chat_id: ChatId, paid: bool) -> [String; 3] {
+        let bot = if paid { "paid" } else { "bot" };
+        [format!("{}flood:{bot}", self.own), format!("{}flood:c:{chat_id}", self.own), self.flood_pause()]
     }
 
     /// Set for `retry_after` after a 429: every process waits it out before calling Telegram.
@@ -100,6 +102,11 @@ impl BotKeys {
     pub fn broadcast(&self, id: i64) -> [String; 2] {
         let base = format!("{}bc:{id}", self.own);
         [base.clone(), format!("{base}:cancelled")]
+    }
+
+    /// Which worker queues the bot's broadcasts' recipients (a lease: `telegram::outbox::feed`).
+    pub fn feeder(&self) -> String {
+        format!("{}bc:feeder", self.own)
     }
 
     /// Which worker asks Telegram for the webhook's info (a lease).
@@ -202,9 +209,12 @@ mod tests {
         let turn = keys.chat_turn("42");
         let intake = [keys.handled("42", UpdateId(1 << 20)).0, keys.user(UserId(42)), keys.dialogue(chat)];
         one_slot(&[&turn[..], &intake[..]].concat());
-        one_slot(&keys.flood(chat));
+        one_slot(&keys.flood(chat, false));
+        one_slot(&keys.flood(chat, true));
         let [outbox, dead] = keys.outbox();
         one_slot(&[outbox, dead, keys.outbox_once("m1")]);
+        let [progress, _] = keys.broadcast(3);
+        one_slot(&[keys.outbox()[0].clone(), progress]);
         one_slot(&keys.broadcast(3));
         let path = keys.media_path("AgAD");
         one_slot(&[path.clone(), format!("{path}:fetching")]);

@@ -103,6 +103,7 @@ pub mod scripts {
     script!(FEED_STATE, "feed_state.lua");
     script!(FLOOD_TAKE, "flood_take.lua");
     script!(OUTBOX_ADD, "outbox_add.lua");
+    script!(BROADCAST_QUEUE, "broadcast_queue.lua");
 }
 
 #[cfg(test)]

@@ -33,12 +33,13 @@ pub async fn start_broadcast(
     bot_id: BotId,
     (update_id, origin): (UpdateId, &str),
     admin_chat: ChatId,
-    text: &str,
+    (text, paid): (&str, bool),
 ) -> Result<Broadcast, StoreError> {
     let rows = query(
         db,
         "WITH started AS (
-             INSERT INTO broadcasts (bot_id, update_id, origin, admin_chat, text) VALUES ($1, $2, $5, $3, $4)
+             INSERT INTO broadcasts (bot_id, update_id, origin, admin_chat, text, paid)
+             VALUES ($1, $2, $5, $3, $4, $6)
              ON CONFLICT ON CONSTRAINT broadcasts_origin_once DO NOTHING
              RETURNING id, status, next_user_id, queued
          )
@@ -46,12 +47,24 @@ pub async fn start_broadcast(
          UNION ALL
          SELECT id, status, next_user_id, queued FROM broadcasts
          WHERE bot_id = $1 AND origin = $5 AND NOT EXISTS (SELECT 1 FROM started)",
-        &[&bot_id, &update_id, &admin_chat, &text, &origin],
+        &[&bot_id, &update_id, &admin_chat, &text, &origin, &paid],
     )
     .await?;
     rows.first()
         .map(Broadcast::from_row)
         .ok_or_else(|| StoreError::Other(anyhow::anyhow!("broadcast vanished")))
+}
+
+/// How many users a broadcast of the bot would reach now (its recipients are read as it goes:
+/// those who join meanwhile are reached too).
+pub async fn audience(db: &Pool, bot_id: BotId) -> Result<i64, StoreError> {
+    let rows = query(
+        db,
+        "SELECT count(*) FROM users WHERE bot_id = $1 AND NOT is_banned AND unreachable_at IS NULL",
+        &[&bot_id],
+    )
+    .await?;
+    Ok(rows.first().map_or(0, |row| row.get(0)))
 }
 
 /// The next `limit` recipients of a broadcast after `after`: every user of the bot who is
@@ -76,6 +89,7 @@ pub async fn recipients(
 /// A broadcast still going (queueing or sending) begun within the last day.
 pub struct Going {
     pub id: i64,
+    pub paid: bool,
     /// Recipients up to here are queued, as far as Postgres knows.
     pub next_user_id: UserId,
 }
@@ -85,20 +99,37 @@ pub struct Going {
 pub async fn going(db: &Pool, bot_id: BotId) -> Result<Vec<Going>, StoreError> {
     let rows = query(
         db,
-        "SELECT id, next_user_id FROM broadcasts
+        "SELECT id, paid, next_user_id FROM broadcasts
          WHERE bot_id = $1 AND status IN ('queueing', 'sending') AND created_at > now() - interval '23 hours'
          ORDER BY id",
         &[&bot_id],
     )
     .await?;
-    Ok(rows.iter().map(|row| Going { id: row.get(0), next_user_id: row.get(1) }).collect())
+    Ok(rows.iter().map(|row| Going { id: row.get(0), paid: row.get(1), next_user_id: row.get(2) }).collect())
 }
 
-/// A broadcast's text, which its outbox entries do not carry; `None` if there is no such
-/// broadcast.
-pub async fn text(db: &Pool, id: i64) -> Result<Option<String>, StoreError> {
-    let rows = query(db, "SELECT text FROM broadcasts WHERE id = $1", &[&id]).await?;
-    Ok(rows.first().map(|row| row.get(0)))
+/// What a broadcast sends, which its outbox entries do not carry.
+pub struct Content {
+    pub text: String,
+    /// Sent with Telegram's `allow_paid_broadcast`, at the bot's paid rate.
+    pub paid: bool,
+}
+
+/// Broadcast `id`'s content; `None` if there is no such broadcast.
+pub async fn content(db: &Pool, id: i64) -> Result<Option<Content>, StoreError> {
+    let rows = query(db, "SELECT text, paid FROM broadcasts WHERE id = $1", &[&id]).await?;
+    Ok(rows.first().map(|row| Content { text: row.get(0), paid: row.get(1) }))
+}
+
+/// The bot's broadcasts whose recipients are still being queued, oldest first.
+pub async fn queueing(db: &Pool, bot_id: BotId) -> Result<Vec<Going>, StoreError> {
+    let rows = query(
+        db,
+        "SELECT id, paid, next_user_id FROM broadcasts WHERE bot_id = $1 AND status = 'queueing' ORDER BY id",
+        &[&bot_id],
+    )
+    .await?;
+    Ok(rows.iter().map(|row| Going { id: row.get(0), paid: row.get(1), next_user_id: row.get(2) }).collect())
 }
 
 /// Recipients of a broadcast after `after` and up to `through`, in user id order, that no sender
@@ -121,23 +152,26 @@ pub async fn unserved(
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// Records that the recipients up to `next_user_id` are queued (`done`: all of them).
+/// Records that the recipients up to `next_user_id` are queued, `more` of them since the last
+/// time (`done`: all of them). Returns whether queueing goes on (not `done`, and the broadcast
+/// was not cancelled meanwhile).
 pub async fn advance_broadcast(
     db: &Pool,
     id: i64,
     next_user_id: UserId,
     more: i32,
     done: bool,
-) -> Result<(), StoreError> {
-    query(
+) -> Result<bool, StoreError> {
+    let rows = query(
         db,
-        "UPDATE broadcasts SET next_user_id = $2, queued = queued + $3,
+        "UPDATE broadcasts SET next_user_id = greatest(next_user_id, $2), queued = queued + $3,
                 status = CASE WHEN $4 AND status = 'queueing' THEN 'sending' ELSE status END
-         WHERE id = $1",
+         WHERE id = $1
+         RETURNING status = 'queueing'",
         &[&id, &next_user_id, &more, &done],
     )
     .await?;
-    Ok(())
+    Ok(rows.first().is_some_and(|row| row.get(0)))
 }
 
 /// Cancels the admin's latest broadcast still going; returns its id.

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "origins", sql: include_str!("migrations/0006_origins.sql") },
     Migration { version: 7, name: "outbox_journal", sql: include_str!("migrations/0007_outbox_journal.sql") },
     Migration { version: 8, name: "cursor_key", sql: include_str!("migrations/0008_cursor_key.sql") },
+    Migration {
+        version: 9,
+        name: "paid_broadcasts",
+        sql: include_str!("migrations/0009_paid_broadcasts.sql"),
+    },
 ];
 
 pub struct Migration {

@@ -10,6 +10,7 @@
 
 mod answer;
 mod dead_letter;
+mod feed;
 mod lead;
 mod reconcile;
 mod record;
@@ -152,12 +153,14 @@ fn start_loops(
             flood: services.flood.clone(),
             metrics: services.metrics.clone(),
             config,
-            texts: Default::default(),
+            contents: Default::default(),
         };
         tokio::spawn(sender.run(client.clone(), background.clone()));
     }
     let clients: Vec<_> = bots.values().map(|bot| bot.client.clone()).collect();
     let stores = (services.db.clone(), redis.clone());
+    let free_rate = services.flood.limits.per_bot;
+    tokio::spawn(feed::feed(clients.clone(), stores.clone(), free_rate, background.clone()));
     let reconciling = reconcile::reconcile(
         clients,
         stores,

@@ -13,7 +13,7 @@ use botfleet::replay::audit::audit;
 use serde_json::json;
 
 use crate::helpers::{
-    MAIN_BOT, QUIET, TestDb, WORKER_ROLE, deliver_update, eventually, spawn_fake, spawn_worker,
+    MAIN_BOT, QUIET, TestDb, WORKER_ROLE, deliver_update, eventually, redis, spawn_fake, spawn_worker,
     spawn_worker_with, text_update, unique, watch_output,
 };
 
@@ -302,6 +302,77 @@ async fn a_worker_killed_mid_broadcast_misses_nobody_and_duplicates_only_what_wa
     );
     let redelivered = survivor.metrics.outbox_redeliveries.with_label_values(&["main"]).get();
     assert!(redelivered as usize >= duplicates, "duplicates must be counted: {redelivered} < {duplicates}");
+    doomed.logging.await.unwrap();
+    std::fs::remove_file(&doomed.log).ok();
+}
+
+#[tokio::test]
+async fn a_feeder_killed_half_way_is_followed_by_another_from_its_cursor_and_redis_holds_a_window() {
+    let db = TestDb::fresh().await;
+    let prefix = unique("r");
+    let (fake, telegram) = spawn_fake(false).await;
+    // 50 messages a second: the feeder keeps 5 s of them, 250 recipients, queued ahead.
+    let settings = [
+        ("BOTFLEET_FLOOD_PER_BOT", "50"),
+        ("BOTFLEET_FLOOD_PER_CHAT", "1"),
+        ("BOTFLEET_FLOOD_PER_GROUP", "20"),
+        ("BOTFLEET_BOT_MAIN_ADMINS", "1"),
+        ("BOTFLEET_OUTBOX_CLAIM_MS", "500"),
+    ];
+    db.owner()
+        .await
+        .execute(
+            "INSERT INTO users (bot_id, user_id, first_name) SELECT $1::int8, g, 'Reader' FROM generate_series(1000, 1599) g",
+            &[&MAIN_BOT.id()],
+        )
+        .await
+        .unwrap();
+    // Alone at first, the doomed worker holds the bot's feeder lease.
+    let mut doomed = start_worker_process(&db, &prefix, &telegram, &settings).await;
+    let text = "Fed through a crash";
+    let started = reqwest::Client::new()
+        .post(format!("{}/webhook/main", doomed.url))
+        .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
+        .body(text_update(1, 1, &format!("/broadcast {text}")).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 200);
+    let cursor = "SELECT next_user_id FROM broadcasts";
+    eventually(Duration::from_secs(10), "the first recipients queued", || async {
+        (db.count(cursor).await >= 1100).then_some(())
+    })
+    .await;
+    doomed.child.kill().await.unwrap();
+    let left_at = db.count(cursor).await;
+    assert!(left_at < 1599, "the doomed feeder queued everyone ({left_at}), not a window");
+
+    let survivor = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
+    let [outbox, _] = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.bot_id()).outbox();
+    let peak = std::sync::atomic::AtomicI64::new(0);
+    let served = || {
+        fake.calls()
+            .iter()
+            .filter(|c| c.method == "sendMessage" && c.status == 200 && c.params["text"] == text)
+            .filter_map(|c| c.params["chat_id"].as_i64())
+            .collect::<Vec<i64>>()
+    };
+    let mut recipients: Vec<i64> = (1000..1600).collect();
+    recipients.push(1);
+    eventually(Duration::from_secs(60), "every recipient served after the crash", || async {
+        let queued: i64 = redis::cmd("XLEN").arg(&outbox).query_async(&mut redis().await).await.ok()?;
+        peak.fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
+        let served = served();
+        recipients.iter().all(|r| served.contains(r)).then_some(())
+    })
+    .await;
+    let duplicates = served().len() - recipients.len();
+    let in_flight = botfleet::telegram::outbox::IN_FLIGHT;
+    assert!(duplicates <= in_flight, "only messages in flight at the kill may go out twice: {duplicates}");
+    assert_eq!(db.count("SELECT queued::int8 FROM broadcasts WHERE status = 'sending'").await, 601);
+    let peak = peak.into_inner();
+    assert!(peak <= 250 + 16, "Redis held {peak} recipients, more than the window");
+    drop(survivor);
     doomed.logging.await.unwrap();
     std::fs::remove_file(&doomed.log).ok();
 }

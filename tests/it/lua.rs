@@ -419,7 +419,7 @@ async fn flood_take_reserves_spaced_moments_and_waits_out_a_pause() {
     let keys = BotKeys::new(&unique("r"), BotId(1));
     // The bot: one message a second; each chat: one in ten seconds.
     let take = async |conn: &mut Conn, chat: i64, max_ms: u64| -> i64 {
-        let [bot, chat, pause] = keys.flood(ChatId(chat));
+        let [bot, chat, pause] = keys.flood(ChatId(chat), false);
         let mut script = scripts::FLOOD_TAKE.key(bot);
         script.key(chat).key(pause).arg(1_000_000).arg(10_000_000).arg(max_ms);
         script.invoke_async(conn).await.unwrap()
@@ -435,7 +435,7 @@ async fn flood_take_reserves_spaced_moments_and_waits_out_a_pause() {
     let again = take(&mut conn, 3, 60_000).await;
     assert!((10_500..=11_000).contains(&again), "a refused wait must not move the schedule: {again}");
     // A pause after a 429 holds back every chat of the bot until it ends.
-    let [_, _, pause] = keys.flood(ChatId(4));
+    let [_, _, pause] = keys.flood(ChatId(4), false);
     let () = redis::cmd("SET").arg(&pause).arg(1).arg("PX").arg(30_000).query_async(&mut conn).await.unwrap();
     let paused = take(&mut conn, 4, 60_000).await;
     assert!((29_500..=30_000).contains(&paused), "{paused}");

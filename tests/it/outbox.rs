@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use botfleet::kv::BotKeys;
+use botfleet::types::UserId;
 use redis::streams::StreamInfoConsumersReply;
 use serde_json::json;
 
@@ -113,7 +114,12 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_bounded_deliveries(
 
 /// Three workers under a little less than Telegram's limits (as in `flood.rs`), user 1 an admin.
 async fn broadcasters(db: &TestDb, telegram: &str, per_bot: &str) -> (String, Vec<Running>) {
-    let prefix = unique("r");
+    broadcasters_on(db, telegram, per_bot, &unique("r")).await
+}
+
+/// [`broadcasters`] on Redis keys of `prefix`.
+async fn broadcasters_on(db: &TestDb, telegram: &str, per_bot: &str, prefix: &str) -> (String, Vec<Running>) {
+    let prefix = prefix.to_owned();
     let settings = [
         ("BOTFLEET_FLOOD_PER_BOT", per_bot),
         ("BOTFLEET_FLOOD_PER_CHAT", "0.8"),
@@ -204,6 +210,49 @@ async fn a_broadcast_reaches_every_reachable_user_once_within_the_limits() {
 }
 
 #[tokio::test]
+async fn a_paid_broadcast_reaches_ten_thousand_users_once_past_the_free_rate_and_replies_go_on() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(true).await;
+    let (prefix, workers) = broadcasters(&db, &telegram, "28").await;
+    audience(&db, 10_000).await;
+    let start = text_update(1, 1, "/broadcast --paid Paid news");
+    assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+    // Once every recipient is queued (the reply's user, who writes then, is none of them), a
+    // user asks for help: the answer does not wait for the broadcast.
+    eventually(Duration::from_secs(60), "every recipient queued", || async {
+        (db.count("SELECT count(*) FROM broadcasts WHERE status = 'sending'").await == 1).then_some(())
+    })
+    .await;
+    let help = deliver_update(&workers[1], &MAIN_BOT, &text_update(2, 20_000, "/help")).await;
+    assert_eq!(help.status(), 200, "the reply waited past its bound");
+    let mut expected: Vec<i64> = (1000..11_000).collect();
+    expected.push(1);
+    expected.sort_unstable();
+    // Counted in Postgres, where each recipient served is journaled: the fake's whole log, read
+    // every 20 ms, would cost this thread (the workers' too) more than the broadcast.
+    let served = "SELECT count(*) FROM broadcast_deliveries";
+    eventually(Duration::from_secs(100), "every recipient served", || async {
+        (db.count(served).await >= expected.len() as i64).then_some(())
+    })
+    .await;
+    outbox_drained(&prefix).await;
+    let mut got = texts_to(&fake, "Paid news");
+    got.sort_unstable();
+    assert_eq!(got, expected, "each reachable, unbanned user exactly once");
+    let calls = fake.calls();
+    let refused: Vec<&Call> = calls.iter().filter(|c| c.status != 200).collect();
+    assert!(refused.is_empty(), "the fake Telegram refused calls: {refused:?}");
+    let paid: Vec<&Call> = calls.iter().filter(|c| c.params["text"] == "Paid news").collect();
+    assert!(paid.iter().all(|c| c.params["allow_paid_broadcast"] == true), "each sent as a paid broadcast");
+    let reply = calls.iter().find(|c| c.params["chat_id"] == 20_000).expect("the reply to /help");
+    assert!(reply.seq < paid.last().unwrap().seq, "the reply went out while the broadcast ran");
+    // Past the free rate (28 a second here): the fake's own clock, first message to last.
+    let seconds = (paid.last().unwrap().at_ms - paid[0].at_ms) as f64 / 1000.0;
+    let rate = paid.len() as f64 / seconds;
+    assert!(rate > 56.0, "a paid broadcast at {rate:.0} messages a second, not past twice the free rate");
+}
+
+#[tokio::test]
 async fn broadcast_cancel_drops_what_is_still_queued() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
@@ -243,16 +292,19 @@ async fn broadcast_cancel_drops_what_is_still_queued() {
 async fn a_broadcast_stores_its_text_once_and_its_outbox_entries_carry_none() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
-    // One message a second: the audience is still queued when the handler has answered.
+    // One message a second: the audience is still queued a moment later.
     let (prefix, workers) = broadcasters(&db, &telegram, "1").await;
     audience(&db, 40).await;
     let text = format!("{}the end.", "A long text, stored once; ".repeat(100));
     let start = text_update(1, 1, &format!("/broadcast {text}"));
     assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
     let [outbox, _] = BotKeys::new(&prefix, MAIN_BOT.bot_id()).outbox();
-    let entries: Vec<(String, Vec<(String, String)>)> =
-        redis::cmd("XRANGE").arg(&outbox).arg("-").arg("+").query_async(&mut redis().await).await.unwrap();
-    assert!(entries.len() >= 30, "the audience queued: {} entries", entries.len());
+    let entries = eventually(Duration::from_secs(10), "the audience queued", || async {
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            redis::cmd("XRANGE").arg(&outbox).arg("-").arg("+").query_async(&mut redis().await).await.ok()?;
+        (entries.len() >= 30).then_some(entries)
+    })
+    .await;
     for (_, fields) in &entries {
         let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["chat", "id", "broadcast"], "a recipient and the broadcast, no text");
@@ -267,39 +319,55 @@ async fn a_broadcast_stores_its_text_once_and_its_outbox_entries_carry_none() {
 }
 
 #[tokio::test]
-async fn a_redelivered_broadcast_resumes_queueing_at_its_cursor() {
+async fn a_broadcast_whose_feeder_died_is_queued_on_from_its_cursor_or_its_mark() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
-    let (prefix, workers) = broadcasters(&db, &telegram, "100").await;
-    audience(&db, 20).await;
-    // The first delivery of update 1 died after queueing the admin and users 1000..=1009 (its
-    // messages are the outbox's business, not this test's). As queueing does, it marked them
-    // queued in Redis before its cursor moved in Postgres, so the reconciler leaves them be:
-    // the redelivery goes on from there.
+    audience(&db, 30).await;
+    // Two broadcasts whose feeder died: #5 after queueing users up to 1009 (its mark in Redis
+    // and its cursor in Postgres agree), #6 after queueing up to 1014 in Redis but before its
+    // cursor moved past 1009 (those five are in the outbox already, as the mark says).
+    let prefix = unique("r");
     let keys = BotKeys::new(&prefix, MAIN_BOT.bot_id());
-    botfleet::telegram::outbox::queued_through(&mut redis().await, &keys, 5, botfleet::types::UserId(1009))
+    let mut conn = redis().await;
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&keys.outbox()[0])
+        .arg("senders")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
         .await
         .unwrap();
+    botfleet::telegram::outbox::queued_through(&mut conn, &keys, 5, UserId(1009)).await.unwrap();
+    for user in 1010..=1014 {
+        botfleet::telegram::outbox::add_recipient(&mut conn, &keys, 6, UserId(user)).await.unwrap();
+    }
+    botfleet::telegram::outbox::queued_through(&mut conn, &keys, 6, UserId(1014)).await.unwrap();
     db.owner()
         .await
         .execute(
             "INSERT INTO broadcasts (id, bot_id, update_id, origin, admin_chat, text, next_user_id, queued)
-             OVERRIDING SYSTEM VALUE VALUES (5, $1, 1, 'm:1:1', 1, 'Resumed where it stopped', 1009, 11)",
+             OVERRIDING SYSTEM VALUE
+             VALUES (5, $1, 1, 'm:1:1', 1, 'Resumed at the cursor', 1009, 11),
+                    (6, $1, 2, 'm:1:2', 1, 'Resumed at the mark', 1009, 11)",
             &[&MAIN_BOT.id()],
         )
         .await
         .unwrap();
-    let again = text_update(1, 1, "/broadcast Resumed where it stopped");
-    assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &again).await.status(), 200);
+    let (_, _workers) = broadcasters_on(&db, &telegram, "100", &prefix).await;
+    let sent = "SELECT count(*) FROM broadcasts WHERE status = 'sending'";
+    eventually(Duration::from_secs(20), "both queued to the end", || async {
+        (db.count(sent).await == 2).then_some(())
+    })
+    .await;
     outbox_drained(&prefix).await;
-    let mut served = texts_to(&fake, "Resumed where it stopped");
+    let mut served = texts_to(&fake, "Resumed at the cursor");
     served.sort_unstable();
-    assert_eq!(
-        served,
-        (1010..1020).collect::<Vec<i64>>(),
-        "only the recipients after the cursor are queued again"
-    );
-    assert_eq!(db.count("SELECT queued::int8 FROM broadcasts").await, 21);
+    assert_eq!(served, (1010..1030).collect::<Vec<i64>>(), "only the recipients after the cursor");
+    let mut served = texts_to(&fake, "Resumed at the mark");
+    served.sort_unstable();
+    assert_eq!(served, (1010..1030).collect::<Vec<i64>>(), "each once: those before the mark were queued");
+    assert_eq!(db.count("SELECT sum(queued)::int8 FROM broadcasts").await, 31 + 31);
 }
 
 #[tokio::test]

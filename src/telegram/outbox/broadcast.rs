@@ -14,33 +14,37 @@ use crate::types::{ChatId, UserId};
 /// edit takes a moment of the bot's rate from the broadcast (at 50, 2% of it).
 const PROGRESS_EVERY: i64 = 250;
 
-/// What the admin's progress message says.
-pub fn progress_text(id: i64, done: i64, total: i64) -> String {
-    if done >= total {
-        format!("Broadcast #{id}: done, {total} of {total} recipients.")
-    } else {
-        format!("Broadcast #{id}: {done} of {total} recipients so far. /broadcast_cancel stops it.")
+/// What the admin's progress message says, `done` recipients served of `total` (known once
+/// every recipient is queued) or, until then, of the `estimate` counted at the start.
+pub fn progress_text(id: i64, done: i64, (total, estimate): (Option<i64>, i64)) -> String {
+    match total {
+        Some(total) if done >= total => format!("Broadcast #{id}: done, {total} of {total} recipients."),
+        _ => {
+            let total = total.unwrap_or(estimate).max(done);
+            format!("Broadcast #{id}: {done} of {total} recipients so far. /broadcast_cancel stops it.")
+        }
     }
 }
+
 /// How long a broadcast's progress and cancellation are remembered (longer than any takes).
-const BROADCAST_MEMORY_MS: u64 = 7 * 24 * 3600 * 1000;
+pub(super) const BROADCAST_MEMORY_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Tells the senders where broadcast `id`'s progress message is (`at`: the admin's chat and the
-/// message), so that they edit it as they go; returns how many recipients they served already.
+/// message), so that they edit it as they go, and about how many recipients it has; returns how
+/// many they served already, and of how many if all are queued.
 pub async fn report_progress_to(
     conn: &mut Conn,
     keys: &BotKeys,
-    id: i64,
-    total: i64,
+    (id, estimate): (i64, i64),
     (chat, message): (ChatId, MessageId),
-) -> redis::RedisResult<i64> {
+) -> redis::RedisResult<(i64, Option<i64>)> {
     let [progress, _] = keys.broadcast(id);
-    let (done,): ((Option<i64>, Option<i64>),) = redis::pipe()
+    let (done,): ((Option<i64>, Option<i64>, Option<i64>),) = redis::pipe()
         .atomic()
         .cmd("HSET")
         .arg(&progress)
-        .arg("total")
-        .arg(total)
+        .arg("estimate")
+        .arg(estimate)
         .arg("chat")
         .arg(chat)
         .arg("message")
@@ -52,10 +56,10 @@ pub async fn report_progress_to(
         .ignore()
         .cmd("HMGET")
         .arg(&progress)
-        .arg(&["sent", "refused"])
+        .arg(&["sent", "refused", "total"])
         .query_async(conn)
         .await?;
-    Ok(done.0.unwrap_or(0) + done.1.unwrap_or(0))
+    Ok((done.0.unwrap_or(0) + done.1.unwrap_or(0), done.2))
 }
 
 /// The outbox id of broadcast `id`'s message to `user`.
@@ -129,17 +133,17 @@ impl Sender {
             .ignore()
             .cmd("HMGET")
             .arg(&progress)
-            .arg(&["sent", "refused", "total", "chat", "message"])
+            .arg(&["sent", "refused", "total", "estimate", "chat", "message"])
             .query_async(conn)
             .await?;
         let field = |n: usize| fields.get(n).copied().flatten();
         let done = field(0).unwrap_or(0) + field(1).unwrap_or(0);
-        let (total, chat, message) =
-            (field(2), field(3).map(ChatId), field(4).and_then(|m| i32::try_from(m).ok()));
-        if let (Some(total), Some(chat), Some(message)) = (total, chat, message)
-            && (done % PROGRESS_EVERY == 0 || done == total)
+        let (total, estimate) = (field(2), field(3).unwrap_or(0));
+        let (chat, message) = (field(4).map(ChatId), field(5).and_then(|m| i32::try_from(m).ok()));
+        if let (Some(chat), Some(message)) = (chat, message)
+            && (done % PROGRESS_EVERY == 0 || Some(done) == total)
         {
-            let text = progress_text(id, done, total);
+            let text = progress_text(id, done, (total, estimate));
             let api = &self.bot.api;
             let name = self.bot.config.name.as_str();
             let edited = self

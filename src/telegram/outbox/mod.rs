@@ -15,6 +15,7 @@
 //! each broadcast's cursor and served recipients, and [`rebuild`] queues again what Redis lost.
 
 mod broadcast;
+mod feed;
 mod queue;
 mod rebuild;
 mod sender;
@@ -23,6 +24,7 @@ mod upkeep;
 pub use broadcast::{
     add_recipient, cancel_broadcast, message_id, progress_text, queued_through, report_progress_to,
 };
+pub use feed::feed;
 pub use queue::{Message, NotifyError, OutboxConfig, notify};
 pub use rebuild::{Rebuilt, rebuild};
-pub use sender::{BroadcastTexts, IN_FLIGHT, Sender};
+pub use sender::{BroadcastContents, IN_FLIGHT, Sender};

@@ -40,8 +40,8 @@ pub struct Sender {
     pub flood: Arc<Flood>,
     pub metrics: Arc<Metrics>,
     pub config: OutboxConfig,
-    /// The texts of the broadcasts it sends, read once each.
-    pub texts: BroadcastTexts,
+    /// What the broadcasts it sends say, read once each.
+    pub contents: BroadcastContents,
 }
 
 impl Sender {
@@ -125,10 +125,13 @@ impl Sender {
     /// Sends one entry; acknowledges it unless the failure may pass (then it stays pending).
     pub(super) async fn deliver(&self, conn: &mut Conn, entry: &StreamId) -> anyhow::Result<()> {
         let broadcast = entry.get::<i64>("broadcast");
-        let text = match (entry.get::<String>("text"), broadcast) {
-            (Some(text), _) => Some(text.into()),
-            (None, Some(id)) => self.texts.of(&self.db, id).await?,
-            (None, None) => None,
+        let (text, paid) = match (entry.get::<String>("text"), broadcast) {
+            (Some(text), _) => (Some(text.into()), false),
+            (None, Some(id)) => match self.contents.of(&self.db, id).await? {
+                Some(content) => (Some(content.text.clone()), content.paid),
+                None => (None, false),
+            },
+            (None, None) => (None, false),
         };
         let (Some(chat), Some(text)) = (entry.get::<i64>("chat").map(ChatId), text) else {
             tracing::error!(id = %entry.id, "an outbox entry without chat or text; dropped");
@@ -144,14 +147,17 @@ impl Sender {
         let api = &self.bot.api;
         let name = self.bot.config.name.as_str();
         let check = conn.clone();
+        let urgency = if paid { Urgency::Paid(self.bot.config.paid_rate) } else { Urgency::Queued };
         let sent = self
             .flood
-            .send(conn, (&self.bot.keys, name), chat, Urgency::Queued, || {
-                let request = api.send_message(chat, &*text);
-                let request = match markup.clone() {
-                    Some(markup) => request.reply_markup(markup),
-                    None => request,
-                };
+            .send(conn, (&self.bot.keys, name), chat, urgency, || {
+                let mut request = api.send_message(chat, &*text);
+                if let Some(markup) = markup.clone() {
+                    request = request.reply_markup(markup);
+                }
+                if paid {
+                    request = request.allow_paid_broadcast(true);
+                }
                 let mut check = check.clone();
                 async move {
                     // Asked again once its moment came: a broadcast cancelled while this
@@ -201,28 +207,34 @@ impl Sender {
     }
 }
 
-/// Broadcasts' texts as a sender read them from Postgres: a broadcast's entries carry none.
+/// What broadcasts say, as a sender read it from Postgres: a broadcast's entries carry none.
 #[derive(Default)]
-pub struct BroadcastTexts(Mutex<HashMap<i64, Arc<str>>>);
+pub struct BroadcastContents(Mutex<HashMap<i64, Arc<Content>>>);
 
-/// Texts a sender keeps (broadcasts going at once are few; past it, it reads them again).
-const TEXTS_KEPT: usize = 64;
+/// A broadcast's text, and whether it is paid.
+pub(super) struct Content {
+    text: Arc<str>,
+    paid: bool,
+}
 
-impl BroadcastTexts {
-    /// Broadcast `id`'s text; `None` if Postgres has no such broadcast.
-    pub(super) async fn of(&self, db: &Pool, id: i64) -> Result<Option<Arc<str>>, StoreError> {
-        if let Some(text) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
-            return Ok(Some(text.clone()));
+/// Contents a sender keeps (broadcasts going at once are few; past it, it reads them again).
+const CONTENTS_KEPT: usize = 64;
+
+impl BroadcastContents {
+    /// Broadcast `id`'s content; `None` if Postgres has no such broadcast.
+    pub(super) async fn of(&self, db: &Pool, id: i64) -> Result<Option<Arc<Content>>, StoreError> {
+        if let Some(content) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return Ok(Some(content.clone()));
         }
-        let Some(text) = broadcasts::text(db, id).await? else {
+        let Some(stored) = broadcasts::content(db, id).await? else {
             return Ok(None);
         };
-        let text: Arc<str> = text.into();
-        let mut texts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if texts.len() >= TEXTS_KEPT {
-            texts.clear();
+        let content = Arc::new(Content { text: stored.text.into(), paid: stored.paid });
+        let mut contents = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if contents.len() >= CONTENTS_KEPT {
+            contents.clear();
         }
-        texts.insert(id, text.clone());
-        Ok(Some(text))
+        contents.insert(id, content.clone());
+        Ok(Some(content))
     }
 }
