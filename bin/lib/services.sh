@@ -77,20 +77,32 @@ make_data_dir() {
     printf '%s' "$dir"
 }
 
-# A loopback TCP port nobody listens on, not handed out before in this run.
-USED_PORTS=" "
-# Below the kernel's ephemeral range (32768+), where port-0 binds of parallel tests land.
+# A loopback TCP port nobody listens on and no running script here has taken: each taken port
+# is recorded with the taking script's pid in PORTS_TAKEN (under a lock), so that scripts run side
+# by side (tests start clusters in parallel) never hand out one port twice between its choice and
+# its bind; a port $(free_port) took lasts as long as the script (its $$) runs. Below the
+# kernel's ephemeral range (32768+), where port-0 binds of parallel tests land.
+PORTS_TAKEN=${TMPDIR:-/tmp}/botfleet-ports-taken
 free_port() {
-    local port
+    local port owner lock
+    exec {lock}>>"$PORTS_TAKEN"
+    flock "$lock"
+    # Forget the ports of scripts that have ended (theirs are bound by now, or never will be).
+    while read -r port owner; do
+        if kill -0 "$owner" 2>/dev/null; then printf '%s %s\n' "$port" "$owner"; fi
+    done <"$PORTS_TAKEN" >"$PORTS_TAKEN.new"
+    cat "$PORTS_TAKEN.new" >"$PORTS_TAKEN"
     for _ in $(seq 1 200); do
         port=$((20000 + RANDOM % 12000))
-        case "$USED_PORTS" in *" $port "*) continue ;; esac
+        grep -q "^$port " "$PORTS_TAKEN" && continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            USED_PORTS="$USED_PORTS$port "
+            printf '%s %s\n' "$port" "$$" >>"$PORTS_TAKEN"
+            exec {lock}>&-
             printf '%s' "$port"
             return 0
         fi
     done
+    exec {lock}>&-
     die "no free port found"
 }
 

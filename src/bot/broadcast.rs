@@ -16,7 +16,7 @@ use teloxide_core::types::User;
 use super::ctx::Ctx;
 use super::error::HandleError;
 use crate::store::broadcasts;
-use crate::telegram::outbox::{self, progress_text};
+use crate::telegram::outbox::{self, Progress};
 use crate::types::ChatId;
 
 /// Telegram's longest message.
@@ -45,16 +45,18 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
     }
     // The progress message, which the senders edit from here on.
     let estimate = broadcasts::audience(db, bot_id).await?;
-    let text = progress_text(broadcast.id, 0, (None, estimate));
-    let Some(sent) = ctx.say_message(chat, text).await? else {
+    let rate =
+        if paid { Some(f64::from(ctx.bot.config.paid_rate)) } else { ctx.services.flood.limits.per_bot };
+    let mut progress = Progress { id: broadcast.id, sent: 0, refused: 0, total: None, estimate, rate };
+    let Some(message) = ctx.say_message(chat, progress.text()).await? else {
         return Ok(());
     };
-    let at = (chat, sent);
-    let (done, total) =
+    let at = (chat, message);
+    (progress.sent, progress.refused, progress.total) =
         outbox::report_progress_to(&mut ctx.conn(), &ctx.bot.keys, (broadcast.id, estimate), at).await?;
     // Every recipient may have been served before the senders knew where to report.
-    if total.is_some_and(|total| done >= total) {
-        ctx.edit(chat, sent, progress_text(broadcast.id, done, (total, estimate))).await?;
+    if progress.total.is_some_and(|total| progress.sent + progress.refused >= total) {
+        ctx.edit(chat, message, progress.text()).await?;
     }
     Ok(())
 }

@@ -18,15 +18,46 @@ use crate::types::{ChatId, UserId};
 /// to 250 a second, its senders waiting for the chat's moments).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// What the admin's progress message says, `done` recipients served of `total` (known once
-/// every recipient is queued) or, until then, of the `estimate` counted at the start.
-pub fn progress_text(id: i64, done: i64, (total, estimate): (Option<i64>, i64)) -> String {
-    match total {
-        Some(total) if done >= total => format!("Broadcast #{id}: done, {total} of {total} recipients."),
-        _ => {
-            let total = total.unwrap_or(estimate).max(done);
-            format!("Broadcast #{id}: {done} of {total} recipients so far. /broadcast_cancel stops it.")
+/// How far a broadcast got, as the admin's progress message tells it.
+pub struct Progress {
+    pub id: i64,
+    /// Recipients Telegram took the message for, and those it refused for good (blocked the
+    /// bot, deleted their account).
+    pub sent: i64,
+    pub refused: i64,
+    /// Every recipient, known once all are queued; until then, about as many as were counted
+    /// at the start.
+    pub total: Option<i64>,
+    pub estimate: i64,
+    /// Messages a second it goes at (`None`: no limit).
+    pub rate: Option<f64>,
+}
+
+impl Progress {
+    pub fn text(&self) -> String {
+        let Self { id, sent, refused, .. } = *self;
+        let done = sent + refused;
+        let unreachable =
+            if refused > 0 { format!(", {refused} could not be reached") } else { String::new() };
+        if let Some(total) = self.total.filter(|total| done >= *total) {
+            return format!("Broadcast #{id}: done, {total} of {total} recipients{unreachable}.");
         }
+        let to_go = self.total.unwrap_or(self.estimate).saturating_sub(done).max(0);
+        let left = match self.rate {
+            Some(rate) => format!(", about {} left", duration_text(to_go as f64 / rate)),
+            None => String::new(),
+        };
+        format!("Broadcast #{id}: {sent} sent{unreachable}, {to_go} to go{left}. /broadcast_cancel stops it.")
+    }
+}
+
+/// Seconds as a person reads them: "40 s", "17 min", "9 h 16 min".
+fn duration_text(seconds: f64) -> String {
+    let seconds = seconds.ceil() as u64;
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 => format!("{} min", seconds.div_ceil(60)),
+        _ => format!("{} h {} min", seconds / 3600, seconds % 3600 / 60),
     }
 }
 
@@ -35,13 +66,13 @@ pub(super) const BROADCAST_MEMORY_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Tells the senders where broadcast `id`'s progress message is (`at`: the admin's chat and the
 /// message), so that they edit it as they go, and about how many recipients it has; returns how
-/// many they served already, and of how many if all are queued.
+/// many they sent and how many were refused already, and of how many if all are queued.
 pub async fn report_progress_to(
     conn: &mut Conn,
     keys: &BotKeys,
     (id, estimate): (i64, i64),
     (chat, message): (ChatId, MessageId),
-) -> redis::RedisResult<(i64, Option<i64>)> {
+) -> redis::RedisResult<(i64, i64, Option<i64>)> {
     let [progress, _] = keys.broadcast(id);
     let (done,): ((Option<i64>, Option<i64>, Option<i64>),) = redis::pipe()
         .atomic()
@@ -63,7 +94,7 @@ pub async fn report_progress_to(
         .arg(&["sent", "refused", "total"])
         .query_async(conn)
         .await?;
-    Ok((done.0.unwrap_or(0) + done.1.unwrap_or(0), done.2))
+    Ok((done.0.unwrap_or(0), done.1.unwrap_or(0), done.2))
 }
 
 /// The outbox id of broadcast `id`'s message to `user`.
@@ -124,9 +155,14 @@ impl Sender {
         redis::cmd("EXISTS").arg(&cancelled).query_async(conn).await
     }
 
-    /// Counts one recipient of broadcast `id` done, and now and then (and at the end) edits the
-    /// admin's progress message.
-    pub(super) async fn progress(&self, conn: &mut Conn, id: i64, sent: bool) -> anyhow::Result<()> {
+    /// Counts one recipient of broadcast `id` (`paid` or not) done, and now and then (and at the
+    /// end) edits the admin's progress message.
+    pub(super) async fn progress(
+        &self,
+        conn: &mut Conn,
+        (id, paid): (i64, bool),
+        sent: bool,
+    ) -> anyhow::Result<()> {
         let [progress, _] = self.bot.keys.broadcast(id);
         // The edit is due if no sender made one within PROGRESS_EVERY (this one takes its turn).
         let (fields, due): (Vec<Option<i64>>, Option<String>) = redis::pipe()
@@ -148,13 +184,15 @@ impl Sender {
             .query_async(conn)
             .await?;
         let field = |n: usize| fields.get(n).copied().flatten();
-        let done = field(0).unwrap_or(0) + field(1).unwrap_or(0);
+        let rate = if paid { Some(f64::from(self.bot.config.paid_rate)) } else { self.flood.limits.per_bot };
+        let (sent, refused) = (field(0).unwrap_or(0), field(1).unwrap_or(0));
         let (total, estimate) = (field(2), field(3).unwrap_or(0));
+        let progress = Progress { id, sent, refused, total, estimate, rate };
         let (chat, message) = (field(4).map(ChatId), field(5).and_then(|m| i32::try_from(m).ok()));
         if let (Some(chat), Some(message)) = (chat, message)
-            && (due.is_some() || Some(done) == total)
+            && (due.is_some() || Some(sent + refused) == total)
         {
-            let text = progress_text(id, done, (total, estimate));
+            let text = progress.text();
             let api = &self.bot.api;
             let name = self.bot.config.name.as_str();
             let edited = self
@@ -168,5 +206,47 @@ impl Sender {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_message_tells_what_is_sent_refused_left_and_how_long_it_takes() {
+        let at =
+            |sent, refused, total, rate| Progress { id: 3, sent, refused, total, estimate: 100_000, rate };
+        let paid = Some(1000.0);
+        assert_eq!(
+            at(0, 0, None, paid).text(),
+            "Broadcast #3: 0 sent, 100000 to go, about 2 min left. /broadcast_cancel stops it."
+        );
+        assert_eq!(
+            at(40_000, 2, None, paid).text(),
+            "Broadcast #3: 40000 sent, 2 could not be reached, 59998 to go, about 1 min left. /broadcast_cancel stops it."
+        );
+        assert_eq!(
+            at(1000, 0, None, Some(30.0)).text(),
+            "Broadcast #3: 1000 sent, 99000 to go, about 55 min left. /broadcast_cancel stops it."
+        );
+        assert_eq!(
+            at(0, 0, Some(1_000_000), Some(30.0)).text().split(", about ").nth(1),
+            Some("9 h 15 min left. /broadcast_cancel stops it.")
+        );
+        assert_eq!(
+            at(5, 0, None, None).text(),
+            "Broadcast #3: 5 sent, 99995 to go. /broadcast_cancel stops it."
+        );
+        // More joined than were counted at the start: nothing is "to go" below zero.
+        assert_eq!(
+            at(100_001, 0, None, None).text(),
+            "Broadcast #3: 100001 sent, 0 to go. /broadcast_cancel stops it."
+        );
+        assert_eq!(
+            at(99_990, 20, Some(100_010), paid).text(),
+            "Broadcast #3: done, 100010 of 100010 recipients, 20 could not be reached."
+        );
+        assert_eq!(at(7, 0, Some(7), paid).text(), "Broadcast #3: done, 7 of 7 recipients.");
     }
 }

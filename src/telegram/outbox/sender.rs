@@ -185,7 +185,7 @@ impl Sender {
             let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
             self.journal(entry).await;
             if let Some(id) = broadcast {
-                self.progress(conn, id, verdict == Verdict::Ok).await?;
+                self.progress(conn, (id, paid), verdict == Verdict::Ok).await?;
             }
         }
         Ok(())
