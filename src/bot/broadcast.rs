@@ -1,4 +1,5 @@
-//! `/broadcast [--paid] <text>` and `/broadcast_cancel`, for the bot's admins.
+//! `/broadcast [--paid] <text>`, `/broadcast_pause`, `/broadcast_resume` and
+//! `/broadcast_cancel`, for the bot's admins.
 //!
 //! A broadcast goes to every user of the bot neither banned nor unreachable. Its text is stored
 //! once, in Postgres; the admin's update records it and answers with a progress message. Its
@@ -8,7 +9,8 @@
 //! worker dies another goes on where it stopped. The outbox's senders deliver within the flood
 //! limits (a paid broadcast with `allow_paid_broadcast`, at the bot's paid rate, on a schedule
 //! of its own) and keep editing the admin's progress message; `/broadcast_cancel` makes them
-//! drop what is still queued. A message in flight when its sender dies may go out twice
+//! drop what is still queued; `/broadcast_pause` makes them park it until `/broadcast_resume`.
+//! A message in flight when its sender dies may go out twice
 //! (counted in `botfleet_outbox_redeliveries_total`); nobody is missed.
 
 use teloxide_core::types::User;
@@ -59,6 +61,27 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
         ctx.edit(chat, message, progress.text()).await?;
     }
     Ok(())
+}
+
+/// `/broadcast_pause` (`paused`) and `/broadcast_resume`: the admin's latest broadcast still
+/// going queues and sends nothing more until resumed (what is queued waits), or goes on.
+pub async fn pause(ctx: &Ctx<'_>, chat: ChatId, from: &User, paused: bool) -> Result<(), HandleError> {
+    if !ctx.is_admin(from) {
+        return ctx.say(chat, "Only the bot's admins may do that.").await;
+    }
+    ctx.fenced()?;
+    let (db, bot_id) = (&ctx.services.db, ctx.bot.config.id);
+    let Some(id) = broadcasts::pause_broadcast(db, bot_id, chat, paused).await? else {
+        let nothing = if paused { "No broadcast to pause." } else { "No paused broadcast to resume." };
+        return ctx.say(chat, nothing).await;
+    };
+    outbox::pause_broadcast(&mut ctx.conn(), &ctx.bot.keys, id, paused).await?;
+    let said = if paused {
+        format!("Broadcast #{id} paused: /broadcast_resume goes on, /broadcast_cancel stops it.")
+    } else {
+        format!("Broadcast #{id} resumed.")
+    };
+    ctx.say(chat, said).await
 }
 
 pub async fn cancel(ctx: &Ctx<'_>, chat: ChatId, from: &User) -> Result<(), HandleError> {

@@ -18,11 +18,13 @@ pub enum Command {
     Ban,
     Unban,
     Broadcast,
+    BroadcastPause,
+    BroadcastResume,
     BroadcastCancel,
 }
 
 impl Command {
-    pub const ALL: [Command; 10] = [
+    pub const ALL: [Command; 12] = [
         Command::Start,
         Command::Help,
         Command::Post,
@@ -32,6 +34,8 @@ impl Command {
         Command::Ban,
         Command::Unban,
         Command::Broadcast,
+        Command::BroadcastPause,
+        Command::BroadcastResume,
         Command::BroadcastCancel,
     ];
 
@@ -47,6 +51,8 @@ impl Command {
             Command::Ban => "ban",
             Command::Unban => "unban",
             Command::Broadcast => "broadcast",
+            Command::BroadcastPause => "broadcast_pause",
+            Command::BroadcastResume => "broadcast_resume",
             Command::BroadcastCancel => "broadcast_cancel",
         }
     }
@@ -60,9 +66,13 @@ impl Command {
             Command::Post => Some("write a post step by step, with an optional photo"),
             Command::My => Some("your posts, and delete one"),
             Command::Cancel => Some("stop what you are doing"),
-            Command::Skip | Command::Ban | Command::Unban | Command::Broadcast | Command::BroadcastCancel => {
-                None
-            }
+            Command::Skip
+            | Command::Ban
+            | Command::Unban
+            | Command::Broadcast
+            | Command::BroadcastPause
+            | Command::BroadcastResume
+            | Command::BroadcastCancel => None,
         }
     }
 }

@@ -181,6 +181,8 @@ async fn on_private_message(ctx: &Ctx<'_>, message: &Message) -> Result<(), Hand
         Some((Some(Command::Ban), args)) => return bans::ban(ctx, chat, from, args, true).await,
         Some((Some(Command::Unban), args)) => return bans::ban(ctx, chat, from, args, false).await,
         Some((Some(Command::Broadcast), text)) => return broadcast::start(ctx, chat, from, text).await,
+        Some((Some(Command::BroadcastPause), _)) => return broadcast::pause(ctx, chat, from, true).await,
+        Some((Some(Command::BroadcastResume), _)) => return broadcast::pause(ctx, chat, from, false).await,
         Some((Some(Command::BroadcastCancel), _)) => return broadcast::cancel(ctx, chat, from).await,
         Some((Some(Command::My), _)) => return posts::list_mine(ctx, chat, from).await,
         _ => posts::on_message(ctx, message, from, &stored.state, invocation).await?,

@@ -104,6 +104,13 @@ impl BotKeys {
         [base.clone(), format!("{base}:cancelled")]
     }
 
+    /// A broadcast's pause mark, and the stream its queued messages wait in while it is paused
+    /// (`broadcast_park.lua`, `broadcast_resume.lua`).
+    pub fn broadcast_pause(&self, id: i64) -> [String; 2] {
+        let base = format!("{}bc:{id}", self.own);
+        [format!("{base}:paused"), format!("{base}:parked")]
+    }
+
     /// Which worker queues the bot's broadcasts' recipients (a lease: `telegram::outbox::feed`).
     pub fn feeder(&self) -> String {
         format!("{}bc:feeder", self.own)
@@ -216,6 +223,7 @@ mod tests {
         let [progress, _] = keys.broadcast(3);
         one_slot(&[keys.outbox()[0].clone(), progress]);
         one_slot(&keys.broadcast(3));
+        one_slot(&[&keys.outbox()[..1], &keys.broadcast_pause(3)[..]].concat());
         let path = keys.media_path("AgAD");
         one_slot(&[path.clone(), format!("{path}:fetching")]);
         let feed = FeedKeys::new("bf");

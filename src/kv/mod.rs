@@ -104,6 +104,8 @@ pub mod scripts {
     script!(FLOOD_TAKE, "flood_take.lua");
     script!(OUTBOX_ADD, "outbox_add.lua");
     script!(BROADCAST_QUEUE, "broadcast_queue.lua");
+    script!(BROADCAST_PARK, "broadcast_park.lua");
+    script!(BROADCAST_RESUME, "broadcast_resume.lua");
 }
 
 #[cfg(test)]

@@ -121,11 +121,12 @@ pub async fn content(db: &Pool, id: i64) -> Result<Option<Content>, StoreError> 
     Ok(rows.first().map(|row| Content { text: row.get(0), paid: row.get(1) }))
 }
 
-/// The bot's broadcasts whose recipients are still being queued, oldest first.
+/// The bot's broadcasts whose recipients are still being queued (not paused), oldest first.
 pub async fn queueing(db: &Pool, bot_id: BotId) -> Result<Vec<Going>, StoreError> {
     let rows = query(
         db,
-        "SELECT id, paid, next_user_id FROM broadcasts WHERE bot_id = $1 AND status = 'queueing' ORDER BY id",
+        "SELECT id, paid, next_user_id FROM broadcasts
+         WHERE bot_id = $1 AND status = 'queueing' AND NOT paused ORDER BY id",
         &[&bot_id],
     )
     .await?;
@@ -153,25 +154,23 @@ pub async fn unserved(
 }
 
 /// Records that the recipients up to `next_user_id` are queued, `more` of them since the last
-/// time (`done`: all of them). Returns whether queueing goes on (not `done`, and the broadcast
-/// was not cancelled meanwhile).
+/// time (`done`: all of them).
 pub async fn advance_broadcast(
     db: &Pool,
     id: i64,
     next_user_id: UserId,
     more: i32,
     done: bool,
-) -> Result<bool, StoreError> {
-    let rows = query(
+) -> Result<(), StoreError> {
+    query(
         db,
         "UPDATE broadcasts SET next_user_id = greatest(next_user_id, $2), queued = queued + $3,
                 status = CASE WHEN $4 AND status = 'queueing' THEN 'sending' ELSE status END
-         WHERE id = $1
-         RETURNING status = 'queueing'",
+         WHERE id = $1",
         &[&id, &next_user_id, &more, &done],
     )
     .await?;
-    Ok(rows.first().is_some_and(|row| row.get(0)))
+    Ok(())
 }
 
 /// Cancels the admin's latest broadcast still going; returns its id.
@@ -187,6 +186,27 @@ pub async fn cancel_broadcast(
                      ORDER BY id DESC LIMIT 1)
          RETURNING id",
         &[&bot_id, &admin_chat],
+    )
+    .await?;
+    Ok(rows.first().map(|row| row.get(0)))
+}
+
+/// Pauses (or resumes) the admin's latest broadcast still going that is not (or is) paused;
+/// returns its id.
+pub async fn pause_broadcast(
+    db: &Pool,
+    bot_id: BotId,
+    admin_chat: ChatId,
+    paused: bool,
+) -> Result<Option<i64>, StoreError> {
+    let rows = query(
+        db,
+        "UPDATE broadcasts SET paused = $3
+         WHERE id = (SELECT id FROM broadcasts
+                     WHERE bot_id = $1 AND admin_chat = $2 AND status IN ('queueing', 'sending') AND paused <> $3
+                     ORDER BY id DESC LIMIT 1)
+         RETURNING id",
+        &[&bot_id, &admin_chat, &paused],
     )
     .await?;
     Ok(rows.first().map(|row| row.get(0)))

@@ -31,8 +31,12 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        // No SQLSTATE means the failure was the connection, not the statement.
-        if e.is_closed() || e.code().is_none() {
+        // No SQLSTATE means the failure was the connection, not the statement; so do a
+        // connection exception (class 08) and an operator's intervention (57P: the server shuts
+        // down, or ended this session, as a failover or an administrator does).
+        let code = e.code().map(|code| code.code());
+        let unreachable = code.is_none_or(|code| code.starts_with("08") || code.starts_with("57P"));
+        if e.is_closed() || unreachable {
             StoreError::Unavailable(e.into())
         } else {
             StoreError::Other(e.into())

@@ -253,6 +253,79 @@ async fn a_paid_broadcast_reaches_ten_thousand_users_once_past_the_free_rate_and
 }
 
 #[tokio::test]
+async fn a_paused_broadcast_sends_nothing_until_resumed_then_reaches_everyone_once() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    // Ten messages a second: most of the audience is still to be served when the admin pauses.
+    let (prefix, workers) = broadcasters(&db, &telegram, "10").await;
+    audience(&db, 150).await;
+    let text = "Paused and resumed";
+    let start = text_update(1, 1, &format!("/broadcast {text}"));
+    assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+    eventually(Duration::from_secs(20), "the broadcast under way", || async {
+        (texts_to(&fake, text).len() >= 10).then_some(())
+    })
+    .await;
+    let pause = deliver_update(&workers[1], &MAIN_BOT, &text_update(2, 1, "/broadcast_pause")).await;
+    assert_eq!(pause.status(), 200);
+    // Every queued message the senders meet is parked: the outbox drains, and the feeder
+    // queues no more.
+    outbox_drained(&prefix).await;
+    let [_, parked] = BotKeys::new(&prefix, MAIN_BOT.bot_id()).broadcast_pause(1);
+    let parked: i64 = redis::cmd("XLEN").arg(&parked).query_async(&mut redis().await).await.unwrap();
+    assert!(parked > 0, "nothing parked");
+    assert!(db.count("SELECT next_user_id FROM broadcasts").await < 1149, "queued to the end while paused");
+    let resume = deliver_update(&workers[2], &MAIN_BOT, &text_update(3, 1, "/broadcast_resume")).await;
+    assert_eq!(resume.status(), 200);
+    let mut expected: Vec<i64> = (1000..1150).collect();
+    expected.push(1);
+    expected.sort_unstable();
+    eventually(Duration::from_secs(40), "every recipient served", || async {
+        (texts_to(&fake, text).len() >= expected.len()).then_some(())
+    })
+    .await;
+    outbox_drained(&prefix).await;
+    let mut got = texts_to(&fake, text);
+    got.sort_unstable();
+    assert_eq!(got, expected, "each reachable, unbanned user exactly once");
+    let calls = fake.calls();
+    let said =
+        |start: &str| calls.iter().find(|c| c.params["text"].as_str().is_some_and(|t| t.starts_with(start)));
+    let paused = said("Broadcast #1 paused").expect("the pause's reply").seq;
+    let resumed = said("Broadcast #1 resumed").expect("the resume's reply").seq;
+    let meanwhile = calls.iter().filter(|c| c.params["text"] == text && c.seq > paused && c.seq < resumed);
+    // At most those already on their way past their last check (one per sender in flight).
+    let in_flight = 3 * botfleet::telegram::outbox::IN_FLIGHT;
+    assert!(meanwhile.count() <= in_flight, "sent while paused");
+    let again = deliver_update(&workers[0], &MAIN_BOT, &text_update(4, 1, "/broadcast_resume")).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(texts_to(&fake, "No paused broadcast to resume."), [1], "a second resume resumes nothing");
+}
+
+#[tokio::test]
+async fn two_broadcasts_of_a_bot_take_turns() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let (prefix, workers) = broadcasters(&db, &telegram, "20").await;
+    audience(&db, 100).await;
+    for (update, text) in [(1, "The first broadcast"), (2, "The second broadcast")] {
+        let start = text_update(update, 1, &format!("/broadcast {text}"));
+        assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+    }
+    eventually(Duration::from_secs(40), "both served to the end", || async {
+        (db.count("SELECT count(*) FROM broadcast_deliveries").await == 2 * 101).then_some(())
+    })
+    .await;
+    outbox_drained(&prefix).await;
+    let calls = fake.calls();
+    let seqs =
+        |text: &str| calls.iter().filter(|c| c.params["text"] == text).map(|c| c.seq).collect::<Vec<_>>();
+    let (first, second) = (seqs("The first broadcast"), seqs("The second broadcast"));
+    assert_eq!((first.len(), second.len()), (101, 101), "each recipient once for each");
+    assert!(second[0] < first[50], "the second waited for half of the first: it began at #{}", second[0]);
+}
+
+#[tokio::test]
 async fn broadcast_cancel_drops_what_is_still_queued() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;

@@ -7,8 +7,10 @@ use teloxide_core::prelude::Requester;
 use teloxide_core::types::MessageId;
 
 use super::queue::add_entry;
-use super::sender::Sender;
-use crate::kv::{BotKeys, Conn};
+use super::sender::{Halt, Sender};
+use redis::streams::StreamId;
+
+use crate::kv::{BotKeys, Conn, scripts};
 use crate::telegram::flood::Urgency;
 use crate::types::{ChatId, UserId};
 
@@ -135,24 +137,77 @@ pub async fn queued_through(
         .await
 }
 
-/// Makes every sender drop what is still queued of broadcast `id`.
+/// Makes every sender drop what is still queued of broadcast `id`, parked or not.
 pub async fn cancel_broadcast(conn: &mut Conn, keys: &BotKeys, id: i64) -> redis::RedisResult<()> {
-    let [_, cancelled] = keys.broadcast(id);
-    redis::cmd("SET").arg(&cancelled).arg(1).arg("PX").arg(BROADCAST_MEMORY_MS).query_async(conn).await
+    let ([_, cancelled], [paused, parked]) = (keys.broadcast(id), keys.broadcast_pause(id));
+    redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(&cancelled)
+        .arg(1)
+        .arg("PX")
+        .arg(BROADCAST_MEMORY_MS)
+        .cmd("DEL")
+        .arg(&paused)
+        .arg(&parked)
+        .query_async(conn)
+        .await
+}
+
+/// Makes every sender park what is queued of broadcast `id` (`paused`), or queues again what
+/// they parked.
+pub async fn pause_broadcast(
+    conn: &mut Conn,
+    keys: &BotKeys,
+    id: i64,
+    paused: bool,
+) -> redis::RedisResult<()> {
+    let [mark, parked] = keys.broadcast_pause(id);
+    if paused {
+        return redis::cmd("SET")
+            .arg(&mark)
+            .arg(1)
+            .arg("PX")
+            .arg(BROADCAST_MEMORY_MS)
+            .query_async(conn)
+            .await;
+    }
+    let _: i64 =
+        scripts::BROADCAST_RESUME.key(&keys.outbox()[0]).key(&mark).key(&parked).invoke_async(conn).await?;
+    Ok(())
 }
 
 impl Sender {
-    /// Whether the message belongs to a broadcast its admin cancelled.
-    pub(super) async fn cancelled(
+    /// Whether the message belongs to a broadcast its admin cancelled or paused.
+    pub(super) async fn halted(
         &self,
         conn: &mut Conn,
         broadcast: Option<i64>,
-    ) -> redis::RedisResult<bool> {
+    ) -> redis::RedisResult<Option<Halt>> {
         let Some(id) = broadcast else {
-            return Ok(false);
+            return Ok(None);
         };
-        let [_, cancelled] = self.bot.keys.broadcast(id);
-        redis::cmd("EXISTS").arg(&cancelled).query_async(conn).await
+        let ([_, cancelled], [paused, _]) = (self.bot.keys.broadcast(id), self.bot.keys.broadcast_pause(id));
+        let (cancelled, paused): (Option<String>, Option<String>) =
+            redis::cmd("MGET").arg(&cancelled).arg(&paused).query_async(conn).await?;
+        Ok(match (cancelled, paused) {
+            (Some(_), _) => Some(Halt::Cancelled),
+            (None, Some(_)) => Some(Halt::Paused),
+            (None, None) => None,
+        })
+    }
+
+    /// Moves the entry of paused broadcast `id` out of the outbox until it is resumed; false if
+    /// it was resumed meanwhile (the entry is left as it was).
+    pub(super) async fn park(&self, conn: &mut Conn, entry: &StreamId, id: i64) -> redis::RedisResult<bool> {
+        let [paused, parked] = self.bot.keys.broadcast_pause(id);
+        let mut script = scripts::BROADCAST_PARK.prepare_invoke();
+        script.key(&self.bot.keys.outbox()[0]).key(&paused).key(&parked).arg(&entry.id);
+        for field in entry.map.keys() {
+            script.arg(field).arg(entry.get::<String>(field).unwrap_or_default());
+        }
+        let moved: i64 = script.invoke_async(conn).await?;
+        Ok(moved == 1)
     }
 
     /// Counts one recipient of broadcast `id` (`paid` or not) done, and now and then (and at the

@@ -1,7 +1,8 @@
 //! Queueing a broadcast's recipients just ahead of its sending: whichever worker holds the bot's
 //! feeder lease (`worker::feed`) tops up each broadcast's share of the outbox to a few seconds
-//! of sending, page by page from the cursor in Postgres. Redis holds that window of recipients,
-//! whatever the audience; the admin's update only records the broadcast.
+//! of sending, from the cursor in Postgres, a second of sending at a time for each broadcast in
+//! turn, so that several broadcasts of a bot take turns in the outbox. Redis holds that window
+//! of recipients, whatever the audience; the admin's update only records the broadcast.
 //!
 //! A page goes into Redis with the mark of how far queueing got, in one call that queues
 //! nothing if the mark moved since it was read (`broadcast_queue.lua`): two feeders (a lease
@@ -25,66 +26,63 @@ const MIN_WINDOW: i64 = 100;
 /// Most recipients queued at once.
 const PAGE: i64 = 500;
 
-/// Tops up the queue of each of the bot's broadcasts still queueing; `free_rate` is what the
-/// bot may send a second outside paid broadcasts. Returns how many recipients it queued.
+/// Tops up the queue of each of the bot's broadcasts still queueing, a turn each; `free_rate` is
+/// what the bot may send a second outside paid broadcasts. Returns how many recipients it
+/// queued.
 pub async fn feed(db: &Pool, conn: &mut Conn, bot: &Client, free_rate: f64) -> anyhow::Result<u64> {
     let mut queued = 0;
     for going in broadcasts::queueing(db, bot.config.id).await? {
         let rate = if going.paid { f64::from(bot.config.paid_rate) } else { free_rate };
-        let window = ((rate * f64::from(AHEAD_SECONDS)) as i64).max(MIN_WINDOW);
-        queued += top_up(db, conn, bot, &going, window).await?;
+        queued += top_up(db, conn, bot, &going, rate).await?;
     }
     Ok(queued)
 }
 
-/// Queues pages of `going`'s recipients until `window` of them wait to be served, or all are
-/// queued, or the broadcast was cancelled.
-async fn top_up(db: &Pool, conn: &mut Conn, bot: &Client, going: &Going, window: i64) -> anyhow::Result<u64> {
+/// Queues one page of `going`'s recipients, sent at `rate` a second: as many as it sends in a
+/// second (a turn: several broadcasts of the bot take turns by the second in the outbox), at
+/// most until [`AHEAD_SECONDS`] of them wait to be served.
+async fn top_up(db: &Pool, conn: &mut Conn, bot: &Client, going: &Going, rate: f64) -> anyhow::Result<u64> {
     let [progress, _] = bot.keys.broadcast(going.id);
-    let mut cursor = going.next_user_id;
-    let mut queued = 0;
-    loop {
-        let fields: [Option<String>; 4] = redis::cmd("HMGET")
-            .arg(&progress)
-            .arg(&["queued_through", "queued", "sent", "refused"])
-            .query_async(conn)
-            .await?;
-        let number = |n: usize| fields[n].as_deref().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        let mark = UserId(number(0));
-        if mark < cursor {
-            return Ok(queued);
-        }
-        if mark > cursor {
-            // A page queued whose cursor did not move: counted, up to the mark.
-            let page = broadcasts::recipients(db, bot.config.id, cursor, PAGE).await?;
-            let more = page.iter().filter(|user| **user <= mark).count() as i32;
-            broadcasts::advance_broadcast(db, going.id, mark, more, false).await?;
-            cursor = mark;
-        }
-        let room = (window - (number(1) - number(2) - number(3))).min(PAGE);
-        if room <= 0 {
-            return Ok(queued);
-        }
-        // One more than there is room for says whether these are the last.
-        let mut page = broadcasts::recipients(db, bot.config.id, cursor, room + 1).await?;
-        let last = page.len() as i64 <= room;
-        page.truncate(room as usize);
-        let mut script = scripts::BROADCAST_QUEUE.prepare_invoke();
-        let read = fields[0].as_deref().unwrap_or_default();
-        script.key(&bot.keys.outbox()[0]).key(&progress);
-        script.arg(going.id).arg(read).arg(BROADCAST_MEMORY_MS).arg(if last { "1" } else { "0" });
-        for user in &page {
-            script.arg(user.0);
-        }
-        let total: Option<i64> = script.invoke_async(conn).await?;
-        if total.is_none() {
-            // Another feeder moved the mark meanwhile: it goes on from there.
-            return Ok(queued);
-        }
-        queued += page.len() as u64;
-        cursor = page.last().copied().unwrap_or(cursor);
-        if !broadcasts::advance_broadcast(db, going.id, cursor, page.len() as i32, last).await? {
-            return Ok(queued);
-        }
+    let fields: [Option<String>; 4] = redis::cmd("HMGET")
+        .arg(&progress)
+        .arg(&["queued_through", "queued", "sent", "refused"])
+        .query_async(conn)
+        .await?;
+    let number = |n: usize| fields[n].as_deref().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let (mark, mut cursor) = (UserId(number(0)), going.next_user_id);
+    if mark < cursor {
+        return Ok(0);
     }
+    if mark > cursor {
+        // A page queued whose cursor did not move: counted, up to the mark.
+        let page = broadcasts::recipients(db, bot.config.id, cursor, PAGE).await?;
+        let more = page.iter().filter(|user| **user <= mark).count() as i32;
+        broadcasts::advance_broadcast(db, going.id, mark, more, false).await?;
+        cursor = mark;
+    }
+    let window = ((rate * f64::from(AHEAD_SECONDS)) as i64).max(MIN_WINDOW);
+    let turn = (rate.ceil() as i64).clamp(1, PAGE);
+    let room = (window - (number(1) - number(2) - number(3))).min(turn);
+    if room <= 0 {
+        return Ok(0);
+    }
+    // One more than there is room for says whether these are the last.
+    let mut page = broadcasts::recipients(db, bot.config.id, cursor, room + 1).await?;
+    let last = page.len() as i64 <= room;
+    page.truncate(room as usize);
+    let mut script = scripts::BROADCAST_QUEUE.prepare_invoke();
+    let read = fields[0].as_deref().unwrap_or_default();
+    script.key(&bot.keys.outbox()[0]).key(&progress);
+    script.arg(going.id).arg(read).arg(BROADCAST_MEMORY_MS).arg(if last { "1" } else { "0" });
+    for user in &page {
+        script.arg(user.0);
+    }
+    let total: Option<i64> = script.invoke_async(conn).await?;
+    if total.is_none() {
+        // Another feeder moved the mark meanwhile: it goes on from there.
+        return Ok(0);
+    }
+    let through = page.last().copied().unwrap_or(cursor);
+    broadcasts::advance_broadcast(db, going.id, through, page.len() as i32, last).await?;
+    Ok(page.len() as u64)
 }

@@ -22,7 +22,8 @@ mod sender;
 mod upkeep;
 
 pub use broadcast::{
-    Progress, add_recipient, cancel_broadcast, message_id, queued_through, report_progress_to,
+    Progress, add_recipient, cancel_broadcast, message_id, pause_broadcast, queued_through,
+    report_progress_to,
 };
 pub use feed::feed;
 pub use queue::{Message, NotifyError, OutboxConfig, notify};

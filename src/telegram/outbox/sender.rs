@@ -138,9 +138,14 @@ impl Sender {
             let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
             return Ok(());
         };
-        if self.cancelled(conn, broadcast).await? {
-            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
-            return Ok(());
+        match (self.halted(conn, broadcast).await?, broadcast) {
+            (Some(Halt::Cancelled), _) => {
+                let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+                return Ok(());
+            }
+            // Sent after all if it was resumed meanwhile.
+            (Some(Halt::Paused), Some(id)) if self.park(conn, entry, id).await? => return Ok(()),
+            _ => {}
         }
         let markup: Option<InlineKeyboardMarkup> =
             entry.get::<String>("markup").and_then(|json| serde_json::from_str(&json).ok());
@@ -160,20 +165,25 @@ impl Sender {
                 }
                 let mut check = check.clone();
                 async move {
-                    // Asked again once its moment came: a broadcast cancelled while this
-                    // message waited for it sends nothing more. (A failed check is a failed
+                    // Asked again once its moment came: a broadcast cancelled or paused while
+                    // this message waited for it sends nothing more. (A failed check is a failed
                     // call: the entry stays pending and is tried again.)
                     let unavailable =
                         |e: redis::RedisError| RequestError::Io(Arc::new(std::io::Error::other(e)));
-                    if self.cancelled(&mut check, broadcast).await.map_err(unavailable)? {
-                        return Ok(None);
+                    if let Some(halt) = self.halted(&mut check, broadcast).await.map_err(unavailable)? {
+                        return Ok(Err(halt));
                     }
-                    request.await.map(Some)
+                    request.await.map(Ok)
                 }
             })
             .await;
-        if let Ok(Ok(None)) = sent {
-            let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+        if let (Ok(Ok(Err(halt))), Some(id)) = (&sent, broadcast) {
+            // Dropped, or parked; one resumed meanwhile stays pending, and is claimed again.
+            if *halt == Halt::Cancelled {
+                let () = self.done(redis::pipe(), &entry.id).query_async(conn).await?;
+            } else {
+                self.park(conn, entry, id).await?;
+            }
             return Ok(());
         }
         if let Ok(Err(e)) = &sent {
@@ -205,6 +215,13 @@ impl Sender {
             tracing::warn!(bot = %self.bot.config.name, id = %entry.id, error = %e, "could not journal a delivered outbox message");
         }
     }
+}
+
+/// Why a broadcast's message is not sent now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Halt {
+    Cancelled,
+    Paused,
 }
 
 /// What broadcasts say, as a sender read it from Postgres: a broadcast's entries carry none.
