@@ -303,6 +303,46 @@ async fn a_paused_broadcast_sends_nothing_until_resumed_then_reaches_everyone_on
 }
 
 #[tokio::test]
+async fn a_user_who_blocked_the_bot_is_left_out_of_later_broadcasts_until_they_write() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let (prefix, workers) = broadcasters(&db, &telegram, "100").await;
+    audience(&db, 20).await;
+    fake.set_blocked(1005, true);
+    let broadcast = async |update: i64, text: &str| {
+        let start = text_update(update, 1, &format!("/broadcast {text}"));
+        assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+        let done = format!("SELECT count(*) FROM broadcasts WHERE status = 'sending' AND text = '{text}'");
+        eventually(Duration::from_secs(20), "queued to the end", || async {
+            (db.count(&done).await == 1).then_some(())
+        })
+        .await;
+        outbox_drained(&prefix).await;
+        fake.calls()
+            .iter()
+            .filter(|c| c.params["text"] == text)
+            .map(|c| (c.params["chat_id"].as_i64().unwrap(), c.status))
+            .collect::<Vec<_>>()
+    };
+    let first = broadcast(1, "Before the block is known").await;
+    assert!(first.contains(&(1005, 403)), "refused by Telegram: {first:?}");
+    let progress = eventually(Duration::from_secs(10), "the progress message saying done", || async {
+        let calls = fake.calls();
+        let edits = calls.iter().filter(|c| c.method == "editMessageText");
+        edits.filter_map(|c| c.params["text"].as_str()).find(|t| t.contains("done")).map(str::to_owned)
+    })
+    .await;
+    assert_eq!(progress, "Broadcast #1: done, 21 of 21 recipients, 1 could not be reached.");
+    let second = broadcast(2, "After the block").await;
+    assert!(!second.iter().any(|(chat, _)| *chat == 1005), "a blocked user is not tried again");
+    assert_eq!(second.len(), 20);
+    fake.set_blocked(1005, false);
+    assert_eq!(deliver_update(&workers[1], &MAIN_BOT, &text_update(3, 1005, "/help")).await.status(), 200);
+    let third = broadcast(4, "After they wrote").await;
+    assert!(third.contains(&(1005, 200)), "reachable again once they wrote");
+}
+
+#[tokio::test]
 async fn two_broadcasts_of_a_bot_take_turns() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
