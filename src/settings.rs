@@ -814,6 +814,7 @@ mod tests {
         assert_eq!(settings.bots[0].id, BotId(123456));
         assert_eq!(settings.redis_prefix, "botfleet");
         assert_eq!(settings.max_body_bytes, 256 * 1024);
+        assert_eq!(settings.bots[0].paid_rate, 1000, "Telegram's most for a paid broadcast");
     }
 
     #[test]
@@ -896,6 +897,9 @@ mod tests {
             ("BOTFLEET_BOT_MAIN_WEBHOOK_SECRET", "has space"),
             (BOTS, "Main Bot"),
             (TELEGRAM_API_URL, "::"),
+            ("BOTFLEET_BOT_MAIN_PAID_RATE", "0"),
+            ("BOTFLEET_BOT_MAIN_PAID_RATE", "1001"),
+            ("BOTFLEET_BOT_MAIN_PAID_RATE", "fast"),
         ] {
             let err = WorkerSettings::load(&worker_source(&[(key, value)])).unwrap_err();
             assert_eq!(err.key, key, "{key}={value} should be rejected naming {key}");

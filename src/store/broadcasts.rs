@@ -1,29 +1,14 @@
 //! An admin's broadcast: its text, stored once, and how far queueing its recipients got.
 
 use deadpool_postgres::Pool;
-use tokio_postgres::Row;
 
 use super::sql::{StoreError, query};
 use crate::types::{BotId, ChatId, UpdateId, UserId};
 
-/// An admin's broadcast, as far as its queueing got.
+/// An admin's broadcast, as it was recorded.
 pub struct Broadcast {
     pub id: i64,
     pub status: String,
-    /// Recipients above this user id are still to be queued.
-    pub next_user_id: UserId,
-    pub queued: i32,
-}
-
-impl Broadcast {
-    fn from_row(row: &Row) -> Self {
-        Self {
-            id: row.get("id"),
-            status: row.get("status"),
-            next_user_id: row.get("next_user_id"),
-            queued: row.get("queued"),
-        }
-    }
 }
 
 /// The broadcast of this update (`origin`, its identity): a new one, or the one its first
@@ -41,17 +26,17 @@ pub async fn start_broadcast(
              INSERT INTO broadcasts (bot_id, update_id, origin, admin_chat, text, paid)
              VALUES ($1, $2, $5, $3, $4, $6)
              ON CONFLICT ON CONSTRAINT broadcasts_origin_once DO NOTHING
-             RETURNING id, status, next_user_id, queued
+             RETURNING id, status
          )
          SELECT * FROM started
          UNION ALL
-         SELECT id, status, next_user_id, queued FROM broadcasts
+         SELECT id, status FROM broadcasts
          WHERE bot_id = $1 AND origin = $5 AND NOT EXISTS (SELECT 1 FROM started)",
         &[&bot_id, &update_id, &admin_chat, &text, &origin, &paid],
     )
     .await?;
     rows.first()
-        .map(Broadcast::from_row)
+        .map(|row| Broadcast { id: row.get("id"), status: row.get("status") })
         .ok_or_else(|| StoreError::Other(anyhow::anyhow!("broadcast vanished")))
 }
 
