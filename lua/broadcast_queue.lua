@@ -10,7 +10,8 @@
 -- ARGV[2]  the mark the caller read ('' if none)
 -- ARGV[3]  how long to keep the progress, in ms
 -- ARGV[4]  '1' if these are the broadcast's last recipients: the count queued is its total
--- ARGV[5…] the recipients' user ids, ascending (each is its private chat's id)
+-- ARGV[5…] the recipients' user ids, ascending (each is its private chat's id; each entry's id
+--          is bc:<broadcast>:<user>, as telegram::outbox::message_id makes it)
 --
 -- Returns how many recipients are queued in all, or false (nothing queued) if the mark moved.
 if (redis.call('HGET', KEYS[2], 'queued_through') or '') ~= ARGV[2] then

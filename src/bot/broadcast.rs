@@ -47,8 +47,7 @@ pub async fn start(ctx: &Ctx<'_>, chat: ChatId, from: &User, text: &str) -> Resu
     }
     // The progress message, which the senders edit from here on.
     let estimate = broadcasts::audience(db, bot_id).await?;
-    let rate =
-        if paid { Some(f64::from(ctx.bot.config.paid_rate)) } else { ctx.services.flood.limits.per_bot };
+    let rate = outbox::rate(&ctx.bot.config, ctx.services.flood.limits.per_bot, paid);
     let mut progress = Progress { id: broadcast.id, sent: 0, refused: 0, total: None, estimate, rate };
     let Some(message) = ctx.say_message(chat, progress.text()).await? else {
         return Ok(());

@@ -41,10 +41,9 @@ impl Limits {
         }
         let chat_rule = if chat > 0 { PER_PRIVATE_CHAT } else { PER_GROUP };
         let free = (!paid).then_some(((bot, 0), PER_BOT));
-        let checks: Vec<_> =
-            free.into_iter().chain([((bot, ALL), PER_BOT_IN_ALL), ((bot, chat), chat_rule)]).collect();
+        let checks = [free, Some(((bot, ALL), PER_BOT_IN_ALL)), Some(((bot, chat), chat_rule))];
         let mut wait = Duration::ZERO;
-        for &(key, (max, window)) in &checks {
+        for &(key, (max, window)) in checks.iter().flatten() {
             let sent = self.sent.entry(key).or_default();
             while sent.front().is_some_and(|t| now.duration_since(*t) >= window) {
                 sent.pop_front();
@@ -59,7 +58,7 @@ impl Limits {
             // Telegram rounds up and never says 0.
             return Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
         }
-        for (key, _) in checks {
+        for (key, _) in checks.into_iter().flatten() {
             self.sent.entry(key).or_default().push_back(now);
         }
         Ok(())

@@ -97,11 +97,17 @@ impl BotKeys {
         format!("{}outbox:once:{id}", self.own)
     }
 
-    /// A broadcast's progress (a hash: `total`, `sent`, `chat`, `message`) and its
+    /// A broadcast's progress (a hash: `total`, `sent`, `chat`, `message`, …) and its
     /// cancellation mark.
     pub fn broadcast(&self, id: i64) -> [String; 2] {
         let base = format!("{}bc:{id}", self.own);
         [base.clone(), format!("{base}:cancelled")]
+    }
+
+    /// Set for a while after a sender edited a broadcast's progress message: the next edit
+    /// waits it out.
+    pub fn broadcast_edited(&self, id: i64) -> String {
+        format!("{}bc:{id}:edited", self.own)
     }
 
     /// A broadcast's pause mark, and the stream its queued messages wait in while it is paused
@@ -222,7 +228,7 @@ mod tests {
         one_slot(&[outbox, dead, keys.outbox_once("m1")]);
         let [progress, _] = keys.broadcast(3);
         one_slot(&[keys.outbox()[0].clone(), progress]);
-        one_slot(&keys.broadcast(3));
+        one_slot(&[&keys.broadcast(3)[..], &[keys.broadcast_edited(3)]].concat());
         one_slot(&[&keys.outbox()[..1], &keys.broadcast_pause(3)[..]].concat());
         let path = keys.media_path("AgAD");
         one_slot(&[path.clone(), format!("{path}:fetching")]);

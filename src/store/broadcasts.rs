@@ -5,6 +5,10 @@ use deadpool_postgres::Pool;
 use super::sql::{StoreError, query};
 use crate::types::{BotId, ChatId, UpdateId, UserId};
 
+/// Who a broadcast reaches among the bot's users: neither banned nor unreachable (refused by
+/// Telegram for good, until they write again).
+const RECIPIENT: &str = "NOT is_banned AND unreachable_at IS NULL";
+
 /// An admin's broadcast, as it was recorded.
 pub struct Broadcast {
     pub id: i64,
@@ -43,12 +47,9 @@ pub async fn start_broadcast(
 /// How many users a broadcast of the bot would reach now (its recipients are read as it goes:
 /// those who join meanwhile are reached too).
 pub async fn audience(db: &Pool, bot_id: BotId) -> Result<i64, StoreError> {
-    let rows = query(
-        db,
-        "SELECT count(*) FROM users WHERE bot_id = $1 AND NOT is_banned AND unreachable_at IS NULL",
-        &[&bot_id],
-    )
-    .await?;
+    let rows =
+        query(db, &format!("SELECT count(*) FROM users WHERE bot_id = $1 AND {RECIPIENT}"), &[&bot_id])
+            .await?;
     Ok(rows.first().map_or(0, |row| row.get(0)))
 }
 
@@ -62,9 +63,10 @@ pub async fn recipients(
 ) -> Result<Vec<UserId>, StoreError> {
     let rows = query(
         db,
-        "SELECT user_id FROM users
-         WHERE bot_id = $1 AND user_id > $2 AND NOT is_banned AND unreachable_at IS NULL
-         ORDER BY user_id LIMIT $3",
+        &format!(
+            "SELECT user_id FROM users WHERE bot_id = $1 AND user_id > $2 AND {RECIPIENT}
+             ORDER BY user_id LIMIT $3"
+        ),
         &[&bot_id, &after, &limit],
     )
     .await?;
@@ -128,10 +130,12 @@ pub async fn unserved(
 ) -> Result<Vec<UserId>, StoreError> {
     let rows = query(
         db,
-        "SELECT user_id FROM users u
-         WHERE bot_id = $1 AND user_id > $3 AND user_id <= $4 AND NOT is_banned AND unreachable_at IS NULL
-           AND NOT EXISTS (SELECT 1 FROM broadcast_deliveries d WHERE d.broadcast_id = $2 AND d.user_id = u.user_id)
-         ORDER BY user_id LIMIT $5",
+        &format!(
+            "SELECT user_id FROM users u
+             WHERE bot_id = $1 AND user_id > $3 AND user_id <= $4 AND {RECIPIENT}
+               AND NOT EXISTS (SELECT 1 FROM broadcast_deliveries d WHERE d.broadcast_id = $2 AND d.user_id = u.user_id)
+             ORDER BY user_id LIMIT $5"
+        ),
         &[&bot_id, &broadcast, &after, &through, &limit],
     )
     .await?;

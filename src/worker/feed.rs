@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::lead::Leader;
 use crate::kv::BotKeys;
-use crate::settings::MAX_PAID_RATE;
 use crate::shutdown::CancellationToken;
 use crate::telegram::{Client, outbox};
 
@@ -22,7 +21,6 @@ pub async fn feed(
     free_rate: Option<f64>,
     shutdown: CancellationToken,
 ) {
-    let free_rate = free_rate.unwrap_or(f64::from(MAX_PAID_RATE));
     let mut leader = Leader::new(BotKeys::feeder, EVERY);
     while let Some((mut conn, led)) = leader.next(&redis, &bots, &shutdown).await {
         for bot in led {

@@ -13,13 +13,23 @@ use botfleet::replay::audit::audit;
 use serde_json::json;
 
 use crate::helpers::{
-    MAIN_BOT, QUIET, TestDb, WORKER_ROLE, deliver_update, eventually, redis, spawn_fake, spawn_worker,
-    spawn_worker_with, text_update, unique, watch_output,
+    MAIN_BOT, QUIET, TestDb, WORKER_ROLE, audience, deliver_update, eventually, redis, spawn_fake,
+    spawn_worker, spawn_worker_with, text_update, texts_to, unique, watch_output,
 };
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Settings of the broadcasting workers: 50 messages a second (the feeder keeps 5 s of them,
+/// 250 recipients, queued ahead), user 1 an admin, idle outbox entries claimed after 500 ms.
+const BROADCASTING: [(&str, &str); 5] = [
+    ("BOTFLEET_FLOOD_PER_BOT", "50"),
+    ("BOTFLEET_FLOOD_PER_CHAT", "1"),
+    ("BOTFLEET_FLOOD_PER_GROUP", "20"),
+    ("BOTFLEET_BOT_MAIN_ADMINS", "1"),
+    ("BOTFLEET_OUTBOX_CLAIM_MS", "500"),
+];
 
 /// A worker as its own process (so it can be SIGKILLed), logging at debug level to `log`.
 struct WorkerProcess {
@@ -32,15 +42,22 @@ struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Delivers `update` to this worker and SIGKILLs it once its reply reached the fake (which
-    /// holds it, or its answer): Telegram never gets an answer to the update.
-    async fn killed_while_replying(&mut self, fake: &Fake, update: &serde_json::Value) {
-        let request = reqwest::Client::new()
+    /// Telegram's delivery of `update` to this worker.
+    fn deliver(
+        &self,
+        update: &serde_json::Value,
+    ) -> impl Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+        reqwest::Client::new()
             .post(format!("{}/webhook/main", self.url))
             .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
             .body(update.to_string())
-            .send();
-        let in_flight = tokio::spawn(request);
+            .send()
+    }
+
+    /// Delivers `update` to this worker and SIGKILLs it once its reply reached the fake (which
+    /// holds it, or its answer): Telegram never gets an answer to the update.
+    async fn killed_while_replying(&mut self, fake: &Fake, update: &serde_json::Value) {
+        let in_flight = tokio::spawn(self.deliver(update));
         tokio::time::timeout(Duration::from_secs(10), fake.held(1))
             .await
             .expect("the reply never reached Telegram");
@@ -250,23 +267,9 @@ async fn a_worker_killed_mid_broadcast_misses_nobody_and_duplicates_only_what_wa
     let db = TestDb::fresh().await;
     let prefix = unique("r");
     let (fake, telegram) = spawn_fake(false).await;
-    let settings = [
-        ("BOTFLEET_FLOOD_PER_BOT", "50"),
-        ("BOTFLEET_FLOOD_PER_CHAT", "1"),
-        ("BOTFLEET_FLOOD_PER_GROUP", "20"),
-        ("BOTFLEET_BOT_MAIN_ADMINS", "1"),
-        ("BOTFLEET_OUTBOX_CLAIM_MS", "500"),
-    ];
-    let mut doomed = start_worker_process(&db, &prefix, &telegram, &settings).await;
-    let survivor = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
-    db.owner()
-        .await
-        .execute(
-            "INSERT INTO users (bot_id, user_id, first_name) SELECT $1::int8, g, 'Reader' FROM generate_series(1000, 1099) g",
-            &[&MAIN_BOT.id()],
-        )
-        .await
-        .unwrap();
+    let mut doomed = start_worker_process(&db, &prefix, &telegram, &BROADCASTING).await;
+    let survivor = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &BROADCASTING).await;
+    audience(&db, 100).await;
     // Every message takes a while to be answered, so that the doomed worker dies with messages
     // in flight: as many as a sender delivers at once, at most.
     fake.set_delay(Some(("sendMessage", Duration::from_millis(100))));
@@ -279,13 +282,7 @@ async fn a_worker_killed_mid_broadcast_misses_nobody_and_duplicates_only_what_wa
     doomed.child.kill().await.unwrap();
 
     let text = "Hello through a crash";
-    let served = || {
-        fake.calls()
-            .iter()
-            .filter(|c| c.method == "sendMessage" && c.status == 200 && c.params["text"] == text)
-            .filter_map(|c| c.params["chat_id"].as_i64())
-            .collect::<Vec<i64>>()
-    };
+    let served = || texts_to(&fake, text);
     let mut recipients: Vec<i64> = (1000..1100).collect();
     recipients.push(1);
     eventually(Duration::from_secs(30), "every recipient served after the crash", || async {
@@ -311,32 +308,11 @@ async fn a_feeder_killed_half_way_is_followed_by_another_from_its_cursor_and_red
     let db = TestDb::fresh().await;
     let prefix = unique("r");
     let (fake, telegram) = spawn_fake(false).await;
-    // 50 messages a second: the feeder keeps 5 s of them, 250 recipients, queued ahead.
-    let settings = [
-        ("BOTFLEET_FLOOD_PER_BOT", "50"),
-        ("BOTFLEET_FLOOD_PER_CHAT", "1"),
-        ("BOTFLEET_FLOOD_PER_GROUP", "20"),
-        ("BOTFLEET_BOT_MAIN_ADMINS", "1"),
-        ("BOTFLEET_OUTBOX_CLAIM_MS", "500"),
-    ];
-    db.owner()
-        .await
-        .execute(
-            "INSERT INTO users (bot_id, user_id, first_name) SELECT $1::int8, g, 'Reader' FROM generate_series(1000, 1599) g",
-            &[&MAIN_BOT.id()],
-        )
-        .await
-        .unwrap();
+    audience(&db, 600).await;
     // Alone at first, the doomed worker holds the bot's feeder lease.
-    let mut doomed = start_worker_process(&db, &prefix, &telegram, &settings).await;
+    let mut doomed = start_worker_process(&db, &prefix, &telegram, &BROADCASTING).await;
     let text = "Fed through a crash";
-    let started = reqwest::Client::new()
-        .post(format!("{}/webhook/main", doomed.url))
-        .header("x-telegram-bot-api-secret-token", MAIN_BOT.secret)
-        .body(text_update(1, 1, &format!("/broadcast {text}")).to_string())
-        .send()
-        .await
-        .unwrap();
+    let started = doomed.deliver(&text_update(1, 1, &format!("/broadcast {text}"))).await.unwrap();
     assert_eq!(started.status(), 200);
     let cursor = "SELECT next_user_id FROM broadcasts";
     eventually(Duration::from_secs(10), "the first recipients queued", || async {
@@ -347,16 +323,10 @@ async fn a_feeder_killed_half_way_is_followed_by_another_from_its_cursor_and_red
     let left_at = db.count(cursor).await;
     assert!(left_at < 1599, "the doomed feeder queued everyone ({left_at}), not a window");
 
-    let survivor = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &settings).await;
+    let survivor = spawn_worker_with(&db, &prefix, &telegram, &[MAIN_BOT], &BROADCASTING).await;
     let [outbox, _] = botfleet::kv::BotKeys::new(&prefix, MAIN_BOT.bot_id()).outbox();
     let peak = std::sync::atomic::AtomicI64::new(0);
-    let served = || {
-        fake.calls()
-            .iter()
-            .filter(|c| c.method == "sendMessage" && c.status == 200 && c.params["text"] == text)
-            .filter_map(|c| c.params["chat_id"].as_i64())
-            .collect::<Vec<i64>>()
-    };
+    let served = || texts_to(&fake, text);
     let mut recipients: Vec<i64> = (1000..1600).collect();
     recipients.push(1);
     eventually(Duration::from_secs(60), "every recipient served after the crash", || async {

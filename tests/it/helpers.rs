@@ -501,3 +501,27 @@ pub async fn outbox_drained(prefix: &str) {
     })
     .await;
 }
+
+/// Users 1000.. of the bot, plus one banned (900) and one unreachable (901).
+pub async fn audience(db: &TestDb, users: i64) {
+    db.owner()
+        .await
+        .execute(
+            "INSERT INTO users (bot_id, user_id, first_name, is_banned, unreachable_at)
+             SELECT $1::int8, g, 'Reader', false, NULL::timestamptz FROM generate_series(1000, 999 + $2::int8) g
+             UNION ALL SELECT $1, 900, 'Banned', true, NULL
+             UNION ALL SELECT $1, 901, 'Gone', false, now()",
+            &[&MAIN_BOT.id(), &users],
+        )
+        .await
+        .unwrap();
+}
+
+/// The chats a sent text reached, in the order the fake took them.
+pub fn texts_to(fake: &Fake, text: &str) -> Vec<i64> {
+    fake.calls()
+        .iter()
+        .filter(|c| c.method == "sendMessage" && c.status == 200 && c.params["text"] == text)
+        .filter_map(|c| c.params["chat_id"].as_i64())
+        .collect()
+}

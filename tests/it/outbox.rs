@@ -9,11 +9,11 @@ use botfleet::types::UserId;
 use redis::streams::StreamInfoConsumersReply;
 use serde_json::json;
 
-use botfleet::fake_telegram::{Call, Fake};
+use botfleet::fake_telegram::Call;
 
 use crate::helpers::{
-    MAIN_BOT, Running, TestDb, deliver_update, eventually, outbox_drained, redis, spawn_fake,
-    spawn_worker_with, text_update, unique,
+    MAIN_BOT, Running, TestDb, audience, deliver_update, eventually, outbox_drained, redis, spawn_fake,
+    spawn_worker_with, text_update, texts_to, unique,
 };
 
 /// The outbox's stream and dead stream, its group created, and one message queued for chat 42
@@ -117,6 +117,12 @@ async fn broadcasters(db: &TestDb, telegram: &str, per_bot: &str) -> (String, Ve
     broadcasters_on(db, telegram, per_bot, &unique("r")).await
 }
 
+/// The admin (user 1) sends `command` as update `update` to `worker`, which takes it (200).
+async fn admin_says(worker: &Running, update: i64, command: &str) {
+    let response = deliver_update(worker, &MAIN_BOT, &text_update(update, 1, command)).await;
+    assert_eq!(response.status(), 200, "{command}");
+}
+
 /// [`broadcasters`] on Redis keys of `prefix`.
 async fn broadcasters_on(db: &TestDb, telegram: &str, per_bot: &str, prefix: &str) -> (String, Vec<Running>) {
     let prefix = prefix.to_owned();
@@ -133,29 +139,6 @@ async fn broadcasters_on(db: &TestDb, telegram: &str, per_bot: &str, prefix: &st
     (prefix, workers)
 }
 
-/// Users 1000.. of the bot, plus one banned (900) and one unreachable (901).
-async fn audience(db: &TestDb, users: i64) {
-    db.owner()
-        .await
-        .execute(
-            "INSERT INTO users (bot_id, user_id, first_name, is_banned, unreachable_at)
-             SELECT $1::int8, g, 'Reader', false, NULL::timestamptz FROM generate_series(1000, 999 + $2::int8) g
-             UNION ALL SELECT $1, 900, 'Banned', true, NULL
-             UNION ALL SELECT $1, 901, 'Gone', false, now()",
-            &[&MAIN_BOT.id(), &users],
-        )
-        .await
-        .unwrap();
-}
-
-fn texts_to(fake: &Fake, text: &str) -> Vec<i64> {
-    fake.calls()
-        .iter()
-        .filter(|c| c.method == "sendMessage" && c.status == 200 && c.params["text"] == text)
-        .filter_map(|c| c.params["chat_id"].as_i64())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_broadcast_reaches_every_reachable_user_once_within_the_limits() {
     let db = TestDb::fresh().await;
@@ -163,9 +146,7 @@ async fn a_broadcast_reaches_every_reachable_user_once_within_the_limits() {
     // 2,001 recipients at a little under the fake's 30 a second: about 75 s.
     let (prefix, workers) = broadcasters(&db, &telegram, "28").await;
     audience(&db, 2000).await;
-    let response =
-        deliver_update(&workers[0], &MAIN_BOT, &text_update(1, 1, "/broadcast Hello, everyone")).await;
-    assert_eq!(response.status(), 200);
+    admin_says(&workers[0], 1, "/broadcast Hello, everyone").await;
     // The admin (user 1, upserted by their own message) is a user too.
     let mut expected: Vec<i64> = (1000..3000).collect();
     expected.push(1);
@@ -215,8 +196,7 @@ async fn a_paid_broadcast_reaches_ten_thousand_users_once_past_the_free_rate_and
     let (fake, telegram) = spawn_fake(true).await;
     let (prefix, workers) = broadcasters(&db, &telegram, "28").await;
     audience(&db, 10_000).await;
-    let start = text_update(1, 1, "/broadcast --paid Paid news");
-    assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+    admin_says(&workers[0], 1, "/broadcast --paid Paid news").await;
     // Once every recipient is queued (the reply's user, who writes then, is none of them), a
     // user asks for help: the answer does not wait for the broadcast.
     eventually(Duration::from_secs(60), "every recipient queued", || async {
@@ -253,6 +233,29 @@ async fn a_paid_broadcast_reaches_ten_thousand_users_once_past_the_free_rate_and
 }
 
 #[tokio::test]
+async fn broadcast_commands_answer_bad_input_and_other_users_clearly_and_start_nothing() {
+    let db = TestDb::fresh().await;
+    let (fake, telegram) = spawn_fake(false).await;
+    let settings = [("BOTFLEET_BOT_MAIN_ADMINS", "1")];
+    let worker = spawn_worker_with(&db, &unique("r"), &telegram, &[MAIN_BOT], &settings).await;
+    let says = [
+        (1, "/broadcast --paid", "Usage: /broadcast [--paid] <text of 1 to 4096 characters>"),
+        (1, "/broadcast", "Usage: /broadcast [--paid] <text of 1 to 4096 characters>"),
+        (1, "/broadcast_pause", "No broadcast to pause."),
+        (1, "/broadcast_resume", "No paused broadcast to resume."),
+        (42, "/broadcast_pause", "Only the bot's admins may do that."),
+        (42, "/broadcast --paid Not from an admin", "Only the bot's admins may do that."),
+    ];
+    for (n, (user, command, answer)) in (1..).zip(says) {
+        let response = deliver_update(&worker, &MAIN_BOT, &text_update(n, user, command)).await;
+        assert_eq!(response.status(), 200, "{command}");
+        let said = fake.calls().last().map(|c| c.params["text"].clone());
+        assert_eq!(said, Some(json!(answer)), "{command} from {user}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM broadcasts").await, 0);
+}
+
+#[tokio::test]
 async fn a_paused_broadcast_sends_nothing_until_resumed_then_reaches_everyone_once() {
     let db = TestDb::fresh().await;
     let (fake, telegram) = spawn_fake(false).await;
@@ -260,14 +263,12 @@ async fn a_paused_broadcast_sends_nothing_until_resumed_then_reaches_everyone_on
     let (prefix, workers) = broadcasters(&db, &telegram, "10").await;
     audience(&db, 150).await;
     let text = "Paused and resumed";
-    let start = text_update(1, 1, &format!("/broadcast {text}"));
-    assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+    admin_says(&workers[0], 1, &format!("/broadcast {text}")).await;
     eventually(Duration::from_secs(20), "the broadcast under way", || async {
         (texts_to(&fake, text).len() >= 10).then_some(())
     })
     .await;
-    let pause = deliver_update(&workers[1], &MAIN_BOT, &text_update(2, 1, "/broadcast_pause")).await;
-    assert_eq!(pause.status(), 200);
+    admin_says(&workers[1], 2, "/broadcast_pause").await;
     // Every queued message the senders meet is parked: the outbox drains, and the feeder
     // queues no more.
     outbox_drained(&prefix).await;
@@ -275,8 +276,7 @@ async fn a_paused_broadcast_sends_nothing_until_resumed_then_reaches_everyone_on
     let parked: i64 = redis::cmd("XLEN").arg(&parked).query_async(&mut redis().await).await.unwrap();
     assert!(parked > 0, "nothing parked");
     assert!(db.count("SELECT next_user_id FROM broadcasts").await < 1149, "queued to the end while paused");
-    let resume = deliver_update(&workers[2], &MAIN_BOT, &text_update(3, 1, "/broadcast_resume")).await;
-    assert_eq!(resume.status(), 200);
+    admin_says(&workers[2], 3, "/broadcast_resume").await;
     let mut expected: Vec<i64> = (1000..1150).collect();
     expected.push(1);
     expected.sort_unstable();
@@ -297,8 +297,7 @@ async fn a_paused_broadcast_sends_nothing_until_resumed_then_reaches_everyone_on
     // At most those already on their way past their last check (one per sender in flight).
     let in_flight = 3 * botfleet::telegram::outbox::IN_FLIGHT;
     assert!(meanwhile.count() <= in_flight, "sent while paused");
-    let again = deliver_update(&workers[0], &MAIN_BOT, &text_update(4, 1, "/broadcast_resume")).await;
-    assert_eq!(again.status(), 200);
+    admin_says(&workers[0], 4, "/broadcast_resume").await;
     assert_eq!(texts_to(&fake, "No paused broadcast to resume."), [1], "a second resume resumes nothing");
 }
 
@@ -310,8 +309,7 @@ async fn a_user_who_blocked_the_bot_is_left_out_of_later_broadcasts_until_they_w
     audience(&db, 20).await;
     fake.set_blocked(1005, true);
     let broadcast = async |update: i64, text: &str| {
-        let start = text_update(update, 1, &format!("/broadcast {text}"));
-        assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+        admin_says(&workers[0], update, &format!("/broadcast {text}")).await;
         let done = format!("SELECT count(*) FROM broadcasts WHERE status = 'sending' AND text = '{text}'");
         eventually(Duration::from_secs(20), "queued to the end", || async {
             (db.count(&done).await == 1).then_some(())
@@ -349,8 +347,7 @@ async fn two_broadcasts_of_a_bot_take_turns() {
     let (prefix, workers) = broadcasters(&db, &telegram, "20").await;
     audience(&db, 100).await;
     for (update, text) in [(1, "The first broadcast"), (2, "The second broadcast")] {
-        let start = text_update(update, 1, &format!("/broadcast {text}"));
-        assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+        admin_says(&workers[0], update, &format!("/broadcast {text}")).await;
     }
     eventually(Duration::from_secs(40), "both served to the end", || async {
         (db.count("SELECT count(*) FROM broadcast_deliveries").await == 2 * 101).then_some(())
@@ -372,10 +369,8 @@ async fn broadcast_cancel_drops_what_is_still_queued() {
     // Two messages a second: most of the audience is still queued when the admin cancels.
     let (prefix, workers) = broadcasters(&db, &telegram, "2").await;
     audience(&db, 40).await;
-    let start = deliver_update(&workers[0], &MAIN_BOT, &text_update(1, 1, "/broadcast Soon cancelled")).await;
-    assert_eq!(start.status(), 200);
-    let cancel = deliver_update(&workers[1], &MAIN_BOT, &text_update(2, 1, "/broadcast_cancel")).await;
-    assert_eq!(cancel.status(), 200);
+    admin_says(&workers[0], 1, "/broadcast Soon cancelled").await;
+    admin_says(&workers[1], 2, "/broadcast_cancel").await;
     outbox_drained(&prefix).await;
     let served = texts_to(&fake, "Soon cancelled").len();
     assert!(served < 20, "the cancelled broadcast went on: {served} of 41 served");
@@ -409,8 +404,7 @@ async fn a_broadcast_stores_its_text_once_and_its_outbox_entries_carry_none() {
     let (prefix, workers) = broadcasters(&db, &telegram, "1").await;
     audience(&db, 40).await;
     let text = format!("{}the end.", "A long text, stored once; ".repeat(100));
-    let start = text_update(1, 1, &format!("/broadcast {text}"));
-    assert_eq!(deliver_update(&workers[0], &MAIN_BOT, &start).await.status(), 200);
+    admin_says(&workers[0], 1, &format!("/broadcast {text}")).await;
     let [outbox, _] = BotKeys::new(&prefix, MAIN_BOT.bot_id()).outbox();
     let entries = eventually(Duration::from_secs(10), "the audience queued", || async {
         let entries: Vec<(String, Vec<(String, String)>)> =

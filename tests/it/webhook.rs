@@ -6,9 +6,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    MAIN_BOT, TestDb, connect, deliver, deliver_update, env, eventually, spawn_api, spawn_fake,
+    MAIN_BOT, TestDb, WORKER_ROLE, connect, deliver, deliver_update, env, eventually, spawn_api, spawn_fake,
     spawn_fake_on, spawn_worker, spawn_worker_with, text_update, unique,
 };
+use botfleet::store::StoreError;
 
 #[tokio::test]
 async fn wrong_or_missing_secret_is_401_and_writes_nothing() {
@@ -275,6 +276,20 @@ async fn telegram_unreachable_is_503_and_the_redelivery_posts_once_and_replies()
     let replies = fake.calls();
     assert_eq!(replies.len(), 1);
     assert!(replies[0].params["text"].as_str().unwrap().starts_with("Published as post #"));
+}
+
+/// A session the server ended (a shutdown, a failover, an administrator) is Postgres being
+/// unavailable, answered 503 so that Telegram redelivers; a statement that failed is not.
+#[tokio::test]
+async fn a_session_the_server_ended_is_unavailable_and_a_failed_statement_is_not() {
+    let db = TestDb::fresh().await;
+    let session = connect(&db.url(WORKER_ROLE, false)).await;
+    let ended = session.batch_execute("SELECT pg_terminate_backend(pg_backend_pid())").await.unwrap_err();
+    assert_eq!(ended.code(), Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN), "{ended}");
+    assert!(!ended.is_closed(), "told by its SQLSTATE alone");
+    assert!(matches!(StoreError::from(ended), StoreError::Unavailable(_)));
+    let failed = connect(&db.url(WORKER_ROLE, false)).await.batch_execute("SELECT 1 / 0").await.unwrap_err();
+    assert!(matches!(StoreError::from(failed), StoreError::Other(_)));
 }
 
 #[tokio::test]

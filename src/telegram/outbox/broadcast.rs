@@ -8,9 +8,11 @@ use teloxide_core::types::MessageId;
 
 use super::queue::add_entry;
 use super::sender::{Halt, Sender};
+use super::upkeep::fields;
 use redis::streams::StreamId;
 
 use crate::kv::{BotKeys, Conn, scripts};
+use crate::settings::BotConfig;
 use crate::telegram::flood::Urgency;
 use crate::types::{ChatId, UserId};
 
@@ -19,6 +21,12 @@ use crate::types::{ChatId, UserId};
 /// admin's chat takes one message a second (edits every 250 recipients held a paid broadcast
 /// to 250 a second, its senders waiting for the chat's moments).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Messages a second a broadcast goes at: the bot's paid rate if it is `paid`, else `free`, the
+/// bot's rate outside paid broadcasts (`None`: no limit).
+pub fn rate(bot: &BotConfig, free: Option<f64>, paid: bool) -> Option<f64> {
+    if paid { Some(f64::from(bot.paid_rate)) } else { free }
+}
 
 /// How far a broadcast got, as the admin's progress message tells it.
 pub struct Progress {
@@ -202,10 +210,7 @@ impl Sender {
     pub(super) async fn park(&self, conn: &mut Conn, entry: &StreamId, id: i64) -> redis::RedisResult<bool> {
         let [paused, parked] = self.bot.keys.broadcast_pause(id);
         let mut script = scripts::BROADCAST_PARK.prepare_invoke();
-        script.key(&self.bot.keys.outbox()[0]).key(&paused).key(&parked).arg(&entry.id);
-        for field in entry.map.keys() {
-            script.arg(field).arg(entry.get::<String>(field).unwrap_or_default());
-        }
+        script.key(&self.bot.keys.outbox()[0]).key(&paused).key(&parked).arg(&entry.id).arg(fields(entry));
         let moved: i64 = script.invoke_async(conn).await?;
         Ok(moved == 1)
     }
@@ -231,7 +236,7 @@ impl Sender {
             .arg(&progress)
             .arg(&["sent", "refused", "total", "estimate", "chat", "message"])
             .cmd("SET")
-            .arg(format!("{progress}:edited"))
+            .arg(self.bot.keys.broadcast_edited(id))
             .arg(1)
             .arg("NX")
             .arg("PX")
@@ -239,7 +244,7 @@ impl Sender {
             .query_async(conn)
             .await?;
         let field = |n: usize| fields.get(n).copied().flatten();
-        let rate = if paid { Some(f64::from(self.bot.config.paid_rate)) } else { self.flood.limits.per_bot };
+        let rate = rate(&self.bot.config, self.flood.limits.per_bot, paid);
         let (sent, refused) = (field(0).unwrap_or(0), field(1).unwrap_or(0));
         let (total, estimate) = (field(2), field(3).unwrap_or(0));
         let progress = Progress { id, sent, refused, total, estimate, rate };

@@ -13,8 +13,9 @@
 
 use deadpool_postgres::Pool;
 
-use super::broadcast::BROADCAST_MEMORY_MS;
+use super::broadcast::{BROADCAST_MEMORY_MS, rate};
 use crate::kv::{Conn, scripts};
+use crate::settings::MAX_PAID_RATE;
 use crate::store::broadcasts::{self, Going};
 use crate::telegram::client::Client;
 use crate::types::UserId;
@@ -27,12 +28,13 @@ const MIN_WINDOW: i64 = 100;
 const PAGE: i64 = 500;
 
 /// Tops up the queue of each of the bot's broadcasts still queueing, a turn each; `free_rate` is
-/// what the bot may send a second outside paid broadcasts. Returns how many recipients it
+/// what the bot may send a second outside paid broadcasts (`None`: no limit). Returns how many recipients it
 /// queued.
-pub async fn feed(db: &Pool, conn: &mut Conn, bot: &Client, free_rate: f64) -> anyhow::Result<u64> {
+pub async fn feed(db: &Pool, conn: &mut Conn, bot: &Client, free_rate: Option<f64>) -> anyhow::Result<u64> {
     let mut queued = 0;
     for going in broadcasts::queueing(db, bot.config.id).await? {
-        let rate = if going.paid { f64::from(bot.config.paid_rate) } else { free_rate };
+        // With no limit, the queue holds what Telegram's most allows.
+        let rate = rate(&bot.config, free_rate, going.paid).unwrap_or(f64::from(MAX_PAID_RATE));
         queued += top_up(db, conn, bot, &going, rate).await?;
     }
     Ok(queued)

@@ -22,7 +22,7 @@ mod sender;
 mod upkeep;
 
 pub use broadcast::{
-    Progress, add_recipient, cancel_broadcast, message_id, pause_broadcast, queued_through,
+    Progress, add_recipient, cancel_broadcast, message_id, pause_broadcast, queued_through, rate,
     report_progress_to,
 };
 pub use feed::feed;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::streams::{StreamInfoConsumersReply, StreamPendingCountReply};
+use redis::streams::{StreamId, StreamInfoConsumersReply, StreamPendingCountReply};
 
 use super::queue::GROUP;
 use super::sender::{BATCH, Sender};
@@ -71,11 +71,7 @@ impl Sender {
                 let name = self.bot.config.name.as_str();
                 tracing::error!(bot = name, id = %entry.id, deliveries = waiting.times_delivered, "outbox message dead-lettered");
                 let mut dead_letter = redis::pipe();
-                dead_letter.atomic().cmd("XADD").arg(&dead).arg("*");
-                for field in entry.map.keys() {
-                    dead_letter.arg(field).arg(entry.get::<String>(field).unwrap_or_default());
-                }
-                dead_letter.ignore();
+                dead_letter.atomic().cmd("XADD").arg(&dead).arg("*").arg(fields(&entry)).ignore();
                 let () = self.done(dead_letter, &entry.id).query_async(conn).await?;
                 self.journal(&entry).await;
                 self.metrics.outbox_dead.with_label_values(&[name]).inc();
@@ -137,4 +133,10 @@ impl Sender {
             .ignore();
         pipe
     }
+}
+
+/// An outbox entry's fields and values, to be written elsewhere whole (the dead stream, a
+/// paused broadcast's parked stream).
+pub(super) fn fields(entry: &StreamId) -> Vec<(&str, String)> {
+    entry.map.keys().map(|field| (field.as_str(), entry.get::<String>(field).unwrap_or_default())).collect()
 }
